@@ -1,0 +1,284 @@
+"""Records, content-hash ids and JSONL pool I/O (atomic writes, strict loaders).
+
+    python -m lion.records FILE        # load any supported seed file, report rows, write nothing
+
+A pool is a JSONL file of `Instruction` rows. Ids are content hashes of (instruction, input), so the same
+instruction has the same id in every run. Generated rows carry lineage: round, kind (seed/hard/easy) and
+parent id. Writes go to a temp file in the same directory, are fsynced and renamed over the target, so a
+crash leaves either the old or the new file, never half of one.
+
+`load_instructions` accepts JSONL, a JSON array (or {"data"/"instances"/"rows": [...]}), Alpaca rows
+(instruction/input/output), Self-Instruct rows (instruction + instances), FastChat question rows (turns),
+plain-text prompt rows (prompt/question/text), CSV/TSV/Parquet and datasets hub ids through `datasets`.
+A bad row raises `DataError` naming the file and line; no row is silently dropped (exact duplicates are
+merged and counted, and the count is reported).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+
+KINDS = ("seed", "hard", "easy", "random", "eval")
+
+
+def instruction_id(instruction: str, input: str = "") -> str:
+    """Stable content hash: 16 hex chars of sha256 over the whitespace-normalised text."""
+    norm = " ".join(instruction.split()) + "\x1f" + " ".join(input.split())
+    return hashlib.sha256(norm.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class Instruction:
+    instruction: str
+    input: str = ""
+    id: str = ""
+    round: int = 0  # round in which it was generated (0 = seed pool)
+    kind: str = "seed"  # seed | hard | easy | random | eval
+    parent: str | None = None  # id of the seed it was generated from
+    meta: dict[str, Any] = field(default_factory=dict)  # free-form: family, source, category...
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = instruction_id(self.instruction, self.input)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not d["meta"]:
+            d.pop("meta")
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Instruction:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------------------------------------- atomic I/O
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Atomically replace `path` with one JSON object per line."""
+    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(Path(path), json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL file we wrote; a bad line is a DataError naming file:line."""
+    path = Path(path)
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            out.append(row)
+    return out
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one row and flush (for append-only logs; readers skip a torn last line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+
+
+def write_pool(path: Path, pool: Iterable[Instruction]) -> None:
+    write_jsonl(path, (r.to_json() for r in pool))
+
+
+def read_pool(path: Path) -> list[Instruction]:
+    return [Instruction.from_json(r) for r in read_jsonl(path)]
+
+
+# --------------------------------------------------------------------------------------------- loaders
+
+_TEXT_KEYS = ("instruction", "prompt", "question", "text", "query")
+
+
+def _row_to_instruction(row: Any, where: str) -> Instruction:
+    if isinstance(row, str):
+        text = row
+        row = {}
+    elif isinstance(row, dict):
+        if "turns" in row:  # FastChat question: first turn
+            turns = row["turns"]
+            if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+                raise DataError(f"{where}: 'turns' must be a non-empty list of strings")
+            text = turns[0]
+        else:
+            key = next((k for k in _TEXT_KEYS if k in row), None)
+            if key is None:
+                raise DataError(
+                    f"{where}: no instruction field (expected one of: {', '.join(_TEXT_KEYS)}, turns); "
+                    f"keys present: {', '.join(map(str, row)) or 'none'}"
+                )
+            text = row[key]
+    else:
+        raise DataError(f"{where}: expected an object or a string, got {type(row).__name__}")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: the instruction is empty or not a string")
+    inp = row.get("input", "")
+    if inp is None:
+        inp = ""
+    if not isinstance(inp, str):
+        raise DataError(f"{where}: 'input' must be a string, got {type(inp).__name__}")
+    if not inp and isinstance(row.get("instances"), list) and row["instances"]:  # Self-Instruct
+        first = row["instances"][0]
+        if isinstance(first, dict) and isinstance(first.get("input"), str):
+            inp = first["input"]
+    meta = {}
+    for k in ("category", "question_id", "family", "name", "source"):
+        if k in row:
+            meta[k] = row[k]
+    if isinstance(row.get("meta"), dict):
+        meta.update(row["meta"])
+    inst = Instruction(instruction=text.strip(), input=inp.strip(), meta=meta)
+    for k in ("round", "kind", "parent"):
+        if k in row:
+            setattr(inst, k, row[k])
+    return inst
+
+
+def _iter_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield (location, row) for JSONL or JSON files."""
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("[") or (stripped.startswith("{") and path.suffix == ".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if isinstance(data, dict):
+            key = next((k for k in ("data", "instances", "rows", "train") if isinstance(data.get(k), list)), None)
+            if key is None:
+                raise DataError(f"{path}: a JSON object must hold a list under 'data', 'instances', 'rows' or 'train'")
+            data = data[key]
+        for i, row in enumerate(data):
+            yield f"{path}: item {i}", row
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        yield f"{path}:{lineno}", row
+
+
+def _iter_datasets(spec: str) -> Iterator[tuple[str, Any]]:
+    try:
+        import datasets  # noqa: PLC0415
+    except ImportError:
+        raise DataError(f"{spec}: loading this needs the `datasets` package (pip install 'lion[train]')") from None
+    p = Path(spec)
+    try:
+        if p.exists():
+            fmt = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".arrow": "arrow"}.get(p.suffix)
+            if fmt is None:
+                raise DataError(f"{spec}: unsupported file type {p.suffix!r} (use JSONL, JSON, CSV, TSV or Parquet)")
+            kw = {"delimiter": "\t"} if p.suffix == ".tsv" else {}
+            ds = datasets.load_dataset(fmt, data_files=str(p), split="train", **kw)
+        else:
+            name, _, split = spec.partition(":")
+            ds = datasets.load_dataset(name, split=split or "train")
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises many types; the message is what the user needs
+        raise DataError(f"{spec}: could not load with datasets ({type(e).__name__}: {e})") from None
+    for i, row in enumerate(ds):
+        yield f"{spec}: row {i + 2 if p.suffix in ('.csv', '.tsv') else i}", row
+
+
+@dataclass
+class LoadReport:
+    source: str
+    rows: int = 0
+    duplicates: int = 0
+
+
+def load_instructions(spec: str | os.PathLike[str], limit: int | None = None) -> tuple[list[Instruction], LoadReport]:
+    """Load a seed file (or datasets id) into unique Instructions, in file order."""
+    spec = str(spec)
+    p = Path(spec)
+    if p.is_dir():
+        raise DataError(f"{spec}: is a directory; name a file")
+    if p.suffix in (".jsonl", ".json") or (p.exists() and p.suffix == ""):
+        if not p.exists():
+            raise DataError(f"{spec}: file not found")
+        rows = _iter_rows(p)
+    elif p.exists() or "/" not in spec or not spec.startswith((".", "/")):
+        rows = _iter_datasets(spec)
+    else:
+        raise DataError(f"{spec}: file not found")
+    report = LoadReport(source=spec)
+    seen: set[str] = set()
+    out: list[Instruction] = []
+    for where, row in rows:
+        report.rows += 1
+        inst = _row_to_instruction(row, where)
+        if inst.id in seen:
+            report.duplicates += 1
+            continue
+        seen.add(inst.id)
+        out.append(inst)
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(f"{spec}: no instructions found (the file is empty)")
+    return out, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m lion.records", description="Check a seed file loads.")
+    ap.add_argument("file")
+    args = ap.parse_args(argv)
+    pool, rep = load_instructions(args.file)
+    print(f"{rep.source}: {rep.rows} rows, {len(pool)} unique instructions, {rep.duplicates} exact duplicates merged")
+    return 0
+
+
+if __name__ == "__main__":
+    from .errors import cli_main
+
+    cli_main(main, sys.argv[1:])
