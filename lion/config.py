@@ -61,6 +61,9 @@ class RoleConfig:
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     options: dict[str, Any] = field(default_factory=dict)  # extra kwargs passed to a plugin provider
+    # replaces base_url in the call-cache key when set (e.g. "sim" for a local server on a random port, or to
+    # keep a cache valid after moving to another endpoint that serves the same model)
+    cache_namespace: str | None = None
 
     def check(self, key: str) -> None:
         if not self.provider:
