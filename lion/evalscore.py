@@ -1,0 +1,196 @@
+"""Relative-score arithmetic of the Lion/Vicuna evaluation: pure functions, no I/O.
+
+    python -m lion.evalscore EVAL_DIR/table.jsonl        # recompute the summary of a saved evaluation
+
+A judge scores a candidate answer and a reference answer (ChatGPT's, in the paper) from 1 to 10, once with
+the reference shown first and once with the candidate shown first. For each order the relative score is
+
+    100 * (sum of the candidate's scores) / (sum of the reference's scores)
+
+and the headline number is the mean of the two orders (Lion-7B: 94.74 and 92.88, mean 93.81). Totals run
+over the questions whose verdicts parsed in *both* orders, so the two orders compare the same questions; a
+question whose verdict failed after the retries is excluded and counted, never scored.
+
+Also here: win/tie/loss (per question, on the mean of the two orders), mean scores, per-category figures
+and judge health (parse failures, how often the preferred answer flips when the order is swapped, and the
+average advantage of the first position).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# the two presentation orders; names say which answer the judge sees first
+ORDERS = ("ref_first", "cand_first")
+
+
+@dataclass
+class QuestionScores:
+    """The judge's scores for one question: per order, (candidate score, reference score) or None if failed."""
+
+    id: str
+    category: str = ""
+    scores: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(self.scores.get(o) is not None for o in ORDERS)
+
+    def mean(self) -> tuple[float, float] | None:
+        """(candidate, reference) averaged over both orders; None unless both parsed."""
+        if not self.ok:
+            return None
+        c = sum(self.scores[o][0] for o in ORDERS) / len(ORDERS)  # type: ignore[index]
+        r = sum(self.scores[o][1] for o in ORDERS) / len(ORDERS)  # type: ignore[index]
+        return c, r
+
+    def outcome(self) -> str | None:
+        """'win' / 'tie' / 'loss' for the candidate, from the mean over both orders."""
+        m = self.mean()
+        if m is None:
+            return None
+        return "win" if m[0] > m[1] else "loss" if m[0] < m[1] else "tie"
+
+    def flipped(self) -> bool | None:
+        """Does the preferred answer (or a tie) change when the order is swapped? None unless both parsed."""
+        if not self.ok:
+            return None
+        prefs = []
+        for o in ORDERS:
+            c, r = self.scores[o]  # type: ignore[misc]
+            prefs.append("cand" if c > r else "ref" if r > c else "tie")
+        return prefs[0] != prefs[1]
+
+
+def relative(candidate_total: float, reference_total: float) -> float | None:
+    """100 * candidate / reference; None when the reference total is zero (nothing to compare)."""
+    if reference_total <= 0:
+        return None
+    return 100.0 * candidate_total / reference_total
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize_group(rows: Sequence[QuestionScores]) -> dict[str, Any]:
+    """Relative score per order and their mean, mean scores and win/tie/loss over `rows`."""
+    ok = [q for q in rows if q.ok]
+    out: dict[str, Any] = {"n": len(rows), "n_scored": len(ok), "n_excluded": len(rows) - len(ok)}
+    per_order: dict[str, float | None] = {}
+    for o in ORDERS:
+        cand = sum(q.scores[o][0] for q in ok)  # type: ignore[index]
+        ref = sum(q.scores[o][1] for q in ok)  # type: ignore[index]
+        per_order[o] = relative(cand, ref)
+    vals = [v for v in per_order.values() if v is not None]
+    out["relative"] = {**per_order, "mean": sum(vals) / len(vals) if len(vals) == len(ORDERS) else None}
+    means = [q.mean() for q in ok]
+    out["candidate_mean"] = _mean([m[0] for m in means if m])
+    out["reference_mean"] = _mean([m[1] for m in means if m])
+    outcomes = [q.outcome() for q in ok]
+    out["win"] = outcomes.count("win")
+    out["tie"] = outcomes.count("tie")
+    out["loss"] = outcomes.count("loss")
+    return out
+
+
+def judge_health(rows: Sequence[QuestionScores]) -> dict[str, Any]:
+    """Parse failures (per order), swap-flip rate, and the first position's average score advantage."""
+    n_orders = sum(len(ORDERS) for _ in rows)
+    failures = sum(1 for q in rows for o in ORDERS if q.scores.get(o) is None)
+    flips = [q.flipped() for q in rows if q.ok]
+    # first-position advantage: (score of whichever answer was shown first) - (score of the second)
+    adv = []
+    for q in rows:
+        for o in ORDERS:
+            s = q.scores.get(o)
+            if s is None:
+                continue
+            c, r = s
+            adv.append(r - c if o == "ref_first" else c - r)
+    return {
+        "orders_judged": n_orders,
+        "parse_failures": failures,
+        "parse_failure_rate": failures / n_orders if n_orders else 0.0,
+        "pairs_excluded": sum(1 for q in rows if not q.ok),
+        "swap_flip_rate": (sum(1 for f in flips if f) / len(flips)) if flips else None,
+        "first_position_advantage": _mean(adv),
+    }
+
+
+def summarize(rows: Iterable[QuestionScores]) -> dict[str, Any]:
+    """The full summary: overall, per category (sorted by name), and judge health."""
+    rows = list(rows)
+    cats: dict[str, list[QuestionScores]] = {}
+    for q in rows:
+        cats.setdefault(q.category or "uncategorised", []).append(q)
+    return {
+        "overall": summarize_group(rows),
+        "by_category": {c: summarize_group(cats[c]) for c in sorted(cats)},
+        "judge": judge_health(rows),
+    }
+
+
+def format_summary(summary: dict[str, Any], title: str = "") -> str:
+    """A short plain-text table of a `summarize` result."""
+
+    def fmt(v: float | None) -> str:
+        return "   -  " if v is None else f"{v:6.2f}"
+
+    lines = [title] if title else []
+    lines.append(f"{'category':16s} {'n':>4s} {'ref_1st':>7s} {'cand_1st':>8s} {'mean':>7s}  W/T/L")
+    groups = [("OVERALL", summary["overall"])] + list(summary["by_category"].items())
+    for name, g in groups:
+        rel = g["relative"]
+        lines.append(
+            f"{name[:16]:16s} {g['n_scored']:4d} {fmt(rel['ref_first']):>7s} {fmt(rel['cand_first']):>8s} "
+            f"{fmt(rel['mean']):>7s}  {g['win']}/{g['tie']}/{g['loss']}"
+        )
+    o = summary["overall"]
+    j = summary["judge"]
+    flip = "-" if j["swap_flip_rate"] is None else f"{j['swap_flip_rate']:.1%}"
+    cm = "-" if o["candidate_mean"] is None else f"{o['candidate_mean']:.2f}"
+    rm = "-" if o["reference_mean"] is None else f"{o['reference_mean']:.2f}"
+    lines.append(
+        f"mean score: candidate {cm}, reference {rm}; judge: {j['parse_failures']} parse failures "
+        f"({j['parse_failure_rate']:.1%} of orders), swap-flip rate {flip}, {o['n_excluded']} questions excluded"
+    )
+    return "\n".join(lines)
+
+
+def rows_from_table(table: Iterable[dict[str, Any]]) -> list[QuestionScores]:
+    """Rebuild QuestionScores from the per-question table rows that lion.evaluate writes."""
+    out = []
+    for t in table:
+        scores: dict[str, tuple[float, float] | None] = {}
+        for o in ORDERS:
+            c, r = t.get(f"{o}_candidate"), t.get(f"{o}_reference")
+            scores[o] = (float(c), float(r)) if c is not None and r is not None else None
+        out.append(QuestionScores(id=str(t["id"]), category=str(t.get("category") or ""), scores=scores))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    from pathlib import Path
+
+    from .records import read_jsonl
+
+    ap = argparse.ArgumentParser(prog="python -m lion.evalscore", description=__doc__.splitlines()[0])
+    ap.add_argument("table", help="table.jsonl written by python -m lion.evaluate")
+    args = ap.parse_args(argv)
+    if not Path(args.table).is_file():
+        from .errors import DataError
+
+        raise DataError(f"{args.table}: file not found")
+    print(format_summary(summarize(rows_from_table(read_jsonl(Path(args.table))))))
+    return 0
+
+
+if __name__ == "__main__":
+    from .errors import cli_main
+
+    cli_main(main, sys.argv[1:])
