@@ -29,7 +29,7 @@ PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 # template name -> the placeholders it must use (documented in prompts/README.md)
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "teacher_system": (),
-    "teacher": ("instruction", "input_block"),
+    "teacher": ("request",),  # the instruction, plus its input block when it has one (see `teacher_request`)
     "referee": ("instruction", "answer_a", "answer_b"),
     "generate_hard": ("instruction",),
     "generate_easy": ("instruction",),
@@ -102,9 +102,9 @@ def load_template(name: str, prompts_dir: str | Path | None = None) -> Template:
     return tpl
 
 
-def input_block(input: str) -> str:
-    """The optional input part of a teacher prompt (empty when the instruction has no input)."""
-    return f"\n\nInput:\n{input}" if input else ""
+def teacher_request(instruction: str, input: str = "") -> str:
+    """What the teacher is asked: the instruction, and its input (if any) in a block of its own."""
+    return f"{instruction}\n\nInput:\n{input}" if input else instruction
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,6 +93,18 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(Path(path), json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
+def read_json_or_empty(path: Path) -> dict[str, Any]:
+    """A JSON object file we wrote, or {} when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    return obj if isinstance(obj, dict) else {}
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSONL file we wrote; a bad line is a DataError naming file:line."""
     path = Path(path)
