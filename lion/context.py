@@ -1,0 +1,97 @@
+"""What every phase needs: the config, the run directory, the gateway, the templates, the answer store.
+
+Used as a context manager by the driver and by each phase's own entry point:
+
+    with RunContext(cfg) as ctx:
+        imitation(ctx, 1)
+
+When `sim.enabled` is set (the offline world), entering the context starts the local OpenAI-compatible
+server with the configured responder and points every LLM role at it; leaving stops it.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .config import ROLES, LionConfig, save_resolved
+from .prompts import Template, load_template
+from .rundir import AnswerStore, RunDir
+
+
+class RunContext:
+    def __init__(self, cfg: LionConfig, *, progress: bool = True):
+        self.cfg = cfg
+        self.run = RunDir(cfg.run_dir)
+        self.progress = progress
+        self._server: Any = None
+        self._gateway: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> RunContext:
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        self.run.check_or_init_state(self.cfg)
+        save_resolved(self.cfg, self.run.path / "config.yaml")
+        if self.cfg.sim.enabled:
+            self._start_sim()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._gateway is not None:
+            self._gateway.close()
+            self._gateway = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def _start_sim(self) -> None:
+        from .sim.server import SimServer, make_responder
+
+        sim = self.cfg.sim
+        options = dict(sim.options)
+        if self.cfg.prompts_dir and "prompts_dir" not in options and sim.responder == "oracle":
+            options["prompts_dir"] = self.cfg.prompts_dir
+        self._server = SimServer(
+            make_responder(sim.responder, options),
+            latency_ms=sim.latency_ms,
+            port=sim.port,
+            log_path=self.run.path / "sim_requests.jsonl",
+        )
+        url = self._server.start()
+        # every role talks to the local server; the cache key uses the namespace "sim", not the port,
+        # so a resumed run (new port) replays the same calls
+        for role in ("default", *ROLES):
+            rc = getattr(self.cfg.llm, role)
+            rc.base_url = url
+            rc.cache_namespace = "sim"
+
+    # ------------------------------------------------------------------ shared pieces
+    @property
+    def gateway(self) -> Any:
+        if self._gateway is None:
+            from .teachers.gateway import Gateway
+
+            self._gateway = Gateway(self.cfg.llm, self.run.path, progress=self.progress)
+        return self._gateway
+
+    def template(self, name: str) -> Template:
+        return load_template(name, self.cfg.prompts_dir)
+
+    @cached_property
+    def answers(self) -> AnswerStore:
+        return AnswerStore(self.run.answers_path)
+
+    @property
+    def teacher_identity(self) -> str:
+        """Who answered: the teacher's model and sampling settings (a different teacher = new answers)."""
+        t = self.cfg.llm.teacher
+        return f"{t.provider}|{t.model}|t={t.temperature}|p={t.top_p}|max={t.max_tokens}"
+
+    def round_dir(self, r: int) -> Path:
+        d = self.run.round_dir(r)
+        d.mkdir(parents=True, exist_ok=True)
+        return d

@@ -1,0 +1,179 @@
+"""Phase 3, generation: new instructions like the hard ones, and new easy ones on rarer topics.
+
+    python -m lion.generation --config C --round R
+
+From each hard seed the generator writes a new instruction of the same domain and task type, of similar
+length and difficulty (prompts/generate_hard.txt); from each easy seed, one of the same domain on a rarer
+topic (prompts/generate_easy.txt). Seeds are drawn without replacement while they last (then the seed list
+is reshuffled; a seed's n-th use is the n-th sample of its prompt, so it is a new call, not a cache hit).
+Candidates go through the filters of `lion.filters` (parse, length, meta words, ROUGE-L near-duplicates
+against the Cache Pool and everything accepted so far, decontamination against evaluation sets); each
+rejected candidate is kept with its reason. Requests go out in concurrent waves until both targets are met
+or `generation.max_attempts_factor` × target requests were made, and the phase reports which.
+Everything is deterministic given the seed and the (cached) replies, so a resumed phase replays exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import re
+import sys
+from collections import Counter
+from typing import Any
+
+from .context import RunContext
+from .errors import LionError
+from .records import Instruction, read_json_or_empty, read_jsonl, read_pool, write_json, write_jsonl
+from .teachers.base import ChatRequest
+
+KINDS = ("hard", "easy")
+
+_TASK = re.compile(r"^[\s>*_#`\"']*task[\s*_`]*:[\s*_`]*(.*)\Z", re.IGNORECASE | re.DOTALL)
+
+
+def parse_task(reply: str | None) -> str | None:
+    """The new instruction in a generator reply (`TASK: ...`, as the templates ask), or None.
+
+    Accepts markdown decoration around the marker (`**TASK:**`, `> TASK:`) and quotes around the task;
+    text before the marker line is ignored. A reply with no marker is a parse failure.
+    """
+    if not reply:
+        return None
+    lines = reply.strip().splitlines()
+    for n, line in enumerate(lines):
+        m = _TASK.match(line)
+        if m:
+            text = "\n".join([m.group(1), *lines[n + 1 :]]).strip()
+            text = text.strip("*_` ")
+            if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+                text = text[1:-1].strip()
+            return text or None
+    return None
+
+
+class SeedSampler:
+    """Seeds without replacement while they last; then a fresh shuffle. Counts uses per seed."""
+
+    def __init__(self, seeds: list[Instruction], rng: random.Random):
+        self.seeds, self.rng = seeds, rng
+        self.order: list[Instruction] = []
+        self.uses: Counter[str] = Counter()
+
+    def next(self) -> tuple[Instruction, int]:
+        if not self.order:
+            self.order = self.seeds[:]
+            self.rng.shuffle(self.order)
+        seed = self.order.pop()
+        sample = self.uses[seed.id]
+        self.uses[seed.id] += 1
+        return seed, sample
+
+
+def generation(ctx: RunContext, r: int) -> dict[str, Any]:
+    """Run phase 3 of round r (idempotent)."""
+    from .filters import CandidateFilter, load_eval_questions
+
+    rd = ctx.round_dir(r)
+    if ctx.run.is_done(r, "generation"):
+        return read_json_or_empty(rd / "generation.json")
+    if not ctx.run.is_done(r, "discrimination"):
+        raise LionError(f"round {r} generation needs round {r}'s discrimination first "
+                        f"({ctx.run.done_marker(r, 'discrimination')} missing)")
+    gc = ctx.cfg.generation
+    pool = read_pool(rd / "cache_pool.jsonl")
+    by_id = {i.id: i for i in pool}
+    labels = {row["id"]: row["label"] for row in read_jsonl(rd / "split.jsonl")}
+    seeds = {k: [i for i in pool if labels.get(i.id) == k] for k in KINDS}
+    wanted = {"hard": gc.n_hard, "easy": gc.n_easy}
+    budget = {k: math.ceil(wanted[k] * gc.max_attempts_factor) if seeds[k] else 0 for k in KINDS}
+    rng = random.Random(f"{ctx.cfg.seed}/{gc.seed}/{r}")
+    samplers = {k: SeedSampler(seeds[k], rng) for k in KINDS}
+    templates = {k: ctx.template(f"generate_{k}") for k in KINDS}
+    filt = CandidateFilter(gc, (i.instruction for i in pool), load_eval_questions(gc.decontaminate))
+
+    accepted: dict[str, list[Instruction]] = {k: [] for k in KINDS}
+    rejected: list[dict[str, Any]] = []
+    sent = Counter[str]()
+    wave = 0
+    while True:
+        plan: list[tuple[str, Instruction, int]] = []
+        for k in KINDS:
+            need = wanted[k] - len(accepted[k])
+            room = budget[k] - sent[k]
+            n = min(need + need // 4 + 1, room, gc.batch_size) if need > 0 else 0
+            plan += [(k, *samplers[k].next()) for _ in range(max(n, 0))]
+        if not plan:
+            break
+        wave += 1
+        requests = [
+            ChatRequest(messages=[{"role": "user", "content": templates[k].render(instruction=s.instruction)}],
+                        sample=sample)
+            for k, s, sample in plan
+        ]
+        results = ctx.gateway.chat_many("generator", "generation", requests, desc=f"round {r} generation wave {wave}")
+        for (k, seed, _), res in zip(plan, results):
+            sent[k] += 1
+            if len(accepted[k]) >= wanted[k]:  # the wave over-asked a little to absorb rejections
+                rejected.append({"text": res.text, "kind": k, "parent": seed.id, "reason": "surplus"})
+                continue
+            if not res.ok:
+                rejected.append({"text": None, "kind": k, "parent": seed.id, "reason": "call_failed",
+                                 "detail": res.error})
+                continue
+            text = parse_task(res.text)
+            decision = filt.check(text)
+            if not decision.ok:
+                rejected.append({"text": text if text is not None else res.text, "kind": k, "parent": seed.id,
+                                 "reason": decision.reason})
+                continue
+            assert text is not None
+            filt.accept(text)
+            new = Instruction(instruction=text, round=r, kind=k, parent=seed.id,
+                              meta={"parent_kind": by_id[seed.id].kind})
+            accepted[k].append(new)
+
+    met = all(len(accepted[k]) >= wanted[k] for k in KINDS)
+    stopped = "targets_met" if met else ("no_seeds" if any(wanted[k] and not seeds[k] for k in KINDS)
+                                         else "max_attempts")
+    write_jsonl(rd / "generated.jsonl", (i.to_json() for k in KINDS for i in accepted[k]))
+    write_jsonl(rd / "rejected.jsonl", rejected)
+    metrics = {
+        "wanted": wanted,
+        "seeds": {k: len(seeds[k]) for k in KINDS},
+        "accepted": {k: len(accepted[k]) for k in KINDS},
+        "requests": dict(sent),
+        "rejected": dict(Counter(x["reason"] for x in rejected)),
+        "stopped": stopped,
+    }
+    write_json(rd / "generation.json", metrics)
+    ctx.run.mark_done(r, "generation")
+    return metrics
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from .config import add_config_args
+
+    p = argparse.ArgumentParser(prog="python -m lion.generation", description=__doc__.split("\n\n")[0])
+    add_config_args(p)
+    p.add_argument("--round", "-r", type=int, required=True, help="round number (1-based)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import load_config
+
+    args = make_parser().parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    with RunContext(cfg) as ctx:
+        m = generation(ctx, args.round)
+    print(f"round {args.round} generation: {m['accepted']['hard']}/{m['wanted']['hard']} hard, "
+          f"{m['accepted']['easy']}/{m['wanted']['easy']} easy, stopped: {m['stopped']}, rejected: {m['rejected']}")
+    return 0
+
+
+if __name__ == "__main__":
+    from .errors import cli_main
+
+    cli_main(main, sys.argv[1:])

@@ -1,0 +1,114 @@
+"""Phase 1, imitation: the teacher answers the Train Pool, the student is fine-tuned on the answers.
+
+    python -m lion.imitation --config C --round R
+
+Teacher answers are kept per (instruction id, teacher identity) in the run's answer store and reused by
+discrimination and by later rounds, so no answer is ever bought twice. An empty, truncated-to-nothing or
+failed answer is never a training target: it is counted and left out.
+Round R's student starts from round R-1's student (`student.continue_from_previous`) or from the base model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .context import RunContext
+from .errors import LionError
+from .pools import prepare_round
+from .prompts import teacher_request
+from .records import Instruction, read_json_or_empty, read_pool, write_json
+from .teachers.base import ChatRequest
+
+
+def teacher_messages(ctx: RunContext, inst: Instruction) -> list[dict[str, str]]:
+    system = ctx.template("teacher_system").render()
+    user = ctx.template("teacher").render(request=teacher_request(inst.instruction, inst.input))
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def teacher_answers(ctx: RunContext, pool: Sequence[Instruction], phase: str) -> dict[str, str | None]:
+    """Answer for every instruction (None where the teacher failed), buying only the missing ones."""
+    who = ctx.teacher_identity
+    missing = [inst for inst in pool if ctx.answers.get(inst.id, who) is None]
+    if missing:
+        results = ctx.gateway.chat_many(
+            "teacher", phase, [ChatRequest(messages=teacher_messages(ctx, i)) for i in missing],
+            desc=f"teacher answers ({phase})",
+        )
+        for inst, res in zip(missing, results):
+            if res.ok and res.text is not None and res.text.strip():
+                ctx.answers.put(inst.id, who, res.text.strip(), res.finish_reason)
+    out: dict[str, str | None] = {}
+    for inst in pool:
+        row = ctx.answers.get(inst.id, who)
+        out[inst.id] = row["answer"] if row else None
+    return out
+
+
+def previous_student(ctx: RunContext, r: int) -> str:
+    from .student import resolve_base_model
+
+    if r > 1 and ctx.cfg.student.continue_from_previous:
+        prev = ctx.run.student_dir(r - 1)
+        if not prev.is_dir():
+            raise LionError(f"{prev}: round {r - 1}'s student is missing; round {r} continues from it "
+                            "(run round {r - 1}'s imitation first, or set student.continue_from_previous: false)")
+        return str(prev)
+    return str(resolve_base_model(ctx.cfg.student, ctx.run.path))
+
+
+def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
+    """Run phase 1 of round r (idempotent: a finished phase returns its saved metrics)."""
+    rd = ctx.round_dir(r)
+    metrics_path = rd / "imitation.json"
+    if ctx.run.is_done(r, "imitation"):
+        return read_json_or_empty(metrics_path)
+    prepare_round(ctx, r)
+    pool = read_pool(rd / "train_pool.jsonl")
+    answers = teacher_answers(ctx, pool, "imitation")
+    examples = [
+        {"instruction": i.instruction, "input": i.input, "output": answers[i.id]} for i in pool if answers[i.id]
+    ]
+    n_failed = len(pool) - len(examples)
+    if not examples:
+        raise LionError(f"round {r}: the teacher answered none of the {len(pool)} Train Pool instructions; "
+                        "see the gateway errors above")
+    from .student.train import train_student
+
+    init_from = previous_student(ctx, r)
+    result = train_student(ctx.cfg.student, examples, init_from, ctx.run.student_dir(r), seed=ctx.cfg.seed + r)
+    metrics = {"n_train_pool": len(pool), "n_train": len(examples), "n_failed_answers": n_failed,
+               "init_from": init_from, "student": str(result.path), "train": result.metrics}
+    write_json(metrics_path, metrics)
+    ctx.run.mark_done(r, "imitation")
+    return metrics
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from .config import add_config_args
+
+    p = argparse.ArgumentParser(prog="python -m lion.imitation", description=__doc__.split("\n\n")[0])
+    add_config_args(p)
+    p.add_argument("--round", "-r", type=int, required=True, help="round number (1-based)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import load_config
+
+    args = make_parser().parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    with RunContext(cfg) as ctx:
+        m = imitation(ctx, args.round)
+    print(f"round {args.round} imitation: {m['n_train']} examples ({m['n_failed_answers']} without a usable "
+          f"teacher answer), student at {m['student']}")
+    return 0
+
+
+if __name__ == "__main__":
+    from .errors import cli_main
+
+    cli_main(main, sys.argv[1:])

@@ -1,0 +1,58 @@
+"""The Train Pool and the Cache Pool of each round.
+
+Round 1's pools come from the seed files (`pools.train_seed`, `pools.cache_seed`, any format
+`lion.records.load_instructions` reads). After round r's generation the new instructions N_r give
+
+    Train Pool(r+1) = N_r                      (pools.train_pool: replace, the paper)
+                    = Train Pool(r) ∪ N_r      (pools.train_pool: accumulate)
+    Cache Pool(r+1) = Cache Pool(r) ∪ N_r
+
+Each round's pools are written into its folder before any phase of it runs, so every phase (and a
+resumed run) reads exactly the pools the round started with.
+"""
+
+from __future__ import annotations
+
+from .context import RunContext
+from .errors import LionError
+from .records import Instruction, load_instructions, read_pool, write_pool
+
+
+def _union(a: list[Instruction], b: list[Instruction]) -> list[Instruction]:
+    seen = {i.id for i in a}
+    return a + [i for i in b if i.id not in seen and not seen.add(i.id)]  # type: ignore[func-returns-value]
+
+
+def seed_pools(ctx: RunContext) -> tuple[list[Instruction], list[Instruction]]:
+    pc = ctx.cfg.pools
+    train, rep = load_instructions(pc.train_seed, pc.limit)
+    if pc.cache_seed and pc.cache_seed != pc.train_seed:
+        cache, _ = load_instructions(pc.cache_seed, pc.limit)
+        cache = _union(cache, train)  # the Train Pool is always part of the Cache Pool
+    else:
+        cache = list(train)
+    return train, cache
+
+
+def prepare_round(ctx: RunContext, r: int) -> None:
+    """Write round r's train_pool.jsonl and cache_pool.jsonl if they are not there yet."""
+    rd = ctx.round_dir(r)
+    train_path, cache_path = rd / "train_pool.jsonl", rd / "cache_pool.jsonl"
+    if train_path.exists() and cache_path.exists():
+        return
+    if r == 1:
+        train, cache = seed_pools(ctx)
+    else:
+        prev = ctx.run.round_dir(r - 1)
+        if not ctx.run.is_done(r - 1, "generation"):
+            raise LionError(f"round {r} cannot start: round {r - 1}'s generation has not finished "
+                            f"({ctx.run.done_marker(r - 1, 'generation')} missing)")
+        new = read_pool(prev / "generated.jsonl")
+        old_train, old_cache = read_pool(prev / "train_pool.jsonl"), read_pool(prev / "cache_pool.jsonl")
+        train = new if ctx.cfg.pools.train_pool == "replace" else _union(old_train, new)
+        cache = _union(old_cache, new)
+        if not train:
+            raise LionError(f"round {r}: round {r - 1} generated no new instructions, so the Train Pool is empty; "
+                            f"see {prev / 'rejected.jsonl'}")
+    write_pool(cache_path, cache)
+    write_pool(train_path, train)
