@@ -1,0 +1,441 @@
+"""The synthetic task world behind the offline oracle: task families, phrasings and exact ground truth.
+
+    python -m lion.sim.tasks --families                 # list families, domains, rarity, difficulty range
+    python -m lion.sim.tasks --sample 12 --seed 0       # print sampled instances with their answers
+    python -m lion.sim.tasks --seed-pool 400 --out seed.jsonl   # write a seed pool (rows: instruction + meta)
+
+Every instance belongs to a *family* (reverse a word, add two numbers, ...) inside a *domain*
+(letters, numbers, words) and has a *difficulty* from 1 (easy) to 5 (hard) that sets word length, digit
+count or list length. Each family has several phrasings; `parse_task` recognises any phrasing this module
+produces and recomputes the truth from the text alone, so an instruction written by the oracle's generator
+in one process can be graded by the oracle's referee in another. Answers are short exact strings, sized for
+a tiny character-level student: copy-like families (uppercase, reverse of short words) are learnable in a
+minute of CPU training, arithmetic with carries is not.
+
+A family's `rarity` weight sets how often it appears in the seed pool: common families dominate, rare ones
+are what the generator's "easy" branch (same domain, rarer topic) reaches for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+MIN_DIFFICULTY = 1
+MAX_DIFFICULTY = 5
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+# everyday words for the "words" domain (short, lower case, distinct)
+LEXICON: tuple[str, ...] = tuple(
+    """
+    apple river stone cloud green house table chair light bread water smile dream plant tiger horse
+    mouse paper music night ocean queen robot sheep train wheel zebra beach candy dance eagle field
+    grape heart juice knife lemon mango nurse onion piano quilt radio snake tower uncle voice whale
+    yacht arrow brick crown daisy ember flute ghost honey igloo jelly koala llama maple north olive
+    pearl quiet rainy salad tulip umber vivid wagon xenon yield zesty amber bison cedar delta frost
+    glove hazel ivory joker kayak lunar medal noble orbit pilot raven solar thorn ultra vapor witty
+    ant bee cat dog elk fox gnu hen owl pig rat yak bus car cup fan hat jam key map net pen
+    sun box egg ink jar kit lid mug nut oak pot rug toy van web
+    """.split()
+)
+
+
+@dataclass(frozen=True)
+class Task:
+    family: str
+    domain: str
+    difficulty: int
+    instruction: str
+    answer: str
+
+    @property
+    def meta(self) -> dict[str, object]:
+        return {"family": self.family, "domain": self.domain, "difficulty": self.difficulty}
+
+
+# slot name -> regular expression for its value inside an instruction
+SLOT_PATTERNS: dict[str, str] = {
+    "w": r"[a-z]+",  # a letter string
+    "c": r"[a-z]",  # one letter
+    "a": r"\d+",
+    "b": r"\d+",
+    "nums": r"\d+(?:, \d+)+",  # "12, 7, 85"
+    "phrase": r"[a-z]+(?: [a-z]+)+",  # "red apple tree"
+    "wordlist": r"[a-z]+(?:, [a-z]+)+",  # "pear, bird, lamp"
+}
+_SLOT = re.compile(r"\{([a-z]+)\}")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    domain: str
+    rarity: float  # relative frequency in the seed pool (higher = more common)
+    phrasings: tuple[str, ...]
+    make: Callable[[random.Random, int], dict[str, str]]  # difficulty -> slot values
+    solve: Callable[[dict[str, str]], str]
+    difficulty_of: Callable[[dict[str, str]], int]
+    case_sensitive: bool = False  # grading: does letter case matter in the answer?
+
+    def render(self, rng: random.Random, difficulty: int, phrasing: int | None = None) -> Task:
+        slots = self.make(rng, difficulty)
+        tpl = self.phrasings[rng.randrange(len(self.phrasings)) if phrasing is None else phrasing]
+        text = _SLOT.sub(lambda m: slots[m.group(1)], tpl)
+        return Task(self.name, self.domain, difficulty, text, self.solve(slots))
+
+    def patterns(self) -> list[re.Pattern[str]]:
+        out = []
+        for tpl in self.phrasings:
+            parts, pos = [], 0
+            for m in _SLOT.finditer(tpl):
+                parts.append(re.escape(tpl[pos : m.start()]))
+                parts.append(f"(?P<{m.group(1)}>{SLOT_PATTERNS[m.group(1)]})")
+                pos = m.end()
+            parts.append(re.escape(tpl[pos:]))
+            out.append(re.compile("".join(parts)))
+        return out
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _word(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(LETTERS) for _ in range(n))
+
+
+def _number(rng: random.Random, digits: int) -> int:
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+
+def _clip(d: int) -> int:
+    return max(MIN_DIFFICULTY, min(MAX_DIFFICULTY, d))
+
+
+# difficulty -> digits of the two operands of add / subtract
+_OPERAND_DIGITS = {1: (1, 1), 2: (2, 1), 3: (2, 2), 4: (3, 2), 5: (3, 3)}
+
+
+def _operands(rng: random.Random, d: int, ordered: bool) -> dict[str, str]:
+    da, db = _OPERAND_DIGITS[d]
+    a, b = _number(rng, da), _number(rng, db)
+    if ordered and a < b:
+        a, b = b, a
+    return {"a": str(a), "b": str(b)}
+
+
+def _operand_difficulty(s: dict[str, str]) -> int:
+    da, db = sorted((len(s["a"]), len(s["b"])), reverse=True)
+    for d, digits in _OPERAND_DIGITS.items():
+        if (da, db) == digits:
+            return d
+    return _clip(da + db - 1)
+
+
+def _count_letter(rng: random.Random, d: int) -> dict[str, str]:
+    n = d + 3
+    c = rng.choice(LETTERS)
+    k = rng.randint(0, min(3, n))
+    others = [x for x in LETTERS if x != c]
+    chars = [c] * k + [rng.choice(others) for _ in range(n - k)]
+    rng.shuffle(chars)
+    return {"c": c, "w": "".join(chars)}
+
+
+def _distinct_words(rng: random.Random, n: int) -> list[str]:
+    return rng.sample(LEXICON, n)
+
+
+# --------------------------------------------------------------------------------------------- families
+
+FAMILIES: tuple[Family, ...] = (
+    # ---- letters
+    Family(
+        "uppercase", "letters", 5.0,
+        (
+            "Write '{w}' in capital letters.",
+            "Convert '{w}' to uppercase.",
+            "Please uppercase this word: {w}",
+            "What is '{w}' in all caps?",
+        ),
+        lambda rng, d: {"w": _word(rng, d + 2)},
+        lambda s: s["w"].upper(),
+        lambda s: _clip(len(s["w"]) - 2),
+        case_sensitive=True,
+    ),
+    Family(
+        "reverse", "letters", 5.0,
+        (
+            "Reverse the letters of '{w}'.",
+            "Write '{w}' backwards.",
+            "Spell the word {w} in reverse order.",
+            "What is '{w}' reversed?",
+        ),
+        lambda rng, d: {"w": _word(rng, d + 2)},
+        lambda s: s["w"][::-1],
+        lambda s: _clip(len(s["w"]) - 2),
+    ),
+    Family(
+        "sort_letters", "letters", 2.0,
+        (
+            "Sort the letters of '{w}' alphabetically.",
+            "Arrange the letters in '{w}' in alphabetical order.",
+            "Put the letters of {w} in order from a to z.",
+            "What do you get when you sort the letters of '{w}'?",
+        ),
+        lambda rng, d: {"w": _word(rng, d + 2)},
+        lambda s: "".join(sorted(s["w"])),
+        lambda s: _clip(len(s["w"]) - 2),
+    ),
+    Family(
+        "count_letter", "letters", 1.0,
+        (
+            "How many times does the letter {c} appear in '{w}'?",
+            "Count the letter {c} in the word '{w}'.",
+            "In '{w}', how many {c}'s are there?",
+            "Give the number of {c} letters in {w}.",
+        ),
+        _count_letter,
+        lambda s: str(s["w"].count(s["c"])),
+        lambda s: _clip(len(s["w"]) - 3),
+    ),
+    # ---- numbers
+    Family(
+        "add", "numbers", 4.0,
+        (
+            "What is {a} plus {b}?",
+            "Add {a} and {b}.",
+            "Compute the sum of {a} and {b}.",
+            "Calculate {a} + {b}.",
+        ),
+        lambda rng, d: _operands(rng, d, ordered=False),
+        lambda s: str(int(s["a"]) + int(s["b"])),
+        _operand_difficulty,
+    ),
+    Family(
+        "subtract", "numbers", 2.0,
+        (
+            "What is {a} minus {b}?",
+            "Subtract {b} from {a}.",
+            "Compute the difference {a} - {b}.",
+            "Take {b} away from {a}. What is left?",
+        ),
+        lambda rng, d: _operands(rng, d, ordered=True),
+        lambda s: str(int(s["a"]) - int(s["b"])),
+        _operand_difficulty,
+    ),
+    Family(
+        "largest", "numbers", 2.0,
+        (
+            "Which is the largest of these numbers: {nums}?",
+            "Find the biggest number in this list: {nums}",
+            "Give the maximum of {nums}.",
+            "Pick the largest value among {nums}.",
+        ),
+        lambda rng, d: {"nums": ", ".join(str(rng.randint(1, 99)) for _ in range(d + 1))},
+        lambda s: str(max(int(x) for x in s["nums"].split(", "))),
+        lambda s: _clip(len(s["nums"].split(", ")) - 1),
+    ),
+    Family(
+        "parity", "numbers", 1.0,
+        (
+            "Is {a} even or odd?",
+            "Tell me whether {a} is odd or even.",
+            "Is the number {a} odd or even?",
+            "Say if {a} is an even or an odd number.",
+        ),
+        lambda rng, d: {"a": str(_number(rng, d))},
+        lambda s: "even" if int(s["a"]) % 2 == 0 else "odd",
+        lambda s: _clip(len(s["a"])),
+    ),
+    # ---- words
+    Family(
+        "acronym", "words", 3.0,
+        (
+            "Give the initials of '{phrase}' in capitals.",
+            "Make an acronym from the words: {phrase}",
+            "What acronym do the words '{phrase}' form?",
+            "Write the first letter of each word in '{phrase}' as one uppercase word.",
+        ),
+        lambda rng, d: {"phrase": " ".join(_distinct_words(rng, d + 1))},
+        lambda s: "".join(w[0] for w in s["phrase"].split()).upper(),
+        lambda s: _clip(len(s["phrase"].split()) - 1),
+        case_sensitive=True,
+    ),
+    Family(
+        "last_word", "words", 1.5,
+        (
+            "What is the last word of '{phrase}'?",
+            "Give the final word in the phrase '{phrase}'.",
+            "Which word comes at the end of '{phrase}'?",
+            "Return the last word of this text: {phrase}",
+        ),
+        lambda rng, d: {"phrase": " ".join(_distinct_words(rng, d + 1))},
+        lambda s: s["phrase"].split()[-1],
+        lambda s: _clip(len(s["phrase"].split()) - 1),
+    ),
+    Family(
+        "alpha_first", "words", 1.0,
+        (
+            "Which word comes first alphabetically: {wordlist}?",
+            "Of the words {wordlist}, which is first in a dictionary?",
+            "Find the alphabetically earliest word among {wordlist}.",
+            "List {wordlist} in alphabetical order and give only the first one.",
+        ),
+        lambda rng, d: {"wordlist": ", ".join(_distinct_words(rng, d + 1))},
+        lambda s: min(s["wordlist"].split(", ")),
+        lambda s: _clip(len(s["wordlist"].split(", ")) - 1),
+    ),
+)
+
+BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
+DOMAINS: dict[str, list[str]] = {}
+for _f in FAMILIES:
+    DOMAINS.setdefault(_f.domain, []).append(_f.name)
+
+_PATTERNS: list[tuple[Family, re.Pattern[str]]] = [(f, p) for f in FAMILIES for p in f.patterns()]
+
+
+# --------------------------------------------------------------------------------------------- public API
+
+
+def get_family(name: str) -> Family:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown task family {name!r} (families: {', '.join(BY_NAME)})") from None
+
+
+def sample_task(rng: random.Random, family: str | None = None, difficulty: int | None = None) -> Task:
+    """One instance: of `family` (default: drawn by rarity) at `difficulty` (default: uniform 1..5)."""
+    if family is None:
+        fam = rng.choices(FAMILIES, weights=[f.rarity for f in FAMILIES])[0]
+    else:
+        fam = get_family(family)
+    d = rng.randint(MIN_DIFFICULTY, MAX_DIFFICULTY) if difficulty is None else _clip(int(difficulty))
+    return fam.render(rng, d)
+
+
+def _normalise_instruction(text: str) -> str:
+    return " ".join(text.split())
+
+
+def parse_task(instruction: str) -> Task | None:
+    """Recognise an instruction written in any of our phrasings; None when it is not one of ours."""
+    text = _normalise_instruction(instruction)
+    for fam, pat in _PATTERNS:
+        m = pat.fullmatch(text)
+        if m:
+            slots = m.groupdict()
+            try:
+                answer = fam.solve(slots)
+            except ValueError:
+                continue
+            return Task(fam.name, fam.domain, fam.difficulty_of(slots), text, answer)
+    return None
+
+
+def normalise_answer(answer: str, case_sensitive: bool) -> str:
+    """Light normalisation before exact match: whitespace, surrounding quotes, a trailing full stop."""
+    a = " ".join(answer.split())
+    a = a.strip().rstrip(".").strip()
+    if len(a) >= 2 and a[0] == a[-1] and a[0] in "'\"`":
+        a = a[1:-1].strip()
+    return a if case_sensitive else a.lower()
+
+
+def grade(instruction: str, answer: str) -> bool | None:
+    """Exact match against the truth after light normalisation; None when the instruction is not ours."""
+    task = parse_task(instruction)
+    if task is None:
+        return None
+    cs = BY_NAME[task.family].case_sensitive
+    return normalise_answer(answer, cs) == normalise_answer(task.answer, cs)
+
+
+def _rows(tasks: list[Task]) -> list[dict[str, object]]:
+    return [{"instruction": t.instruction, "meta": t.meta} for t in tasks]
+
+
+def seed_pool(n: int, seed: int) -> list[dict[str, object]]:
+    """`n` distinct instructions drawn by rarity, difficulty uniform: rows {"instruction", "meta"}."""
+    rng = random.Random(f"seed-pool:{seed}")
+    seen: set[str] = set()
+    out: list[Task] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 100 * n + 1000:
+            raise RuntimeError(f"cannot draw {n} distinct tasks")
+        t = sample_task(rng)
+        if t.instruction not in seen:
+            seen.add(t.instruction)
+            out.append(t)
+    return _rows(out)
+
+
+def heldout_set(n_per_family: int, seed: int) -> list[dict[str, object]]:
+    """`n_per_family` distinct instances of every family, difficulties cycling 1..5; rows carry the answer too."""
+    rng = random.Random(f"heldout:{seed}")
+    rows: list[dict[str, object]] = []
+    for fam in FAMILIES:
+        seen: set[str] = set()
+        i = 0
+        while len(seen) < n_per_family:
+            t = fam.render(rng, MIN_DIFFICULTY + i % (MAX_DIFFICULTY - MIN_DIFFICULTY + 1))
+            i += 1
+            if t.instruction in seen:
+                continue
+            seen.add(t.instruction)
+            rows.append({"instruction": t.instruction, "answer": t.answer, "meta": t.meta})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lion.sim.tasks", description="Inspect the synthetic task world.")
+    p.add_argument("--families", action="store_true", help="list the task families")
+    p.add_argument("--sample", type=int, default=0, help="print N sampled instances")
+    p.add_argument("--seed-pool", type=int, default=0, help="write a seed pool of N instructions to --out")
+    p.add_argument("--heldout", type=int, default=0, help="write N held-out instances per family to --out")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import ConfigError
+    from ..records import atomic_write_text
+
+    args = make_parser().parse_args(argv)
+    if args.families or not (args.sample or args.seed_pool or args.heldout):
+        total = sum(f.rarity for f in FAMILIES)
+        for f in FAMILIES:
+            print(f"{f.domain:8s} {f.name:13s} share {f.rarity / total:5.1%}  difficulty {MIN_DIFFICULTY}..{MAX_DIFFICULTY}")
+    if args.sample:
+        rng = random.Random(args.seed)
+        for _ in range(args.sample):
+            t = sample_task(rng)
+            print(f"[{t.family} d{t.difficulty}] {t.instruction}  ->  {t.answer}")
+    for n, fn in ((args.seed_pool, seed_pool), (args.heldout, heldout_set)):
+        if n:
+            if args.out is None:
+                raise ConfigError("--out: required with --seed-pool / --heldout")
+            rows = fn(n, args.seed)
+            atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+            print(f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    from ..errors import cli_main
+
+    cli_main(main, sys.argv[1:])
