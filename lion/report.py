@@ -1,0 +1,486 @@
+"""The run report: one self-contained HTML file with plots, plus a short text summary.
+
+    python -m lion.report RUN_DIR [--out RUN_DIR/report.html] [--lineages 3]
+
+Reads only the run directory (docs/run-dir.md): round_XX/metrics.json, split.jsonl, generated.jsonl,
+rejected.jsonl, student_answers.jsonl, eval/summary.json, the run-level usage.json, state.json and
+config.yaml. Works on a finished run or one still in progress (missing pieces are reported as missing).
+Writes RUN_DIR/report.html (every image embedded as a base64 PNG data URI, so it opens from disk with no
+server and can be mailed as one file) and RUN_DIR/report.txt, and prints the text summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError, LionError
+from .records import atomic_write_text, read_jsonl
+
+ROUND_DIR = re.compile(r"^round_(\d+)$")
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def _json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return read_jsonl(path) if path.is_file() else []
+
+
+@dataclass
+class RoundData:
+    no: int
+    path: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    split: list[dict[str, Any]] = field(default_factory=list)
+    generated: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    student_answers: dict[str, str] = field(default_factory=dict)
+    eval: dict[str, Any] | None = None
+
+    @property
+    def disc(self) -> dict[str, Any]:
+        return self.metrics.get("discrimination") or {}
+
+    @property
+    def gen(self) -> dict[str, Any]:
+        return self.metrics.get("generation") or {}
+
+    @property
+    def oracle(self) -> dict[str, Any] | None:
+        return self.metrics.get("oracle") or (self.eval or {}).get("oracle")
+
+
+@dataclass
+class RunData:
+    path: Path
+    rounds: list[RoundData]
+    usage: dict[str, Any] | None
+    state: dict[str, Any] | None
+    config: dict[str, Any] | None
+    other_evals: dict[str, dict[str, Any]]
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise LionError(f"{path}: no such run directory")
+    rounds = []
+    for d in sorted(path.iterdir()):
+        m = ROUND_DIR.match(d.name)
+        if not m or not d.is_dir():
+            continue
+        r = RoundData(no=int(m.group(1)), path=d)
+        r.metrics = _json(d / "metrics.json") or {}
+        r.split = _jsonl(d / "split.jsonl")
+        r.generated = _jsonl(d / "generated.jsonl")
+        r.rejected = _jsonl(d / "rejected.jsonl")
+        r.student_answers = {str(a.get("id")): str(a.get("answer", "")) for a in _jsonl(d / "student_answers.jsonl")}
+        r.eval = _json(d / "eval" / "summary.json") or r.metrics.get("eval") or None
+        rounds.append(r)
+    rounds.sort(key=lambda r: r.no)
+    if not rounds:
+        raise LionError(f"{path}: no round_XX directories; is this a lion run directory?")
+    config = None
+    if (path / "config.yaml").is_file():
+        import yaml
+
+        try:
+            config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            config = None
+    others = {}
+    if (path / "eval").is_dir():
+        for d in sorted((path / "eval").iterdir()):
+            s = _json(d / "summary.json") if d.is_dir() else None
+            if s:
+                others[d.name] = s
+    return RunData(path=path, rounds=rounds, usage=_json(path / "usage.json"), state=_json(path / "state.json"),
+                   config=config if isinstance(config, dict) else None, other_evals=others)
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+
+def _get(d: dict[str, Any] | None, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _eval_rel(e: dict[str, Any] | None, which: str = "mean") -> float | None:
+    return _get(e, "overall", "relative", which)
+
+
+def _usage_rows(run: RunData) -> list[dict[str, Any]]:
+    usage = run.usage
+    if not usage:  # fall back to the newest round's snapshot
+        for r in reversed(run.rounds):
+            if r.metrics.get("usage"):
+                usage = r.metrics["usage"]
+                break
+    rows = (usage or {}).get("by") or []
+    return [u for u in rows if isinstance(u, dict)]
+
+
+def build_figures(run: RunData) -> list[tuple[str, str, bytes | None]]:
+    """(section, title, png-or-None) in report order."""
+    from . import plots
+
+    xs = [r.no for r in run.rounds]
+    figs: list[tuple[str, str, bytes | None]] = []
+    sec = "Discrimination"
+    figs.append((sec, "Hard ratio per round", plots.line_chart(
+        "Share of the Cache Pool judged hard", xs, {"hard ratio": [r.disc.get("hard_ratio") for r in run.rounds]},
+        ylabel="hard", percent=True, ylim=(-3, 103))))
+    figs.append((sec, "Teacher and student mean score", plots.line_chart(
+        "Referee mean score per round", xs,
+        {"teacher": [r.disc.get("teacher_mean") for r in run.rounds],
+         "student": [r.disc.get("student_mean") for r in run.rounds]}, ylabel="score (1-10)")))
+    tau = _get(run.config, "discrimination", "tau")
+    figs.append((sec, "Gap histogram", plots.histogram(
+        "Gap = teacher score - student score (both orders averaged)",
+        {f"round {r.no}": [float(s["gap"]) for s in r.split if s.get("gap") is not None] for r in run.rounds},
+        xlabel="gap", marker=float(tau) if isinstance(tau, (int, float)) else None, marker_label="tau")))
+    sec = "Referee health"
+    figs.append((sec, "Swap-flip and parse-failure rates", plots.line_chart(
+        "Referee health per round", xs,
+        {"swap-flip rate": [r.disc.get("swap_flip_rate") for r in run.rounds],
+         "parse-failure rate": [r.disc.get("parse_failure_rate") for r in run.rounds]},
+        ylabel="rate", percent=True, ymin=0)))
+    sec = "Generation"
+    labels = [f"round {r.no}" for r in run.rounds]
+    figs.append((sec, "New instructions by kind", plots.bar_chart(
+        "New instructions: accepted (and wanted) by kind", labels,
+        {"hard accepted": [_get(r.gen, "accepted", "hard") for r in run.rounds],
+         "hard wanted": [_get(r.gen, "wanted", "hard") for r in run.rounds],
+         "easy accepted": [_get(r.gen, "accepted", "easy") for r in run.rounds],
+         "easy wanted": [_get(r.gen, "wanted", "easy") for r in run.rounds]}, ylabel="instructions")))
+    reasons: dict[str, list[float]] = {}
+    for i, r in enumerate(run.rounds):
+        counts = r.gen.get("rejected") or _count(x.get("reason", "?") for x in r.rejected)
+        for reason, n in counts.items():
+            reasons.setdefault(str(reason), [0.0] * len(run.rounds))[i] = float(n)
+    figs.append((sec, "Rejected candidates by reason", plots.bar_chart(
+        "Rejected candidates by reason", labels, dict(sorted(reasons.items())), stacked=True, ylabel="candidates")))
+    sec = "Spend"
+    urows = _usage_rows(run)
+    keys = sorted({(str(u.get("role")), str(u.get("phase"))) for u in urows})
+    cats = [f"{role} / {phase}" for role, phase in keys]
+
+    def total(field_: str, key: tuple[str, str]) -> float:
+        return sum(float(u.get(field_) or 0) for u in urows if (str(u.get("role")), str(u.get("phase"))) == key)
+
+    figs.append((sec, "Tokens by role and phase", plots.bar_chart(
+        "Tokens by role / phase", cats, {"tokens in": [total("tokens_in", k) for k in keys],
+                                          "tokens out": [total("tokens_out", k) for k in keys]},
+        stacked=True, horizontal=True, ylabel="tokens")))
+    usd = [total("usd", k) for k in keys]
+    figs.append((sec, "Spend by role and phase", plots.bar_chart(
+        "Spend (USD) by role / phase", cats, {"USD": usd}, horizontal=True, ylabel="USD") if any(usd) else None))
+    sec = "Evaluation"
+    figs.append((sec, "Relative score trend", plots.line_chart(
+        "Relative score vs the reference (%), per round", xs,
+        {"mean of both orders": [_eval_rel(r.eval) for r in run.rounds],
+         "reference shown first": [_eval_rel(r.eval, "ref_first") for r in run.rounds],
+         "candidate shown first": [_eval_rel(r.eval, "cand_first") for r in run.rounds]}, ylabel="relative score")))
+    cat_names = sorted({c for r in run.rounds for c in (_get(r.eval, "by_category") or {})})
+    figs.append((sec, "Relative score per category", plots.line_chart(
+        "Relative score per category (mean of both orders)", xs,
+        {c: [_get(r.eval, "by_category", c, "relative", "mean") for r in run.rounds] for c in cat_names},
+        ylabel="relative score")))
+    fams = sorted({f for r in run.rounds for f in (_get(r.oracle, "accuracy") or {})})
+    if fams:
+        series = {f: [_get(r.oracle, "accuracy", f) for r in run.rounds] for f in fams}
+        series["overall"] = [_get(r.oracle, "overall") for r in run.rounds]
+        figs.append((sec, "Exact accuracy per task family (offline world)", plots.line_chart(
+            "Oracle-graded exact accuracy of the student", xs, series, ylabel="accuracy", percent=True,
+            ylim=(-3, 103))))
+    return figs
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in items:
+        out[str(x)] = out.get(str(x), 0) + 1
+    return out
+
+
+# --------------------------------------------------------------------------------------------- lineages
+
+
+@dataclass
+class Lineage:
+    round: int
+    seed: dict[str, Any]  # split row of the hard seed
+    seed_answer: str | None
+    children: list[dict[str, Any]]  # generated rows + "next" (next round's split row) + "answer"
+
+
+def find_lineages(run: RunData, k: int = 3, max_children: int = 5) -> list[Lineage]:
+    """Hard seeds of round r with the instructions generated from them and their fate in round r+1."""
+    by_no = {r.no: r for r in run.rounds}
+    cands: list[tuple[int, float, Lineage]] = []
+    for r in run.rounds:
+        nxt = by_no.get(r.no + 1)
+        next_split = {str(s.get("id")): s for s in (nxt.split if nxt else [])}
+        children: dict[str, list[dict[str, Any]]] = {}
+        for g in r.generated:
+            if g.get("kind") == "hard" and g.get("parent"):
+                children.setdefault(str(g["parent"]), []).append(g)
+        for s in r.split:
+            sid = str(s.get("id"))
+            if s.get("label") != "hard" or sid not in children:
+                continue
+            kids = []
+            for g in children[sid][:max_children]:
+                gid = str(g.get("id"))
+                kids.append({**g, "next": next_split.get(gid),
+                             "answer": nxt.student_answers.get(gid) if nxt else None})
+            judged = sum(1 for c in kids if c["next"] is not None)
+            lin = Lineage(r.no, s, r.student_answers.get(sid), kids)
+            cands.append((judged, float(s.get("gap") or 0.0), lin))
+    cands.sort(key=lambda t: (-t[0], -t[1], t[2].round))
+    return [c[2] for c in cands[:k]]
+
+
+# --------------------------------------------------------------------------------------------- text summary
+
+
+def _f(v: Any, spec: str = ".2f", none: str = "-") -> str:
+    if v is None:
+        return none
+    try:
+        return format(float(v), spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def round_rows(run: RunData) -> list[dict[str, str]]:
+    rows = []
+    for r in run.rounds:
+        d, g = r.disc, r.gen
+        rej = g.get("rejected") if isinstance(g.get("rejected"), dict) else _count(x.get("reason") for x in r.rejected)
+        done = [p for p in ("imitation", "discrimination", "generation") if (r.path / f"{p}.done").exists()]
+        rows.append({
+            "round": str(r.no),
+            "phases done": ",".join(p[:3] for p in done) or "-",
+            "train": _f(_get(r.metrics, "imitation", "n_train"), ".0f"),
+            "judged": _f(d.get("n"), ".0f"),
+            "hard/easy/excl": "-" if d.get("n") is None else f"{d.get('hard', 0)}/{d.get('easy', 0)}/{d.get('excluded', 0)}",
+            "hard %": _f(d.get("hard_ratio") * 100 if d.get("hard_ratio") is not None else None, ".1f"),
+            "T mean": _f(d.get("teacher_mean")),
+            "S mean": _f(d.get("student_mean")),
+            "flip %": _f(d.get("swap_flip_rate") * 100 if d.get("swap_flip_rate") is not None else None, ".1f"),
+            "parse fail": _f(d.get("parse_failures"), ".0f"),
+            "new h/e": "-" if not g else f"{_get(g, 'accepted', 'hard') or 0}/{_get(g, 'accepted', 'easy') or 0}",
+            "rejected": str(sum(int(v) for v in rej.values())) if rej else "0" if g else "-",
+            "eval rel %": _f(_eval_rel(r.eval)),
+            "oracle acc %": _f(_get(r.oracle, "overall") * 100 if _get(r.oracle, "overall") is not None else None, ".1f"),
+        })
+    return rows
+
+
+def _table_text(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    lines = ["  ".join(c.rjust(widths[c]) for c in cols)]
+    lines += ["  ".join(r[c].rjust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def usage_total(run: RunData) -> dict[str, float]:
+    rows = _usage_rows(run)
+    tot = {k: sum(float(u.get(k) or 0) for u in rows) for k in ("calls", "cached", "tokens_in", "tokens_out", "usd")}
+    t = (run.usage or {}).get("total")
+    if isinstance(t, dict):  # trust the ledger's own total when it has one
+        tot.update({k: float(t[k]) for k in tot if isinstance(t.get(k), (int, float))})
+    return tot
+
+
+def text_summary(run: RunData) -> str:
+    done = _get(run.state, "rounds_completed")
+    lines = [f"lion run {run.path}: {len(run.rounds)} round director{'y' if len(run.rounds) == 1 else 'ies'}"
+             + (f", {done} round(s) completed" if done is not None else "")]
+    lines.append(_table_text(round_rows(run)))
+    t = usage_total(run)
+    lines.append(f"LLM usage: {t['calls']:.0f} calls ({t['cached']:.0f} replayed from cache), "
+                 f"{t['tokens_in']:.0f} tokens in, {t['tokens_out']:.0f} out, ${t['usd']:.4f}")
+    evals = [(r.no, r.eval) for r in run.rounds if r.eval]
+    if evals:
+        no, e = evals[-1]
+        o = e.get("overall", {})
+        rel = o.get("relative", {})
+        lines.append(f"evaluation (round {no}, {e.get('questions', '?')}): relative score {_f(rel.get('mean'))}% "
+                     f"(ref first {_f(rel.get('ref_first'))}, cand first {_f(rel.get('cand_first'))}), "
+                     f"W/T/L {o.get('win', 0)}/{o.get('tie', 0)}/{o.get('loss', 0)} over {o.get('n_scored', 0)} questions")
+    for name, e in run.other_evals.items():
+        rel = _get(e, "overall", "relative") or {}
+        lines.append(f"evaluation of {name}: relative score {_f(rel.get('mean'))}%")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;color:#222}
+h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right}figure{display:inline-block;margin:6px 10px 6px 0}
+figcaption{font-size:12px;color:#555}pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}
+.muted{color:#888;font-size:12px}.hard{color:#b00}.easy{color:#070}.q{max-width:520px;white-space:pre-wrap}
+"""
+
+
+def _esc(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _clip(s: Any, n: int = 300) -> str:
+    s = "" if s is None else str(s)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _html_table(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return "<p class=muted>no rows</p>"
+    cols = list(rows[0])
+    head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td class=num>{_esc(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _lineages_html(lins: list[Lineage]) -> str:
+    if not lins:
+        return "<p class=muted>no hard seed with generated children yet</p>"
+    parts = []
+    for lin in lins:
+        s = lin.seed
+        parts.append(
+            f"<h3>Round {lin.round} hard seed <code>{_esc(s.get('id'))}</code>: gap {_f(s.get('gap'))} "
+            f"(teacher {_f(s.get('teacher_score'))}, student {_f(s.get('student_score'))})</h3>"
+            f"<div class=q>{_esc(_clip(s.get('instruction'), 500))}</div>"
+            + (f"<p class=muted>student answer (round {lin.round}): {_esc(_clip(lin.seed_answer, 200))}</p>"
+               if lin.seed_answer is not None else ""))
+        rows = ["<tr><th>generated (hard)</th><th>next round: teacher</th><th>student</th><th>gap</th>"
+                "<th>label</th><th>student answer next round</th></tr>"]
+        for c in lin.children:
+            nx = c.get("next") or {}
+            label = nx.get("label", "not judged")
+            rows.append(
+                f"<tr><td class=q>{_esc(_clip(c.get('instruction'), 300))}</td>"
+                f"<td class=num>{_f(nx.get('teacher_score'))}</td><td class=num>{_f(nx.get('student_score'))}</td>"
+                f"<td class=num>{_f(nx.get('gap'))}</td><td class={_esc(label)}>{_esc(label)}</td>"
+                f"<td class=q>{_esc(_clip(c.get('answer'), 200)) if c.get('answer') is not None else '-'}</td></tr>")
+        parts.append("<table>" + "".join(rows) + "</table>")
+    return "\n".join(parts)
+
+
+def _eval_tables_html(run: RunData) -> str:
+    parts = []
+    evals = [(f"round {r.no}", r.eval) for r in run.rounds if r.eval] + list(run.other_evals.items())
+    if not evals:
+        return "<p class=muted>no evaluation yet (set eval.every_round, or run python -m lion.evaluate)</p>"
+    rows = []
+    for name, e in evals:
+        o = e.get("overall", {})
+        rel = o.get("relative", {})
+        j = e.get("judge", {})
+        rows.append({"evaluated": name, "questions": str(e.get("questions", "-")), "n": str(o.get("n_scored", "-")),
+                     "ref first %": _f(rel.get("ref_first")), "cand first %": _f(rel.get("cand_first")),
+                     "mean %": _f(rel.get("mean")), "cand mean": _f(o.get("candidate_mean")),
+                     "ref mean": _f(o.get("reference_mean")), "W/T/L": f"{o.get('win', 0)}/{o.get('tie', 0)}/{o.get('loss', 0)}",
+                     "judge parse fail": _f(j.get("parse_failures"), ".0f"),
+                     "swap-flip %": _f(j["swap_flip_rate"] * 100 if j.get("swap_flip_rate") is not None else None, ".1f")})
+    parts.append(_html_table(rows))
+    return "\n".join(parts)
+
+
+def render_html(run: RunData, figures: list[tuple[str, str, bytes | None]], lineages: list[Lineage]) -> str:
+    cfg = run.config or {}
+    facts = {
+        "student": _get(cfg, "student", "model"), "mode": _get(cfg, "student", "mode"),
+        "teacher": _get(cfg, "llm", "teacher", "model"), "referee": _get(cfg, "llm", "referee", "model"),
+        "generator": _get(cfg, "llm", "generator", "model"), "tau": _get(cfg, "discrimination", "tau"),
+        "offline world": _get(cfg, "sim", "enabled"),
+    }
+    fact_html = " · ".join(f"{_esc(k)}: <b>{_esc(v)}</b>" for k, v in facts.items() if v is not None)
+    out = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>lion run report: {_esc(run.path.name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>lion run report: {_esc(run.path)}</h1>",
+        f"<p>{fact_html}</p>" if fact_html else "",
+        "<h2>Per round</h2>", _html_table(round_rows(run)),
+        f"<pre>{_esc(text_summary(run))}</pre>",
+    ]
+    section = None
+    for sec, title, png in figures:
+        if sec != section:
+            out.append(f"<h2>{_esc(sec)}</h2>")
+            if sec == "Evaluation":
+                out.append(_eval_tables_html(run))
+            section = sec
+        if png is None:
+            out.append(f"<p class=muted>{_esc(title)}: no data yet</p>")
+            continue
+        b64 = base64.b64encode(png).decode("ascii")
+        out.append(f"<figure><img alt='{_esc(title)}' src='data:image/png;base64,{b64}'>"
+                   f"<figcaption>{_esc(title)}</figcaption></figure>")
+    out.append("<h2>Example lineages: hard seeds, what was generated from them, and the next round</h2>")
+    out.append(_lineages_html(lineages))
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, *, n_lineages: int = 3) -> tuple[Path, str]:
+    """Write the HTML report (and report.txt beside it); return (html path, text summary)."""
+    run = load_run(run_dir)
+    figures = build_figures(run)
+    html_text = render_html(run, figures, find_lineages(run, n_lineages))
+    out_path = Path(out) if out else run.path / "report.html"
+    atomic_write_text(out_path, html_text)
+    summary = text_summary(run)
+    atomic_write_text(out_path.with_suffix(".txt"), summary + "\n")
+    return out_path, summary
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lion.report", description="Build the HTML report of a lion run.")
+    p.add_argument("run_dir", help="the run directory (run_dir in the config)")
+    p.add_argument("--out", default=None, help="HTML file to write (default RUN_DIR/report.html)")
+    p.add_argument("--lineages", type=int, default=3, help="how many example lineages to show")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    path, summary = build_report(args.run_dir, args.out, n_lineages=args.lineages)
+    print(summary)
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    from .errors import cli_main
+
+    cli_main(main, sys.argv[1:])
