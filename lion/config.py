@@ -266,14 +266,27 @@ class GenerationConfig:
 
 @dataclass
 class EvalConfig:
-    every_round: bool = False  # evaluate each round's student after imitation
-    questions: str | None = None  # FastChat question.jsonl or our JSONL
-    reference_answers: str | None = None  # answers file; default: the teacher answers through the gateway
-    max_questions: int | None = None
+    every_round: bool = False  # evaluate each round's student after imitation (python -m lion.evaluate)
+    # FastChat question.jsonl (first turn) or our JSONL; "oracle" = the offline world's held-out synthetic
+    # questions (default when sim.enabled and this is unset)
+    questions: str | None = None
+    # answers file (FastChat answer rows {"question_id","text"} or {"id","answer"}); default: the teacher answers
+    # through the gateway (role llm.teacher, phase "eval")
+    reference_answers: str | None = None
+    max_questions: int | None = None  # evaluate only the first N questions
+    judge_template: str = "referee"  # template in prompts_dir for the judge (placeholders instruction, answer_a, answer_b)
+    judge_attempts: int = 3  # tries per order when the judge's verdict cannot be parsed (then excluded, never scored)
+    oracle_per_family: int = 8  # questions="oracle": held-out questions per task family
+    oracle_seed: int = 1234  # questions="oracle": seed of the held-out set
 
     def check(self, key: str) -> None:
         if self.every_round and not self.questions:
-            raise ConfigError(f"{key}.questions: must be set when {key}.every_round is true")
+            raise ConfigError(f"{key}.questions: must be set when {key}.every_round is true "
+                              "(a question file, or \"oracle\" for the offline world's held-out questions)")
+        if self.max_questions is not None:
+            _positive(key + ".max_questions", self.max_questions)
+        _positive(key + ".judge_attempts", self.judge_attempts)
+        _positive(key + ".oracle_per_family", self.oracle_per_family)
 
 
 @dataclass
