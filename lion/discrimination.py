@@ -138,7 +138,7 @@ def discrimination_metrics(split: list[dict[str, Any]], judgements: list[dict[st
 
 def oracle_accuracy(pool: list[Any], answers: dict[str, str]) -> dict[str, Any]:
     """Offline world only: the student's exact accuracy per task family against the oracle's truth."""
-    from .sim.oracle import grade, parse_task
+    from .sim.tasks import grade, parse_task
 
     per: dict[str, list[int]] = {}
     for inst in pool:
