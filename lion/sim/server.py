@@ -1,0 +1,527 @@
+"""A local OpenAI-compatible chat server (asyncio, HTTP/1.1 keep-alive) for tests, benchmarks and offline runs.
+
+    python -m lion.sim.server --responder echo --port 8000 --latency-ms 200 --rpm 600 --tpm 100000 --fault-rate 0.1
+
+Endpoints: POST /v1/chat/completions (with `usage`), GET /v1/models. On 127.0.0.1 only.
+- latency: every answered request (and injected 5xx) takes `latency_ms`.
+- limits: RPM and TPM token buckets holding `burst_s` seconds of their rate. TPM counts, as OpenAI does, the
+  prompt estimate + max_tokens of each request (tokens: lion.teachers.tokens heuristic, 4 chars per token
+  + 4 per message + 3). The RPM bucket admits a request when it holds 1; the TPM bucket while its balance
+  is positive (it may go into debt, so large requests pass at the right average rate). Over the limit:
+  429 with `Retry-After` (whole seconds) and `retry-after-ms`.
+- faults, at `fault_rate`, drawn from `faults`: "500", "503", "timeout" (never answers; the connection is
+  held until the client gives up), "drop" (connection closed without a response), "malformed" (a 200 whose
+  body is truncated JSON, HTML, or JSON without choices). Seeded.
+- optional checks: `api_key` (401 otherwise, echoing the key it got like some real services do),
+  `known_models` (404 otherwise), `context_tokens` (400 context_length_exceeded above it).
+- counters (`stats`) and a per-request log (`log`, and JSONL at `log_path`) with a hash of the request
+  messages, so tests can count duplicate *completed* calls (`completed_by_hash()`).
+The responder (see `make_responder`) is called on one worker thread, one request at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import concurrent.futures
+import hashlib
+import importlib
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from ..errors import ConfigError
+from ..teachers.tokens import estimate_prompt_tokens, estimate_text_tokens
+
+FAULTS = ("500", "503", "timeout", "drop", "malformed")
+
+
+class Responder(Protocol):
+    def respond(self, body: dict[str, Any]) -> str: ...
+
+
+def messages_hash(messages: Any) -> str:
+    """Stable hash of a request's messages ([{"role", "content"}...]), as logged per request."""
+    norm = [[m.get("role"), m.get("content")] if isinstance(m, dict) else list(m) for m in (messages or [])]
+    return hashlib.sha256(json.dumps(norm, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+def make_responder(spec: str, options: dict[str, Any] | None = None) -> Responder:
+    """"scripted", "echo", "oracle" (lion.sim.oracle:OracleResponder) or "package.module:Class"."""
+    options = dict(options or {})
+    if spec == "scripted":
+        from .scripted import ScriptedResponder
+
+        return ScriptedResponder.from_options(options)
+    if spec == "echo":
+        from .scripted import EchoResponder
+
+        return EchoResponder(**options)
+    target = "lion.sim.oracle:OracleResponder" if spec == "oracle" else spec
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"sim.responder: expected scripted, echo, oracle or 'package.module:Class', got {spec!r}")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"sim.responder: cannot load {target!r} ({e})") from None
+    try:
+        obj = cls.from_options(options) if hasattr(cls, "from_options") else cls(**options)
+    except TypeError as e:
+        raise ConfigError(f"sim.options: {target} does not accept these options ({e})") from None
+    if not callable(getattr(obj, "respond", None)):
+        raise ConfigError(f"sim.responder: {target} has no respond(body) method")
+    return obj
+
+
+class _Bucket:
+    def __init__(self, per_minute: float, burst_s: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_s)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+
+@dataclass
+class ServerStats:
+    requests: int = 0  # every HTTP request, any path, any outcome
+    completed: int = 0  # chat completions answered 200 with a real answer
+    rate_limited: int = 0  # 429s
+    faults: int = 0  # injected faults
+    by_status: dict[int, int] = field(default_factory=dict)  # 0 = no response (drop / timeout)
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class _Drop(Exception):
+    """Close the connection without answering."""
+
+
+class SimServer:
+    def __init__(self, responder: Responder, *, latency_ms: float = 0, rpm: float | None = None,
+                 tpm: float | None = None, fault_rate: float = 0.0, faults: Sequence[str] = FAULTS,
+                 seed: int = 0, port: int = 0, log_path: Path | None = None, model_name: str = "sim",
+                 burst_s: float = 2.0, api_key: str | None = None, known_models: Sequence[str] | None = None,
+                 context_tokens: int | None = None, hang_s: float = 60.0, default_max_tokens: int = 256) -> None:
+        bad = [f for f in faults if f not in FAULTS]
+        if bad:
+            raise ValueError(f"unknown fault kinds {bad}; choose from {', '.join(FAULTS)}")
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError(f"fault_rate must be between 0 and 1, got {fault_rate}")
+        self.responder = responder
+        self.latency_s = latency_ms / 1000.0
+        self.rpm, self.tpm, self.burst_s = rpm, tpm, burst_s
+        self.fault_rate, self.faults = fault_rate, tuple(faults)
+        self.port = port
+        self.log_path = log_path
+        self.model_name = model_name
+        self.api_key = api_key
+        self.known_models = list(known_models) if known_models else None
+        self.context_tokens = context_tokens
+        self.hang_s = hang_s
+        self.default_max_tokens = default_max_tokens
+        self._rng = random.Random(seed)
+        self._rpm = _Bucket(rpm, burst_s) if rpm else None
+        self._tpm = _Bucket(tpm, burst_s) if tpm else None
+        self._lock = threading.Lock()
+        self._stats = ServerStats()
+        self._log: list[dict[str, Any]] = []
+        self._log_file: IO[str] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._n = 0
+        self.base_url = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> str:
+        """Serve on a background thread (own event loop); returns "http://127.0.0.1:PORT/v1"."""
+        if self._thread is not None:
+            return self.base_url
+        if self.log_path is not None:
+            Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sim-responder")
+        self._thread = threading.Thread(target=self._run, name="sim-server", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            self._thread = None
+            raise OSError(f"sim server could not start on 127.0.0.1:{self.port} ({self._error})")
+        return self.base_url
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._server = loop.run_until_complete(
+                asyncio.start_server(self._connection, "127.0.0.1", self.port, backlog=2048))
+            self.port = self._server.sockets[0].getsockname()[1]
+            self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        except BaseException as e:  # noqa: BLE001 - reported by start()
+            self._error = e
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+        asyncio.get_running_loop().stop()
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        self._thread.join(10)
+        self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> SimServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ counters and log
+    @property
+    def stats(self) -> ServerStats:
+        with self._lock:
+            s = self._stats
+            return ServerStats(s.requests, s.completed, s.rate_limited, s.faults, dict(s.by_status), dict(s.by_kind))
+
+    @property
+    def log(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._log)
+
+    def completed_by_hash(self) -> collections.Counter[str]:
+        """How many times each distinct request (messages hash) was answered 200."""
+        return collections.Counter(e["hash"] for e in self.log if e.get("kind") == "ok")
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self._stats = ServerStats()
+            self._log = []
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        entry["t_done"] = time.monotonic()
+        with self._lock:
+            s = self._stats
+            s.by_status[entry["status"]] = s.by_status.get(entry["status"], 0) + 1
+            s.by_kind[entry["kind"]] = s.by_kind.get(entry["kind"], 0) + 1
+            if entry["kind"] == "ok":
+                s.completed += 1
+            elif entry["kind"] == "rate_limited":
+                s.rate_limited += 1
+            elif entry["kind"].startswith("fault:"):
+                s.faults += 1
+            self._log.append(entry)
+        if self._log_file is not None:
+            self._log_file.write(json.dumps(entry) + "\n")
+
+    # ------------------------------------------------------------------ HTTP
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                parts = line.decode("latin-1").split()
+                if len(parts) != 3:
+                    await self._send(writer, 400, {"error": {"message": "bad request line"}}, close=True)
+                    break
+                method, target, _ = parts
+                headers: dict[str, str] = {}
+                while True:
+                    h = await reader.readline()
+                    if h in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = h.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                if "chunked" in headers.get("transfer-encoding", "").lower():
+                    await self._send(writer, 411, {"error": {"message": "send Content-Length"}}, close=True)
+                    break
+                body = await reader.readexactly(int(headers.get("content-length") or 0))
+                with self._lock:
+                    self._stats.requests += 1
+                try:
+                    await self._dispatch(method, target.split("?")[0], headers, body, reader, writer)
+                except _Drop:
+                    break
+                if headers.get("connection", "").lower() == "close":
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError, ValueError):
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, status: int, payload: Any, *,
+                    headers: dict[str, str] | None = None, content_type: str = "application/json",
+                    close: bool = False) -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
+        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {content_type}",
+                 f"Content-Length: {len(body)}", "Connection: close" if close else "Connection: keep-alive"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        await writer.drain()
+
+    async def _dispatch(self, method: str, path: str, headers: dict[str, str], raw: bytes,
+                        reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        t0 = time.monotonic()
+        entry: dict[str, Any] = {"t": t0, "path": path, "status": 0, "kind": "", "hash": None}
+        if self.api_key is not None:
+            got = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if got != self.api_key:
+                entry.update(status=401, kind="auth")
+                self._record(entry)
+                msg = f"Incorrect API key provided: {got}. You can find your API key at https://example.invalid."
+                await self._send(writer, 401, _error(msg, "invalid_request_error", "invalid_api_key"))
+                return
+        if method == "GET" and path.rstrip("/") == "/v1/models":
+            entry.update(status=200, kind="models")
+            self._record(entry)
+            names = [self.model_name, *(m for m in (self.known_models or []) if m != self.model_name)]
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": "lion-sim"} for m in names]
+            await self._send(writer, 200, {"object": "list", "data": data})
+            return
+        if method != "POST" or path.rstrip("/") != "/v1/chat/completions":
+            entry.update(status=404, kind="no_route")
+            self._record(entry)
+            await self._send(writer, 404, _error(f"no route {method} {path}", "invalid_request_error", None))
+            return
+        try:
+            body = json.loads(raw)
+            if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+                raise ValueError("'messages' must be a non-empty list")
+        except ValueError as e:
+            entry.update(status=400, kind="bad_request")
+            self._record(entry)
+            await self._send(writer, 400, _error(f"invalid body: {e}", "invalid_request_error", None))
+            return
+        model = str(body.get("model") or self.model_name)
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or self.default_max_tokens
+        prompt_tokens = estimate_prompt_tokens(body["messages"])
+        entry.update(hash=messages_hash(body["messages"]), model=model, prompt_tokens=prompt_tokens,
+                     tpm_tokens=prompt_tokens + int(max_tokens))
+        if body.get("stream"):
+            entry.update(status=400, kind="bad_request")
+            self._record(entry)
+            await self._send(writer, 400, _error("streaming is not supported by the sim server",
+                                                 "invalid_request_error", None))
+            return
+        if self.known_models is not None and model not in self.known_models:
+            entry.update(status=404, kind="not_found")
+            self._record(entry)
+            await self._send(writer, 404, _error(f"The model `{model}` does not exist", "invalid_request_error",
+                                                 "model_not_found"))
+            return
+        wait = self._admit(entry["tpm_tokens"])
+        if wait > 0:
+            entry.update(status=429, kind="rate_limited", retry_after=wait)
+            self._record(entry)
+            await self._send(writer, 429, _error(f"Rate limit reached for {model}; try again in {wait:.3f}s",
+                                                 "requests", "rate_limit_exceeded"),
+                             headers={"retry-after": str(max(1, math.ceil(wait))),
+                                      "retry-after-ms": str(max(1, math.ceil(wait * 1000)))})
+            return
+        if self.context_tokens is not None and prompt_tokens + int(max_tokens) > self.context_tokens:
+            entry.update(status=400, kind="context")
+            self._record(entry)
+            await self._send(writer, 400, _error(
+                f"This model's maximum context length is {self.context_tokens} tokens. However, you requested "
+                f"{prompt_tokens + int(max_tokens)} tokens.", "invalid_request_error", "context_length_exceeded"))
+            return
+        fault = self._rng.choice(self.faults) if self.faults and self._rng.random() < self.fault_rate else None
+        if fault is not None:
+            await self._fault(fault, entry, reader, writer, t0)
+            return
+        try:
+            assert self._pool is not None
+            text = await asyncio.get_running_loop().run_in_executor(self._pool, self.responder.respond, body)
+            if not isinstance(text, str):
+                raise TypeError(f"responder returned {type(text).__name__}, not str")
+        except Exception as e:  # noqa: BLE001 - a responder bug is a 500, visible in the log
+            entry.update(status=500, kind="responder_error", error=f"{type(e).__name__}: {e}")
+            self._record(entry)
+            await self._send(writer, 500, _error(f"responder failed: {type(e).__name__}", "server_error", None))
+            return
+        finish = "stop"
+        completion_tokens = estimate_text_tokens(text)
+        if completion_tokens > int(max_tokens):
+            text, finish = text[: int(max_tokens) * 4], "length"
+            completion_tokens = estimate_text_tokens(text)
+        await self._sleep_until(t0 + self.latency_s)
+        with self._lock:
+            self._n += 1
+            n = self._n
+        payload = {
+            "id": f"chatcmpl-sim{n}", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                         "logprobs": None}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+        entry.update(status=200, kind="ok", completion_tokens=completion_tokens)
+        await self._send(writer, 200, payload)
+        self._record(entry)
+
+    def _admit(self, tpm_tokens: int) -> float:
+        """0 when admitted (tokens taken); else seconds until this request would be admitted."""
+        now = time.monotonic()
+        wait = 0.0
+        if self._rpm is not None:
+            self._rpm.refill(now)
+            if self._rpm.tokens < 1.0:
+                wait = (1.0 - self._rpm.tokens) / self._rpm.rate
+        if self._tpm is not None:
+            self._tpm.refill(now)
+            if self._tpm.tokens <= 0.0:
+                wait = max(wait, (1.0 - self._tpm.tokens) / self._tpm.rate)
+        if wait > 0:
+            return wait
+        if self._rpm is not None:
+            self._rpm.tokens -= 1.0
+        if self._tpm is not None:
+            self._tpm.tokens -= tpm_tokens
+        return 0.0
+
+    async def _sleep_until(self, deadline: float) -> None:
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _fault(self, fault: str, entry: dict[str, Any], reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter, t0: float) -> None:
+        entry["kind"] = f"fault:{fault}"
+        if fault in ("500", "503"):
+            await self._sleep_until(t0 + self.latency_s)
+            entry["status"] = int(fault)
+            self._record(entry)
+            msg = "The server had an error while processing your request." if fault == "500" else \
+                "The engine is currently overloaded, please try again later."
+            await self._send(writer, int(fault), _error(msg, "server_error", None))
+            return
+        if fault == "drop":
+            await self._sleep_until(t0 + self.latency_s / 2)
+            self._record(entry)
+            raise _Drop
+        if fault == "timeout":
+            self._record(entry)
+            try:  # hold the connection until the client gives up (EOF) or hang_s passes
+                await asyncio.wait_for(reader.read(1), self.hang_s)
+            except asyncio.TimeoutError:
+                pass
+            raise _Drop
+        # malformed: a 200 whose body is not a usable completion
+        await self._sleep_until(t0 + self.latency_s)
+        entry["status"] = 200
+        self._record(entry)
+        variant = self._rng.randrange(3)
+        if variant == 0:
+            await self._send(writer, 200, b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"mes')
+        elif variant == 1:
+            await self._send(writer, 200, b"<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+        else:
+            await self._send(writer, 200, {"error": {"message": "internal error: upstream failed"}})
+
+
+def _error(message: str, type_: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lion.sim.server",
+                                description="Serve an OpenAI-compatible chat API on 127.0.0.1 for offline runs.")
+    p.add_argument("--responder", default="echo", help="scripted, echo, oracle, or package.module:Class")
+    p.add_argument("--options", default="{}", help="responder options as JSON")
+    p.add_argument("--port", type=int, default=8000, help="0 = any free port")
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--rpm", type=float, default=None, help="requests per minute (429 above)")
+    p.add_argument("--tpm", type=float, default=None, help="tokens per minute, prompt estimate + max_tokens")
+    p.add_argument("--burst-s", type=float, default=2.0, help="seconds of rate each limit bucket holds")
+    p.add_argument("--fault-rate", type=float, default=0.0)
+    p.add_argument("--faults", default=",".join(FAULTS), help="comma-separated subset of " + ",".join(FAULTS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-name", default="sim")
+    p.add_argument("--log", type=Path, default=None, help="append one JSON line per request here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        options = json.loads(args.options)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--options: not valid JSON ({e.msg})") from None
+    if not isinstance(options, dict):
+        raise ConfigError("--options: expected a JSON object")
+    faults = [f for f in args.faults.split(",") if f]
+    if any(f not in FAULTS for f in faults):
+        raise ConfigError(f"--faults: choose from {', '.join(FAULTS)}, got {args.faults!r}")
+    if not 0 <= args.fault_rate <= 1:
+        raise ConfigError(f"--fault-rate: must be between 0 and 1, got {args.fault_rate}")
+    server = SimServer(make_responder(args.responder, options), latency_ms=args.latency_ms, rpm=args.rpm,
+                       tpm=args.tpm, burst_s=args.burst_s, fault_rate=args.fault_rate, faults=faults,
+                       seed=args.seed, port=args.port, log_path=args.log, model_name=args.model_name)
+    try:
+        url = server.start()
+    except OSError as e:
+        raise ConfigError(f"--port: {e}") from None
+    print(f"serving {url} (responder {args.responder}); Ctrl-C to stop", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        while not done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    s = server.stats
+    print(json.dumps({"requests": s.requests, "completed": s.completed, "rate_limited": s.rate_limited,
+                      "faults": s.faults, "by_status": s.by_status}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    from ..errors import cli_main
+
+    cli_main(main)

@@ -1,0 +1,129 @@
+"""The small chat protocol every LLM provider implements, and the types that cross it.
+
+    from lion.teachers.base import ChatRequest, ChatProvider   # used by lion.teachers.gateway
+
+A provider does one thing: send one chat request and return the text, finish reason and token usage, or
+raise `TransientError` (worth retrying: 429, 5xx, timeouts, dropped connections, malformed bodies) or
+`PermanentError` (not worth retrying: 400, 401, 403, 404, context too long). Batching, caching, rate
+limits, retries, cost and progress bars live in the gateway and work for every provider.
+
+A plugin is any class with an `identity` string and an async `chat(request, params)` method, constructed
+as `Class(role_cfg)` (a `lion.config.RoleConfig`; plugin-specific settings go in `role_cfg.options`).
+Optional hooks the gateway calls when present: `prepare()` (sync, before a batch: check credentials and
+raise `ConfigError` early) and `async aclose()` (after a batch, on the batch's event loop).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+Messages = tuple[tuple[str, str], ...]
+
+_ROLES_OK = ("system", "user", "assistant", "developer", "tool")
+
+
+def normalise_messages(messages: Any) -> Messages:
+    """[{"role", "content"}...] or [(role, content)...] -> a hashable tuple of (role, content) pairs."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Iterable):
+        raise ValueError(f"messages must be a list of {{'role', 'content'}} items, got {type(messages).__name__}")
+    out = []
+    for i, m in enumerate(messages):
+        if isinstance(m, Mapping):
+            role, content = m.get("role"), m.get("content")
+            extra = set(m) - {"role", "content"}
+            if extra:
+                raise ValueError(f"message {i}: unsupported keys {sorted(extra)} (only role and content)")
+        elif isinstance(m, Sequence) and not isinstance(m, (str, bytes)) and len(m) == 2:
+            role, content = m
+        else:
+            raise ValueError(f"message {i}: expected {{'role', 'content'}} or (role, content), got {m!r}")
+        if role not in _ROLES_OK:
+            raise ValueError(f"message {i}: role must be one of {', '.join(_ROLES_OK)}, got {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"message {i}: content must be a string, got {type(content).__name__}")
+        out.append((str(role), content))
+    if not out:
+        raise ValueError("messages must not be empty")
+    return tuple(out)
+
+
+def messages_as_dicts(messages: Messages) -> list[dict[str, str]]:
+    return [{"role": r, "content": c} for r, c in messages]
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat call. Unset sampling fields take the role's configured value."""
+
+    messages: Messages | list[dict[str, str]]
+    temperature: float | None = None  # None -> the role's configured value
+    top_p: float | None = None
+    max_tokens: int | None = None
+    sample: int = 0  # sample index: part of the cache key, so n samples of one prompt are n distinct calls
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "messages", normalise_messages(self.messages))
+
+
+@dataclass(frozen=True)
+class ResolvedParams:
+    """The sampling parameters actually sent (request values overlaid on the role's config)."""
+
+    model: str
+    temperature: float
+    top_p: float
+    max_tokens: int
+    sample: int = 0
+    timeout_s: float = 120.0
+
+    def key_fields(self) -> dict[str, Any]:
+        """The fields that change the answer (part of the cache key); the timeout does not."""
+        return {"model": self.model, "temperature": self.temperature, "top_p": self.top_p,
+                "max_tokens": self.max_tokens, "sample": self.sample}
+
+
+@dataclass
+class ChatResponse:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@runtime_checkable
+class ChatProvider(Protocol):
+    identity: str  # e.g. "openai:<base_url>:<model>"; part of the cache key; never a secret
+
+    async def chat(self, request: ChatRequest, params: ResolvedParams) -> ChatResponse: ...
+
+
+class TransientError(Exception):
+    """Worth retrying (rate limit, overload, timeout, dropped connection, malformed body)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """Not worth retrying. status 401/403/404 make the whole batch hopeless; 400 fails one item."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# Anything that looks like an API key: OpenAI style (sk-..., incl. partially masked echoes), bearer tokens.
+_KEYLIKE = re.compile(r"(sk-[A-Za-z0-9_\-*.]{3,}|Bearer\s+\S+)")
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """Remove secrets (exact strings, and anything key-shaped) from a message before it is shown or stored."""
+    for s in secrets:
+        if s and len(s) >= 4:
+            text = text.replace(s, "***")
+    return _KEYLIKE.sub("***", text)
