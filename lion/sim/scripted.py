@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
-Matcher = Union[str, "re.Pattern[str]", Callable[[str], bool]]
-Reply = Union[str, Callable[[dict[str, Any]], str]]
+Matcher = str | re.Pattern[str] | Callable[[str], bool]
+Reply = str | Callable[[dict[str, Any]], str]
 
 
 def last_user_message(body: dict[str, Any]) -> str:

@@ -127,7 +127,7 @@ class _Wait:
     else exponential backoff with jitter."""
 
     def __init__(self, rc: RoleConfig) -> None:
-        self.expo = wait_exponential_jitter(initial=rc.backoff_initial_s, max=rc.backoff_max_s,
+        self.expo = wait_exponential_jitter(multiplier=rc.backoff_initial_s, max=rc.backoff_max_s,
                                             jitter=rc.backoff_initial_s)
         self.max = rc.backoff_max_s
 

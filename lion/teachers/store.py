@@ -126,7 +126,7 @@ class CallStore:
                 "SELECT role, model, phase, calls, cached, failed, tokens_in, tokens_out, usd FROM usage "
                 "ORDER BY role, model, phase").fetchall()
         keys = ("role", "model", "phase", "calls", "cached", "failed", "tokens_in", "tokens_out", "usd")
-        return [dict(zip(keys, r)) for r in rows]
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def count_calls(self) -> int:
         with self._lock:

@@ -1,0 +1,65 @@
+"""Shared pytest fixtures and markers.
+
+    /work/venv/bin/python -m pytest -q tests/
+
+- `@pytest.mark.gpu` tests are skipped when torch (or CUDA) is not available.
+- `sim_server(...)`: a factory fixture that starts lion's OpenAI-compatible sim server on 127.0.0.1 in a
+  background thread and stops it after the test: `server = sim_server(responder, latency_ms=5, rpm=600)`;
+  `server.base_url` is the base URL for the openai client / `llm.<role>.base_url`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items and not _cuda_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False or torch is missing)")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def sim_server() -> Iterator[Callable[..., Any]]:
+    from lion.sim.server import SimServer, make_responder
+
+    servers: list[SimServer] = []
+
+    def start(responder: Any = None, **kwargs: Any) -> SimServer:
+        server = SimServer(responder if responder is not None else make_responder("echo", {}), **kwargs)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def sim_llm() -> Callable[..., Any]:
+    """Factory: an LLMConfig whose roles all point at `base_url`, with fast test settings (no pacing, short
+    back-off); keyword arguments override llm.default keys, `llm={...}` adds top-level llm keys."""
+    from lion.config import config_from_dict
+
+    def make(base_url: str, llm: dict[str, Any] | None = None, **default: Any) -> Any:
+        role = {"base_url": base_url, "model": "sim", "rpm": 60000.0, "tpm": 1e9, "max_tokens": 64,
+                "timeout_s": 5.0, "max_attempts": 4, "backoff_initial_s": 0.01, "backoff_max_s": 0.1,
+                "max_in_flight": 16, **default}
+        data = {"llm": {"default": role, **(llm or {})}, "student": {"model": "tiny"}, "pools": {"train_seed": "x"}}
+        return config_from_dict(data).llm
+
+    return make
