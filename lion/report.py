@@ -64,7 +64,13 @@ class RoundData:
 
     @property
     def oracle(self) -> dict[str, Any] | None:
-        return self.metrics.get("oracle") or (self.eval or {}).get("oracle")
+        """Offline world: the student's exact accuracy per family, on the held-out evaluation questions when
+        the round was evaluated, else on the Cache Pool (measured by discrimination)."""
+        return (self.eval or {}).get("oracle") or self.metrics.get("oracle")
+
+    @property
+    def oracle_source(self) -> str:
+        return "held-out" if (self.eval or {}).get("oracle") else "Cache Pool"
 
 
 @dataclass
@@ -211,8 +217,10 @@ def build_figures(run: RunData) -> list[tuple[str, str, bytes | None]]:
     if fams:
         series = {f: [_get(r.oracle, "accuracy", f) for r in run.rounds] for f in fams}
         series["overall"] = [_get(r.oracle, "overall") for r in run.rounds]
+        where = sorted({r.oracle_source for r in run.rounds if r.oracle})
         figs.append((sec, "Exact accuracy per task family (offline world)", plots.line_chart(
-            "Oracle-graded exact accuracy of the student", xs, series, ylabel="accuracy", percent=True,
+            f"Oracle-graded exact accuracy of the student ({' / '.join(where)} questions)", xs, series,
+            ylabel="accuracy", percent=True,
             ylim=(-3, 103))))
     return figs
 
