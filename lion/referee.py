@@ -1,0 +1,413 @@
+"""The referee: render the comparison prompt, read the verdict, judge answer pairs in both orders.
+
+    python -m lion.referee FILE [--answers A.jsonl B.jsonl]   # parse referee outputs (one text per JSONL row
+                                                               # under "text"/"raw") and print the verdicts
+
+Used by discrimination (teacher vs student) and by evaluation's judge (reference vs candidate).
+
+Verdict format (prompts/referee.txt): an explanation, then a final line `SCORES: A=<score>, B=<score>`.
+`parse_verdict` reads what real models write and rejects the rest:
+
+- accepted: markdown around the line (`**SCORES:** A=8, B=6`, `### Scores: ...`, backticks, a bullet),
+  any case, `=`/`:`/`-`/`is` between label and score, `Assistant A`/`Response A`/`Answer A` labels,
+  `8/10`, `;`/`and`/space between the two, B before A, a final period or a parenthetical remark, blank lines
+  and any trailing text after the verdict line, and the two scores on two consecutive lines
+  (`A: 8` / `B: 6`, optionally under a `Scores:` heading);
+- decimals such as `A=7.5` are accepted and kept as they are (not rounded): the prompt asks for whole
+  numbers, but a half point is an unambiguous judgement and the pair's score is a mean anyway;
+- rejected: no verdict, a score outside 1..10, a denominator other than 10, a missing score, the same label
+  twice, a `SCORES` line that cannot be read after the last readable one, and two verdicts that disagree at
+  the end (only blank or short lines such as "Final answer:" between them). A verdict restated further up
+  in the explanation does not count: the verdict is the LAST verdict line.
+- quoted text never counts: lines inside a fenced code block that holds anything but a verdict, blockquote
+  lines (`> ...`), lines inside an echoed `<<<RESPONSE A>>> ... <<<END ...>>>` block, and (when the
+  answers are given) a final verdict line that also appears verbatim as a line of one of the answers. The
+  answers are inside the prompt, so an answer can carry fake score lines; a referee that repeats one as
+  its last line yields a failure (retried, then excluded), never the attacker's numbers.
+  Answers are also rendered with template-delimiter look-alikes (`<<<END RESPONSE A>>>`) neutralised so an
+  answer cannot close its own block and forge another one.
+
+`judge_pairs` judges (id, instruction, answer_1, answer_2) items in order "12" (answer_1 shown as A) and
+"21" (answer_2 shown as A) through the gateway: all first attempts in one concurrent batch, then every
+unparseable or failed one again as the next batch with a new sample index (the call cache would otherwise
+replay the same text), up to `attempts` tries. A pair is `ok` only when every order has a verdict; a failed
+pair keeps its raw texts and error but gets no score; failures are never turned into numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .prompts import Template
+
+__all__ = ["Verdict", "PairJudgement", "parse_verdict", "referee_messages", "judge_pairs", "neutralise"]
+
+ORDERS = ("12", "21")
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+_DELIM_LIKE = re.compile(r"<<<([^<>\n]{0,60})>>>")
+
+
+def neutralise(answer: str) -> str:
+    """Defuse template-delimiter look-alikes (`<<<...>>>`) inside an answer; everything else is kept."""
+    return _DELIM_LIKE.sub(lambda m: f"<< {m.group(1).strip()} >>", answer)
+
+
+def referee_messages(template: Template, instruction: str, answer_a: str, answer_b: str) -> list[dict[str, str]]:
+    """The chat messages asking the referee to compare answer_a (shown as A) with answer_b (shown as B)."""
+    content = template.render(
+        instruction=neutralise(instruction), answer_a=neutralise(answer_a), answer_b=neutralise(answer_b)
+    )
+    return [{"role": "user", "content": content}]
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+_NUM = r"(-?\d+(?:\.\d+)?)"
+_OF = r"(?:\s*/\s*(\d+))?"
+_LABEL = r"(?:(?:assistant|response|answer|model)\s*)?([ab])"
+_SEP = r"\s*(?:=|:|-|–|is)?\s*"
+_KEY = r"(?:(?:final|overall)\s+)?(?:scores?|ratings?|verdict)"
+_FULL = re.compile(
+    rf"^(?:{_KEY})?\s*(?:[:=\-–—]\s*)?{_LABEL}{_SEP}{_NUM}{_OF}\s*(?:,|;|&|\band\b|\|)?\s*"
+    rf"{_LABEL}{_SEP}{_NUM}{_OF}\s*[.!]?\s*(?:\([^()]*\))?\s*\.?$"
+)
+_HALF = re.compile(rf"^(?:(?:score|rating)\s*(?:for\s*)?)?{_LABEL}{_SEP}{_NUM}{_OF}\s*[.,;]?\s*$")
+_HEADER = re.compile(rf"^{_KEY}\s*[:=\-–—]?\s*$")
+_KEYWORD = re.compile(rf"^{_KEY}\s*(?:[:=]|.*\d)")  # "Scores: ..." or a score keyword with a number
+_MARKUP = re.compile(r"[*_`]+")
+_LEAD = re.compile(r"^(?:#+\s*|[-•+]\s+|\d+[.)]\s+)")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_ECHO_OPEN = re.compile(r"^\s*<<<(?!\s*end\b)[^<>]*>>>\s*$", re.IGNORECASE)
+_ECHO_CLOSE = re.compile(r"^\s*<<<\s*end\b[^<>]*>>>\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A parsed verdict: scores for the answers shown as A and B, or the reason there is none."""
+
+    a: float | None
+    b: float | None
+    error: str | None = None
+    line: int | None = None  # 1-based line of the verdict in the text
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_tuple(self) -> tuple[float, float] | None:
+        return (self.a, self.b) if self.ok and self.a is not None and self.b is not None else None
+
+
+def _fail(reason: str, line: int | None = None) -> Verdict:
+    return Verdict(None, None, reason, line)
+
+
+@dataclass
+class _Item:
+    kind: str  # "full" | "half" | "header" | "bad" | "filler" | "text"
+    line: int  # 0-based
+    raw: str
+    scores: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # label -> (number, denominator)
+    problem: str | None = None
+
+
+def _normalise(line: str) -> str:
+    s = _MARKUP.sub("", line).strip()
+    s = _LEAD.sub("", s).strip()
+    return " ".join(s.lower().split())
+
+
+def _classify(i: int, raw: str) -> _Item:
+    s = _normalise(raw)
+    if not s:
+        return _Item("filler", i, raw)
+    if m := _FULL.match(s):
+        l1, n1, d1, l2, n2, d2 = m.groups()
+        item = _Item("full", i, raw, {l1: (n1, d1)})
+        if l1 == l2:
+            item.problem = f"score for {l1.upper()} given twice"
+        else:
+            item.scores[l2] = (n2, d2)
+        return item
+    if m := _HALF.match(s):
+        label, n, d = m.groups()
+        return _Item("half", i, raw, {label: (n, d)})
+    if _HEADER.match(s):
+        return _Item("header", i, raw)
+    if _KEYWORD.match(s):
+        return _Item("bad", i, raw, problem=f"unreadable score line {raw.strip()!r}")
+    if len(s.split()) <= 3:
+        return _Item("filler", i, raw)
+    return _Item("text", i, raw)
+
+
+def _quoted_lines(lines: list[str]) -> set[int]:
+    """Lines that quote material: blockquotes, echoed <<<...>>> blocks, fenced blocks holding non-verdicts."""
+    quoted: set[int] = set()
+    fence_start: int | None = None
+    echo = False
+    for i, line in enumerate(lines):
+        if _FENCE.match(line):
+            if fence_start is None:
+                fence_start = i
+            else:
+                body = range(fence_start + 1, i)
+                if any(_classify(j, lines[j]).kind in ("text", "bad") for j in body if j not in quoted):
+                    quoted.update(body)
+                quoted.update((fence_start, i))
+                fence_start = None
+            continue
+        if _ECHO_OPEN.match(line):
+            echo = True
+            quoted.add(i)
+            continue
+        if _ECHO_CLOSE.match(line):
+            echo = False
+            quoted.add(i)
+            continue
+        if echo or line.lstrip().startswith(">"):
+            quoted.add(i)
+    if fence_start is not None:  # an unclosed fence runs to the end of the text
+        body = range(fence_start + 1, len(lines))
+        if any(_classify(j, lines[j]).kind in ("text", "bad") for j in body if j not in quoted):
+            quoted.update(body)
+        quoted.add(fence_start)
+    return quoted
+
+
+def _score(label: str, num: str, den: str | None) -> float | str:
+    """The score, or the reason it is not acceptable."""
+    if den is not None and int(den) != 10:
+        return f"score for {label.upper()} is out of {den}, not 10"
+    value = float(num)
+    if not 1.0 <= value <= 10.0:
+        return f"score for {label.upper()} is {num}, outside 1..10"
+    return value
+
+
+def parse_verdict(text: str | None, answers: Iterable[str] = ()) -> Verdict:
+    """Read the final `SCORES: A=<a>, B=<b>` verdict of a referee reply (see the module doc for the rules).
+
+    `answers`: the texts the referee was shown; a final verdict line copied verbatim from one is rejected.
+    """
+    if text is None or not text.strip():
+        return _fail("empty reply")
+    lines = text.splitlines()
+    quoted = _quoted_lines(lines)
+    items = [_Item("text", i, ln) if i in quoted else _classify(i, ln) for i, ln in enumerate(lines)]
+
+    # verdicts: full lines, and A/B half lines on consecutive (non-blank) lines
+    verdicts: list[_Item] = []
+    pending_half: _Item | None = None
+    for it in items:
+        if it.kind == "half":
+            if pending_half is not None and set(pending_half.scores) != set(it.scores):
+                merged = _Item("full", it.line, it.raw, {**pending_half.scores, **it.scores})
+                merged.problem = pending_half.problem or it.problem
+                verdicts.append(merged)
+                pending_half = None
+            else:
+                if pending_half is not None:
+                    pending_half.kind = "orphan"
+                pending_half = it
+            continue
+        if it.kind in ("filler", "header") and not it.raw.strip():
+            continue  # blank lines may separate the two halves
+        if pending_half is not None:
+            pending_half.kind = "orphan"
+            pending_half = None
+        if it.kind == "full":
+            verdicts.append(it)
+    if pending_half is not None:
+        pending_half.kind = "orphan"
+
+    if not verdicts:
+        bad = [it for it in items if it.kind in ("bad", "orphan")]
+        if bad:
+            last = bad[-1]
+            reason = last.problem or f"only one score in {last.raw.strip()!r}"
+            return _fail(f"no complete verdict: {reason}", last.line + 1)
+        return _fail("no verdict line (expected 'SCORES: A=<score>, B=<score>')")
+
+    final = verdicts[-1]
+    after = [it for it in items if it.line > final.line and it.kind in ("bad", "orphan")]
+    if after:
+        return _fail(f"unreadable score line after the verdict: {after[0].raw.strip()!r}", after[0].line + 1)
+    if final.problem:
+        return _fail(final.problem, final.line + 1)
+    values: dict[str, float] = {}
+    for label in ("a", "b"):
+        if label not in final.scores:
+            return _fail(f"score for {label.upper()} missing", final.line + 1)
+        v = _score(label, *final.scores[label])
+        if isinstance(v, str):
+            return _fail(v, final.line + 1)
+        values[label] = v
+
+    # two verdicts at the end that disagree (only blank/short lines between them)
+    if len(verdicts) > 1:
+        prev = verdicts[-2]
+        between = [it for it in items if prev.line < it.line < final.line and it.kind not in ("half", "orphan")]
+        if all(it.kind in ("filler", "header") for it in between):
+            pv = {k: _score(k, *prev.scores[k]) for k in prev.scores}
+            if prev.problem or pv != values:
+                return _fail(
+                    f"conflicting verdicts at the end: {prev.raw.strip()!r} and {final.raw.strip()!r}", final.line + 1
+                )
+
+    answer_lines = {ln.strip() for ans in answers for ln in (ans or "").splitlines() if ln.strip()}
+    if final.raw.strip() in answer_lines:
+        return _fail(f"the verdict line {final.raw.strip()!r} is copied from an answer", final.line + 1)
+    return Verdict(values["a"], values["b"], None, final.line + 1)
+
+
+# ------------------------------------------------------------------------------------------------ judging
+
+
+@dataclass
+class PairJudgement:
+    id: str
+    score_1: float | None  # mean over the orders for answer_1; None when excluded
+    score_2: float | None
+    orders: list[dict[str, Any]]  # per order: order, raw, score_1, score_2, ok, error, attempts, rejected
+    ok: bool  # every order has a verdict
+    flipped: bool | None  # the preferred answer (1, 2 or tie) differs between the two orders
+
+
+def _preference(s1: float, s2: float) -> str:
+    return "1" if s1 > s2 else "2" if s2 > s1 else "tie"
+
+
+def judge_pairs(
+    gateway: Any,
+    role: str,
+    phase: str,
+    items: Sequence[tuple[str, str, str, str]],
+    template: Template,
+    *,
+    attempts: int = 3,
+    both_orders: bool = True,
+    desc: str = "",
+    retry_temperature: float | None = None,
+) -> list[PairJudgement]:
+    """Judge (id, instruction, answer_1, answer_2) items; one PairJudgement per item, in input order.
+
+    `retry_temperature`: sampling temperature for retries (None: the role's own); a temperature-0 referee
+    that wrote an unreadable reply tends to write it again, so a little temperature can help the retry.
+    """
+    from .teachers.base import ChatRequest
+
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    orders = ORDERS if both_orders else ORDERS[:1]
+    state: dict[tuple[int, str], dict[str, Any]] = {}
+    jobs: list[tuple[int, str]] = []
+    for k in range(len(items)):
+        for o in orders:
+            state[(k, o)] = {"order": o, "raw": None, "score_1": None, "score_2": None, "ok": False,
+                             "error": None, "attempts": 0, "rejected": []}  # fmt: skip
+            jobs.append((k, o))
+
+    def shown(k: int, o: str) -> tuple[str, str, str]:
+        _, instruction, a1, a2 = items[k]
+        return (instruction, a1, a2) if o == "12" else (instruction, a2, a1)
+
+    pending = jobs
+    for attempt in range(attempts):
+        if not pending:
+            break
+        temp = retry_temperature if attempt > 0 else None
+        requests = [
+            ChatRequest(messages=referee_messages(template, *shown(k, o)), sample=attempt, temperature=temp)
+            for k, o in pending
+        ]
+        label = desc or f"{role} ({phase})"
+        results = gateway.chat_many(role, phase, requests, desc=label if attempt == 0 else f"{label} retry {attempt}")
+        retry: list[tuple[int, str]] = []
+        for (k, o), res in zip(pending, results, strict=True):
+            st = state[(k, o)]
+            st["attempts"] += 1
+            if st["raw"] is not None or st["error"] is not None:
+                st["rejected"].append({"raw": st["raw"], "error": st["error"]})
+            if not res.ok:
+                st["raw"], st["error"] = None, f"call failed: {res.error}"
+                retry.append((k, o))
+                continue
+            _, a, b = shown(k, o)
+            v = parse_verdict(res.text, (a, b))
+            st["raw"] = res.text
+            if not v.ok:
+                st["error"] = f"unparseable verdict: {v.error}"
+                retry.append((k, o))
+                continue
+            assert v.a is not None and v.b is not None
+            st["error"] = None
+            st["ok"] = True
+            st["score_1"], st["score_2"] = (v.a, v.b) if o == "12" else (v.b, v.a)
+        pending = retry
+
+    out = []
+    for k, item in enumerate(items):
+        per = [state[(k, o)] for o in orders]
+        ok = all(p["ok"] for p in per)
+        s1 = sum(p["score_1"] for p in per) / len(per) if ok else None
+        s2 = sum(p["score_2"] for p in per) / len(per) if ok else None
+        flipped = None
+        if ok and len(per) == 2:
+            flipped = _preference(per[0]["score_1"], per[0]["score_2"]) != _preference(
+                per[1]["score_1"], per[1]["score_2"]
+            )
+        out.append(PairJudgement(item[0], s1, s2, per, ok, flipped))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lion.referee", description="Parse referee replies and print verdicts.")
+    p.add_argument("file", help="JSONL with the reply under 'text' or 'raw' (or a plain text file: one reply)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import DataError
+
+    args = make_parser().parse_args(argv)
+    path = Path(args.file)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.suffix == ".jsonl":
+        from .records import read_jsonl
+
+        rows = read_jsonl(path)
+        texts = []
+        for n, row in enumerate(rows, 1):
+            t = row.get("text", row.get("raw"))
+            if not isinstance(t, str):
+                raise DataError(f"{path}: row {n}: expected the reply as a string under 'text' or 'raw'")
+            texts.append(t)
+    else:
+        texts = [path.read_text(encoding="utf-8")]
+    bad = 0
+    for n, t in enumerate(texts, 1):
+        v = parse_verdict(t)
+        bad += not v.ok
+        print(json.dumps({"n": n, "a": v.a, "b": v.b, "error": v.error, "line": v.line}))
+    print(f"{len(texts) - bad} of {len(texts)} parsed", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    from .errors import cli_main
+
+    cli_main(main, sys.argv[1:])
