@@ -142,10 +142,15 @@ class InferConfig:
     tensor_parallel: int = 1  # vLLM
     data_parallel: int = 1  # vLLM: engines, one per GPU group
     gpu_memory_utilization: float = 0.9  # vLLM
-    dtype: str = "auto"
+    dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 on CPU; or float16 / bfloat16 / float32
+    seed: int = 0  # sampling seed (temperature > 0)
+    max_model_len: int = 0  # vLLM: context length of the engine; 0 = the model's own
 
     def check(self, key: str) -> None:
         _positive(key + ".batch_size", self.batch_size)
+        if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
+            raise ConfigError(f"{key}.dtype: must be auto, float16, bfloat16 or float32, got {self.dtype!r}")
+        _nonneg(key + ".max_model_len", self.max_model_len)
         _positive(key + ".max_new_tokens", self.max_new_tokens)
         _range(key + ".temperature", self.temperature, 0.0, 2.0)
         _range(key + ".top_p", self.top_p, 0.0, 1.0)

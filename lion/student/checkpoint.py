@@ -1,0 +1,70 @@
+"""Where a student's weights are: the base model, and the round checkpoints (full model or LoRA adapter).
+
+    from lion.student.checkpoint import resolve_base_model, checkpoint_info
+
+A round checkpoint directory written by `lion.student.train` holds ``lion_student.json``::
+
+    {"kind": "full" | "adapter", "base": "<base model dir or hub id, for adapters>", "mode": ..., "metrics": {...}}
+
+- ``full``: a complete Hugging Face model + tokenizer (full fine-tuning, or LoRA merged into the weights).
+- ``adapter``: a PEFT LoRA adapter + tokenizer; ``base`` names the model the adapter applies to
+  (``student.lora.between_rounds: continue``). Both inference backends load it: transformers attaches the
+  adapter with PEFT, vLLM passes it as a ``LoRARequest`` without merging.
+A plain PEFT adapter directory (``adapter_config.json``, no ``lion_student.json``) is recognised too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+META = "lion_student.json"
+
+
+@dataclass
+class CheckpointInfo:
+    base: str  # model dir / hub id holding the full weights
+    adapter: Path | None  # LoRA adapter dir applied on top of `base`, or None
+    meta: dict[str, Any]
+
+
+def checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """Describe `path`: a full model (dir or hub id) or an adapter directory on top of a base model."""
+    p = Path(path)
+    meta: dict[str, Any] = {}
+    if (p / META).is_file():
+        meta = json.loads((p / META).read_text())
+    if meta.get("kind") == "adapter" or (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
+        base = meta.get("base")
+        if not base and (p / "adapter_config.json").is_file():
+            base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ConfigError(f"{p}: a LoRA adapter directory that does not name its base model")
+        return CheckpointInfo(base=str(base), adapter=p, meta=meta)
+    return CheckpointInfo(base=str(path), adapter=None, meta=meta)
+
+
+def resolve_base_model(cfg: Any, run_dir: str | Path) -> Path | str:
+    """The base model of `cfg` (a StudentConfig): `model`, or for "tiny" a tiny model built once in RUN/base_model."""
+    if cfg.model != "tiny":
+        return cfg.model
+    from .tiny import TINY_OPTIONS, build_tiny
+
+    for key in cfg.tiny:
+        if key not in TINY_OPTIONS:
+            raise ConfigError(f"student.tiny.{key}: unknown option (options: {', '.join(TINY_OPTIONS)})")
+    out = Path(run_dir) / "base_model"
+    meta = out / "lion_tiny.json"
+    if meta.is_file():
+        return out
+    if out.exists():  # a leftover without the completion marker: rebuild
+        shutil.rmtree(out)
+    try:
+        return build_tiny(out, **cfg.tiny)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"student.tiny: {e}") from None

@@ -1,0 +1,203 @@
+"""Student inference: formatted prompts in, completions out, with a transformers or a vLLM backend.
+
+    python -m lion.student.infer --model RUN/round_01/student --data prompts.jsonl --out answers.jsonl [--config CFG]
+
+Python: ``generate(model_path, prompts, cfg.student.infer, adapter=None) -> list[str]`` (prompts already
+formatted with `lion.student.data.format_prompt`; one completion per prompt, in order).
+
+- ``backend: auto`` picks vLLM when ``import vllm`` works and CUDA is present, else transformers.
+- Both backends tokenise a prompt the same way as training does (`data.encode_prompt`: BOS + prompt), stop at EOS,
+  strip the prompt from the output and honour ``max_new_tokens``; ``temperature: 0`` is greedy.
+- transformers: prompts sorted by length (longest first), batches of ``batch_size``, left padding; its greedy
+  output equals one-prompt-at-a-time greedy output. A LoRA adapter is attached with PEFT, not merged.
+- vLLM: see `lion.student.vllm_backend` (offline ``LLM``, ``LoRARequest``, tensor and data parallelism).
+- ``model_path`` may be an adapter checkpoint (``lion_student.json`` kind ``adapter``): its base is loaded and
+  the adapter attached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..config import InferConfig
+from ..errors import ConfigError, DataError
+from .checkpoint import checkpoint_info
+from .data import encode_prompt
+
+
+def pick_backend(cfg: InferConfig) -> str:
+    if cfg.backend != "auto":
+        return cfg.backend
+    import torch
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+def load_tokenizer(model_path: str | Path, base: str):
+    from transformers import AutoTokenizer
+
+    src = str(model_path) if _has_tokenizer(Path(model_path)) else base
+    tok = AutoTokenizer.from_pretrained(src)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def generate(
+    model_path: str | Path,
+    prompts: list[str],
+    cfg: InferConfig,
+    *,
+    adapter: str | Path | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Completions of `prompts` (prompt stripped, stopped at EOS) by the model at `model_path` (+ `adapter`)."""
+    if not prompts:
+        return []
+    info = checkpoint_info(model_path)
+    base = info.base
+    if adapter is None:
+        adapter = info.adapter
+    backend = pick_backend(cfg)
+    tokenizer = load_tokenizer(adapter if adapter is not None and _has_tokenizer(Path(adapter)) else model_path, base)
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    if backend == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError("student.infer.backend: 'vllm' but vllm is not installed (pip install vllm), or use "
+                              "'transformers'")
+        from .vllm_backend import generate_vllm
+
+        tok_dir = str(adapter) if adapter is not None and _has_tokenizer(Path(adapter)) else str(model_path)
+        if not _has_tokenizer(Path(tok_dir)):
+            tok_dir = base
+        return generate_vllm(base, ids, cfg, adapter=adapter, tokenizer=tok_dir, progress=progress)
+    if backend != "transformers":
+        raise ConfigError(f"student.infer.backend: must be auto, transformers or vllm, got {backend!r}")
+    model = load_model(base, cfg, adapter=adapter)
+    return generate_hf(model, tokenizer, ids, cfg, progress=progress)
+
+
+def _dtype(cfg: InferConfig):
+    import torch
+
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def load_model(base: str, cfg: InferConfig, *, adapter: str | Path | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=_dtype(cfg))
+    except OSError as e:
+        raise ConfigError(f"student.model: cannot load a model from {base!r}: {e}") from None
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))  # attached, not merged
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    return model
+
+
+def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConfig, *, progress: bool = True,
+                min_new_tokens: int = 0) -> list[str]:
+    """Batched generation from token ids (sorted by length, left-padded). `min_new_tokens` is for benchmarks."""
+    import torch
+    from tqdm.auto import tqdm
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
+    out: list[str | None] = [None] * len(ids)
+    device = next(model.parameters()).device
+    greedy = cfg.temperature == 0.0
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": not greedy,
+                                  "eos_token_id": eos, "pad_token_id": pad}
+    if min_new_tokens:
+        gen_kwargs["min_new_tokens"] = min_new_tokens
+    if not greedy:
+        gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+        torch.manual_seed(cfg.seed)
+    else:
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    with torch.inference_mode():
+        for batch in tqdm(batches, desc="student answers", unit="batch", disable=not progress):
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, i in enumerate(batch):
+                n = len(ids[i])
+                input_ids[b, width - n :] = torch.tensor(ids[i])
+                mask[b, width - n :] = 1
+            gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
+            new = gen[:, width:].tolist()
+            for b, i in enumerate(batch):
+                toks = new[b]
+                if eos in toks:
+                    toks = toks[: toks.index(eos)]
+                out[i] = tokenizer.decode(toks, skip_special_tokens=True)
+    return [o if o is not None else "" for o in out]
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lion.student.infer", description="Answer instructions with a student.")
+    p.add_argument("--model", required=True, help="student checkpoint dir (full model or adapter), or a base model")
+    p.add_argument("--adapter", help="a LoRA adapter dir to attach")
+    p.add_argument("--data", required=True, type=Path, help="JSONL rows with instruction (+ input, id)")
+    p.add_argument("--out", required=True, type=Path, help='JSONL to write: {"id", "answer"} per row')
+    p.add_argument("--config", "-c", help="YAML config: student.infer and student.prompt_format are used")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..records import read_jsonl, write_jsonl
+    from .data import format_prompt
+
+    args = make_parser().parse_args(argv)
+    if args.config:
+        from ..config import load_config
+
+        student = load_config(args.config, args.overrides).student
+        cfg, fmt = student.infer, student.prompt_format
+    else:
+        cfg, fmt = InferConfig(), "alpaca"
+    if not args.data.is_file():
+        raise DataError(f"{args.data}: no such file")
+    rows = read_jsonl(args.data)
+    tok = None
+    if fmt == "chat_template":
+        info = checkpoint_info(args.model)
+        tok = load_tokenizer(args.model, info.base)
+    prompts = []
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str):
+            raise DataError(f"{args.data}:{n}: expected an object with a string 'instruction'")
+        prompts.append(format_prompt(row["instruction"], row.get("input") or "", fmt=fmt, tokenizer=tok))
+    answers = generate(args.model, prompts, cfg, adapter=args.adapter)
+    write_jsonl(args.out, [{"id": row.get("id", i), "answer": a} for i, (row, a) in enumerate(zip(rows, answers, strict=True))])
+    print(json.dumps({"answers": len(answers), "out": str(args.out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    from ..errors import cli_main
+
+    cli_main(main)

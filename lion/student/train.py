@@ -1,0 +1,425 @@
+"""Supervised fine-tuning of the student on (instruction, teacher answer) pairs: full, LoRA or QLoRA.
+
+    python -m lion.student.train --config CFG.yaml --data train.jsonl --init-from BASE_OR_PREV --out DIR
+    python -m lion.student.train --spec SPEC.json        # internal: one process of a torchrun/accelerate launch
+
+Python: ``train_student(cfg.student, examples, init_from, out_dir, seed=round_no) -> TrainResult``.
+
+Built on the transformers ``Trainer`` (so FSDP / DeepSpeed configs, gradient checkpointing, ``report_to``, seeds
+and the progress bar are the Trainer's own). The seed used is ``student.seed + seed``.
+
+- ``mode: full`` trains every weight; ``lora`` trains a PEFT LoRA adapter (``lora.target_modules``, all linear
+  layers by default); ``qlora`` loads the base in 4 bits (bitsandbytes, CUDA only) under the adapter.
+- Between rounds (``lora.between_rounds``): ``merge`` (default) folds the adapter into the weights and saves a
+  full model, so the next round starts a fresh adapter on an already improved model (each round's adapter stays a
+  small correction, and every checkpoint is a plain model any backend loads). ``continue`` saves only the adapter
+  (plus ``lion_student.json`` naming its base); the next round reloads it and keeps training the same adapter on
+  the same frozen base (cheaper on disk; inference attaches it: PEFT for transformers, ``LoRARequest`` for vLLM).
+- The checkpoint is written to ``OUT.tmp`` and renamed to ``OUT`` only when complete: a crash never leaves a
+  half-written ``OUT``. It holds the tokenizer and ``lion_student.json`` (kind, base, metrics).
+- More than one GPU (``num_gpus > 1``), several nodes, FSDP or DeepSpeed: the training runs in a
+  ``torchrun`` (or ``accelerate launch``) subprocess that runs this module with ``--spec`` (see launch.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import StudentConfig
+from ..errors import ConfigError, DataError
+from .checkpoint import META, checkpoint_info
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    metrics: dict[str, Any]
+    model: Any = field(default=None, repr=False)  # the trained model in memory, only with keep_model=True
+
+
+def in_distributed_launch() -> bool:
+    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) >= 1 and "RANK" in os.environ
+
+
+def needs_launch(cfg: StudentConfig) -> bool:
+    """True when training must run under torchrun/accelerate (and we are not already inside such a launch)."""
+    if in_distributed_launch():
+        return False
+    return cfg.num_gpus > 1 or cfg.nnodes > 1 or bool(cfg.fsdp) or bool(cfg.deepspeed)
+
+
+def train_student(
+    cfg: StudentConfig,
+    examples: list[dict[str, Any]],
+    init_from: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    keep_model: bool = False,
+) -> TrainResult:
+    """Fine-tune the model at `init_from` on `examples` ([{"instruction", "input", "output"}]); save into `out_dir`."""
+    out = Path(out_dir)
+    if needs_launch(cfg):
+        from .launch import launch_training
+
+        return launch_training(cfg, examples, init_from, out, seed=seed)
+    return _train_here(cfg, examples, init_from, out, seed=seed, progress=progress, keep_model=keep_model)
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _all_sum(values: list[float]) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def _load_model(cfg: StudentConfig, path: str, *, quantize: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {}
+    if quantize:
+        if not torch.cuda.is_available():
+            raise ConfigError("student.mode: qlora needs a CUDA GPU and bitsandbytes; use 'lora' on this machine")
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError:
+            raise ConfigError("student.mode: qlora needs the bitsandbytes package (pip install bitsandbytes)") from None
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if cfg.bf16 else torch.float16,
+        )
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    elif cfg.mode != "full" and cfg.bf16:
+        kwargs["dtype"] = torch.bfloat16  # frozen base: no fp32 master copy needed
+    else:
+        kwargs["dtype"] = torch.float32  # full fine-tuning keeps fp32 weights; bf16 runs under autocast
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ConfigError(f"student.model: cannot load a model from {path!r}: {e}") from None
+
+
+def _prepare_model(cfg: StudentConfig, init_from: str | Path):
+    """The trainable model and a description of what it was built from."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel, get_peft_model
+
+    info = checkpoint_info(init_from)
+    if cfg.mode == "full":
+        model = _load_model(cfg, info.base, quantize=False)
+        if info.adapter is not None:  # an adapter checkpoint feeding full fine-tuning: fold it in first
+            model = PeftModel.from_pretrained(model, str(info.adapter)).merge_and_unload()
+        return model, info
+    quantize = cfg.mode == "qlora"
+    base = _load_model(cfg, info.base, quantize=quantize)
+    if quantize:
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    if info.adapter is not None and cfg.lora.between_rounds == "continue":
+        return PeftModel.from_pretrained(base, str(info.adapter), is_trainable=True), info
+    if info.adapter is not None:  # merge policy, but handed an adapter: fold it in, then a fresh adapter
+        base = PeftModel.from_pretrained(base, str(info.adapter)).merge_and_unload()
+    lcfg = PeftLoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lcfg), info
+
+
+def _load_tokenizer(init_from: str | Path, base: str):
+    from transformers import AutoTokenizer
+
+    src = str(init_from)
+    if not any((Path(src) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        src = base
+    try:
+        tok = AutoTokenizer.from_pretrained(src)
+    except OSError as e:
+        raise ConfigError(f"student.model: cannot load a tokenizer from {src!r}: {e}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
+    import torch
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    warm: dict[str, Any]
+    if "float" in str(fields["warmup_steps"].type) or "warmup_ratio" not in fields:
+        warm = {"warmup_steps": cfg.warmup_ratio}  # transformers >= 5: a float < 1 is a ratio
+    else:
+        warm = {"warmup_ratio": cfg.warmup_ratio}
+    return TrainingArguments(
+        output_dir=str(out / "_trainer"),
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler,
+        weight_decay=cfg.weight_decay,
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        fsdp=cfg.fsdp or "",
+        fsdp_config=dict(cfg.fsdp_config) or None,
+        deepspeed=cfg.deepspeed,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        seed=seed,
+        data_seed=seed,
+        save_strategy="no",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not progress,
+        **warm,
+    )
+
+
+def _meter(collator: Any):
+    """A Trainer callback that records logged losses and per-step wall time and tokens."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Meter(TrainerCallback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+            self.step_s: list[float] = []
+            self.step_tokens: list[int] = []
+            self._t = 0.0
+            self._n = 0
+
+        def _sync(self) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+
+        def on_train_begin(self, args, state, control, **kw):
+            self._sync()
+            self._t, self._n = time.perf_counter(), collator.tokens
+
+        def on_step_end(self, args, state, control, **kw):
+            self._sync()
+            now = time.perf_counter()
+            self.step_s.append(now - self._t)
+            self.step_tokens.append(collator.tokens - self._n)
+            self._t, self._n = now, collator.tokens
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    return Meter()
+
+
+def _train_here(
+    cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, out: Path, *, seed: int, progress: bool,
+    keep_model: bool = False,
+) -> TrainResult:
+    from transformers import Trainer
+
+    from .data import build_dataset, tokenize_examples
+
+    rank0 = _rank() == 0
+    tmp = out.with_name(out.name + ".tmp")
+    if rank0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    t_start = time.perf_counter()
+    info = checkpoint_info(init_from)
+    tokenizer = _load_tokenizer(init_from, info.base)
+    tokenized, stats = tokenize_examples(tokenizer, examples, max_length=cfg.max_length, fmt=cfg.prompt_format)
+    if not tokenized:
+        raise DataError(
+            f"none of the {stats.n_examples} training examples fits student.max_length={cfg.max_length} "
+            f"(every prompt alone is that long); raise student.max_length"
+        )
+    the_seed = cfg.seed + seed
+    dataset, collator = build_dataset(
+        tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length,
+        pad_id=tokenizer.pad_token_id, seed=the_seed,
+    )
+    model, info = _prepare_model(cfg, init_from)
+    model.config.use_cache = False  # training: no KV cache (also lets packed position ids take effect)
+    args = _training_args(cfg, tmp, the_seed, progress)
+    meter = _meter(collator)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                      processing_class=tokenizer, callbacks=[meter])
+    out_train = trainer.train()
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    seconds = time.perf_counter() - t_start
+    train_s = sum(meter.step_s)
+    tokens, supervised, padded, steady_tok, steady_s = _all_sum([
+        float(collator.tokens), float(collator.supervised), float(collator.padded),
+        float(sum(meter.step_tokens[_warm(meter.step_s):])), float(sum(meter.step_s[_warm(meter.step_s):])),
+    ])
+    steady_s /= world  # each rank timed the same wall clock
+    metrics: dict[str, Any] = {
+        "mode": cfg.mode,
+        "n_examples": stats.n_examples,
+        "n_dropped": stats.n_dropped,
+        "n_truncated": stats.n_truncated,
+        "n_rows": len(dataset),
+        "packing": cfg.packing,
+        "steps": int(out_train.global_step),
+        "train_loss": float(out_train.training_loss),
+        "train_loss_first": meter.losses[0] if meter.losses else None,
+        "train_loss_last": meter.losses[-1] if meter.losses else None,
+        "losses": meter.losses,
+        "tokens": int(tokens),
+        "supervised_tokens": int(supervised),
+        "padded_tokens": int(padded),
+        "seconds": round(seconds, 3),
+        "train_seconds": round(train_s, 3),
+        "tokens_per_s": round(tokens / train_s, 1) if train_s > 0 else None,
+        "steady_tokens_per_s": round(steady_tok / steady_s, 1) if steady_s > 0 else None,
+        "world_size": world,
+        "seed": the_seed,
+    }
+    _save(cfg, trainer, tokenizer, info, tmp, metrics, init_from)
+    if rank0:
+        if cfg.report_to == "none":
+            shutil.rmtree(tmp / "_trainer", ignore_errors=True)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    _barrier()
+    return TrainResult(out, metrics, trainer.model if keep_model else None)
+
+
+def _warm(step_s: list[float]) -> int:
+    """Steps left out of the steady-state figure (allocation, kernel selection, first-batch work)."""
+    n = len(step_s)
+    return 0 if n < 3 else min(3, n // 4 or 1)
+
+
+def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path, metrics: dict, init_from) -> None:
+    import torch
+    from peft import PeftModel
+
+    rank0 = _rank() == 0
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    model = trainer.model
+    if hasattr(model, "config"):
+        model.config.use_cache = True
+    meta: dict[str, Any] = {"mode": cfg.mode, "init_from": str(init_from), "metrics": metrics}
+    if cfg.mode == "full":
+        trainer.save_model(str(tmp))
+        meta["kind"] = "full"
+    elif cfg.lora.between_rounds == "continue":
+        trainer.save_model(str(tmp))  # the adapter + tokenizer
+        meta.update(kind="adapter", base=str(info.base))
+    elif world == 1 and cfg.mode == "lora" and not cfg.deepspeed and not cfg.fsdp:
+        merged = trainer.accelerator.unwrap_model(model).merge_and_unload()
+        merged.config.use_cache = True
+        if rank0:
+            merged.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        meta["kind"] = "full"
+    else:  # sharded or quantized: save the adapter, then merge into a freshly loaded unquantized base on rank 0
+        adapter_dir = tmp / "_adapter"
+        trainer.save_model(str(adapter_dir))
+        _barrier()
+        if rank0:
+            dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+            from transformers import AutoModelForCausalLM
+
+            base = AutoModelForCausalLM.from_pretrained(info.base, dtype=dtype)
+            merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+            merged.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            shutil.rmtree(adapter_dir)
+        meta["kind"] = "full"
+    if rank0:
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+    _barrier()
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lion.student.train", description="Fine-tune the student once.")
+    p.add_argument("--spec", type=Path, help="internal: a launch spec written by lion.student.launch")
+    p.add_argument("--config", "-c", help="YAML config (its student section is used)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data", type=Path, help="JSONL rows with instruction, input (optional), output")
+    p.add_argument("--init-from", help="base model dir / hub id, or the previous round's student dir")
+    p.add_argument("--out", type=Path, help="checkpoint directory to write")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def student_config_from_dict(data: dict[str, Any]) -> StudentConfig:
+    from ..config import _build  # the config module's strict builder (unknown keys and bad types are errors)
+
+    cfg = _build(StudentConfig, data, "student")
+    cfg.check("student")
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..records import read_jsonl
+
+    args = make_parser().parse_args(argv)
+    if args.spec is not None:
+        spec = json.loads(args.spec.read_text())
+        cfg = student_config_from_dict(spec["cfg"])
+        examples = list(read_jsonl(Path(spec["examples"])))
+        _train_here(cfg, examples, spec["init_from"], Path(spec["out_dir"]), seed=spec["seed"],
+                    progress=_rank() == 0)
+        return 0
+    if not (args.config and args.data and args.init_from and args.out):
+        raise ConfigError("give --config, --data, --init-from and --out (or --spec)")
+    from ..config import load_config
+
+    cfg = load_config(args.config, args.overrides).student
+    if not args.data.is_file():
+        raise DataError(f"{args.data}: no such file")
+    examples = list(read_jsonl(args.data))
+    res = train_student(cfg, examples, args.init_from, args.out, seed=args.seed)
+    print(json.dumps({"path": str(res.path), **{k: v for k, v in res.metrics.items() if k != "losses"}}))
+    return 0
+
+
+if __name__ == "__main__":
+    from ..errors import cli_main
+
+    cli_main(main)
+

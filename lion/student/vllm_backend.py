@@ -1,0 +1,173 @@
+"""vLLM backend of student inference: offline `LLM`, LoRA via `LoRARequest`, tensor and data parallelism.
+
+    python -m lion.student.vllm_backend --worker SPEC.json     # internal: one data-parallel engine
+
+Called by `lion.student.infer.generate` with token ids (tokenised by our own rule, so vLLM sees exactly what the
+student was trained on). vLLM strips the prompt and stops at EOS itself.
+
+- ``tensor_parallel`` GPUs per engine (``tensor_parallel_size``).
+- ``data_parallel`` engines: prompts are dealt round-robin to the engines; each engine runs in its own process
+  with ``CUDA_VISIBLE_DEVICES`` set to its own group of ``tensor_parallel`` GPUs; results come back in the
+  original order. With ``data_parallel: 1`` the engine runs in this process.
+- A LoRA adapter is served without merging: ``enable_lora=True``, ``max_lora_rank`` from the adapter's
+  ``adapter_config.json``, and a ``LoRARequest("student", 1, path)`` on every request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..config import InferConfig
+from ..errors import ConfigError, LionError
+
+
+def sampling_kwargs(cfg: InferConfig) -> dict[str, Any]:
+    """Our InferConfig -> vllm.SamplingParams keyword arguments."""
+    greedy = cfg.temperature == 0.0
+    return {
+        "n": 1,
+        "temperature": 0.0 if greedy else cfg.temperature,
+        "top_p": 1.0 if greedy else cfg.top_p,
+        "max_tokens": cfg.max_new_tokens,
+        "seed": cfg.seed,
+        "skip_special_tokens": True,
+    }
+
+
+def lora_rank(adapter: str | Path) -> int:
+    cfg_path = Path(adapter) / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{adapter}: not a LoRA adapter directory (no adapter_config.json)")
+    return int(json.loads(cfg_path.read_text()).get("r", 16))
+
+
+def engine_kwargs(model: str, cfg: InferConfig, *, tokenizer: str | None, adapter: str | Path | None) -> dict[str, Any]:
+    """Our InferConfig -> vllm.LLM keyword arguments for one engine."""
+    kw: dict[str, Any] = {
+        "model": model,
+        "tokenizer": tokenizer or model,
+        "tensor_parallel_size": cfg.tensor_parallel,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "dtype": cfg.dtype,
+        "seed": cfg.seed,
+    }
+    if cfg.max_model_len:
+        kw["max_model_len"] = cfg.max_model_len
+    if adapter is not None:
+        kw.update(enable_lora=True, max_lora_rank=max(8, lora_rank(adapter)), max_loras=1)
+    return kw
+
+
+def run_engine(model: str, ids: list[list[int]], cfg: InferConfig, *, tokenizer: str | None,
+               adapter: str | Path | None, progress: bool) -> list[str]:
+    """One vLLM engine in this process answers every prompt (token ids) in order."""
+    import vllm
+
+    llm = vllm.LLM(**engine_kwargs(model, cfg, tokenizer=tokenizer, adapter=adapter))
+    params = vllm.SamplingParams(**sampling_kwargs(cfg))
+    lora = None
+    if adapter is not None:
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest("student", 1, str(adapter))
+    outs = llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=progress, lora_request=lora)
+    return [o.outputs[0].text for o in outs]
+
+
+def visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_groups(data_parallel: int, tensor_parallel: int, gpus: Sequence[str]) -> list[list[str]]:
+    need = data_parallel * tensor_parallel
+    if len(gpus) < need:
+        raise ConfigError(
+            f"student.infer: data_parallel={data_parallel} x tensor_parallel={tensor_parallel} needs {need} GPUs, "
+            f"{len(gpus)} visible"
+        )
+    return [list(gpus[k * tensor_parallel : (k + 1) * tensor_parallel]) for k in range(data_parallel)]
+
+
+def shard(n: int, parts: int) -> list[list[int]]:
+    """Round-robin indices 0..n-1 over `parts` engines (balances long and short prompts)."""
+    return [list(range(k, n, parts)) for k in range(parts)]
+
+
+def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter: str | Path | None = None,
+                  tokenizer: str | None = None, progress: bool = True) -> list[str]:
+    if cfg.data_parallel == 1:
+        return run_engine(model, ids, cfg, tokenizer=tokenizer, adapter=adapter, progress=progress)
+    groups = gpu_groups(cfg.data_parallel, cfg.tensor_parallel, visible_gpus())
+    parts = shard(len(ids), cfg.data_parallel)
+    out: list[str | None] = [None] * len(ids)
+    root = str(Path(__file__).resolve().parents[2])
+    with tempfile.TemporaryDirectory(prefix="lion-vllm-") as work:
+        procs = []
+        for k, (group, part) in enumerate(zip(groups, parts, strict=True)):
+            if not part:
+                continue
+            spec = Path(work) / f"engine{k}.json"
+            result = Path(work) / f"engine{k}.out.json"
+            one = {**cfg.__dict__, "data_parallel": 1}
+            spec.write_text(json.dumps({"model": model, "tokenizer": tokenizer, "adapter": str(adapter) if adapter else None,
+                                        "cfg": one, "ids": [ids[i] for i in part], "result": str(result),
+                                        "progress": progress and k == 0}))
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(group))
+            env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            log = open(Path(work) / f"engine{k}.log", "w+")
+            p = subprocess.Popen([sys.executable, "-m", "lion.student.vllm_backend", "--worker", str(spec)],
+                                 env=env, stdout=log, stderr=subprocess.STDOUT)
+            procs.append((k, part, p, log, result))
+        failures = []
+        for k, part, p, log, result in procs:
+            rc = p.wait()
+            log.seek(0)
+            tail = "".join(collections.deque(log, maxlen=20))
+            log.close()
+            if rc != 0 or not result.is_file():
+                failures.append(f"engine {k} (GPUs {','.join(groups[k])}) exit status {rc}:\n{tail}")
+                continue
+            texts = json.loads(result.read_text())
+            for i, t in zip(part, texts, strict=True):
+                out[i] = t
+        if failures:
+            raise LionError("vLLM data-parallel inference failed: " + "\n".join(failures))
+    return [o if o is not None else "" for o in out]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lion.student.vllm_backend", description="One vLLM engine (internal).")
+    p.add_argument("--worker", required=True, type=Path, help="spec JSON written by generate_vllm")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    spec = json.loads(args.worker.read_text())
+    cfg = InferConfig(**spec["cfg"])
+    texts = run_engine(spec["model"], spec["ids"], cfg, tokenizer=spec["tokenizer"], adapter=spec["adapter"],
+                       progress=spec["progress"])
+    tmp = Path(spec["result"] + ".tmp")
+    tmp.write_text(json.dumps(texts))
+    tmp.rename(spec["result"])
+    return 0
+
+
+if __name__ == "__main__":
+    from ..errors import cli_main
+
+    cli_main(main)
