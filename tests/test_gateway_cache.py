@@ -73,3 +73,16 @@ def test_chat_many_inside_a_running_event_loop(sim_server, sim_llm):
     assert [r.cached for r in res] == [False] * 3 + [True] * 3 + [False]
     assert server.stats.requests == 4
     gw.close()
+
+
+def test_cache_namespace_replaces_the_endpoint_in_the_key(tmp_path, sim_server, sim_llm):
+    first = sim_server(ScriptedResponder(default="one {user}"))
+    second = sim_server(ScriptedResponder(default="two {user}"))  # another port: another base_url
+    for server, replayed in ((first, False), (second, True)):
+        with Gateway(sim_llm(server.base_url, cache_namespace="sim"), tmp_path, progress=False) as gw:
+            res = gw.chat_many("teacher", "imitation", _reqs(3))
+        assert [r.cached for r in res] == [replayed] * 3
+        assert [r.text for r in res] == [f"one item {i}" for i in range(3)]
+    assert second.stats.requests == 0
+    with Gateway(sim_llm(second.base_url), tmp_path, progress=False) as gw:  # no namespace: the URL counts
+        assert [r.text for r in gw.chat_many("teacher", "imitation", _reqs(1))] == ["two item 0"]

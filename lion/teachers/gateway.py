@@ -8,6 +8,8 @@
 What it guarantees, for any provider (lion.teachers.base):
 - no paid call twice: a completed call is committed to the SQLite cache before the next one is counted, under
   hash(provider identity, model, messages, sampling params, sample index); re-runs replay it for free.
+  With `llm.<role>.cache_namespace` set, "<provider>:ns=<namespace>" replaces the identity (which holds the
+  base_url), so a local server on a new port, or a move to another endpoint serving the same model, replays.
   Identical requests inside one batch are sent once. Failures are recorded apart and never served as answers.
 - rate limits per role (RPM and TPM token buckets, max in flight), one shared cool-down after a 429 that
   honours Retry-After, tenacity retries with exponential backoff + jitter for transient errors (the SDK's own
@@ -188,7 +190,9 @@ class Gateway:
             sample=request.sample,
             timeout_s=rc.timeout_s,
         )
-        blob = json.dumps({"provider": provider.identity, **params.key_fields(),
+        # llm.<role>.cache_namespace stands in for the endpoint (e.g. a local server on a random port)
+        ident = f"{rc.provider}:ns={rc.cache_namespace}" if rc.cache_namespace else provider.identity
+        blob = json.dumps({"provider": ident, **params.key_fields(),
                            "messages": [list(m) for m in request.messages]},
                           sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         key = hashlib.sha256(blob.encode("utf-8")).hexdigest()
