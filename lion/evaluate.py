@@ -266,7 +266,7 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
         table.append(trow)
 
     summary: dict[str, Any] = {
-        "name": name or model.name, "model": str(model), "questions": spec if spec == ORACLE else str(spec),
+        "name": name or model.name, "model": str(model), "questions": str(spec),
         "n_questions": len(qs), "reference": ref_source, "judge_model": cfg.llm.judge.model,
         **summarize(rows),
     }

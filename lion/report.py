@@ -263,7 +263,7 @@ def find_lineages(run: RunData, k: int = 3, max_children: int = 5) -> list[Linea
                 gid = str(g.get("id"))
                 kids.append({**g, "next": next_split.get(gid),
                              "answer": nxt.student_answers.get(gid) if nxt else None})
-            judged = sum(1 for c in kids if c["next"] is not None)
+            judged = sum(1 for c in kids if (c["next"] or {}).get("label") in ("hard", "easy"))
             lin = Lineage(r.no, s, r.student_answers.get(sid), kids)
             cands.append((judged, float(s.get("gap") or 0.0), lin))
     cands.sort(key=lambda t: (-t[0], -t[1], t[2].round))
@@ -326,6 +326,12 @@ def usage_total(run: RunData) -> dict[str, float]:
     return tot
 
 
+def _short(spec: Any) -> str:
+    """The last two parts of a question-file path (vicuna80/question.jsonl); "oracle" as is."""
+    parts = Path(str(spec)).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 else str(spec)
+
+
 def text_summary(run: RunData) -> str:
     done = _get(run.state, "rounds_completed")
     lines = [f"lion run {run.path}: {len(run.rounds)} round director{'y' if len(run.rounds) == 1 else 'ies'}"
@@ -339,7 +345,7 @@ def text_summary(run: RunData) -> str:
         no, e = evals[-1]
         o = e.get("overall", {})
         rel = o.get("relative", {})
-        lines.append(f"evaluation (round {no}, {e.get('questions', '?')}): relative score {_f(rel.get('mean'))}% "
+        lines.append(f"evaluation (round {no}, {_short(e.get('questions', '?'))}): relative score {_f(rel.get('mean'))}% "
                      f"(ref first {_f(rel.get('ref_first'))}, cand first {_f(rel.get('cand_first'))}), "
                      f"W/T/L {o.get('win', 0)}/{o.get('tie', 0)}/{o.get('loss', 0)} over {o.get('n_scored', 0)} questions")
     for name, e in run.other_evals.items():
@@ -414,7 +420,7 @@ def _eval_tables_html(run: RunData) -> str:
         o = e.get("overall", {})
         rel = o.get("relative", {})
         j = e.get("judge", {})
-        rows.append({"evaluated": name, "questions": str(e.get("questions", "-")), "n": str(o.get("n_scored", "-")),
+        rows.append({"evaluated": name, "questions": _short(e.get("questions", "-")), "n": str(o.get("n_scored", "-")),
                      "ref first %": _f(rel.get("ref_first")), "cand first %": _f(rel.get("cand_first")),
                      "mean %": _f(rel.get("mean")), "cand mean": _f(o.get("candidate_mean")),
                      "ref mean": _f(o.get("reference_mean")), "W/T/L": f"{o.get('win', 0)}/{o.get('tie', 0)}/{o.get('loss', 0)}",
