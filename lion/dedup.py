@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .records import load_instructions
 
     args = make_parser().parse_args(argv)
-    rows = load_instructions(args.pool)
+    rows, _ = load_instructions(args.pool)
     index = RougeIndex(threshold=args.threshold)
     dups = 0
     for row in tqdm(rows, desc="dedup", unit="row", disable=None):

@@ -204,10 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     cfg = GenerationConfig(decontam_ngram=args.ngram, rouge_threshold=args.threshold)
     cfg.check("generation")
-    existing = [i.instruction for i in load_instructions(args.against)] if args.against else []
+    existing = [i.instruction for i in load_instructions(args.against)[0]] if args.against else []
     filt = CandidateFilter(cfg, existing, load_eval_questions(args.decontaminate))
     counts: Counter[str] = Counter()
-    for row in tqdm(load_instructions(args.candidates), desc="filter", unit="cand", disable=None):
+    for row in tqdm(load_instructions(args.candidates)[0], desc="filter", unit="cand", disable=None):
         d = filt.check(row.instruction)
         counts[d.reason or "accepted"] += 1
         if d.ok:

@@ -1,0 +1,123 @@
+"""RougeIndex decisions equal rouge_score's ROUGE-L F-measure exactly (brute force), on real and random text.
+
+    /work/venv/bin/python -m pytest -q tests/test_dedup_exact.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+from rouge_score import rouge_scorer
+
+from lion.dedup import RougeIndex, lcs_length, main, rouge_l_f, rouge_tokens
+from lion.errors import ConfigError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def brute(query: str, texts: list[str]) -> tuple[float, int | None]:
+    """rouge_score itself; ties -> the earliest text, like RougeScorer.score_multi's argmax."""
+    fs = [SCORER.score(query, t)["rougeL"].fmeasure for t in texts]
+    if not fs or max(fs) == 0:
+        return 0.0, None
+    m = max(fs)
+    return m, fs.index(m)
+
+
+def test_random_corpora_match_brute_force_for_best_and_every_threshold():
+    rng = random.Random(1)
+    words = "a b c d e the of write list explain how why 1 2 x".split()
+    for _ in range(150):
+        texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 14))) for _ in range(rng.randint(1, 20))]
+        t = rng.choice([0.0, 0.3, 0.5, 0.7, 0.9, 1.0])
+        idx = RougeIndex(texts, threshold=t)
+        for _ in range(4):
+            q = " ".join(rng.choice(words) for _ in range(rng.randint(0, 14)))
+            exp = brute(q, texts)
+            assert idx.best(q) == exp, (q, texts)
+            assert idx.is_near_duplicate(q) == (exp[0] > t)
+
+
+def test_lcs_matches_rouge_score_table_including_long_sequences():
+    rng = random.Random(2)
+    for n in (0, 1, 5, 63, 64, 65, 200):
+        for _ in range(5):
+            a = [rng.choice("abcdefg") for _ in range(n)]
+            b = [rng.choice("abcdefg") for _ in range(rng.randint(0, 150))]
+            want = rouge_scorer._lcs_table(a, b)[-1][-1] if a and b else 0
+            assert lcs_length(a, b) == want
+
+
+def test_strictly_greater_at_an_exact_tie_with_the_threshold():
+    a = "one two three four five six seven eight nine ten"
+    b = "one two three four five six seven x y z"  # LCS 7 of 10 / 10
+    f = SCORER.score(b, a)["rougeL"].fmeasure
+    assert rouge_l_f(b, a) == f
+    assert not RougeIndex([a], threshold=f).is_near_duplicate(b)  # equal is not greater
+    assert RougeIndex([a], threshold=math.nextafter(f, 0.0)).is_near_duplicate(b)
+    assert RougeIndex([a], threshold=0.7).best(b) == (f, 0)
+
+
+def test_tokenisation_is_rouge_scores_and_edge_cases():
+    assert rouge_tokens("Don't STOP—believin' 2day!") == ["don", "t", "stop", "believin", "2day"]
+    assert rouge_tokens("Crème brûlée") == ["cr", "me", "br", "l", "e"]  # rouge_score keeps ASCII a-z0-9 only
+    idx = RougeIndex(threshold=0.7)
+    assert idx.best("anything") == (0.0, None) and not idx.is_near_duplicate("anything")
+    idx.add("")  # a text with no tokens never matches
+    idx.add("!!!")
+    assert idx.best("") == (0.0, None) and idx.best("???") == (0.0, None)
+    idx.add("Write a haiku about autumn leaves.")
+    assert idx.best("write a HAIKU, about autumn leaves!") == (1.0, 2)
+    idx.add("Write a haiku about autumn leaves")  # equal maximum: the earliest index wins
+    assert idx.best("Write a haiku about autumn leaves") == (1.0, 2)
+    assert len(idx) == 4
+    with pytest.raises(ConfigError, match="threshold"):
+        RougeIndex(threshold=1.5)
+
+
+@pytest.mark.skipif(not (DATA / "self_instruct").is_dir(), reason="../shared/data not present")
+def test_real_instructions_match_brute_force_incrementally():
+    texts = []
+    for name in ("seed_tasks.jsonl", "user_oriented_instructions.jsonl"):
+        texts += [json.loads(ln)["instruction"] for ln in (DATA / "self_instruct" / name).read_text().splitlines()]
+    questions = [json.loads(ln)["turns"][0] for ln in (DATA / "vicuna80" / "question.jsonl").read_text().splitlines()]
+    rng = random.Random(3)
+    # near copies of indexed instructions (a few words dropped or swapped) and unrelated evaluation questions
+    queries = []
+    for t in rng.sample(texts, 12):
+        w = t.split()
+        for _ in range(rng.randint(1, 4)):
+            if len(w) > 3:
+                del w[rng.randrange(len(w))]
+        queries.append(" ".join(w))
+    queries += rng.sample(questions, 8)
+    idx = RougeIndex(texts[:300], threshold=0.7)
+    indexed = texts[:300]
+    dups = 0
+    for q in queries:
+        exp = brute(q, indexed)
+        assert idx.best(q) == exp, q
+        hit = idx.find_near_duplicate(q)
+        assert (hit is not None) == (exp[0] > 0.7)
+        if hit is not None:
+            dups += 1
+            assert hit[0] == SCORER.score(q, indexed[hit[1]])["rougeL"].fmeasure > 0.7
+        else:  # grow the index as the generation filter does
+            idx.add(q)
+            indexed.append(q)
+    assert 0 < dups < len(queries)
+
+
+def test_cli_reports_duplicates(tmp_path, capsys):
+    pool = tmp_path / "pool.jsonl"
+    rows = ["Write a poem about the sea.", "Write a poem about the ocean.", "List three uses of copper wire."]
+    pool.write_text("".join(json.dumps({"instruction": r}) + "\n" for r in rows))
+    assert main([str(pool), "--query", "list 3 uses of copper wire"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 3 rows are near-duplicates" in out and "ROUGE-L 0.833 with row 0" in out
+    assert "best ROUGE-L 0.833 with row 2" in out
