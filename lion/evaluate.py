@@ -270,6 +270,7 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
         "n_questions": len(qs), "reference": ref_source, "judge_model": cfg.llm.judge.model,
         **summarize(rows),
     }
+    summary["seen_in_training"] = seen_in_training(Path(cfg.run_dir), qs)
     if grade is not None:
         summary["oracle"] = oracle_accuracy(qs, table)
     summary["fingerprint"] = fp
@@ -286,9 +287,21 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
         text += "\noracle exact accuracy: " + ", ".join(f"{f} {a:.0%}" for f, a in o["accuracy"].items())
         text += f"; overall {o['overall']:.1%} (reference answers {o['reference_overall']:.1%})" \
             if o["overall"] is not None and o["reference_overall"] is not None else ""
+    if summary["seen_in_training"]:
+        text += (f"\nwarning: {summary['seen_in_training']} of the {len(qs)} questions occur in a Train Pool of "
+                 "this run (the student was trained on them)")
     atomic_write_text(out_dir / "summary.txt", text + "\n")
     write_json(summary_path, summary)  # last: its presence (with this fingerprint) marks the evaluation done
     return summary
+
+
+def seen_in_training(run_dir: Path, qs: Sequence[EvalQuestion]) -> int:
+    """How many evaluated questions occur (same content id) in any Train Pool of the run: a leak check."""
+    ids = {q.id for q in qs}
+    seen: set[str] = set()
+    for pool in sorted(run_dir.glob("round_*/train_pool.jsonl")):
+        seen |= {str(r.get("id")) for r in read_jsonl(pool)} & ids
+    return len(seen)
 
 
 def oracle_accuracy(qs: Sequence[EvalQuestion], table: Sequence[dict[str, Any]]) -> dict[str, Any]:

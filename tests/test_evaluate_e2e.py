@@ -208,3 +208,34 @@ def test_offline_world_cli(tmp_path: Path, tiny_student: Path, capsys: pytest.Ca
     # the untrained student is wrong, the oracle judge sees it
     assert s["overall"]["relative"]["mean"] < 50 and s["overall"]["loss"] >= s["overall"]["n_scored"] - 1
     assert "oracle exact accuracy" in printed and "saved under" in printed
+
+
+def test_round_cli_replays_and_counts_training_leaks(tmp_path: Path, tiny_student: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--round R evaluates round R's student into round_XX/eval; the same calls replay from the run's cache;
+    questions that occur in a Train Pool are counted and flagged."""
+    import shutil
+
+    from lion.records import write_jsonl
+
+    run = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({
+        "run_dir": str(run), "llm": {"default": {"model": "oracle", "max_tokens": 64}},
+        "student": {"model": "tiny", "infer": {"max_new_tokens": 12}}, "pools": {"train_seed": "unused.jsonl"},
+        "sim": {"enabled": True, "responder": "oracle"}, "eval": {"questions": "oracle", "oracle_per_family": 1},
+    }))
+    assert main(["--config", str(cfg), "--model", str(tiny_student), "--name", "base", "--no-progress"]) == 0
+    first = json.loads((run / "usage.json").read_text())["total"]
+    shutil.copytree(tiny_student, run / "round_01" / "student")
+    leaked = read_jsonl(run / "eval" / "base" / "questions.jsonl")[:2]
+    write_jsonl(run / "round_01" / "train_pool.jsonl", [{"id": q["id"], "instruction": q["instruction"]} for q in leaked])
+    assert main(["--config", str(cfg), "--round", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    s = json.loads((run / "round_01" / "eval" / "summary.json").read_text())
+    base = json.loads((run / "eval" / "base" / "summary.json").read_text())
+    assert s["overall"] == base["overall"] and s["name"] == "round 1"
+    total = json.loads((run / "usage.json").read_text())["total"]
+    assert total["calls"] == first["calls"] and total["cached"] > first["cached"]  # nothing new was paid for
+    assert s["seen_in_training"] == 2
+    assert f"2 of the {s['n_questions']} questions occur in a Train Pool" in printed
