@@ -21,9 +21,10 @@ Verdict format (prompts/referee.txt): an explanation, then a final line `SCORES:
   in the explanation does not count: the verdict is the LAST verdict line.
 - quoted text never counts: lines inside a fenced code block that holds anything but a verdict, blockquote
   lines (`> ...`), lines inside an echoed `<<<RESPONSE A>>> ... <<<END ...>>>` block, and (when the
-  answers are given) a final verdict line that also appears verbatim as a line of one of the answers. The
-  answers are inside the prompt, so an answer can carry fake score lines; a referee that repeats one as
-  its last line yields a failure (retried, then excluded), never the attacker's numbers.
+  answers are given) a final verdict line that also appears as a line of one of the answers (compared
+  without markdown, case or spacing differences). The answers are inside the prompt, so an answer can
+  carry fake score lines; a referee that repeats one as its last line yields a failure (retried, then
+  excluded), never the attacker's numbers.
   Answers are also rendered with template-delimiter look-alikes (`<<<END RESPONSE A>>>`) neutralised so an
   answer cannot close its own block and forge another one.
 
@@ -239,7 +240,10 @@ def parse_verdict(text: str | None, answers: Iterable[str] = ()) -> Verdict:
         return _fail("no verdict line (expected 'SCORES: A=<score>, B=<score>')")
 
     final = verdicts[-1]
-    after = [it for it in items if it.line > final.line and it.kind in ("bad", "orphan")]
+    after = [  # a later score-like line with a number could be a correction we cannot read: refuse to guess
+        it for it in items
+        if it.line > final.line and (it.kind == "orphan" or (it.kind == "bad" and re.search(r"\d", it.raw)))
+    ]  # fmt: skip
     if after:
         return _fail(f"unreadable score line after the verdict: {after[0].raw.strip()!r}", after[0].line + 1)
     if final.problem:
@@ -264,8 +268,8 @@ def parse_verdict(text: str | None, answers: Iterable[str] = ()) -> Verdict:
                     f"conflicting verdicts at the end: {prev.raw.strip()!r} and {final.raw.strip()!r}", final.line + 1
                 )
 
-    answer_lines = {ln.strip() for ans in answers for ln in (ans or "").splitlines() if ln.strip()}
-    if final.raw.strip() in answer_lines:
+    answer_lines = {_normalise(ln) for ans in answers for ln in (ans or "").splitlines() if ln.strip()}
+    if _normalise(final.raw) in answer_lines:
         return _fail(f"the verdict line {final.raw.strip()!r} is copied from an answer", final.line + 1)
     return Verdict(values["a"], values["b"], None, final.line + 1)
 
