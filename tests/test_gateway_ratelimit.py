@@ -26,9 +26,10 @@ def test_429_retry_after_one_shared_cooldown(sim_server, sim_llm):
     assert limited and gw.stats["rate_limited"] == len(limited)
     assert all(0 < e["retry_after"] <= 0.5 for e in limited)
     # after any 429 (answered at t_done, Retry-After ra) nobody of this role may call before t_done + ra:
-    # requests already on the wire may land a few ms later, nothing more
+    # requests already on the wire may land a little later (80 ms of slack for a loaded machine), nothing more
+    assert max(e["retry_after"] for e in limited) > 0.2
     for e in limited:
-        early = [x for x in log if e["t_done"] + 0.03 < x["t"] < e["t_done"] + e["retry_after"] - 0.03]
+        early = [x for x in log if e["t_done"] + 0.08 < x["t"] < e["t_done"] + e["retry_after"] - 0.03]
         assert not early, f"{len(early)} requests sent during the cool-down after a 429"
     # one cool-down per wave of 429s, not one per task: a few waves of up to 4 in-flight rejections
     assert len(limited) <= 4 * 8

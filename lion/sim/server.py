@@ -11,7 +11,9 @@ Endpoints: POST /v1/chat/completions (with `usage`), GET /v1/models. On 127.0.0.
   429 with `Retry-After` (whole seconds) and `retry-after-ms`.
 - faults, at `fault_rate`, drawn from `faults`: "500", "503", "timeout" (never answers; the connection is
   held until the client gives up), "drop" (connection closed without a response), "malformed" (a 200 whose
-  body is truncated JSON, HTML, or JSON without choices). Seeded.
+  body is truncated JSON, HTML, or JSON without choices). Drawn from (seed, request messages, how many
+  times this request arrived before), so the k-th attempt of a given request always meets the same fate,
+  whatever the arrival order.
 - optional checks: `api_key` (401 otherwise, echoing the key it got like some real services do),
   `known_models` (404 otherwise), `context_tokens` (400 context_length_exceeded above it).
 - counters (`stats`) and a per-request log (`log`, and JSONL at `log_path`) with a hash of the request
@@ -132,7 +134,8 @@ class SimServer:
         self.context_tokens = context_tokens
         self.hang_s = hang_s
         self.default_max_tokens = default_max_tokens
-        self._rng = random.Random(seed)
+        self.seed = seed
+        self._seen: collections.Counter[str] = collections.Counter()  # arrivals per messages hash
         self._rpm = _Bucket(rpm, burst_s) if rpm else None
         self._tpm = _Bucket(tpm, burst_s) if tpm else None
         self._lock = threading.Lock()
@@ -366,9 +369,9 @@ class SimServer:
                 f"This model's maximum context length is {self.context_tokens} tokens. However, you requested "
                 f"{prompt_tokens + int(max_tokens)} tokens.", "invalid_request_error", "context_length_exceeded"))
             return
-        fault = self._rng.choice(self.faults) if self.faults and self._rng.random() < self.fault_rate else None
+        fault, variant = self._draw_fault(entry["hash"])
         if fault is not None:
-            await self._fault(fault, entry, reader, writer, t0)
+            await self._fault(fault, variant, entry, reader, writer, t0)
             return
         try:
             assert self._pool is not None
@@ -400,6 +403,18 @@ class SimServer:
         await self._send(writer, 200, payload)
         self._record(entry)
 
+    def _draw_fault(self, h: str) -> tuple[str | None, int]:
+        """Fault for the k-th arrival of this request content: seeded by (seed, messages hash, k), so which
+        attempt of which item fails does not depend on arrival order or concurrency."""
+        with self._lock:
+            k = self._seen[h]
+            self._seen[h] += 1
+        if not self.faults or self.fault_rate <= 0:
+            return None, 0
+        rng = random.Random(f"{self.seed}:{h}:{k}")
+        hit = rng.random() < self.fault_rate
+        return (rng.choice(self.faults) if hit else None), rng.randrange(3)
+
     def _admit(self, tpm_tokens: int) -> float:
         """0 when admitted (tokens taken); else seconds until this request would be admitted."""
         now = time.monotonic()
@@ -425,7 +440,7 @@ class SimServer:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def _fault(self, fault: str, entry: dict[str, Any], reader: asyncio.StreamReader,
+    async def _fault(self, fault: str, variant: int, entry: dict[str, Any], reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, t0: float) -> None:
         entry["kind"] = f"fault:{fault}"
         if fault in ("500", "503"):
@@ -451,7 +466,6 @@ class SimServer:
         await self._sleep_until(t0 + self.latency_s)
         entry["status"] = 200
         self._record(entry)
-        variant = self._rng.randrange(3)
         if variant == 0:
             await self._send(writer, 200, b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"mes')
         elif variant == 1:
