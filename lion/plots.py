@@ -28,14 +28,23 @@ def _plt() -> Any:
     return plt
 
 
-def _finish(fig: Any, ax: Any, title: str, xlabel: str, ylabel: str, legend: bool) -> bytes:
+def _color(i: int, n: int) -> Any:
+    """Distinct colours: a fixed palette up to 10 series, matplotlib's tab20 beyond."""
+    if n <= len(_COLORS):
+        return _COLORS[i % len(_COLORS)]
+    return _plt().get_cmap("tab20")(i % 20)
+
+
+def _finish(fig: Any, ax: Any, title: str, xlabel: str, ylabel: str, legend: bool, outside: bool = False) -> bytes:
     ax.set_title(title, fontsize=11)
     if xlabel:
         ax.set_xlabel(xlabel)
     if ylabel:
         ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if legend:
+    if legend and outside:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    elif legend:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -50,21 +59,27 @@ def _has_values(series: Mapping[str, Sequence[Number]]) -> bool:
 
 def line_chart(title: str, x: Sequence[Any], series: Mapping[str, Sequence[Number]], *, xlabel: str = "round",
                ylabel: str = "", percent: bool = False, ylim: tuple[float, float] | None = None,
-               ymin: float | None = None) -> bytes | None:
-    """One line per series over `x` (None values leave gaps); markers so a single round still shows."""
+               ymin: float | None = None, emphasise: Sequence[str] = ()) -> bytes | None:
+    """One line per series over `x` (None values leave gaps); markers so a single round still shows.
+    Series named in `emphasise` are drawn thick, black and dashed (e.g. "overall")."""
     if not x or not _has_values(series):
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    many = len(series) > 5
+    fig, ax = plt.subplots(figsize=(7.6 if many else 6.4, 3.4))
     for i, (name, vals) in enumerate(series.items()):
         ys = [float("nan") if v is None else float(v) * (100.0 if percent else 1.0) for v in vals]
-        ax.plot(list(x), ys, marker="o", label=name, color=_COLORS[i % len(_COLORS)])
+        if name in emphasise:
+            ax.plot(list(x), ys, marker="s", label=name, color="black", linewidth=2.4, linestyle="--")
+        else:
+            ax.plot(list(x), ys, marker="o", label=name, color=_color(i, len(series)))
     ax.set_xticks(list(x))
     if ylim:
         ax.set_ylim(*ylim)
     elif ymin is not None:
         ax.set_ylim(bottom=ymin)
-    return _finish(fig, ax, title, xlabel, ylabel + (" (%)" if percent and ylabel else ""), len(series) > 1)
+    return _finish(fig, ax, title, xlabel, ylabel + (" (%)" if percent and ylabel else ""), len(series) > 1,
+                   outside=many)
 
 
 def histogram(title: str, data: Mapping[str, Sequence[float]], *, xlabel: str = "", bins: int = 20,
@@ -83,7 +98,7 @@ def histogram(title: str, data: Mapping[str, Sequence[float]], *, xlabel: str = 
     for i, (name, xs) in enumerate(data.items()):
         if xs:
             ax.hist(list(xs), bins=bins, range=(lo, hi), histtype="step", linewidth=1.8, label=f"{name} (n={len(xs)})",
-                    color=_COLORS[i % len(_COLORS)])
+                    color=_color(i, len(data)))
     if marker is not None:
         ax.axvline(marker, color="black", linestyle="--", linewidth=1, label=marker_label or None)
     return _finish(fig, ax, title, xlabel, "count", True)
@@ -108,7 +123,7 @@ def bar_chart(title: str, categories: Sequence[str], series: Mapping[str, Sequen
             at = pos
         else:
             at = [p - 0.4 + width * (i + 0.5) for p in pos]
-        kw = {"label": name, "color": _COLORS[i % len(_COLORS)]}
+        kw = {"label": name, "color": _color(i, n)}
         if horizontal:
             ax.barh(at, ys, height=width, left=base if stacked else None, **kw)
         else:

@@ -220,7 +220,7 @@ def build_figures(run: RunData) -> list[tuple[str, str, bytes | None]]:
         where = sorted({r.oracle_source for r in run.rounds if r.oracle})
         figs.append((sec, "Exact accuracy per task family (offline world)", plots.line_chart(
             f"Oracle-graded exact accuracy of the student ({' / '.join(where)} questions)", xs, series,
-            ylabel="accuracy", percent=True,
+            ylabel="accuracy", percent=True, emphasise=("overall",),
             ylim=(-3, 103))))
     return figs
 
