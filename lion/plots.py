@@ -20,7 +20,12 @@ _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 
 def _plt() -> Any:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from .errors import LionError
+
+        raise LionError("the report's charts need matplotlib: pip install 'lion[report]'") from None
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
