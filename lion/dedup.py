@@ -236,7 +236,7 @@ class RougeIndex:
             return None
         ov = self._overlaps(feats)
         bound = 2.0 * ov / (n + self._lens[: len(ov)])
-        cand = np.flatnonzero(bound > t - _MARGIN)
+        cand = np.flatnonzero((bound > t - _MARGIN) & (ov > 0))
         if not len(cand):
             return None
         order = cand[np.argsort(-bound[cand], kind="stable")]
