@@ -10,7 +10,8 @@ Verdict format (prompts/referee.txt): an explanation, then a final line `SCORES:
 
 - accepted: markdown around the line (`**SCORES:** A=8, B=6`, `### Scores: ...`, backticks, a bullet),
   any case, `=`/`:`/`-`/`is` between label and score, `Assistant A`/`Response A`/`Answer A` labels,
-  `8/10`, `;`/`and`/space between the two, B before A, a final period or a parenthetical remark, blank lines
+  `8/10`, `;`/`and`/space between the two, B before A, square brackets, a final period, a parenthetical
+  remark or a remark after ". " / " - " (not starting with a number), blank lines
   and any trailing text after the verdict line, and the two scores on two consecutive lines
   (`A: 8` / `B: 6`, optionally under a `Scores:` heading);
 - decimals such as `A=7.5` are accepted and kept as they are (not rounded): the prompt asks for whole
@@ -79,12 +80,13 @@ _SEP = r"\s*(?:=|:|-|–|is)?\s*"
 _KEY = r"(?:(?:final|overall)\s+)?(?:scores?|ratings?|verdict)"
 _FULL = re.compile(
     rf"^(?:{_KEY})?\s*(?:[:=\-–—]\s*)?{_LABEL}{_SEP}{_NUM}{_OF}\s*(?:,|;|&|\band\b|\|)?\s*"
-    rf"{_LABEL}{_SEP}{_NUM}{_OF}\s*[.!]?\s*(?:\([^()]*\))?\s*\.?$"
+    rf"{_LABEL}{_SEP}{_NUM}{_OF}\s*[.!]?\s*(?:\([^()]*\))?\s*\.?"
+    r"(?:(?<=[.;])\s+[^\d\s].*|\s+[-–—]\s+[^\d\s].*)?$"  # a remark after ". ", "; " or " - " (not a number)
 )
 _HALF = re.compile(rf"^(?:(?:score|rating)\s*(?:for\s*)?)?{_LABEL}{_SEP}{_NUM}{_OF}\s*[.,;]?\s*$")
 _HEADER = re.compile(rf"^{_KEY}\s*[:=\-–—]?\s*$")
 _KEYWORD = re.compile(rf"^{_KEY}\s*(?:[:=]|.*\d)")  # "Scores: ..." or a score keyword with a number
-_MARKUP = re.compile(r"[*_`]+")
+_MARKUP = re.compile(r"[*_`\[\]]+")
 _LEAD = re.compile(r"^(?:#+\s*|[-•+]\s+|\d+[.)]\s+)")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _ECHO_OPEN = re.compile(r"^\s*<<<(?!\s*end\b)[^<>]*>>>\s*$", re.IGNORECASE)
