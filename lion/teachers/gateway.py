@@ -154,6 +154,7 @@ class Gateway:
         self._limiters: dict[str, RoleLimiter] = {}
         self._budget = _Budget(llm, *self.store.spent())
         self.stats: collections.Counter[str] = collections.Counter()  # attempts, retries, rate_limited, ...
+        self._closed = False
 
     # ------------------------------------------------------------------ setup per role
     def provider(self, role: str) -> ChatProvider:
@@ -378,8 +379,11 @@ class Gateway:
             write_json(self.run_dir / "usage.json", self.usage_summary())
 
     def close(self) -> None:
-        self._write_usage()
-        self.store.close()
+        """Write RUN/usage.json and close the cache (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._write_usage()
+            self.store.close()
 
     def __enter__(self) -> Gateway:
         return self

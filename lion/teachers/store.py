@@ -53,6 +53,7 @@ class CallStore:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._closed = False
         try:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,5 +135,8 @@ class CallStore:
 
     def close(self) -> None:
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             self._db.commit()
             self._db.close()
