@@ -1,7 +1,8 @@
 """Evaluate a student against reference answers with an LLM judge: the paper's relative score.
 
     python -m lion.evaluate --config C --round R                      # round R's student
-    python -m lion.evaluate --config C --model PATH [--name base]     # any local model (e.g. the base model)
+    python -m lion.evaluate --config C --model PATH [--name NAME]     # any local model
+    python -m lion.evaluate --config C --base                         # the configured base model (baseline)
         [--questions ../shared/data/vicuna80/question.jsonl | oracle]
         [--answers ../shared/data/vicuna80/answer_gpt35.jsonl] [--max-questions N]
 
@@ -174,6 +175,11 @@ def candidate_answers(cfg: LionConfig, model: str | Path, questions: Sequence[Ev
 # --------------------------------------------------------------------------------------------- evaluation
 
 
+def _hub_id(ref: str) -> bool:
+    """Looks like a hub model id ("org/name"), which transformers may load from its local cache."""
+    return ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not ref.endswith("/")
+
+
 def _fingerprint(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -192,11 +198,12 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
     if spec == ORACLE and not cfg.sim.enabled:
         raise ConfigError("eval.questions: \"oracle\" needs the offline world (sim.enabled: true)")
     model = Path(model)
-    if not model.exists():
+    if not model.exists() and not _hub_id(str(model)):
         raise LionError(f"{model}: the model to evaluate does not exist")
+    model_ref = str(model.resolve()) if model.exists() else str(model)
     qs = load_questions(spec, limit=ec.max_questions, oracle_per_family=ec.oracle_per_family,
                         oracle_seed=ec.oracle_seed)
-    fp = _fingerprint({"model": str(model.resolve()), "questions": [q.id for q in qs], "answers": answers,
+    fp = _fingerprint({"model": model_ref, "questions": [q.id for q in qs], "answers": answers,
                        "teacher": asdict(cfg.llm.teacher) if not answers else None, "judge": cfg.llm.judge.model,
                        "template": ec.judge_template, "attempts": ec.judge_attempts,
                        "infer": asdict(cfg.student.infer), "format": cfg.student.prompt_format})
@@ -207,10 +214,10 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
         if old.get("fingerprint") == fp:
             return old
     meta_path = out_dir / "eval_meta.json"
-    if meta_path.exists() and json.loads(meta_path.read_text()).get("model") != str(model.resolve()):
+    if meta_path.exists() and json.loads(meta_path.read_text()).get("model") != model_ref:
         raise LionError(f"{out_dir}: holds the evaluation of another model "
                         f"({json.loads(meta_path.read_text()).get('model')}); choose another --name or remove it")
-    write_json(meta_path, {"model": str(model.resolve()), "questions": spec, "answers": answers})
+    write_json(meta_path, {"model": model_ref, "questions": spec, "answers": answers})
     write_jsonl(out_dir / "questions.jsonl", (asdict(q) for q in qs))
 
     # 1. the candidate answers (saved per batch), 2. the references, 3. the judge in both orders
@@ -364,7 +371,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--round", "-r", type=int, help="evaluate this round's student (RUN/round_XX/student)")
-    who.add_argument("--model", help="evaluate any local model directory (e.g. the base model)")
+    who.add_argument("--model", help="evaluate any local model directory (or a hub id in the local cache)")
+    who.add_argument("--base", action="store_true", help="evaluate the configured base model (student.model) as a baseline")
     p.add_argument("--name", default=None, help="with --model: results go to RUN/eval/NAME (default: the dir name)")
     p.add_argument("--questions", default=None, help="question file (FastChat or JSONL) or 'oracle' (default: eval.questions)")
     p.add_argument("--answers", default=None, help="reference answers file (default: eval.reference_answers, else the teacher)")
@@ -388,13 +396,19 @@ def main(argv: list[str] | None = None) -> int:
             raise LionError(f"{model}: round {args.round}'s student does not exist (run its imitation first)")
         out = run / f"round_{args.round:02d}" / "eval"
         name = f"round {args.round}"
-    else:
+    elif args.model:
         model = Path(args.model)
-        if not model.exists():
+        if not model.exists() and not _hub_id(args.model):
             raise LionError(f"--model {model}: no such model directory")
-        name = args.name or model.resolve().name
+        name = args.name or (model.resolve().name if model.exists() else args.model.replace("/", "--"))
         out = run / "eval" / name
     with RunContext(cfg, progress=args.progress) as ctx:
+        if args.base:
+            from .student import resolve_base_model
+
+            model = Path(resolve_base_model(ctx.cfg.student, run))
+            name = args.name or "base"
+            out = run / "eval" / name
         summary = evaluate(ctx.cfg, ctx.gateway, model, out, questions=args.questions, answers=args.answers,
                            name=name, progress=args.progress)
         write_json(run / "usage.json", ctx.gateway.usage_summary())

@@ -203,11 +203,15 @@ def build_figures(run: RunData) -> list[tuple[str, str, bytes | None]]:
     figs.append((sec, "Spend by role and phase", plots.bar_chart(
         "Spend (USD) by role / phase", cats, {"USD": usd}, horizontal=True, ylabel="USD") if any(usd) else None))
     sec = "Evaluation"
+    trend = {"mean of both orders": [_eval_rel(r.eval) for r in run.rounds],
+             "reference shown first": [_eval_rel(r.eval, "ref_first") for r in run.rounds],
+             "candidate shown first": [_eval_rel(r.eval, "cand_first") for r in run.rounds]}
+    base = run.other_evals.get("base")
+    if base is not None and _eval_rel(base) is not None and any(v is not None for v in trend["mean of both orders"]):
+        trend["base model (python -m lion.evaluate --base)"] = [_eval_rel(base)] * len(xs)
     figs.append((sec, "Relative score trend", plots.line_chart(
-        "Relative score vs the reference (%), per round", xs,
-        {"mean of both orders": [_eval_rel(r.eval) for r in run.rounds],
-         "reference shown first": [_eval_rel(r.eval, "ref_first") for r in run.rounds],
-         "candidate shown first": [_eval_rel(r.eval, "cand_first") for r in run.rounds]}, ylabel="relative score")))
+        "Relative score vs the reference (%), per round", xs, trend, ylabel="relative score",
+        emphasise=("base model (python -m lion.evaluate --base)",))))
     cat_names = sorted({c for r in run.rounds for c in (_get(r.eval, "by_category") or {})})
     figs.append((sec, "Relative score per category", plots.line_chart(
         "Relative score per category (mean of both orders)", xs,
