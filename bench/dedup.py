@@ -120,7 +120,9 @@ class Synth:
         text = " ".join(base)
         drift = rng.uniform(0.2, 0.8)
         words = _WORD.findall(text)
-        targets = {w for w in words if w.lower() not in STOP and rng.random() < drift}
+        targets = [
+            w for w in dict.fromkeys(words) if w.lower() not in STOP and rng.random() < drift
+        ]  # ordered: reproducible
         if targets:
             repl = {w: rng.choices(self.content, cum_weights=self.cum_weights)[0] for w in targets}
             text = _WORD.sub(lambda m: repl.get(m.group(0), m.group(0)), text)

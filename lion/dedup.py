@@ -41,12 +41,19 @@ from .errors import ConfigError
 
 __all__ = ["RougeIndex", "rouge_tokens", "rouge_l_f", "lcs_length"]
 
+_NON_ALNUM = _rouge_tokenize.NON_ALPHANUM_RE
 _MARGIN = 1e-9  # bound slack: a float bound may sit an ulp below the exact F of the same overlap
 
 
 def rouge_tokens(text: str) -> list[str]:
-    """rouge_score's default tokenisation without stemming (what `RougeScorer(use_stemmer=False)` uses)."""
-    return _rouge_tokenize.tokenize(text, None)
+    """rouge_score's default tokenisation without stemming (what `RougeScorer(use_stemmer=False)` uses).
+
+    Same steps as `rouge_score.tokenize.tokenize(text, None)` with its own pattern: lower-case, every run of
+    characters outside [a-z0-9] becomes a space, split. (rouge_score then drops tokens that do not match
+    ^[a-z0-9]+$, which after that substitution are only the empty strings `str.split()` never makes; the
+    tests compare the two on real text.)
+    """
+    return _NON_ALNUM.sub(" ", text.lower()).split()
 
 
 def _fmeasure(lcs: int, target_len: int, prediction_len: int) -> float:
@@ -138,35 +145,73 @@ class RougeIndex:
         self._docs: list[tuple[int, ...]] = []  # token ids per indexed text
         self._lens = np.zeros(1024, dtype=np.int32)
         self.lcs_calls = 0  # exact LCS computations so far (for benchmarks)
-        for t in texts:
-            self.add(t)
+        self.add_many(texts)
 
     def __len__(self) -> int:
         return len(self._docs)
 
     # ------------------------------------------------------------------------------------ building
 
-    def add(self, text: str) -> None:
-        """Index one more text (it gets index `len(self)` before the call)."""
-        doc = len(self._docs)
+    def _encode(self, text: str) -> tuple[list[int], list[int]]:
+        """Token ids and feature ids of a text being indexed (new tokens and features get new ids)."""
+        vocab, features = self._vocab, self._features
         ids = []
         for tok in rouge_tokens(text):
-            tid = self._vocab.get(tok)
+            tid = vocab.get(tok)
             if tid is None:
-                tid = self._vocab[tok] = len(self._vocab)
+                tid = vocab[tok] = len(vocab)
             ids.append(tid)
         seen: dict[int, int] = {}
+        fids = []
         for tid in ids:
             k = seen.get(tid, 0) + 1
             seen[tid] = k
-            fid = self._features.get((tid, k))
+            fid = features.get((tid, k))
             if fid is None:
-                fid = self._features[(tid, k)] = self._postings.new()
-            self._postings.append(fid, doc)
+                fid = features[(tid, k)] = self._postings.new()
+            fids.append(fid)
+        return ids, fids
+
+    def _store(self, ids: list[int]) -> int:
+        doc = len(self._docs)
         self._docs.append(tuple(ids))
         if doc == len(self._lens):
             self._lens = np.concatenate([self._lens, np.zeros(len(self._lens), dtype=np.int32)])
         self._lens[doc] = len(ids)
+        return doc
+
+    def add(self, text: str) -> None:
+        """Index one more text (it gets index `len(self)` before the call)."""
+        ids, fids = self._encode(text)
+        doc = self._store(ids)
+        for fid in fids:
+            self._postings.append(fid, doc)
+
+    def add_many(self, texts: Iterable[str]) -> None:
+        """Index many texts, in order (same result as `add` one by one, built in bulk with numpy)."""
+        all_fids: list[int] = []
+        all_docs: list[int] = []
+        for text in texts:
+            ids, fids = self._encode(text)
+            doc = self._store(ids)
+            all_fids += fids
+            all_docs += [doc] * len(fids)
+        if not all_fids:
+            return
+        f = np.asarray(all_fids, dtype=np.int64)
+        d = np.asarray(all_docs, dtype=np.int32)
+        order = np.argsort(f, kind="stable")  # stable: postings stay in document order
+        f, d = f[order], d[order]
+        starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
+        ends = np.r_[starts[1:], len(f)]
+        post = self._postings
+        for fid, a, b in zip(f[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
+            old = post.sizes[fid]
+            new = d[a:b]
+            if old:
+                new = np.concatenate([post.view(fid), new])
+            post.bufs[fid] = new.copy() if not old else new
+            post.sizes[fid] = len(new)
 
     # ------------------------------------------------------------------------------------ queries
 

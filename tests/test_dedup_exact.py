@@ -1,6 +1,6 @@
 """RougeIndex decisions equal rouge_score's ROUGE-L F-measure exactly (brute force), on real and random text.
 
-    /work/venv/bin/python -m pytest -q tests/test_dedup_exact.py
+/work/venv/bin/python -m pytest -q tests/test_dedup_exact.py
 """
 
 from __future__ import annotations
@@ -51,6 +51,35 @@ def test_lcs_matches_rouge_score_table_including_long_sequences():
             b = [rng.choice("abcdefg") for _ in range(rng.randint(0, 150))]
             want = rouge_scorer._lcs_table(a, b)[-1][-1] if a and b else 0
             assert lcs_length(a, b) == want
+
+
+@pytest.mark.skipif(not (DATA / "vicuna80").is_dir(), reason="../shared/data not present")
+def test_tokeniser_equals_rouge_scores_on_real_and_unicode_text():
+    from rouge_score import tokenize
+
+    texts = ["İstanbul K ǅ ß ﬁ ½ ２ ³ x_y", "a\u00a0b\u2003c\u200bd", "", "--- !!! ..."]
+    for name in ("answer_gpt35.jsonl", "answer_bard.jsonl", "question.jsonl"):
+        for ln in (DATA / "vicuna80" / name).read_text().splitlines():
+            row = json.loads(ln)
+            texts += row["turns"] if "turns" in row else [row["text"]]
+    assert len(texts) > 200
+    for t in texts:
+        assert rouge_tokens(t) == tokenize.tokenize(t, None), t
+
+
+def test_bulk_and_incremental_indexing_agree():
+    rng = random.Random(4)
+    words = "alpha beta gamma delta the a of to 7".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 10))) for _ in range(60)]
+    bulk = RougeIndex(texts[:40])
+    bulk.add_many(texts[40:50])
+    for t in texts[50:]:
+        bulk.add(t)
+    one = RougeIndex()
+    for t in texts:
+        one.add(t)
+    for q in texts[::3] + ["alpha beta", "zeta"]:
+        assert bulk.best(q) == one.best(q) == brute(q, texts)
 
 
 def test_strictly_greater_at_an_exact_tie_with_the_threshold():
