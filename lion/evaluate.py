@@ -253,7 +253,8 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
                                    "candidate_score": o.get("score_2"), "reference_score": o.get("score_1"),
                                    "ok": ok, "error": o.get("error"), "attempts": o.get("attempts")})
         qsc = QuestionScores(q.id, q.category, scores)
-        rows.append(qsc)
+        if refs[q.id] is not None:  # a question with no reference answer was never judged: not a judge failure
+            rows.append(qsc)
         m = qsc.mean()
         reason = None
         if refs[q.id] is None:
@@ -277,6 +278,7 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
         "n_questions": len(qs), "reference": ref_source, "judge_model": cfg.llm.judge.model,
         **summarize(rows),
     }
+    summary["overall"]["n_no_reference"] = sum(1 for q in qs if refs[q.id] is None)
     summary["seen_in_training"] = seen_in_training(Path(cfg.run_dir), qs)
     if grade is not None:
         summary["oracle"] = oracle_accuracy(qs, table)

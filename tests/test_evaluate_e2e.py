@@ -72,6 +72,8 @@ def expected_rows(out_dir: Path, always_bad: str) -> list[QuestionScores]:
     """What the judge must have produced, recomputed from the saved answers with the judge's own rule."""
     rows = []
     for a in read_jsonl(out_dir / "answers.jsonl"):
+        if a["reference"] is None:  # never judged
+            continue
         if a["question"].startswith(always_bad):
             scores: dict[str, Any] = {"ref_first": None, "cand_first": None}
         else:
@@ -120,7 +122,7 @@ def test_evaluation_with_real_reference_answers(tmp_path: Path, sim_server: Any,
     assert all(a["reference"] == real[int(a["question_id"])] for a in answers)  # the real gpt-3.5 text
     # the summary is exactly what the judge's rule gives on the saved answers
     want = summarize(expected_rows(out, bad))
-    assert s["overall"] == want["overall"] and s["by_category"] == want["by_category"]
+    assert s["overall"] == {**want["overall"], "n_no_reference": 0} and s["by_category"] == want["by_category"]
     assert s["overall"]["n_excluded"] == 1 and s["judge"]["parse_failures"] == 2
     assert s["overall"]["relative"]["mean"] is not None and s["overall"]["relative"]["mean"] < 60
     # position bias of the scripted judge shows as a first-position advantage
@@ -239,3 +241,42 @@ def test_round_cli_replays_and_counts_training_leaks(tmp_path: Path, tiny_studen
     assert total["calls"] == first["calls"] and total["cached"] > first["cached"]  # nothing new was paid for
     assert s["seen_in_training"] == 2
     assert f"2 of the {s['n_questions']} questions occur in a Train Pool" in printed
+
+
+class TeacherAndJudge(ScriptedJudge):
+    """Also plays the teacher: a fixed long answer, except an empty one for questions mentioning `empty_on`."""
+
+    def __init__(self, empty_on: str) -> None:
+        super().__init__(always_bad="\x00never")
+        self.teacher = load_template("teacher")
+        self.empty_on = empty_on
+
+    def respond(self, body: dict[str, Any]) -> str:
+        user = last_user_message(body)
+        if self.tpl.extract(user) is not None:  # the referee template first: the teacher's matches any text
+            return super().respond(body)
+        v = self.teacher.extract(user)
+        assert v is not None
+        return "" if self.empty_on in v["request"] else " ".join(f"point{i}" for i in range(60))
+
+
+@needs_data
+def test_teacher_as_reference_and_a_missing_answer(tmp_path: Path, sim_server: Any, tiny_student: Path) -> None:
+    server = sim_server(TeacherAndJudge(empty_on="stress"))
+    cfg = _cfg(tmp_path / "run", server.base_url)
+    cfg.eval.reference_answers = None
+    cfg.eval.max_questions = 4
+    out = tmp_path / "run" / "eval" / "t"
+    with Gateway(cfg.llm, cfg.run_path, progress=False) as gw:
+        s = evaluate(cfg, gw, tiny_student, out, name="t", progress=False)
+        by_phase = {(u["role"], u["phase"]) for u in gw.usage_summary()["by"]}
+    assert {("teacher", "eval"), ("judge", "eval")} <= by_phase
+    assert s["reference"] == "teacher:sim-judge"
+    # question 2 ("... deal with stress?") has no usable teacher answer: excluded, not a judge failure
+    assert s["overall"]["n_no_reference"] == 1 and s["overall"]["n_scored"] == 3
+    assert s["judge"]["parse_failures"] == 0 and s["judge"]["orders_judged"] == 6
+    table = read_jsonl(out / "table.jsonl")
+    assert [t["excluded"] for t in table] == [None, "no reference answer", None, None]
+    want = summarize(expected_rows(out, "\x00never"))
+    assert s["overall"]["relative"] == want["overall"]["relative"] and s["judge"] == want["judge"]
+
