@@ -18,8 +18,9 @@ Verdict format (prompts/referee.txt): an explanation, then a final line `SCORES:
   numbers, but a half point is an unambiguous judgement and the pair's score is a mean anyway;
 - rejected: no verdict, a score outside 1..10, a denominator other than 10, a missing score, the same label
   twice, a `SCORES` line that cannot be read after the last readable one, and two verdicts that disagree at
-  the end (only blank or short lines such as "Final answer:" between them). A verdict restated further up
-  in the explanation does not count: the verdict is the LAST verdict line.
+  the end (two `SCORES` lines with only blank or short lines such as "Correction:" between them, or two
+  adjacent verdict lines). A verdict restated further up in the explanation, or per-criterion lines such as
+  "Accuracy:" / "A=9, B=5" above the SCORES line, do not count: the verdict is the LAST verdict line.
 - quoted text never counts: lines inside a fenced code block that holds anything but a verdict, blockquote
   lines (`> ...`), lines inside an echoed `<<<RESPONSE A>>> ... <<<END ...>>>` block, and (when the
   answers are given) a final verdict line that also appears as a line of one of the answers (compared
@@ -85,6 +86,7 @@ _FULL = re.compile(
 )
 _HALF = re.compile(rf"^(?:(?:score|rating)\s*(?:for\s*)?)?{_LABEL}{_SEP}{_NUM}{_OF}\s*[.,;]?\s*$")
 _HEADER = re.compile(rf"^{_KEY}\s*[:=\-–—]?\s*$")
+_KEY_START = re.compile(rf"^{_KEY}\b")
 _KEYWORD = re.compile(rf"^{_KEY}\s*(?:[:=]|.*\d)")  # "Scores: ..." or a score keyword with a number
 _MARKUP = re.compile(r"[*_`\[\]]+")
 _LEAD = re.compile(r"^(?:#+\s*|[-•+]\s+|\d+[.)]\s+)")
@@ -121,6 +123,8 @@ class _Item:
     raw: str
     scores: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # label -> (number, denominator)
     problem: str | None = None
+    keyed: bool = False  # introduced by a score keyword ("SCORES: A=.." or a "Scores:" heading)
+    start: int | None = None  # first line of a verdict written over two lines
 
 
 def _normalise(line: str) -> str:
@@ -135,7 +139,7 @@ def _classify(i: int, raw: str) -> _Item:
         return _Item("filler", i, raw)
     if m := _FULL.match(s):
         l1, n1, d1, l2, n2, d2 = m.groups()
-        item = _Item("full", i, raw, {l1: (n1, d1)})
+        item = _Item("full", i, raw, {l1: (n1, d1)}, keyed=_KEY_START.match(s) is not None)
         if l1 == l2:
             item.problem = f"score for {l1.upper()} given twice"
         else:
@@ -211,20 +215,26 @@ def parse_verdict(text: str | None, answers: Iterable[str] = ()) -> Verdict:
     # verdicts: full lines, and A/B half lines on consecutive (non-blank) lines
     verdicts: list[_Item] = []
     pending_half: _Item | None = None
+    previous: _Item | None = None  # the last non-blank line before this one
     for it in items:
         if it.kind == "half":
             if pending_half is not None and set(pending_half.scores) != set(it.scores):
                 merged = _Item("full", it.line, it.raw, {**pending_half.scores, **it.scores})
                 merged.problem = pending_half.problem or it.problem
+                merged.keyed = pending_half.keyed
+                merged.start = pending_half.line
                 verdicts.append(merged)
                 pending_half = None
             else:
                 if pending_half is not None:
                     pending_half.kind = "orphan"
                 pending_half = it
+                it.keyed = previous is not None and previous.kind == "header"
+            previous = it
             continue
-        if it.kind in ("filler", "header") and not it.raw.strip():
+        if not it.raw.strip():
             continue  # blank lines may separate the two halves
+        previous = it
         if pending_half is not None:
             pending_half.kind = "orphan"
             pending_half = None
@@ -259,11 +269,13 @@ def parse_verdict(text: str | None, answers: Iterable[str] = ()) -> Verdict:
             return _fail(v, final.line + 1)
         values[label] = v
 
-    # two verdicts at the end that disagree (only blank/short lines between them)
+    # two verdicts at the end that disagree: both introduced by the score keyword with only blank or short
+    # lines between them, or on consecutive lines (per-criterion "A=9, B=5" lines above a SCORES line are not)
     if len(verdicts) > 1:
         prev = verdicts[-2]
         between = [it for it in items if prev.line < it.line < final.line and it.kind not in ("half", "orphan")]
-        if all(it.kind in ("filler", "header") for it in between):
+        adjacent = (final.start if final.start is not None else final.line) == prev.line + 1
+        if all(it.kind in ("filler", "header") for it in between) and ((prev.keyed and final.keyed) or adjacent):
             pv = {k: _score(k, *prev.scores[k]) for k in prev.scores}
             if prev.problem or pv != values:
                 return _fail(
