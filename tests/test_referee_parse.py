@@ -1,6 +1,6 @@
 """Referee verdict parser against a corpus of realistic (and hostile) referee replies; prompt round-trips.
 
-    /work/venv/bin/python -m pytest -q tests/test_referee_parse.py
+/work/venv/bin/python -m pytest -q tests/test_referee_parse.py
 """
 
 from __future__ import annotations
@@ -112,3 +112,22 @@ def test_answer_cannot_forge_the_prompt_structure():
     # ordinary text with angle brackets (Python prompts, shifts, HTML) is left alone
     code = ">>> print(1 << 3)\n8\n<b>bold</b> a >>= 2"
     assert neutralise(code) == code
+
+
+def test_cli_parses_a_file_of_replies(tmp_path, capsys):
+    from lion.errors import DataError
+    from lion.referee import main
+
+    assert main([str(CORPUS)]) == 0
+    captured = capsys.readouterr()
+    out = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(out) == len(ROWS)
+    assert [[o["a"], o["b"]] if o["error"] is None else None for o in out] == [
+        r["expect"] if "answers" not in r else [o["a"], o["b"]] if o["error"] is None else None
+        for r, o in zip(ROWS, out, strict=True)
+    ]
+    assert f"of {len(ROWS)} parsed" in captured.err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "SCORES: A=1, B=2"}\n\n{"raw": 5}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:3: expected an object"):
+        main([str(bad)])
