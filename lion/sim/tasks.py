@@ -159,10 +159,10 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "uppercase", "letters", 5.0,
         (
-            "Write '{w}' in capital letters.",
-            "Convert '{w}' to uppercase.",
+            "Write in capital letters: {w}",
+            "Convert to uppercase: {w}",
             "Please uppercase this word: {w}",
-            "What is '{w}' in all caps?",
+            "All caps, please: {w}",
         ),
         lambda rng, d: {"w": _word(rng, d + 2)},
         lambda s: s["w"].upper(),
@@ -172,10 +172,10 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "reverse", "letters", 5.0,
         (
-            "Reverse the letters of '{w}'.",
-            "Write '{w}' backwards.",
-            "Spell the word {w} in reverse order.",
-            "What is '{w}' reversed?",
+            "Reverse the letters: {w}",
+            "Write this word backwards: {w}",
+            "Spell in reverse order: {w}",
+            "Reverse this word: {w}",
         ),
         lambda rng, d: {"w": _word(rng, d + 2)},
         lambda s: s["w"][::-1],
@@ -184,10 +184,10 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "sort_letters", "letters", 2.0,
         (
-            "Sort the letters of '{w}' alphabetically.",
-            "Arrange the letters in '{w}' in alphabetical order.",
-            "Put the letters of {w} in order from a to z.",
-            "What do you get when you sort the letters of '{w}'?",
+            "Sort the letters alphabetically: {w}",
+            "Put these letters in a to z order: {w}",
+            "Arrange in alphabetical order: {w}",
+            "Sort these letters: {w}",
         ),
         lambda rng, d: {"w": _word(rng, d + 2)},
         lambda s: "".join(sorted(s["w"])),
@@ -196,10 +196,10 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "count_letter", "letters", 1.0,
         (
-            "How many times does the letter {c} appear in '{w}'?",
-            "Count the letter {c} in the word '{w}'.",
-            "In '{w}', how many {c}'s are there?",
-            "Give the number of {c} letters in {w}.",
+            "How many {c}'s are in: {w}",
+            "Count the letter {c} in: {w}",
+            "Number of {c} letters in: {w}",
+            "How often does {c} occur in: {w}",
         ),
         _count_letter,
         lambda s: str(s["w"].count(s["c"])),
@@ -233,10 +233,10 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "largest", "numbers", 2.0,
         (
-            "Which is the largest of these numbers: {nums}?",
-            "Find the biggest number in this list: {nums}",
-            "Give the maximum of {nums}.",
-            "Pick the largest value among {nums}.",
+            "Largest of these numbers: {nums}",
+            "Find the biggest number: {nums}",
+            "Give the maximum of: {nums}",
+            "Pick the largest value: {nums}",
         ),
         lambda rng, d: {"nums": ", ".join(str(rng.randint(1, 99)) for _ in range(d + 1))},
         lambda s: str(max(int(x) for x in s["nums"].split(", "))),
@@ -258,10 +258,10 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "acronym", "words", 3.0,
         (
-            "Give the initials of '{phrase}' in capitals.",
-            "Make an acronym from the words: {phrase}",
-            "What acronym do the words '{phrase}' form?",
-            "Write the first letter of each word in '{phrase}' as one uppercase word.",
+            "Initials in capitals: {phrase}",
+            "Make an acronym from: {phrase}",
+            "Acronym of these words: {phrase}",
+            "Give the uppercase initials of: {phrase}",
         ),
         lambda rng, d: {"phrase": " ".join(_distinct_words(rng, d + 1))},
         lambda s: "".join(w[0] for w in s["phrase"].split()).upper(),
@@ -271,10 +271,10 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "last_word", "words", 1.5,
         (
-            "What is the last word of '{phrase}'?",
-            "Give the final word in the phrase '{phrase}'.",
-            "Which word comes at the end of '{phrase}'?",
-            "Return the last word of this text: {phrase}",
+            "Last word of: {phrase}",
+            "What is the final word in: {phrase}",
+            "Give the last word: {phrase}",
+            "Which word is last in: {phrase}",
         ),
         lambda rng, d: {"phrase": " ".join(_distinct_words(rng, d + 1))},
         lambda s: s["phrase"].split()[-1],
@@ -283,10 +283,10 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "alpha_first", "words", 1.0,
         (
-            "Which word comes first alphabetically: {wordlist}?",
-            "Of the words {wordlist}, which is first in a dictionary?",
-            "Find the alphabetically earliest word among {wordlist}.",
-            "List {wordlist} in alphabetical order and give only the first one.",
+            "First word alphabetically: {wordlist}",
+            "Which comes first in a dictionary: {wordlist}",
+            "Alphabetically earliest word: {wordlist}",
+            "Pick the word that sorts first: {wordlist}",
         ),
         lambda rng, d: {"wordlist": ", ".join(_distinct_words(rng, d + 1))},
         lambda s: min(s["wordlist"].split(", ")),
