@@ -214,10 +214,16 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
         if old.get("fingerprint") == fp:
             return old
     meta_path = out_dir / "eval_meta.json"
-    if meta_path.exists() and json.loads(meta_path.read_text()).get("model") != model_ref:
-        raise LionError(f"{out_dir}: holds the evaluation of another model "
-                        f"({json.loads(meta_path.read_text()).get('model')}); choose another --name or remove it")
-    write_json(meta_path, {"model": model_ref, "questions": spec, "answers": answers})
+    meta = {"model": model_ref, "infer": asdict(cfg.student.infer), "format": cfg.student.prompt_format}
+    if meta_path.exists():
+        old_meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if old_meta.get("model") != model_ref:
+            raise LionError(f"{out_dir}: holds the evaluation of another model ({old_meta.get('model')}); "
+                            "choose another --name or remove that directory")
+        if {k: old_meta.get(k) for k in ("infer", "format")} != {k: meta[k] for k in ("infer", "format")}:
+            # the saved answers came from other generation settings: they are not this evaluation's answers
+            (out_dir / "candidate_answers.jsonl").unlink(missing_ok=True)
+    write_json(meta_path, {**meta, "questions": spec, "answers": answers})
     write_jsonl(out_dir / "questions.jsonl", (asdict(q) for q in qs))
 
     # 1. the candidate answers (saved per batch), 2. the references, 3. the judge in both orders
@@ -260,7 +266,9 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
         if refs[q.id] is None:
             reason = "no reference answer"
         elif not qsc.ok:
-            reason = "judge verdict unparseable"
+            errors = [str(o.get("error") or "") for o in (j.orders if j else [])]
+            reason = "judge call failed" if any(e.startswith("call failed") for e in errors) \
+                else "judge verdict unparseable"
         trow: dict[str, Any] = {"id": q.id, "question_id": q.question_id, "category": q.category}
         for o in ORDERS:
             s = scores[o]

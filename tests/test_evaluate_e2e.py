@@ -144,6 +144,12 @@ def test_evaluation_with_real_reference_answers(tmp_path: Path, sim_server: Any,
         assert evaluate(cfg, gw, tiny_student, out, name="tiny", progress=False) == json.loads(
             (out / "summary.json").read_text())
     assert server.stats.requests == before
+    # other generation settings: the saved candidate answers are stale and are generated again
+    cfg.student.infer.max_new_tokens = 4
+    with Gateway(cfg.llm, cfg.run_path, progress=False) as gw:
+        evaluate(cfg, gw, tiny_student, out, name="tiny", progress=False)
+    fresh = read_jsonl(out / "candidate_answers.jsonl")
+    assert len(fresh) == N_Q and all(len(a["answer"]) <= 4 for a in fresh)
 
 
 @needs_data
