@@ -30,4 +30,4 @@ def test_small_benchmark_run():
     assert out["pool"] == 800 and out["candidates"] == 120
     assert out["mismatches"] == 0 and out["checked"] == 2
     assert out["duplicates"] == out["duplicates_confirmed"] and 0 < out["duplicates"] < 120
-    assert out["accepted"] + out["duplicates"] == 120 and out["speedup"] > 1
+    assert out["accepted"] + out["duplicates"] == 120 and out["speedup_cpu"] > 1
