@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=args.jobs, initializer=_init, initargs=(texts,)) as ex:
         results = list(ex.map(_brute, jobs))
     t_brute_wall = time.perf_counter() - t0
-    mismatches = [i for i, (dup, _, _) in zip(sample, results, strict=True) if dup != decisions[i][0]]
+    mismatches = [i for i, (dup, *_) in zip(sample, results, strict=True) if dup != decisions[i][0]]
     # speedup from CPU seconds (process time) on both sides: on a shared machine wall time depends on what
     # else runs; CPU time is what each method costs
     per_cand = sum(r[3] for r in results) / max(1, len(results))
