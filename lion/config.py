@@ -181,6 +181,7 @@ class StudentConfig:
     grad_accum: int = 32  # effective batch = per_device_batch_size * grad_accum * world size
     bf16: bool = False
     gradient_checkpointing: bool = False
+    torch_compile: bool = False  # compile the model (TrainingArguments.torch_compile): faster steps on GPUs after a one-off compile
     fsdp: str = ""  # passed to TrainingArguments.fsdp, e.g. "full_shard auto_wrap"
     fsdp_config: dict[str, Any] = field(default_factory=dict)
     deepspeed: str | None = None  # path to a DeepSpeed JSON config

@@ -194,6 +194,7 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
         weight_decay=cfg.weight_decay,
         bf16=cfg.bf16,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        torch_compile=cfg.torch_compile,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         fsdp=cfg.fsdp or "",
         fsdp_config=dict(cfg.fsdp_config) or None,
@@ -281,6 +282,10 @@ def _train_here(
     meter = _meter(collator)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                       processing_class=tokenizer, callbacks=[meter])
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # no per-step log dicts on stdout either
     out_train = trainer.train()
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     seconds = time.perf_counter() - t_start
