@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from loop_world import LoopResponder  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 SEEDS = DATA / "self_instruct" / "seed_tasks.jsonl"
+MAX_IN_FLIGHT = 4
 pytestmark = pytest.mark.skipif(not SEEDS.exists(), reason="../shared/data not present")
 
 
@@ -59,7 +61,7 @@ def loop_config(run_dir: Path, base_url: str, **over: Any) -> dict[str, Any]:
         "final_imitation": False,
         "llm": {
             "default": {"base_url": base_url, "model": "scripted", "api_key_env": "LION_TEST_KEY",
-                        "rpm": 60000, "tpm": 1e8, "max_in_flight": 8, "max_attempts": 3,
+                        "rpm": 60000, "tpm": 1e8, "max_in_flight": MAX_IN_FLIGHT, "max_attempts": 3,
                         "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 10},
             "prices": {"scripted": {"input": 1.0, "output": 2.0}},
         },
@@ -128,6 +130,10 @@ def test_two_rounds_end_to_end(tmp_path: Path, server, monkeypatch, capsys):
         m = json.loads((rd / "metrics.json").read_text())
         assert m["discrimination"]["hard"] == labels["hard"]
         assert m["generation"]["accepted"]["hard"] + m["generation"]["accepted"]["easy"] == len(generated)
+    # the scripted referee writes no verdict on the first sample for some pairs; the retry is a new sample
+    # (sent with seed=1), which the server answers differently, so those pairs end judged after 2 attempts
+    all_judgements = [j for r in (1, 2) for j in read_jsonl(run / f"round_{r:02d}" / "judgements.jsonl")]
+    assert any(j["ok"] and j["attempts"] == 2 for j in all_judgements)
     # round 2's Train Pool is round 1's new instructions (replace), its Cache Pool the union
     new1 = {g["id"] for g in read_jsonl(run / "round_01" / "generated.jsonl")}
     assert {t["id"] for t in read_jsonl(run / "round_02" / "train_pool.jsonl")} == new1
@@ -185,19 +191,27 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path: Pa
         ("after round 1", lambda: (run / "round_01" / "generation.done").exists()),
         ("round 2 generation", lambda: (run / "round_02" / "discrimination.done").exists()),
     ]
-    allowed_dupes = kills = 0
+    def lost() -> int:  # calls the server completed for this run that its cache does not hold
+        db = run / "calls.sqlite"
+        cached = 0
+        if db.exists():
+            with sqlite3.connect(db) as con:
+                cached = con.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+        return len(responder.keys) - n_ref - cached
+
+    lost_at_kills = []
     for name, cond in points:
-        before = len(responder.keys)
+        before = lost()
         p = _run_cli(cfg_path, env)
         deadline = time.time() + 240
         while not cond() and p.poll() is None and time.time() < deadline:
             time.sleep(0.01)
         if p.poll() is None:
-            allowed_dupes += responder.in_progress + 1  # calls in flight when killed may be re-sent
             os.kill(p.pid, signal.SIGKILL)
             p.wait()
-            kills += 1
-        assert len(responder.keys) >= before, name
+            time.sleep(0.3)  # let the server finish answering the dead client
+            lost_at_kills.append(lost() - before)
+    kills = len(lost_at_kills)
     p = _run_cli(cfg_path, env)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
@@ -206,7 +220,9 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path: Pa
     assert artifacts(run) == artifacts(tmp_path / "ref")
     killed_keys = responder.keys[n_ref:]
     dupes = sum(c - 1 for c in Counter(killed_keys).values())
-    assert dupes <= allowed_dupes, f"{dupes} calls paid twice (at most {allowed_dupes} were in flight at kills)"
+    # only calls in flight at a kill (answered by the server, never received by the dead client) are re-sent
+    assert all(n <= MAX_IN_FLIGHT for n in lost_at_kills), lost_at_kills
+    assert dupes <= sum(lost_at_kills), f"{dupes} calls paid twice; only {lost_at_kills} were in flight at the kills"
     assert len(set(killed_keys)) == len(set(responder.keys[:n_ref]))
 
 

@@ -109,6 +109,9 @@ class OpenAICompatProvider:
                 top_p=params.top_p,
                 max_tokens=params.max_tokens,
                 timeout=params.timeout_s,
+                # the n-th sample of a prompt asks for seed n, so servers that honour `seed` (OpenAI, vLLM,
+                # the sim server) return a distinct, reproducible sample; sample 0 sends no seed at all
+                **({"seed": params.sample} if params.sample else {}),
             )
         except openai.APIStatusError as e:
             raise self._status_error(e) from None
