@@ -1,6 +1,6 @@
 """Generation candidate filters: every rejection reason, shared dedup index, decontamination on real eval sets.
 
-    /work/venv/bin/python -m pytest -q tests/test_filters.py
+/work/venv/bin/python -m pytest -q tests/test_filters.py
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from lion.errors import DataError
 from lion.filters import REASONS, CandidateFilter, load_eval_questions, main, normalise_words
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "vicuna80" / "question.jsonl").is_file(), reason="../shared/data not present")
+needs_data = pytest.mark.skipif(
+    not (DATA / "vicuna80" / "question.jsonl").is_file(), reason="../shared/data not present"
+)
 
 
 def make(existing=(), questions=(), **cfg):
@@ -63,7 +65,7 @@ def test_meta_words_match_at_word_boundaries_case_insensitively():
 
 
 def test_normalisation_for_decontamination():
-    assert normalise_words("What's the BEST way—to learn, Python?!") == ["what", "s", "the", "best", "way", "to", "learn", "python"]
+    assert normalise_words("What's the BEST way—to learn, Python?!") == "what s the best way to learn python".split()
     f = make([], ["How many times does the average human blink in a lifetime?", "Hi!"], decontam_ngram=8)
     assert f.check("how many TIMES does the average human blink in a lifetime, roughly").reason == "contaminated"
     assert f.check("How many times does a cat blink in a day?").ok  # shares only short n-grams
@@ -85,14 +87,18 @@ def test_real_eval_sets_every_turn_is_caught_and_real_seeds_pass():
             assert d.reason == "contaminated", q
             caught += 1
     assert caught >= 230
-    seeds = [json.loads(ln)["instruction"] for ln in (DATA / "self_instruct" / "seed_tasks.jsonl").read_text().splitlines()]
+    seeds = [
+        json.loads(ln)["instruction"] for ln in (DATA / "self_instruct" / "seed_tasks.jsonl").read_text().splitlines()
+    ]
     reasons = [f.check(s).reason for s in seeds]
     assert reasons.count("contaminated") == 0 and reasons.count(None) == len(seeds)
 
 
 def test_load_eval_questions_formats_and_errors(tmp_path):
     ours = tmp_path / "ours.jsonl"
-    ours.write_text('{"instruction": "Sort numbers.", "input": "3 1 2"}\n\n{"question": "Why is the sky blue?"}\n"Plain?"\n')
+    ours.write_text(
+        '{"instruction": "Sort numbers.", "input": "3 1 2"}\n\n{"question": "Why is the sky blue?"}\n"Plain?"\n'
+    )
     assert load_eval_questions([ours]) == ["Sort numbers.\n3 1 2", "Why is the sky blue?", "Plain?"]
     txt = tmp_path / "q.txt"
     txt.write_text("first question here\n\nsecond question here\n")
