@@ -144,6 +144,7 @@ class InferConfig:
     gpu_memory_utilization: float = 0.9  # vLLM
     dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 on CPU; or float16 / bfloat16 / float32
     seed: int = 0  # sampling seed (temperature > 0)
+    cpu_threads: int = 0  # transformers backend on CPU: torch threads; 0 = auto (1 for models under 20M parameters)
     max_model_len: int = 0  # vLLM: context length of the engine; 0 = the model's own
 
     def check(self, key: str) -> None:
@@ -151,6 +152,7 @@ class InferConfig:
         if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
             raise ConfigError(f"{key}.dtype: must be auto, float16, bfloat16 or float32, got {self.dtype!r}")
         _nonneg(key + ".max_model_len", self.max_model_len)
+        _nonneg(key + ".cpu_threads", self.cpu_threads)
         _positive(key + ".max_new_tokens", self.max_new_tokens)
         _range(key + ".temperature", self.temperature, 0.0, 2.0)
         _range(key + ".top_p", self.top_p, 0.0, 1.0)
@@ -181,6 +183,7 @@ class StudentConfig:
     grad_accum: int = 32  # effective batch = per_device_batch_size * grad_accum * world size
     bf16: bool = False
     gradient_checkpointing: bool = False
+    cpu_threads: int = 0  # CPU only: torch threads while training; 0 = auto (1 for models under 20M parameters)
     torch_compile: bool = False  # compile the model (TrainingArguments.torch_compile): faster steps on GPUs after a one-off compile
     fsdp: str = ""  # passed to TrainingArguments.fsdp, e.g. "full_shard auto_wrap"
     fsdp_config: dict[str, Any] = field(default_factory=dict)
@@ -201,6 +204,7 @@ class StudentConfig:
         self.infer.check(key + ".infer")
         _positive(key + ".max_length", self.max_length)
         _nonneg(key + ".pack_length", self.pack_length)
+        _nonneg(key + ".cpu_threads", self.cpu_threads)
         if self.pack_length and self.pack_length < self.max_length:
             raise ConfigError(f"{key}.pack_length: must be 0 or >= {key}.max_length ({self.max_length}), got {self.pack_length}")
         _positive(key + ".epochs", self.epochs)
@@ -236,6 +240,8 @@ class PoolsConfig:
 class DiscriminationConfig:
     tau: float = 1.0  # hard if mean(teacher score) - mean(student score) >= tau
     referee_attempts: int = 3  # tries per order when the verdict cannot be parsed
+    # temperature of those retries (None: the referee's own); a temperature-0 referee may repeat itself
+    referee_retry_temperature: float | None = None
     both_orders: bool = True  # judge (teacher, student) and (student, teacher); off only for experiments
 
     def check(self, key: str) -> None:
@@ -251,10 +257,11 @@ class GenerationConfig:
     min_words: int = 3
     max_words: int = 150
     rouge_threshold: float = 0.7  # reject when ROUGE-L F > this against the Cache Pool or accepted ones
+    # a candidate containing one of these (word-bounded, plural allowed) talks about prompts, not a task
     meta_words: list[str] = field(
         default_factory=lambda: ["instruction", "#new prompt#", "given prompt", "rewritten prompt", "new prompt"]
     )
-    decontaminate: list[str] = field(default_factory=list)  # eval question files (FastChat or JSONL)
+    decontaminate: list[str] = field(default_factory=list)  # eval question files or folders (FastChat or JSONL)
     decontam_ngram: int = 8  # reject when a word n-gram of this length occurs in an eval question
     seed: int = 0
 

@@ -78,7 +78,8 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
              for i in pool if t_ans[i.id] is not None]
     dc = ctx.cfg.discrimination
     judged = judge_pairs(ctx.gateway, "referee", "discrimination", items, ctx.template("referee"),
-                         attempts=dc.referee_attempts, both_orders=dc.both_orders, desc=f"round {r} referee")
+                         attempts=dc.referee_attempts, both_orders=dc.both_orders, desc=f"round {r} referee",
+                         retry_temperature=dc.referee_retry_temperature)
     by_id = {j.id: j for j in judged}
 
     judgement_rows = []
@@ -88,6 +89,7 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
                 "id": j.id, "order": "ts" if o["order"] == "12" else "st", "raw": o.get("raw"),
                 "teacher_score": o.get("score_1"), "student_score": o.get("score_2"),
                 "ok": o.get("ok"), "error": o.get("error"), "attempts": o.get("attempts"),
+                "rejected": o.get("rejected", []),  # earlier unreadable replies, kept for inspection
             })
     split = split_pairs(judged, dc.tau)
     no_teacher = [i for i in pool if t_ans[i.id] is None]

@@ -126,7 +126,7 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             decision = filt.check(text)
             if not decision.ok:
                 rejected.append({"text": text if text is not None else res.text, "kind": k, "parent": seed.id,
-                                 "reason": decision.reason})
+                                 "reason": decision.reason, "detail": decision.detail})
                 continue
             assert text is not None
             filt.accept(text)

@@ -11,7 +11,7 @@ placeholders are capture groups and returns the values. The offline oracle uses 
 prompts the way a model would; if someone edits a template, the oracle follows automatically, and a
 render/extract round-trip test catches templates that can no longer be read back unambiguously.
 The parsers for what models write in reply live next to the code that renders each template
-(referee verdicts in `lion.discrimination`, new tasks in `lion.generation`).
+(referee verdicts in `lion.referee`, new tasks in `lion.generation`).
 """
 
 from __future__ import annotations
