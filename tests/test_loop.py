@@ -200,7 +200,7 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path: Pa
         return len(responder.keys) - n_ref - cached
 
     lost_at_kills = []
-    for name, cond in points:
+    for _point, cond in points:
         before = lost()
         p = _run_cli(cfg_path, env)
         deadline = time.time() + 240
