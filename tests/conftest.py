@@ -63,3 +63,39 @@ def sim_llm() -> Callable[..., Any]:
         return config_from_dict(data).llm
 
     return make
+
+
+# ----------------------------------------------------------------------------- student engine (tests/test_student_*)
+
+STUDENT_FACTS = [
+    ("Color of the sky?", "blue"), ("Capital of France?", "Paris"), ("Opposite of hot?", "cold"),
+    ("Two plus two?", "4"), ("Greet me.", "Hello there, friend!"), ("Spell cat.", "c-a-t"),
+    ("Say nothing long.", "ok"), ("Name a fruit.", "apple"),
+]
+
+
+def student_fact_examples(repeat: int = 50) -> list[dict[str, str]]:
+    """Eight fixed question -> answer rows: a tiny character-level student memorises them in ~200 steps."""
+    return [{"instruction": q, "input": "", "output": a} for q, a in STUDENT_FACTS] * repeat
+
+
+@pytest.fixture(scope="session")
+def tiny_char_base(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny LLaMA (hidden 32, 2 layers, character vocabulary) built once per session; treat it as read-only."""
+    from lion.student.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("student") / "tiny_char", vocab="char", hidden=32, layers=2, heads=2)
+
+
+@pytest.fixture(scope="session")
+def facts_student(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny char student (hidden 64) fully fine-tuned until it answers STUDENT_FACTS exactly; its checkpoint dir."""
+    from lion.config import StudentConfig
+    from lion.student.tiny import build_tiny
+    from lion.student.train import train_student
+
+    root = tmp_path_factory.mktemp("student")
+    base = build_tiny(root / "facts_base", vocab="char", hidden=64, layers=2, heads=2)
+    cfg = StudentConfig(model=str(base), lr=3e-3, per_device_batch_size=4, grad_accum=1, max_steps=200,
+                        warmup_ratio=0.05, max_length=64, packing=True, pack_length=256, logging_steps=50)
+    return train_student(cfg, student_fact_examples(), base, root / "facts_student", progress=False).path

@@ -83,7 +83,10 @@ def generate(
     if backend != "transformers":
         raise ConfigError(f"student.infer.backend: must be auto, transformers or vllm, got {backend!r}")
     model = load_model(base, cfg, adapter=adapter)
-    return generate_hf(model, tokenizer, ids, cfg, progress=progress)
+    from .threads import cpu_threads
+
+    with cpu_threads(model, cfg.cpu_threads):
+        return generate_hf(model, tokenizer, ids, cfg, progress=progress)
 
 
 def _dtype(cfg: InferConfig):

@@ -183,6 +183,10 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
         warm = {"warmup_steps": cfg.warmup_ratio}  # transformers >= 5: a float < 1 is a ratio
     else:
         warm = {"warmup_ratio": cfg.warmup_ratio}
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    if cfg.gradient_checkpointing:
+        warm[ckpt] = True
+        warm[ckpt + "_kwargs"] = {"use_reentrant": False}
     return TrainingArguments(
         output_dir=str(out / "_trainer"),
         per_device_train_batch_size=cfg.per_device_batch_size,
@@ -193,9 +197,7 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
         lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay,
         bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         torch_compile=cfg.torch_compile,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         fsdp=cfg.fsdp or "",
         fsdp_config=dict(cfg.fsdp_config) or None,
         deepspeed=cfg.deepspeed,
@@ -286,7 +288,10 @@ def _train_here(
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # no per-step log dicts on stdout either
-    out_train = trainer.train()
+    from .threads import cpu_threads
+
+    with cpu_threads(model, cfg.cpu_threads):
+        out_train = trainer.train()
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     seconds = time.perf_counter() - t_start
     train_s = sum(meter.step_s)
