@@ -1,0 +1,142 @@
+"""vLLM backend logic against the RECORDING FAKE vllm module in tests/fake_vllm (no GPU, no real vLLM).
+
+    /work/venv/bin/python -m pytest -q tests/test_student_vllm.py
+
+The fake records every `LLM(...)` and `generate(...)` call (with CUDA_VISIBLE_DEVICES and the process id) to the
+file named by FAKE_VLLM_RECORD and answers `fake:<prompt length>:<last prompt token id>`. These tests check our
+side: parameter mapping, LoRARequest, tokenisation handed to vLLM, data-parallel sharding and reassembly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from lion.config import InferConfig
+from lion.errors import ConfigError
+from lion.student.data import encode_prompt, format_prompt
+from lion.student.vllm_backend import engine_kwargs, gpu_groups, sampling_kwargs, shard
+
+FAKE_DIR = Path(__file__).resolve().parent / "fake_vllm"
+PROMPTS = [format_prompt(q) for q in ["Hi", "A much longer question, with more characters in it?", "Why?", "x", "ok"]]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tmp_path):
+    """Make `import vllm` find the fake (here and in subprocesses); yields a reader of the recorded calls."""
+    record = tmp_path / "vllm_calls.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_RECORD", str(record))
+    monkeypatch.setenv("PYTHONPATH", str(FAKE_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.syspath_prepend(str(FAKE_DIR))
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    import vllm
+
+    assert vllm.FAKE is True
+
+    def calls() -> list[dict]:
+        return [json.loads(x) for x in record.read_text().splitlines()] if record.exists() else []
+
+    yield calls
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+def _expected(tok, prompts):
+    from vllm import fake_answer
+
+    return [fake_answer(encode_prompt(tok, p)) for p in prompts]
+
+
+def test_sampling_and_engine_parameter_mapping(tmp_path) -> None:
+    greedy = sampling_kwargs(InferConfig(max_new_tokens=77, temperature=0.0, top_p=0.5, seed=3))
+    assert greedy == {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 77, "seed": 3, "skip_special_tokens": True}
+    sampled = sampling_kwargs(InferConfig(temperature=0.7, top_p=0.9))
+    assert (sampled["temperature"], sampled["top_p"], sampled["max_tokens"]) == (0.7, 0.9, 512)
+    cfg = InferConfig(tensor_parallel=4, gpu_memory_utilization=0.8, dtype="bfloat16", max_model_len=2048)
+    kw = engine_kwargs("/m", cfg, tokenizer="/t", adapter=None)
+    assert kw == {"model": "/m", "tokenizer": "/t", "tensor_parallel_size": 4, "gpu_memory_utilization": 0.8,
+                  "dtype": "bfloat16", "seed": 0, "max_model_len": 2048}
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 32, "base_model_name_or_path": "/m"}))
+    kw = engine_kwargs("/m", InferConfig(), tokenizer=None, adapter=tmp_path)
+    assert kw["enable_lora"] is True and kw["max_lora_rank"] == 32 and kw["max_loras"] == 1 and kw["tokenizer"] == "/m"
+    with pytest.raises(ConfigError, match="adapter_config.json"):
+        engine_kwargs("/m", InferConfig(), tokenizer=None, adapter=tmp_path / "nope")
+
+
+def test_sharding_and_gpu_groups() -> None:
+    assert shard(7, 3) == [[0, 3, 6], [1, 4], [2, 5]]
+    assert gpu_groups(2, 2, ["0", "1", "2", "3"]) == [["0", "1"], ["2", "3"]]
+    assert gpu_groups(3, 1, ["4", "5", "6", "7"]) == [["4"], ["5"], ["6"]]
+    with pytest.raises(ConfigError, match="needs 4 GPUs, 2 visible"):
+        gpu_groups(2, 2, ["0", "1"])
+
+
+def test_single_engine_gets_our_token_ids_and_the_lora_request(fake_vllm, tmp_path, tiny_char_base) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lion.student.infer import generate
+
+    tok = AutoTokenizer.from_pretrained(tiny_char_base)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_char_base),
+                                LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    cfg = InferConfig(backend="vllm", max_new_tokens=33, temperature=0.5, top_p=0.8)
+    out = generate(tiny_char_base, PROMPTS, cfg, adapter=tmp_path / "adapter", progress=False)
+    assert out == _expected(tok, PROMPTS)
+    llm, gen = fake_vllm()
+    assert llm["event"] == "LLM" and gen["event"] == "generate"
+    assert llm["kwargs"]["model"] == str(tiny_char_base) and llm["kwargs"]["enable_lora"] is True
+    assert llm["kwargs"]["max_lora_rank"] == 8 and llm["kwargs"]["tensor_parallel_size"] == 1
+    assert gen["lora"] == {"lora_name": "student", "lora_int_id": 1, "lora_path": str(tmp_path / "adapter")}
+    assert gen["sampling"]["max_tokens"] == 33 and gen["sampling"]["temperature"] == 0.5
+    assert gen["prompt_lengths"] == [len(encode_prompt(tok, p)) for p in PROMPTS]  # BOS + prompt, as in training
+    # an adapter checkpoint directory on its own resolves to base + LoRARequest too
+    out2 = generate(tmp_path / "adapter", PROMPTS[:2], cfg, progress=False)
+    assert out2 == out[:2] and fake_vllm()[-1]["lora"]["lora_path"] == str(tmp_path / "adapter")
+
+
+def test_data_parallel_runs_one_engine_per_gpu_group_and_keeps_order(fake_vllm, monkeypatch, tiny_char_base) -> None:
+    from transformers import AutoTokenizer
+
+    from lion.student.infer import generate
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    prompts = PROMPTS * 2  # 10 prompts over 2 engines
+    cfg = InferConfig(backend="vllm", data_parallel=2, tensor_parallel=2, max_new_tokens=9)
+    out = generate(tiny_char_base, prompts, cfg, progress=False)
+    assert out == _expected(AutoTokenizer.from_pretrained(tiny_char_base), prompts)
+    calls = fake_vllm()
+    engines = [c for c in calls if c["event"] == "LLM"]
+    gens = [c for c in calls if c["event"] == "generate"]
+    assert sorted(c["cuda_visible_devices"] for c in engines) == ["0,1", "2,3"]
+    assert all(c["kwargs"]["tensor_parallel_size"] == 2 for c in engines)
+    assert len({c["pid"] for c in engines}) == 2 and os.getpid() not in {c["pid"] for c in engines}
+    assert sorted(c["n"] for c in gens) == [5, 5]
+    assert all(c["sampling"]["max_tokens"] == 9 and c["lora"] is None for c in gens)
+
+
+def test_data_parallel_failure_names_the_engine(fake_vllm, monkeypatch, tiny_char_base) -> None:
+    from lion.errors import LionError
+    from lion.student.infer import generate
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("FAKE_VLLM_RECORD", "/nonexistent-dir/calls.jsonl")  # the engines crash writing it
+    with pytest.raises(LionError, match="engine 0 .GPUs 0."):
+        generate(tiny_char_base, PROMPTS, InferConfig(backend="vllm", data_parallel=2), progress=False)
+
+
+def test_vllm_backend_without_vllm_is_a_config_error(monkeypatch, tiny_char_base) -> None:
+    import importlib.util
+
+    from lion.student.infer import generate
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("a real vllm is installed here")
+    with pytest.raises(ConfigError, match="student.infer.backend"):
+        generate(tiny_char_base, PROMPTS, InferConfig(backend="vllm"), progress=False)
