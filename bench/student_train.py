@@ -54,7 +54,6 @@ def vicuna_examples() -> list[dict[str, str]]:
 
 
 def cpu_bench(args: argparse.Namespace) -> dict:
-    import torch
 
     from lion.config import StudentConfig
     from lion.student.data import tokenize_examples
@@ -63,7 +62,6 @@ def cpu_bench(args: argparse.Namespace) -> dict:
 
     if not DATA.is_dir():
         raise SystemExit(f"missing {DATA} (the shared data sets); cannot build the length distribution")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     examples = vicuna_examples()
     work = Path(tempfile.mkdtemp(prefix="lion-bench-train-"))
     corpus = [e["instruction"] + "\n" + e["output"] for e in examples]
@@ -103,7 +101,7 @@ def cpu_bench(args: argparse.Namespace) -> dict:
         "padded_fill": round(statistics.mean(slots["padded"]), 3), "packed_fill": round(statistics.mean(slots["packed"]), 3),
         "examples": len(tokd), "mean_tokens": round(statistics.mean(lens), 1), "max_length": args.max_length,
         "model": {"hidden": args.hidden, "layers": args.layers, "vocab": 2000}, "steps": args.steps,
-        "repeats": args.repeats, "threads": torch.get_num_threads(),
+        "repeats": args.repeats, "cpu_threads": "auto (student.cpu_threads=0: 1 thread for this model)",
     }
 
 
