@@ -111,8 +111,8 @@ def histogram(title: str, data: Mapping[str, Sequence[float]], *, xlabel: str = 
 
 def bar_chart(title: str, categories: Sequence[str], series: Mapping[str, Sequence[Number]], *,
               stacked: bool = False, horizontal: bool = False, ylabel: str = "",
-              log: bool = False) -> bytes | None:
-    """Grouped (or stacked) bars: one group per category, one bar per series."""
+              log: bool = False, colors: Sequence[str] | None = None) -> bytes | None:
+    """Grouped (or stacked) bars: one group per category, one bar per series (optional colour per series)."""
     if not categories or not _has_values(series):
         return None
     plt = _plt()
@@ -128,7 +128,7 @@ def bar_chart(title: str, categories: Sequence[str], series: Mapping[str, Sequen
             at = pos
         else:
             at = [p - 0.4 + width * (i + 0.5) for p in pos]
-        kw = {"label": name, "color": _color(i, n)}
+        kw = {"label": name, "color": colors[i] if colors and i < len(colors) else _color(i, n)}
         if horizontal:
             ax.barh(at, ys, height=width, left=base if stacked else None, **kw)
         else:

@@ -179,7 +179,8 @@ def build_figures(run: RunData) -> list[tuple[str, str, bytes | None]]:
         {"hard accepted": [_get(r.gen, "accepted", "hard") for r in run.rounds],
          "hard wanted": [_get(r.gen, "wanted", "hard") for r in run.rounds],
          "easy accepted": [_get(r.gen, "accepted", "easy") for r in run.rounds],
-         "easy wanted": [_get(r.gen, "wanted", "easy") for r in run.rounds]}, ylabel="instructions")))
+         "easy wanted": [_get(r.gen, "wanted", "easy") for r in run.rounds]}, ylabel="instructions",
+        colors=("#b2182b", "#f4a582", "#1b7837", "#a6dba0"))))
     reasons: dict[str, list[float]] = {}
     for i, r in enumerate(run.rounds):
         counts = r.gen.get("rejected") or _count(x.get("reason", "?") for x in r.rejected)
