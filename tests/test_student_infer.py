@@ -29,7 +29,9 @@ def test_batched_greedy_equals_one_at_a_time(facts_student, tiny_char_base) -> N
         batched = generate(model, prompts, InferConfig(max_new_tokens=24, batch_size=4), progress=False)
         single = generate(model, prompts, InferConfig(max_new_tokens=24, batch_size=1), progress=False)
         assert batched == single
-        assert len(batched) == len(prompts) and len(set(batched)) > 1
+        assert len(batched) == len(prompts)
+        if model == facts_student:
+            assert len(set(batched)) > 5  # distinct answers, not one repeated string
 
 
 def test_max_new_tokens_is_honoured(tiny_char_base) -> None:
