@@ -64,25 +64,38 @@ class EvalQuestion:
 # --------------------------------------------------------------------------------------------- inputs
 
 
-def load_questions(spec: str, *, limit: int | None = None, oracle_per_family: int = 8,
-                   oracle_seed: int = 1234) -> list[EvalQuestion]:
+def load_questions(
+    spec: str, *, limit: int | None = None, oracle_per_family: int = 8, oracle_seed: int = 1234
+) -> list[EvalQuestion]:
     """FastChat question.jsonl (first turn), our JSONL, or "oracle" (the offline world's held-out set)."""
     if spec == ORACLE:
         from .records import instruction_id
         from .sim.tasks import heldout_set
 
         rows = heldout_set(oracle_per_family, oracle_seed)
-        qs = [EvalQuestion(id=instruction_id(str(r["instruction"])), instruction=str(r["instruction"]),
-                           category=str((r.get("meta") or {}).get("family", "")),  # type: ignore[union-attr]
-                           truth=str(r.get("answer")) if r.get("answer") is not None else None) for r in rows]
+        qs = [
+            EvalQuestion(
+                id=instruction_id(str(r["instruction"])),
+                instruction=str(r["instruction"]),
+                category=str((r.get("meta") or {}).get("family", "")),  # type: ignore[union-attr]
+                truth=str(r.get("answer")) if r.get("answer") is not None else None,
+            )
+            for r in rows
+        ]
     else:
         insts, _ = load_instructions(spec)
         qs = []
         for i in insts:
             qid = i.meta.get("question_id")
-            qs.append(EvalQuestion(id=i.id, instruction=i.instruction, input=i.input,
-                                   category=str(i.meta.get("category") or i.meta.get("family") or ""),
-                                   question_id=None if qid is None else str(qid)))
+            qs.append(
+                EvalQuestion(
+                    id=i.id,
+                    instruction=i.instruction,
+                    input=i.input,
+                    category=str(i.meta.get("category") or i.meta.get("family") or ""),
+                    question_id=None if qid is None else str(qid),
+                )
+            )
     return qs[:limit] if limit else qs
 
 
@@ -123,9 +136,11 @@ def load_answers(path: str | Path, questions: Sequence[EvalQuestion]) -> dict[st
         else:
             out[q.id] = ans
     if missing:
-        raise DataError(f"{path}: no answer for {len(missing)} of the {len(questions)} questions "
-                        f"(question ids {', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}); "
-                        "is it the answers file of this question set?")
+        raise DataError(
+            f"{path}: no answer for {len(missing)} of the {len(questions)} questions "
+            f"(question ids {', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}); "
+            "is it the answers file of this question set?"
+        )
     return out
 
 
@@ -135,15 +150,22 @@ def teacher_reference(cfg: LionConfig, gateway: Any, questions: Sequence[EvalQue
 
     system = load_template("teacher_system", cfg.prompts_dir).render()
     user = load_template("teacher", cfg.prompts_dir)
-    reqs = [ChatRequest(messages=[{"role": "system", "content": system},
-                                  {"role": "user", "content": user.render(request=q.text)}]) for q in questions]
+    reqs = [
+        ChatRequest(
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user.render(request=q.text)}]
+        )
+        for q in questions
+    ]
     results = gateway.chat_many("teacher", PHASE, reqs, desc="reference answers (teacher)")
-    return {q.id: (r.text.strip() if r.ok and r.text and r.text.strip() else None)
-            for q, r in zip(questions, results, strict=True)}
+    return {
+        q.id: (r.text.strip() if r.ok and r.text and r.text.strip() else None)
+        for q, r in zip(questions, results, strict=True)
+    }
 
 
-def candidate_answers(cfg: LionConfig, model: str | Path, questions: Sequence[EvalQuestion], out_dir: Path,
-                      *, progress: bool = True) -> dict[str, str]:
+def candidate_answers(
+    cfg: LionConfig, model: str | Path, questions: Sequence[EvalQuestion], out_dir: Path, *, progress: bool = True
+) -> dict[str, str]:
     """The candidate model's answers, generated in batches and appended to candidate_answers.jsonl (resumable)."""
     path = out_dir / "candidate_answers.jsonl"
     done: dict[str, str] = {}
@@ -163,7 +185,7 @@ def candidate_answers(cfg: LionConfig, model: str | Path, questions: Sequence[Ev
             tokenizer = AutoTokenizer.from_pretrained(str(model))
         chunk = max(sc.infer.batch_size * 4, 32)
         for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
+            part = todo[start : start + chunk]
             prompts = [format_prompt(q.instruction, q.input, fmt=sc.prompt_format, tokenizer=tokenizer) for q in part]
             outs = generate(str(model), prompts, sc.infer, progress=progress)
             for q, a in zip(part, outs, strict=True):
@@ -184,29 +206,50 @@ def _fingerprint(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *, questions: str | None = None,
-             answers: str | None = None, name: str = "", progress: bool = True) -> dict[str, Any]:
+def evaluate(
+    cfg: LionConfig,
+    gateway: Any,
+    model: str | Path,
+    out_dir: Path,
+    *,
+    questions: str | None = None,
+    answers: str | None = None,
+    name: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Evaluate `model`; write everything under `out_dir`; return the summary (also summary.json)."""
     from .referee import judge_pairs
 
     ec = cfg.eval
     spec = questions or ec.questions or (ORACLE if cfg.sim.enabled else None)
     if not spec:
-        raise ConfigError("eval.questions: no question set (give --questions FILE, set eval.questions, or "
-                          "\"oracle\" in the offline world)")
+        raise ConfigError(
+            "eval.questions: no question set (give --questions FILE, set eval.questions, or "
+            '"oracle" in the offline world)'
+        )
     answers = answers if answers is not None else ec.reference_answers
     if spec == ORACLE and not cfg.sim.enabled:
-        raise ConfigError("eval.questions: \"oracle\" needs the offline world (sim.enabled: true)")
+        raise ConfigError('eval.questions: "oracle" needs the offline world (sim.enabled: true)')
     model = Path(model)
     if not model.exists() and not _hub_id(str(model)):
         raise LionError(f"{model}: the model to evaluate does not exist")
     model_ref = str(model.resolve()) if model.exists() else str(model)
-    qs = load_questions(spec, limit=ec.max_questions, oracle_per_family=ec.oracle_per_family,
-                        oracle_seed=ec.oracle_seed)
-    fp = _fingerprint({"model": model_ref, "questions": [q.id for q in qs], "answers": answers,
-                       "teacher": asdict(cfg.llm.teacher) if not answers else None, "judge": cfg.llm.judge.model,
-                       "template": ec.judge_template, "attempts": ec.judge_attempts,
-                       "infer": asdict(cfg.student.infer), "format": cfg.student.prompt_format})
+    qs = load_questions(
+        spec, limit=ec.max_questions, oracle_per_family=ec.oracle_per_family, oracle_seed=ec.oracle_seed
+    )
+    fp = _fingerprint(
+        {
+            "model": model_ref,
+            "questions": [q.id for q in qs],
+            "answers": answers,
+            "teacher": asdict(cfg.llm.teacher) if not answers else None,
+            "judge": cfg.llm.judge.model,
+            "template": ec.judge_template,
+            "attempts": ec.judge_attempts,
+            "infer": asdict(cfg.student.infer),
+            "format": cfg.student.prompt_format,
+        }
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / "summary.json"
     if summary_path.exists():
@@ -218,8 +261,10 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
     if meta_path.exists():
         old_meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if old_meta.get("model") != model_ref:
-            raise LionError(f"{out_dir}: holds the evaluation of another model ({old_meta.get('model')}); "
-                            "choose another --name or remove that directory")
+            raise LionError(
+                f"{out_dir}: holds the evaluation of another model ({old_meta.get('model')}); "
+                "choose another --name or remove that directory"
+            )
         if {k: old_meta.get(k) for k in ("infer", "format")} != {k: meta[k] for k in ("infer", "format")}:
             # the saved answers came from other generation settings: they are not this evaluation's answers
             (out_dir / "candidate_answers.jsonl").unlink(missing_ok=True)
@@ -235,8 +280,16 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
         refs = teacher_reference(cfg, gateway, qs)
         ref_source = f"teacher:{cfg.llm.teacher.model}"
     items = [(q.id, q.text, refs[q.id], cand[q.id]) for q in qs if refs[q.id] is not None]
-    judged = judge_pairs(gateway, "judge", PHASE, items, load_template(ec.judge_template, cfg.prompts_dir),
-                         attempts=ec.judge_attempts, both_orders=True, desc=f"judge ({name or model.name})")
+    judged = judge_pairs(
+        gateway,
+        "judge",
+        PHASE,
+        items,
+        load_template(ec.judge_template, cfg.prompts_dir),
+        attempts=ec.judge_attempts,
+        both_orders=True,
+        desc=f"judge ({name or model.name})",
+    )
     by_id = {j.id: j for j in judged}
 
     # answer "1" is the reference, "2" the candidate: order "12" shows the reference first
@@ -250,14 +303,23 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
     for q in qs:
         scores: dict[str, tuple[float, float] | None] = {o: None for o in ORDERS}
         j = by_id.get(q.id)
-        for o in (j.orders if j else []):
+        for o in j.orders if j else []:
             name_o = order_name.get(str(o.get("order")), str(o.get("order")))
             ok = bool(o.get("ok")) and o.get("score_1") is not None and o.get("score_2") is not None
             if ok:
                 scores[name_o] = (float(o["score_2"]), float(o["score_1"]))
-            judgement_rows.append({"id": q.id, "order": name_o, "raw": o.get("raw"),
-                                   "candidate_score": o.get("score_2"), "reference_score": o.get("score_1"),
-                                   "ok": ok, "error": o.get("error"), "attempts": o.get("attempts")})
+            judgement_rows.append(
+                {
+                    "id": q.id,
+                    "order": name_o,
+                    "raw": o.get("raw"),
+                    "candidate_score": o.get("score_2"),
+                    "reference_score": o.get("score_1"),
+                    "ok": ok,
+                    "error": o.get("error"),
+                    "attempts": o.get("attempts"),
+                }
+            )
         qsc = QuestionScores(q.id, q.category, scores)
         if refs[q.id] is not None:  # a question with no reference answer was never judged: not a judge failure
             rows.append(qsc)
@@ -267,23 +329,35 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
             reason = "no reference answer"
         elif not qsc.ok:
             errors = [str(o.get("error") or "") for o in (j.orders if j else [])]
-            reason = "judge call failed" if any(e.startswith("call failed") for e in errors) \
-                else "judge verdict unparseable"
+            reason = (
+                "judge call failed" if any(e.startswith("call failed") for e in errors) else "judge verdict unparseable"
+            )
         trow: dict[str, Any] = {"id": q.id, "question_id": q.question_id, "category": q.category}
         for o in ORDERS:
             s = scores[o]
             trow[f"{o}_candidate"] = s[0] if s else None
             trow[f"{o}_reference"] = s[1] if s else None
-        trow.update({"candidate_mean": m[0] if m else None, "reference_mean": m[1] if m else None,
-                     "outcome": qsc.outcome(), "flipped": qsc.flipped(), "excluded": reason})
+        trow.update(
+            {
+                "candidate_mean": m[0] if m else None,
+                "reference_mean": m[1] if m else None,
+                "outcome": qsc.outcome(),
+                "flipped": qsc.flipped(),
+                "excluded": reason,
+            }
+        )
         if grade is not None:
             trow["correct"] = grade(q.instruction, cand[q.id])
             trow["reference_correct"] = grade(q.instruction, refs[q.id]) if refs[q.id] is not None else None
         table.append(trow)
 
     summary: dict[str, Any] = {
-        "name": name or model.name, "model": str(model), "questions": str(spec),
-        "n_questions": len(qs), "reference": ref_source, "judge_model": cfg.llm.judge.model,
+        "name": name or model.name,
+        "model": str(model),
+        "questions": str(spec),
+        "n_questions": len(qs),
+        "reference": ref_source,
+        "judge_model": cfg.llm.judge.model,
         **summarize(rows),
     }
     summary["overall"]["n_no_reference"] = sum(1 for q in qs if refs[q.id] is None)
@@ -292,9 +366,21 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
         summary["oracle"] = oracle_accuracy(qs, table)
     summary["fingerprint"] = fp
 
-    write_jsonl(out_dir / "answers.jsonl", ({
-        "id": q.id, "question_id": q.question_id, "category": q.category, "question": q.text,
-        "candidate": cand[q.id], "reference": refs[q.id], "reference_source": ref_source} for q in qs))
+    write_jsonl(
+        out_dir / "answers.jsonl",
+        (
+            {
+                "id": q.id,
+                "question_id": q.question_id,
+                "category": q.category,
+                "question": q.text,
+                "candidate": cand[q.id],
+                "reference": refs[q.id],
+                "reference_source": ref_source,
+            }
+            for q in qs
+        ),
+    )
     write_jsonl(out_dir / "judgements.jsonl", judgement_rows)
     write_jsonl(out_dir / "table.jsonl", table)
     atomic_write_text(out_dir / "table.md", table_markdown(qs, table))
@@ -302,11 +388,16 @@ def evaluate(cfg: LionConfig, gateway: Any, model: str | Path, out_dir: Path, *,
     if "oracle" in summary:
         o = summary["oracle"]
         text += "\noracle exact accuracy: " + ", ".join(f"{f} {a:.0%}" for f, a in o["accuracy"].items())
-        text += f"; overall {o['overall']:.1%} (reference answers {o['reference_overall']:.1%})" \
-            if o["overall"] is not None and o["reference_overall"] is not None else ""
+        text += (
+            f"; overall {o['overall']:.1%} (reference answers {o['reference_overall']:.1%})"
+            if o["overall"] is not None and o["reference_overall"] is not None
+            else ""
+        )
     if summary["seen_in_training"]:
-        text += (f"\nwarning: {summary['seen_in_training']} of the {len(qs)} questions occur in a Train Pool of "
-                 "this run (the student was trained on them)")
+        text += (
+            f"\nwarning: {summary['seen_in_training']} of the {len(qs)} questions occur in a Train Pool of "
+            "this run (the student was trained on them)"
+        )
     atomic_write_text(out_dir / "summary.txt", text + "\n")
     write_json(summary_path, summary)  # last: its presence (with this fingerprint) marks the evaluation done
     return summary
@@ -332,10 +423,12 @@ def oracle_accuracy(qs: Sequence[EvalQuestion], table: Sequence[dict[str, Any]])
         if t.get("reference_correct") is not None:
             ref.append(bool(t["reference_correct"]))
     n = sum(len(v) for v in per.values())
-    return {"accuracy": {f: sum(v) / len(v) for f, v in sorted(per.items())},
-            "n": {f: len(v) for f, v in sorted(per.items())},
-            "overall": sum(sum(v) for v in per.values()) / n if n else None,
-            "reference_overall": sum(ref) / len(ref) if ref else None}
+    return {
+        "accuracy": {f: sum(v) / len(v) for f, v in sorted(per.items())},
+        "n": {f: len(v) for f, v in sorted(per.items())},
+        "overall": sum(sum(v) for v in per.values()) / n if n else None,
+        "reference_overall": sum(ref) / len(ref) if ref else None,
+    }
 
 
 def table_markdown(qs: Sequence[EvalQuestion], table: Sequence[dict[str, Any]]) -> str:
@@ -353,15 +446,22 @@ def table_markdown(qs: Sequence[EvalQuestion], table: Sequence[dict[str, Any]]) 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for q, t in zip(qs, table, strict=True):
         text = q.instruction if len(q.instruction) <= 70 else q.instruction[:69] + "…"
-        cells = [text, q.category,
-                 f"{c(t['ref_first_candidate'])}/{c(t['ref_first_reference'])}",
-                 f"{c(t['cand_first_candidate'])}/{c(t['cand_first_reference'])}",
-                 f"{c(t['candidate_mean'])}/{c(t['reference_mean'])}",
-                 t["outcome"] or f"excluded ({t['excluded']})", c(t["flipped"])]
+        cells = [
+            text,
+            q.category,
+            f"{c(t['ref_first_candidate'])}/{c(t['ref_first_reference'])}",
+            f"{c(t['cand_first_candidate'])}/{c(t['cand_first_reference'])}",
+            f"{c(t['candidate_mean'])}/{c(t['reference_mean'])}",
+            t["outcome"] or f"excluded ({t['excluded']})",
+            c(t["flipped"]),
+        ]
         if extra:
             cells.append(c(t.get("correct")))
-        lines.append("| " + " | ".join(c(x) if not isinstance(x, str) else x.replace("|", "\\|").replace("\n", " ")
-                                        for x in cells) + " |")
+        lines.append(
+            "| "
+            + " | ".join(c(x) if not isinstance(x, str) else x.replace("|", "\\|").replace("\n", " ") for x in cells)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -376,16 +476,24 @@ def evaluate_round(cfg: LionConfig, round_no: int, gateway: Any, student_path: s
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lion.evaluate",
-                                description="Relative score of a student vs reference answers, judged in both orders.")
+    p = argparse.ArgumentParser(
+        prog="python -m lion.evaluate",
+        description="Relative score of a student vs reference answers, judged in both orders.",
+    )
     add_config_args(p)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--round", "-r", type=int, help="evaluate this round's student (RUN/round_XX/student)")
     who.add_argument("--model", help="evaluate any local model directory (or a hub id in the local cache)")
-    who.add_argument("--base", action="store_true", help="evaluate the configured base model (student.model) as a baseline")
+    who.add_argument(
+        "--base", action="store_true", help="evaluate the configured base model (student.model) as a baseline"
+    )
     p.add_argument("--name", default=None, help="with --model: results go to RUN/eval/NAME (default: the dir name)")
-    p.add_argument("--questions", default=None, help="question file (FastChat or JSONL) or 'oracle' (default: eval.questions)")
-    p.add_argument("--answers", default=None, help="reference answers file (default: eval.reference_answers, else the teacher)")
+    p.add_argument(
+        "--questions", default=None, help="question file (FastChat or JSONL) or 'oracle' (default: eval.questions)"
+    )
+    p.add_argument(
+        "--answers", default=None, help="reference answers file (default: eval.reference_answers, else the teacher)"
+    )
     p.add_argument("--max-questions", type=int, default=None, help="evaluate only the first N questions")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
@@ -419,8 +527,16 @@ def main(argv: list[str] | None = None) -> int:
             model = Path(resolve_base_model(ctx.cfg.student, run))
             name = args.name or "base"
             out = run / "eval" / name
-        summary = evaluate(ctx.cfg, ctx.gateway, model, out, questions=args.questions, answers=args.answers,
-                           name=name, progress=args.progress)
+        summary = evaluate(
+            ctx.cfg,
+            ctx.gateway,
+            model,
+            out,
+            questions=args.questions,
+            answers=args.answers,
+            name=name,
+            progress=args.progress,
+        )
         write_json(run / "usage.json", ctx.gateway.usage_summary())
     print((out / "summary.txt").read_text(encoding="utf-8"), end="")
     print(f"saved under {out}")

@@ -15,8 +15,7 @@ from typing import Any
 
 Number = float | int | None
 
-_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf"]
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
 def _plt() -> Any:
@@ -62,9 +61,18 @@ def _has_values(series: Mapping[str, Sequence[Number]]) -> bool:
     return any(v is not None for vals in series.values() for v in vals)
 
 
-def line_chart(title: str, x: Sequence[Any], series: Mapping[str, Sequence[Number]], *, xlabel: str = "round",
-               ylabel: str = "", percent: bool = False, ylim: tuple[float, float] | None = None,
-               ymin: float | None = None, emphasise: Sequence[str] = ()) -> bytes | None:
+def line_chart(
+    title: str,
+    x: Sequence[Any],
+    series: Mapping[str, Sequence[Number]],
+    *,
+    xlabel: str = "round",
+    ylabel: str = "",
+    percent: bool = False,
+    ylim: tuple[float, float] | None = None,
+    ymin: float | None = None,
+    emphasise: Sequence[str] = (),
+) -> bytes | None:
     """One line per series over `x` (None values leave gaps); markers so a single round still shows.
     Series named in `emphasise` are drawn thick, black and dashed (e.g. "overall")."""
     if not x or not _has_values(series):
@@ -83,12 +91,20 @@ def line_chart(title: str, x: Sequence[Any], series: Mapping[str, Sequence[Numbe
         ax.set_ylim(*ylim)
     elif ymin is not None:
         ax.set_ylim(bottom=ymin)
-    return _finish(fig, ax, title, xlabel, ylabel + (" (%)" if percent and ylabel else ""), len(series) > 1,
-                   outside=many)
+    return _finish(
+        fig, ax, title, xlabel, ylabel + (" (%)" if percent and ylabel else ""), len(series) > 1, outside=many
+    )
 
 
-def histogram(title: str, data: Mapping[str, Sequence[float]], *, xlabel: str = "", bins: int = 20,
-              marker: float | None = None, marker_label: str = "") -> bytes | None:
+def histogram(
+    title: str,
+    data: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str = "",
+    bins: int = 20,
+    marker: float | None = None,
+    marker_label: str = "",
+) -> bytes | None:
     """Overlaid step histograms, one per series, on shared bins; an optional vertical marker line."""
     vals = [v for xs in data.values() for v in xs]
     if not vals:
@@ -102,16 +118,31 @@ def histogram(title: str, data: Mapping[str, Sequence[float]], *, xlabel: str = 
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     for i, (name, xs) in enumerate(data.items()):
         if xs:
-            ax.hist(list(xs), bins=bins, range=(lo, hi), histtype="step", linewidth=1.8, label=f"{name} (n={len(xs)})",
-                    color=_color(i, len(data)))
+            ax.hist(
+                list(xs),
+                bins=bins,
+                range=(lo, hi),
+                histtype="step",
+                linewidth=1.8,
+                label=f"{name} (n={len(xs)})",
+                color=_color(i, len(data)),
+            )
     if marker is not None:
         ax.axvline(marker, color="black", linestyle="--", linewidth=1, label=marker_label or None)
     return _finish(fig, ax, title, xlabel, "count", True)
 
 
-def bar_chart(title: str, categories: Sequence[str], series: Mapping[str, Sequence[Number]], *,
-              stacked: bool = False, horizontal: bool = False, ylabel: str = "",
-              log: bool = False, colors: Sequence[str] | None = None) -> bytes | None:
+def bar_chart(
+    title: str,
+    categories: Sequence[str],
+    series: Mapping[str, Sequence[Number]],
+    *,
+    stacked: bool = False,
+    horizontal: bool = False,
+    ylabel: str = "",
+    log: bool = False,
+    colors: Sequence[str] | None = None,
+) -> bytes | None:
     """Grouped (or stacked) bars: one group per category, one bar per series (optional colour per series)."""
     if not categories or not _has_values(series):
         return None
@@ -143,8 +174,12 @@ def bar_chart(title: str, categories: Sequence[str], series: Mapping[str, Sequen
             ax.set_xscale("log")
     else:
         ax.set_xticks(pos)
-        ax.set_xticklabels(list(categories), fontsize=8, rotation=30 if max(map(len, categories)) > 8 else 0,
-                           ha="right" if max(map(len, categories)) > 8 else "center")
+        ax.set_xticklabels(
+            list(categories),
+            fontsize=8,
+            rotation=30 if max(map(len, categories)) > 8 else 0,
+            ha="right" if max(map(len, categories)) > 8 else "center",
+        )
         if log:
             ax.set_yscale("log")
     return _finish(fig, ax, title, ylabel if horizontal else "", "" if horizontal else ylabel, n > 1)

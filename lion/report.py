@@ -117,8 +117,14 @@ def load_run(run_dir: str | Path) -> RunData:
             s = _json(d / "summary.json") if d.is_dir() else None
             if s:
                 others[d.name] = s
-    return RunData(path=path, rounds=rounds, usage=_json(path / "usage.json"), state=_json(path / "state.json"),
-                   config=config if isinstance(config, dict) else None, other_evals=others)
+    return RunData(
+        path=path,
+        rounds=rounds,
+        usage=_json(path / "usage.json"),
+        state=_json(path / "state.json"),
+        config=config if isinstance(config, dict) else None,
+        other_evals=others,
+    )
 
 
 # --------------------------------------------------------------------------------------------- figures
@@ -154,40 +160,105 @@ def build_figures(run: RunData) -> list[tuple[str, str, bytes | None]]:
     xs = [r.no for r in run.rounds]
     figs: list[tuple[str, str, bytes | None]] = []
     sec = "Discrimination"
-    figs.append((sec, "Hard ratio per round", plots.line_chart(
-        "Share of the Cache Pool judged hard", xs, {"hard ratio": [r.disc.get("hard_ratio") for r in run.rounds]},
-        ylabel="hard", percent=True, ylim=(-3, 103))))
-    figs.append((sec, "Teacher and student mean score", plots.line_chart(
-        "Referee mean score per round", xs,
-        {"teacher": [r.disc.get("teacher_mean") for r in run.rounds],
-         "student": [r.disc.get("student_mean") for r in run.rounds]}, ylabel="score (1-10)")))
+    figs.append(
+        (
+            sec,
+            "Hard ratio per round",
+            plots.line_chart(
+                "Share of the Cache Pool judged hard",
+                xs,
+                {"hard ratio": [r.disc.get("hard_ratio") for r in run.rounds]},
+                ylabel="hard",
+                percent=True,
+                ylim=(-3, 103),
+            ),
+        )
+    )
+    figs.append(
+        (
+            sec,
+            "Teacher and student mean score",
+            plots.line_chart(
+                "Referee mean score per round",
+                xs,
+                {
+                    "teacher": [r.disc.get("teacher_mean") for r in run.rounds],
+                    "student": [r.disc.get("student_mean") for r in run.rounds],
+                },
+                ylabel="score (1-10)",
+            ),
+        )
+    )
     tau = _get(run.config, "discrimination", "tau")
-    figs.append((sec, "Gap histogram", plots.histogram(
-        "Gap = teacher score - student score (both orders averaged)",
-        {f"round {r.no}": [float(s["gap"]) for s in r.split if s.get("gap") is not None] for r in run.rounds},
-        xlabel="gap", marker=float(tau) if isinstance(tau, (int, float)) else None, marker_label="tau")))
+    figs.append(
+        (
+            sec,
+            "Gap histogram",
+            plots.histogram(
+                "Gap = teacher score - student score (both orders averaged)",
+                {f"round {r.no}": [float(s["gap"]) for s in r.split if s.get("gap") is not None] for r in run.rounds},
+                xlabel="gap",
+                marker=float(tau) if isinstance(tau, (int, float)) else None,
+                marker_label="tau",
+            ),
+        )
+    )
     sec = "Referee health"
-    figs.append((sec, "Swap-flip and parse-failure rates", plots.line_chart(
-        "Referee health per round", xs,
-        {"swap-flip rate": [r.disc.get("swap_flip_rate") for r in run.rounds],
-         "parse-failure rate": [r.disc.get("parse_failure_rate") for r in run.rounds]},
-        ylabel="rate", percent=True, ymin=0)))
+    figs.append(
+        (
+            sec,
+            "Swap-flip and parse-failure rates",
+            plots.line_chart(
+                "Referee health per round",
+                xs,
+                {
+                    "swap-flip rate": [r.disc.get("swap_flip_rate") for r in run.rounds],
+                    "parse-failure rate": [r.disc.get("parse_failure_rate") for r in run.rounds],
+                },
+                ylabel="rate",
+                percent=True,
+                ymin=0,
+            ),
+        )
+    )
     sec = "Generation"
     labels = [f"round {r.no}" for r in run.rounds]
-    figs.append((sec, "New instructions by kind", plots.bar_chart(
-        "New instructions: accepted (and wanted) by kind", labels,
-        {"hard accepted": [_get(r.gen, "accepted", "hard") for r in run.rounds],
-         "hard wanted": [_get(r.gen, "wanted", "hard") for r in run.rounds],
-         "easy accepted": [_get(r.gen, "accepted", "easy") for r in run.rounds],
-         "easy wanted": [_get(r.gen, "wanted", "easy") for r in run.rounds]}, ylabel="instructions",
-        colors=("#b2182b", "#f4a582", "#1b7837", "#a6dba0"))))
+    figs.append(
+        (
+            sec,
+            "New instructions by kind",
+            plots.bar_chart(
+                "New instructions: accepted (and wanted) by kind",
+                labels,
+                {
+                    "hard accepted": [_get(r.gen, "accepted", "hard") for r in run.rounds],
+                    "hard wanted": [_get(r.gen, "wanted", "hard") for r in run.rounds],
+                    "easy accepted": [_get(r.gen, "accepted", "easy") for r in run.rounds],
+                    "easy wanted": [_get(r.gen, "wanted", "easy") for r in run.rounds],
+                },
+                ylabel="instructions",
+                colors=("#b2182b", "#f4a582", "#1b7837", "#a6dba0"),
+            ),
+        )
+    )
     reasons: dict[str, list[float]] = {}
     for i, r in enumerate(run.rounds):
         counts = r.gen.get("rejected") or _count(x.get("reason", "?") for x in r.rejected)
         for reason, n in counts.items():
             reasons.setdefault(str(reason), [0.0] * len(run.rounds))[i] = float(n)
-    figs.append((sec, "Rejected candidates by reason", plots.bar_chart(
-        "Rejected candidates by reason", labels, dict(sorted(reasons.items())), stacked=True, ylabel="candidates")))
+    figs.append(
+        (
+            sec,
+            "Rejected candidates by reason",
+            plots.bar_chart(
+                "Rejected candidates by reason",
+                labels,
+                dict(sorted(reasons.items())),
+                stacked=True,
+                ylabel="candidates",
+            ),
+        )
+    )
     sec = "Spend"
     urows = _usage_rows(run)
     keys = sorted({(str(u.get("role")), str(u.get("phase"))) for u in urows})
@@ -196,37 +267,88 @@ def build_figures(run: RunData) -> list[tuple[str, str, bytes | None]]:
     def total(field_: str, key: tuple[str, str]) -> float:
         return sum(float(u.get(field_) or 0) for u in urows if (str(u.get("role")), str(u.get("phase"))) == key)
 
-    figs.append((sec, "Tokens by role and phase", plots.bar_chart(
-        "Tokens by role / phase", cats, {"tokens in": [total("tokens_in", k) for k in keys],
-                                          "tokens out": [total("tokens_out", k) for k in keys]},
-        stacked=True, horizontal=True, ylabel="tokens")))
+    figs.append(
+        (
+            sec,
+            "Tokens by role and phase",
+            plots.bar_chart(
+                "Tokens by role / phase",
+                cats,
+                {
+                    "tokens in": [total("tokens_in", k) for k in keys],
+                    "tokens out": [total("tokens_out", k) for k in keys],
+                },
+                stacked=True,
+                horizontal=True,
+                ylabel="tokens",
+            ),
+        )
+    )
     usd = [total("usd", k) for k in keys]
-    figs.append((sec, "Spend by role and phase", plots.bar_chart(
-        "Spend (USD) by role / phase", cats, {"USD": usd}, horizontal=True, ylabel="USD") if any(usd) else None))
+    figs.append(
+        (
+            sec,
+            "Spend by role and phase",
+            plots.bar_chart("Spend (USD) by role / phase", cats, {"USD": usd}, horizontal=True, ylabel="USD")
+            if any(usd)
+            else None,
+        )
+    )
     sec = "Evaluation"
-    trend = {"mean of both orders": [_eval_rel(r.eval) for r in run.rounds],
-             "reference shown first": [_eval_rel(r.eval, "ref_first") for r in run.rounds],
-             "candidate shown first": [_eval_rel(r.eval, "cand_first") for r in run.rounds]}
+    trend = {
+        "mean of both orders": [_eval_rel(r.eval) for r in run.rounds],
+        "reference shown first": [_eval_rel(r.eval, "ref_first") for r in run.rounds],
+        "candidate shown first": [_eval_rel(r.eval, "cand_first") for r in run.rounds],
+    }
     base = run.other_evals.get("base")
     if base is not None and _eval_rel(base) is not None and any(v is not None for v in trend["mean of both orders"]):
         trend["base model (python -m lion.evaluate --base)"] = [_eval_rel(base)] * len(xs)
-    figs.append((sec, "Relative score trend", plots.line_chart(
-        "Relative score vs the reference (%), per round", xs, trend, ylabel="relative score",
-        emphasise=("base model (python -m lion.evaluate --base)",))))
+    figs.append(
+        (
+            sec,
+            "Relative score trend",
+            plots.line_chart(
+                "Relative score vs the reference (%), per round",
+                xs,
+                trend,
+                ylabel="relative score",
+                emphasise=("base model (python -m lion.evaluate --base)",),
+            ),
+        )
+    )
     cat_names = sorted({c for r in run.rounds for c in (_get(r.eval, "by_category") or {})})
-    figs.append((sec, "Relative score per category", plots.line_chart(
-        "Relative score per category (mean of both orders)", xs,
-        {c: [_get(r.eval, "by_category", c, "relative", "mean") for r in run.rounds] for c in cat_names},
-        ylabel="relative score")))
+    figs.append(
+        (
+            sec,
+            "Relative score per category",
+            plots.line_chart(
+                "Relative score per category (mean of both orders)",
+                xs,
+                {c: [_get(r.eval, "by_category", c, "relative", "mean") for r in run.rounds] for c in cat_names},
+                ylabel="relative score",
+            ),
+        )
+    )
     fams = sorted({f for r in run.rounds for f in (_get(r.oracle, "accuracy") or {})})
     if fams:
         series = {f: [_get(r.oracle, "accuracy", f) for r in run.rounds] for f in fams}
         series["overall"] = [_get(r.oracle, "overall") for r in run.rounds]
         where = sorted({r.oracle_source for r in run.rounds if r.oracle})
-        figs.append((sec, "Exact accuracy per task family (offline world)", plots.line_chart(
-            f"Oracle-graded exact accuracy of the student ({' / '.join(where)} questions)", xs, series,
-            ylabel="accuracy", percent=True, emphasise=("overall",),
-            ylim=(-3, 103))))
+        figs.append(
+            (
+                sec,
+                "Exact accuracy per task family (offline world)",
+                plots.line_chart(
+                    f"Oracle-graded exact accuracy of the student ({' / '.join(where)} questions)",
+                    xs,
+                    series,
+                    ylabel="accuracy",
+                    percent=True,
+                    emphasise=("overall",),
+                    ylim=(-3, 103),
+                ),
+            )
+        )
     return figs
 
 
@@ -266,8 +388,7 @@ def find_lineages(run: RunData, k: int = 3, max_children: int = 5) -> list[Linea
             kids = []
             for g in children[sid][:max_children]:
                 gid = str(g.get("id"))
-                kids.append({**g, "next": next_split.get(gid),
-                             "answer": nxt.student_answers.get(gid) if nxt else None})
+                kids.append({**g, "next": next_split.get(gid), "answer": nxt.student_answers.get(gid) if nxt else None})
             judged = sum(1 for c in kids if (c["next"] or {}).get("label") in ("hard", "easy"))
             lin = Lineage(r.no, s, r.student_answers.get(sid), kids)
             cands.append((judged, float(s.get("gap") or 0.0), lin))
@@ -293,22 +414,28 @@ def round_rows(run: RunData) -> list[dict[str, str]]:
         d, g = r.disc, r.gen
         rej = g.get("rejected") if isinstance(g.get("rejected"), dict) else _count(x.get("reason") for x in r.rejected)
         done = [p for p in ("imitation", "discrimination", "generation") if (r.path / f"{p}.done").exists()]
-        rows.append({
-            "round": str(r.no),
-            "phases done": ",".join(p[:3] for p in done) or "-",
-            "train": _f(_get(r.metrics, "imitation", "n_train"), ".0f"),
-            "judged": _f(d.get("n"), ".0f"),
-            "hard/easy/excl": "-" if d.get("n") is None else f"{d.get('hard', 0)}/{d.get('easy', 0)}/{d.get('excluded', 0)}",
-            "hard %": _f(d.get("hard_ratio") * 100 if d.get("hard_ratio") is not None else None, ".1f"),
-            "T mean": _f(d.get("teacher_mean")),
-            "S mean": _f(d.get("student_mean")),
-            "flip %": _f(d.get("swap_flip_rate") * 100 if d.get("swap_flip_rate") is not None else None, ".1f"),
-            "parse fail": _f(d.get("parse_failures"), ".0f"),
-            "new h/e": "-" if not g else f"{_get(g, 'accepted', 'hard') or 0}/{_get(g, 'accepted', 'easy') or 0}",
-            "rejected": str(sum(int(v) for v in rej.values())) if rej else "0" if g else "-",
-            "eval rel %": _f(_eval_rel(r.eval)),
-            "oracle acc %": _f(_get(r.oracle, "overall") * 100 if _get(r.oracle, "overall") is not None else None, ".1f"),
-        })
+        rows.append(
+            {
+                "round": str(r.no),
+                "phases done": ",".join(p[:3] for p in done) or "-",
+                "train": _f(_get(r.metrics, "imitation", "n_train"), ".0f"),
+                "judged": _f(d.get("n"), ".0f"),
+                "hard/easy/excl": "-"
+                if d.get("n") is None
+                else f"{d.get('hard', 0)}/{d.get('easy', 0)}/{d.get('excluded', 0)}",
+                "hard %": _f(d.get("hard_ratio") * 100 if d.get("hard_ratio") is not None else None, ".1f"),
+                "T mean": _f(d.get("teacher_mean")),
+                "S mean": _f(d.get("student_mean")),
+                "flip %": _f(d.get("swap_flip_rate") * 100 if d.get("swap_flip_rate") is not None else None, ".1f"),
+                "parse fail": _f(d.get("parse_failures"), ".0f"),
+                "new h/e": "-" if not g else f"{_get(g, 'accepted', 'hard') or 0}/{_get(g, 'accepted', 'easy') or 0}",
+                "rejected": str(sum(int(v) for v in rej.values())) if rej else "0" if g else "-",
+                "eval rel %": _f(_eval_rel(r.eval)),
+                "oracle acc %": _f(
+                    _get(r.oracle, "overall") * 100 if _get(r.oracle, "overall") is not None else None, ".1f"
+                ),
+            }
+        )
     return rows
 
 
@@ -339,20 +466,26 @@ def _short(spec: Any) -> str:
 
 def text_summary(run: RunData) -> str:
     done = _get(run.state, "rounds_completed")
-    lines = [f"lion run {run.path}: {len(run.rounds)} round director{'y' if len(run.rounds) == 1 else 'ies'}"
-             + (f", {done} round(s) completed" if done is not None else "")]
+    lines = [
+        f"lion run {run.path}: {len(run.rounds)} round director{'y' if len(run.rounds) == 1 else 'ies'}"
+        + (f", {done} round(s) completed" if done is not None else "")
+    ]
     lines.append(_table_text(round_rows(run)))
     t = usage_total(run)
-    lines.append(f"LLM usage: {t['calls']:.0f} calls ({t['cached']:.0f} replayed from cache), "
-                 f"{t['tokens_in']:.0f} tokens in, {t['tokens_out']:.0f} out, ${t['usd']:.4f}")
+    lines.append(
+        f"LLM usage: {t['calls']:.0f} calls ({t['cached']:.0f} replayed from cache), "
+        f"{t['tokens_in']:.0f} tokens in, {t['tokens_out']:.0f} out, ${t['usd']:.4f}"
+    )
     evals = [(r.no, r.eval) for r in run.rounds if r.eval]
     if evals:
         no, e = evals[-1]
         o = e.get("overall", {})
         rel = o.get("relative", {})
-        lines.append(f"evaluation (round {no}, {_short(e.get('questions', '?'))}): relative score {_f(rel.get('mean'))}% "
-                     f"(ref first {_f(rel.get('ref_first'))}, cand first {_f(rel.get('cand_first'))}), "
-                     f"W/T/L {o.get('win', 0)}/{o.get('tie', 0)}/{o.get('loss', 0)} over {o.get('n_scored', 0)} questions")
+        lines.append(
+            f"evaluation (round {no}, {_short(e.get('questions', '?'))}): relative score {_f(rel.get('mean'))}% "
+            f"(ref first {_f(rel.get('ref_first'))}, cand first {_f(rel.get('cand_first'))}), "
+            f"W/T/L {o.get('win', 0)}/{o.get('tie', 0)}/{o.get('loss', 0)} over {o.get('n_scored', 0)} questions"
+        )
     for name, e in run.other_evals.items():
         rel = _get(e, "overall", "relative") or {}
         lines.append(f"evaluation of {name}: relative score {_f(rel.get('mean'))}%")
@@ -399,10 +532,16 @@ def _lineages_html(lins: list[Lineage]) -> str:
             f"<h3>Round {lin.round} hard seed <code>{_esc(s.get('id'))}</code>: gap {_f(s.get('gap'))} "
             f"(teacher {_f(s.get('teacher_score'))}, student {_f(s.get('student_score'))})</h3>"
             f"<div class=q>{_esc(_clip(s.get('instruction'), 500))}</div>"
-            + (f"<p class=muted>student answer (round {lin.round}): {_esc(_clip(lin.seed_answer, 200))}</p>"
-               if lin.seed_answer is not None else ""))
-        rows = ["<tr><th>generated (hard)</th><th>next round: teacher</th><th>student</th><th>gap</th>"
-                "<th>label</th><th>student answer next round</th></tr>"]
+            + (
+                f"<p class=muted>student answer (round {lin.round}): {_esc(_clip(lin.seed_answer, 200))}</p>"
+                if lin.seed_answer is not None
+                else ""
+            )
+        )
+        rows = [
+            "<tr><th>generated (hard)</th><th>next round: teacher</th><th>student</th><th>gap</th>"
+            "<th>label</th><th>student answer next round</th></tr>"
+        ]
         for c in lin.children:
             nx = c.get("next") or {}
             label = nx.get("label", "not judged")
@@ -410,7 +549,8 @@ def _lineages_html(lins: list[Lineage]) -> str:
                 f"<tr><td class=q>{_esc(_clip(c.get('instruction'), 300))}</td>"
                 f"<td class=num>{_f(nx.get('teacher_score'))}</td><td class=num>{_f(nx.get('student_score'))}</td>"
                 f"<td class=num>{_f(nx.get('gap'))}</td><td class={_esc(label)}>{_esc(label)}</td>"
-                f"<td class=q>{_esc(_clip(c.get('answer'), 200)) if c.get('answer') is not None else '-'}</td></tr>")
+                f"<td class=q>{_esc(_clip(c.get('answer'), 200)) if c.get('answer') is not None else '-'}</td></tr>"
+            )
         parts.append("<table>" + "".join(rows) + "</table>")
     return "\n".join(parts)
 
@@ -425,12 +565,21 @@ def _eval_tables_html(run: RunData) -> str:
         o = e.get("overall", {})
         rel = o.get("relative", {})
         j = e.get("judge", {})
-        rows.append({"evaluated": name, "questions": _short(e.get("questions", "-")), "n": str(o.get("n_scored", "-")),
-                     "ref first %": _f(rel.get("ref_first")), "cand first %": _f(rel.get("cand_first")),
-                     "mean %": _f(rel.get("mean")), "cand mean": _f(o.get("candidate_mean")),
-                     "ref mean": _f(o.get("reference_mean")), "W/T/L": f"{o.get('win', 0)}/{o.get('tie', 0)}/{o.get('loss', 0)}",
-                     "judge parse fail": _f(j.get("parse_failures"), ".0f"),
-                     "swap-flip %": _f(j["swap_flip_rate"] * 100 if j.get("swap_flip_rate") is not None else None, ".1f")})
+        rows.append(
+            {
+                "evaluated": name,
+                "questions": _short(e.get("questions", "-")),
+                "n": str(o.get("n_scored", "-")),
+                "ref first %": _f(rel.get("ref_first")),
+                "cand first %": _f(rel.get("cand_first")),
+                "mean %": _f(rel.get("mean")),
+                "cand mean": _f(o.get("candidate_mean")),
+                "ref mean": _f(o.get("reference_mean")),
+                "W/T/L": f"{o.get('win', 0)}/{o.get('tie', 0)}/{o.get('loss', 0)}",
+                "judge parse fail": _f(j.get("parse_failures"), ".0f"),
+                "swap-flip %": _f(j["swap_flip_rate"] * 100 if j.get("swap_flip_rate") is not None else None, ".1f"),
+            }
+        )
     parts.append(_html_table(rows))
     return "\n".join(parts)
 
@@ -438,9 +587,12 @@ def _eval_tables_html(run: RunData) -> str:
 def render_html(run: RunData, figures: list[tuple[str, str, bytes | None]], lineages: list[Lineage]) -> str:
     cfg = run.config or {}
     facts = {
-        "student": _get(cfg, "student", "model"), "mode": _get(cfg, "student", "mode"),
-        "teacher": _get(cfg, "llm", "teacher", "model"), "referee": _get(cfg, "llm", "referee", "model"),
-        "generator": _get(cfg, "llm", "generator", "model"), "tau": _get(cfg, "discrimination", "tau"),
+        "student": _get(cfg, "student", "model"),
+        "mode": _get(cfg, "student", "mode"),
+        "teacher": _get(cfg, "llm", "teacher", "model"),
+        "referee": _get(cfg, "llm", "referee", "model"),
+        "generator": _get(cfg, "llm", "generator", "model"),
+        "tau": _get(cfg, "discrimination", "tau"),
         "offline world": _get(cfg, "sim", "enabled"),
     }
     fact_html = " · ".join(f"{_esc(k)}: <b>{_esc(v)}</b>" for k, v in facts.items() if v is not None)
@@ -449,7 +601,8 @@ def render_html(run: RunData, figures: list[tuple[str, str, bytes | None]], line
         f"<title>lion run report: {_esc(run.path.name)}</title><style>{_CSS}</style></head><body>",
         f"<h1>lion run report: {_esc(run.path)}</h1>",
         f"<p>{fact_html}</p>" if fact_html else "",
-        "<h2>Per round</h2>", _html_table(round_rows(run)),
+        "<h2>Per round</h2>",
+        _html_table(round_rows(run)),
         f"<pre>{_esc(text_summary(run))}</pre>",
     ]
     section = None
@@ -463,8 +616,10 @@ def render_html(run: RunData, figures: list[tuple[str, str, bytes | None]], line
             out.append(f"<p class=muted>{_esc(title)}: no data yet</p>")
             continue
         b64 = base64.b64encode(png).decode("ascii")
-        out.append(f"<figure><img alt='{_esc(title)}' src='data:image/png;base64,{b64}'>"
-                   f"<figcaption>{_esc(title)}</figcaption></figure>")
+        out.append(
+            f"<figure><img alt='{_esc(title)}' src='data:image/png;base64,{b64}'>"
+            f"<figcaption>{_esc(title)}</figcaption></figure>"
+        )
     out.append("<h2>Example lineages: hard seeds, what was generated from them, and the next round</h2>")
     out.append(_lineages_html(lineages))
     out.append("</body></html>")

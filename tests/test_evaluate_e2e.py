@@ -24,8 +24,10 @@ from lion.teachers.gateway import Gateway
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VICUNA = DATA / "vicuna80"
-needs_data = pytest.mark.skipif(not (VICUNA / "question.jsonl").is_file(),
-                                reason=f"public evaluation data not found at {VICUNA} (see ../shared/data/README.md)")
+needs_data = pytest.mark.skipif(
+    not (VICUNA / "question.jsonl").is_file(),
+    reason=f"public evaluation data not found at {VICUNA} (see ../shared/data/README.md)",
+)
 N_Q = 12
 BIAS = 1  # the scripted judge adds this to whichever answer it is shown first
 
@@ -91,17 +93,31 @@ def tiny_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(run_dir: Path, base_url: str, **llm: Any) -> Any:
-    role = {"base_url": base_url, "model": "sim-judge", "rpm": 60000.0, "tpm": 1e9, "max_tokens": 64,
-            "timeout_s": 10.0, "max_attempts": 3, "backoff_initial_s": 0.01, "backoff_max_s": 0.1,
-            "max_in_flight": 8}
-    return config_from_dict({
-        "run_dir": str(run_dir),
-        "llm": {"default": role, **llm},
-        "student": {"model": "tiny", "infer": {"max_new_tokens": 16, "batch_size": 16}},
-        "pools": {"train_seed": "unused.jsonl"},
-        "eval": {"questions": str(VICUNA / "question.jsonl"), "reference_answers": str(VICUNA / "answer_gpt35.jsonl"),
-                 "max_questions": N_Q},
-    })
+    role = {
+        "base_url": base_url,
+        "model": "sim-judge",
+        "rpm": 60000.0,
+        "tpm": 1e9,
+        "max_tokens": 64,
+        "timeout_s": 10.0,
+        "max_attempts": 3,
+        "backoff_initial_s": 0.01,
+        "backoff_max_s": 0.1,
+        "max_in_flight": 8,
+    }
+    return config_from_dict(
+        {
+            "run_dir": str(run_dir),
+            "llm": {"default": role, **llm},
+            "student": {"model": "tiny", "infer": {"max_new_tokens": 16, "batch_size": 16}},
+            "pools": {"train_seed": "unused.jsonl"},
+            "eval": {
+                "questions": str(VICUNA / "question.jsonl"),
+                "reference_answers": str(VICUNA / "answer_gpt35.jsonl"),
+                "max_questions": N_Q,
+            },
+        }
+    )
 
 
 def _always_bad() -> str:
@@ -142,7 +158,8 @@ def test_evaluation_with_real_reference_answers(tmp_path: Path, sim_server: Any,
     before = server.stats.requests
     with Gateway(cfg.llm, cfg.run_path, progress=False) as gw:
         assert evaluate(cfg, gw, tiny_student, out, name="tiny", progress=False) == json.loads(
-            (out / "summary.json").read_text())
+            (out / "summary.json").read_text()
+        )
     assert server.stats.requests == before
     # other generation settings: the saved candidate answers are stale and are generated again
     cfg.student.infer.max_new_tokens = 4
@@ -198,14 +215,18 @@ def test_answers_file_errors_name_the_file(tmp_path: Path) -> None:
 def test_offline_world_cli(tmp_path: Path, tiny_student: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """python -m lion.evaluate on the offline world: oracle questions, oracle teacher as reference and judge."""
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(json.dumps({
-        "run_dir": str(tmp_path / "run"),
-        "llm": {"default": {"model": "oracle", "max_tokens": 64, "backoff_initial_s": 0.01}},
-        "student": {"model": "tiny", "infer": {"max_new_tokens": 12}},
-        "pools": {"train_seed": "unused.jsonl"},
-        "sim": {"enabled": True, "responder": "oracle"},
-        "eval": {"oracle_per_family": 1},
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "run_dir": str(tmp_path / "run"),
+                "llm": {"default": {"model": "oracle", "max_tokens": 64, "backoff_initial_s": 0.01}},
+                "student": {"model": "tiny", "infer": {"max_new_tokens": 12}},
+                "pools": {"train_seed": "unused.jsonl"},
+                "sim": {"enabled": True, "responder": "oracle"},
+                "eval": {"oracle_per_family": 1},
+            }
+        )
+    )
     assert main(["--config", str(cfg), "--model", str(tiny_student), "--name", "base", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     s = json.loads((tmp_path / "run" / "eval" / "base" / "summary.json").read_text())
@@ -218,8 +239,9 @@ def test_offline_world_cli(tmp_path: Path, tiny_student: Path, capsys: pytest.Ca
     assert "oracle exact accuracy" in printed and "saved under" in printed
 
 
-def test_round_cli_replays_and_counts_training_leaks(tmp_path: Path, tiny_student: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_round_cli_replays_and_counts_training_leaks(
+    tmp_path: Path, tiny_student: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--round R evaluates round R's student into round_XX/eval; the same calls replay from the run's cache;
     questions that occur in a Train Pool are counted and flagged."""
     import shutil
@@ -228,16 +250,25 @@ def test_round_cli_replays_and_counts_training_leaks(tmp_path: Path, tiny_studen
 
     run = tmp_path / "run"
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(json.dumps({
-        "run_dir": str(run), "llm": {"default": {"model": "oracle", "max_tokens": 64}},
-        "student": {"model": "tiny", "infer": {"max_new_tokens": 12}}, "pools": {"train_seed": "unused.jsonl"},
-        "sim": {"enabled": True, "responder": "oracle"}, "eval": {"questions": "oracle", "oracle_per_family": 1},
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "run_dir": str(run),
+                "llm": {"default": {"model": "oracle", "max_tokens": 64}},
+                "student": {"model": "tiny", "infer": {"max_new_tokens": 12}},
+                "pools": {"train_seed": "unused.jsonl"},
+                "sim": {"enabled": True, "responder": "oracle"},
+                "eval": {"questions": "oracle", "oracle_per_family": 1},
+            }
+        )
+    )
     assert main(["--config", str(cfg), "--model", str(tiny_student), "--name", "base", "--no-progress"]) == 0
     first = json.loads((run / "usage.json").read_text())["total"]
     shutil.copytree(tiny_student, run / "round_01" / "student")
     leaked = read_jsonl(run / "eval" / "base" / "questions.jsonl")[:2]
-    write_jsonl(run / "round_01" / "train_pool.jsonl", [{"id": q["id"], "instruction": q["instruction"]} for q in leaked])
+    write_jsonl(
+        run / "round_01" / "train_pool.jsonl", [{"id": q["id"], "instruction": q["instruction"]} for q in leaked]
+    )
     assert main(["--config", str(cfg), "--round", "1", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     s = json.loads((run / "round_01" / "eval" / "summary.json").read_text())
@@ -285,4 +316,3 @@ def test_teacher_as_reference_and_a_missing_answer(tmp_path: Path, sim_server: A
     assert [t["excluded"] for t in table] == [None, "no reference answer", None, None]
     want = summarize(expected_rows(out, "\x00never"))
     assert s["overall"]["relative"] == want["overall"]["relative"] and s["judge"] == want["judge"]
-

@@ -55,10 +55,16 @@ def test_paper_lion7b_figures() -> None:
     for i in range(80):
         # ref_first: reference 40x9 + 40x10 = 760, candidate 80x9 = 720 -> 94.74
         # cand_first: reference 74x8 + 6x9 = 646, candidate 40x7 + 40x8 = 600 -> 92.88
-        rows.append(QuestionScores(str(i), "generic", {
-            "ref_first": (9, 9 if i < 40 else 10),
-            "cand_first": (7 if i < 40 else 8, 9 if i < 6 else 8),
-        }))
+        rows.append(
+            QuestionScores(
+                str(i),
+                "generic",
+                {
+                    "ref_first": (9, 9 if i < 40 else 10),
+                    "cand_first": (7 if i < 40 else 8, 9 if i < 6 else 8),
+                },
+            )
+        )
     rel = summarize(rows)["overall"]["relative"]
     assert round(rel["ref_first"], 2) == 94.74
     assert round(rel["cand_first"], 2) == 92.88
@@ -73,10 +79,24 @@ def test_no_scored_question_gives_no_number() -> None:
 
 
 def test_rows_from_table_round_trip() -> None:
-    table = [{"id": "a", "category": "c", "ref_first_candidate": 7, "ref_first_reference": 8,
-              "cand_first_candidate": 8, "cand_first_reference": 8},
-             {"id": "b", "category": "c", "ref_first_candidate": None, "ref_first_reference": None,
-              "cand_first_candidate": 2, "cand_first_reference": 9}]
+    table = [
+        {
+            "id": "a",
+            "category": "c",
+            "ref_first_candidate": 7,
+            "ref_first_reference": 8,
+            "cand_first_candidate": 8,
+            "cand_first_reference": 8,
+        },
+        {
+            "id": "b",
+            "category": "c",
+            "ref_first_candidate": None,
+            "ref_first_reference": None,
+            "cand_first_candidate": 2,
+            "cand_first_reference": 9,
+        },
+    ]
     rows = rows_from_table(table)
     assert rows[0].scores == {"ref_first": (7.0, 8.0), "cand_first": (8.0, 8.0)}
     assert not rows[1].ok and rows[1].scores["cand_first"] == (2.0, 9.0)

@@ -31,8 +31,10 @@ def fake_run(root: Path, rounds: int = 2) -> Path:
     rng = random.Random(0)
     run = root / "run"
     run.mkdir()
-    (run / "config.yaml").write_text("student: {model: tiny, mode: full}\nllm: {teacher: {model: sim}}\n"
-                                     "discrimination: {tau: 1.0}\nsim: {enabled: true}\n")
+    (run / "config.yaml").write_text(
+        "student: {model: tiny, mode: full}\nllm: {teacher: {model: sim}}\n"
+        "discrimination: {tau: 1.0}\nsim: {enabled: true}\n"
+    )
     write_json(run / "state.json", {"rounds_completed": rounds})
     usage_by = []
     cache = [_inst(f"Reverse the word '{w}'.", meta={"family": "reverse"}) for w in WORDS]
@@ -49,13 +51,31 @@ def fake_run(root: Path, rounds: int = 2) -> Path:
             ok = rng.random() > 0.05
             gap = t - s if ok else None
             label = "excluded" if not ok else ("hard" if gap >= 1.0 else "easy")
-            split.append({"id": row["id"], "instruction": row["instruction"], "teacher_score": t if ok else None,
-                          "student_score": s if ok else None, "gap": gap, "label": label, "meta": row.get("meta", {})})
+            split.append(
+                {
+                    "id": row["id"],
+                    "instruction": row["instruction"],
+                    "teacher_score": t if ok else None,
+                    "student_score": s if ok else None,
+                    "gap": gap,
+                    "label": label,
+                    "meta": row.get("meta", {}),
+                }
+            )
             answers.append({"id": row["id"], "answer": "77" if hard_family else row["instruction"][-7:-2][::-1]})
             for order in ("ts", "st"):
-                judgements.append({"id": row["id"], "order": order, "raw": f"ok\nSCORES: A={int(t)}, B={int(s)}",
-                                   "teacher_score": t, "student_score": s, "ok": ok, "error": None if ok else "parse",
-                                   "attempts": 1 if ok else 3})
+                judgements.append(
+                    {
+                        "id": row["id"],
+                        "order": order,
+                        "raw": f"ok\nSCORES: A={int(t)}, B={int(s)}",
+                        "teacher_score": t,
+                        "student_score": s,
+                        "ok": ok,
+                        "error": None if ok else "parse",
+                        "attempts": 1 if ok else 3,
+                    }
+                )
         write_jsonl(d / "split.jsonl", split)
         write_jsonl(d / "student_answers.jsonl", answers)
         write_jsonl(d / "judgements.jsonl", judgements)
@@ -64,58 +84,135 @@ def fake_run(root: Path, rounds: int = 2) -> Path:
         generated = []
         for i, h in enumerate(hard):
             for j in range(2):
-                generated.append(_inst(f"Add {10 + i * 7 + j + r * 100} and {j + 3}.", round=r, kind="hard",
-                                       parent=h["id"], meta={"family": "add"}))
+                generated.append(
+                    _inst(
+                        f"Add {10 + i * 7 + j + r * 100} and {j + 3}.",
+                        round=r,
+                        kind="hard",
+                        parent=h["id"],
+                        meta={"family": "add"},
+                    )
+                )
         for i, e in enumerate(easy[:3]):
-            generated.append(_inst(f"Uppercase the word '{WORDS[i]}{r}'.", round=r, kind="easy", parent=e["id"],
-                                   meta={"family": "upper"}))
-        rejected = [{"text": "Add 12 and 34.", "kind": "hard", "parent": hard[0]["id"], "reason": "near_duplicate"},
-                    {"text": "", "kind": "easy", "parent": None, "reason": "parse"},
-                    {"text": "New prompt: add", "kind": "hard", "parent": None, "reason": "meta_word"}][: r + 1]
+            generated.append(
+                _inst(
+                    f"Uppercase the word '{WORDS[i]}{r}'.",
+                    round=r,
+                    kind="easy",
+                    parent=e["id"],
+                    meta={"family": "upper"},
+                )
+            )
+        rejected = [
+            {"text": "Add 12 and 34.", "kind": "hard", "parent": hard[0]["id"], "reason": "near_duplicate"},
+            {"text": "", "kind": "easy", "parent": None, "reason": "parse"},
+            {"text": "New prompt: add", "kind": "hard", "parent": None, "reason": "meta_word"},
+        ][: r + 1]
         write_jsonl(d / "generated.jsonl", generated)
         write_jsonl(d / "rejected.jsonl", rejected)
         n_hard = sum(1 for g in generated if g["kind"] == "hard")
         ok_rows = [x for x in split if x["label"] != "excluded"]
         usage_by = [
-            {"role": "teacher", "model": "sim", "phase": "imitation", "calls": 40 * r, "cached": 10, "tokens_in": 900 * r,
-             "tokens_out": 300 * r, "usd": 0.002 * r},
-            {"role": "referee", "model": "sim", "phase": "discrimination", "calls": 32 * r, "cached": 0,
-             "tokens_in": 5000 * r, "tokens_out": 800 * r, "usd": 0.01 * r},
-            {"role": "generator", "model": "sim", "phase": "generation", "calls": 20 * r, "cached": 0,
-             "tokens_in": 1500 * r, "tokens_out": 400 * r, "usd": 0.003 * r},
-            {"role": "judge", "model": "sim", "phase": "eval", "calls": 16 * r, "cached": 0,
-             "tokens_in": 2000 * r, "tokens_out": 300 * r, "usd": 0.004 * r},
+            {
+                "role": "teacher",
+                "model": "sim",
+                "phase": "imitation",
+                "calls": 40 * r,
+                "cached": 10,
+                "tokens_in": 900 * r,
+                "tokens_out": 300 * r,
+                "usd": 0.002 * r,
+            },
+            {
+                "role": "referee",
+                "model": "sim",
+                "phase": "discrimination",
+                "calls": 32 * r,
+                "cached": 0,
+                "tokens_in": 5000 * r,
+                "tokens_out": 800 * r,
+                "usd": 0.01 * r,
+            },
+            {
+                "role": "generator",
+                "model": "sim",
+                "phase": "generation",
+                "calls": 20 * r,
+                "cached": 0,
+                "tokens_in": 1500 * r,
+                "tokens_out": 400 * r,
+                "usd": 0.003 * r,
+            },
+            {
+                "role": "judge",
+                "model": "sim",
+                "phase": "eval",
+                "calls": 16 * r,
+                "cached": 0,
+                "tokens_in": 2000 * r,
+                "tokens_out": 300 * r,
+                "usd": 0.004 * r,
+            },
         ]
         acc = {"reverse": 0.3 * r, "add": 0.05, "upper": 0.4 + 0.2 * r}
         metrics = {
             "round": r,
             "imitation": {"n_train": len(cache), "n_failed_answers": 0, "train": {"train_loss_last": 1.2 / r}},
             "discrimination": {
-                "n": len(split), "hard": len(hard), "easy": len(easy), "excluded": len(split) - len(ok_rows),
+                "n": len(split),
+                "hard": len(hard),
+                "easy": len(easy),
+                "excluded": len(split) - len(ok_rows),
                 "hard_ratio": len(hard) / max(1, len(ok_rows)),
                 "teacher_mean": sum(x["teacher_score"] for x in ok_rows) / len(ok_rows),
                 "student_mean": sum(x["student_score"] for x in ok_rows) / len(ok_rows),
-                "parse_failures": len(split) - len(ok_rows), "parse_failure_rate": (len(split) - len(ok_rows)) / len(split) / 2,
-                "swap_flip_rate": 0.1 / r},
-            "generation": {"wanted": {"hard": n_hard, "easy": 3}, "accepted": {"hard": n_hard, "easy": len(generated) - n_hard},
-                           "requests": len(generated) + len(rejected),
-                           "rejected": {x["reason"]: 1 for x in rejected}, "stopped": "targets_met"},
+                "parse_failures": len(split) - len(ok_rows),
+                "parse_failure_rate": (len(split) - len(ok_rows)) / len(split) / 2,
+                "swap_flip_rate": 0.1 / r,
+            },
+            "generation": {
+                "wanted": {"hard": n_hard, "easy": 3},
+                "accepted": {"hard": n_hard, "easy": len(generated) - n_hard},
+                "requests": len(generated) + len(rejected),
+                "rejected": {x["reason"]: 1 for x in rejected},
+                "stopped": "targets_met",
+            },
             "usage": {"by": usage_by},
-            "eval": {"questions": "oracle heldout", "overall": {
-                "n": 24, "n_scored": 23, "n_excluded": 1, "relative": {"ref_first": 40.0 + 10 * r, "cand_first": 38.0 + 10 * r,
-                                                                        "mean": 39.0 + 10 * r},
-                "candidate_mean": 3.0 + r, "reference_mean": 9.0, "win": r, "tie": 2, "loss": 20 - r},
+            "eval": {
+                "questions": "oracle heldout",
+                "overall": {
+                    "n": 24,
+                    "n_scored": 23,
+                    "n_excluded": 1,
+                    "relative": {"ref_first": 40.0 + 10 * r, "cand_first": 38.0 + 10 * r, "mean": 39.0 + 10 * r},
+                    "candidate_mean": 3.0 + r,
+                    "reference_mean": 9.0,
+                    "win": r,
+                    "tie": 2,
+                    "loss": 20 - r,
+                },
                 "by_category": {f: {"relative": {"mean": 100 * a}} for f, a in acc.items()},
-                "judge": {"parse_failures": 1, "swap_flip_rate": 0.05}},
+                "judge": {"parse_failures": 1, "swap_flip_rate": 0.05},
+            },
             "oracle": {"accuracy": acc, "overall": sum(acc.values()) / 3},
         }
         write_json(d / "metrics.json", metrics)
         for p in ("imitation", "discrimination", "generation"):
             write_json(d / f"{p}.done", {})
         cache = cache + generated
-    write_json(run / "usage.json", {"by": usage_by, "total": {
-        "calls": sum(u["calls"] for u in usage_by), "cached": 10, "tokens_in": sum(u["tokens_in"] for u in usage_by),
-        "tokens_out": sum(u["tokens_out"] for u in usage_by), "usd": sum(u["usd"] for u in usage_by)}})
+    write_json(
+        run / "usage.json",
+        {
+            "by": usage_by,
+            "total": {
+                "calls": sum(u["calls"] for u in usage_by),
+                "cached": 10,
+                "tokens_in": sum(u["tokens_in"] for u in usage_by),
+                "tokens_out": sum(u["tokens_out"] for u in usage_by),
+                "usd": sum(u["usd"] for u in usage_by),
+            },
+        },
+    )
     return run
 
 

@@ -31,19 +31,46 @@ pytestmark = pytest.mark.skipif(not SEEDS.exists(), reason=f"public data not fou
 def test_report_of_a_real_two_round_run(tmp_path: Path) -> None:
     with SimServer(LoopResponder(), latency_ms=1) as srv:
         url = srv.base_url
-        cfg = config_from_dict({
-            "run_dir": str(tmp_path / "run"), "seed": 3, "rounds": 2, "final_imitation": False,
-            "llm": {"default": {"base_url": url, "model": "scripted", "rpm": 60000, "tpm": 1e8, "max_in_flight": 8,
-                                "max_attempts": 3, "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 10},
-                    "prices": {"scripted": {"input": 1.0, "output": 2.0}}},
-            "student": {"model": "tiny", "tiny": {"vocab": "char", "hidden": 32, "layers": 1, "heads": 2},
-                        "max_length": 256, "max_steps": 4, "per_device_batch_size": 8, "grad_accum": 1, "lr": 1e-3,
-                        "infer": {"backend": "transformers", "max_new_tokens": 12, "batch_size": 16}},
-            "pools": {"train_seed": str(SEEDS), "limit": 10},
-            "generation": {"n_hard": 3, "n_easy": 3, "batch_size": 8},
-            "eval": {"every_round": True, "questions": str(VICUNA / "question.jsonl"),
-                     "reference_answers": str(VICUNA / "answer_gpt35.jsonl"), "max_questions": 6},
-        })
+        cfg = config_from_dict(
+            {
+                "run_dir": str(tmp_path / "run"),
+                "seed": 3,
+                "rounds": 2,
+                "final_imitation": False,
+                "llm": {
+                    "default": {
+                        "base_url": url,
+                        "model": "scripted",
+                        "rpm": 60000,
+                        "tpm": 1e8,
+                        "max_in_flight": 8,
+                        "max_attempts": 3,
+                        "backoff_initial_s": 0.05,
+                        "backoff_max_s": 0.2,
+                        "timeout_s": 10,
+                    },
+                    "prices": {"scripted": {"input": 1.0, "output": 2.0}},
+                },
+                "student": {
+                    "model": "tiny",
+                    "tiny": {"vocab": "char", "hidden": 32, "layers": 1, "heads": 2},
+                    "max_length": 256,
+                    "max_steps": 4,
+                    "per_device_batch_size": 8,
+                    "grad_accum": 1,
+                    "lr": 1e-3,
+                    "infer": {"backend": "transformers", "max_new_tokens": 12, "batch_size": 16},
+                },
+                "pools": {"train_seed": str(SEEDS), "limit": 10},
+                "generation": {"n_hard": 3, "n_easy": 3, "batch_size": 8},
+                "eval": {
+                    "every_round": True,
+                    "questions": str(VICUNA / "question.jsonl"),
+                    "reference_answers": str(VICUNA / "answer_gpt35.jsonl"),
+                    "max_questions": 6,
+                },
+            }
+        )
         lion_loop(cfg, progress=False, echo=False)
     run = tmp_path / "run"
     for r in (1, 2):  # the per-round evaluation ran and landed in the round's metrics
