@@ -119,3 +119,14 @@ def test_cli_trains_from_a_jsonl_file(tmp_path, tiny_char_base, capsys) -> None:
                  "--init-from", str(tiny_char_base), "--out", str(tmp_path / "out")]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["packing"] is True and Path(summary["path"]).is_dir()
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_gradient_checkpointing_trains(tmp_path, tiny_char_base, mode) -> None:
+    cfg = _cfg(tiny_char_base, mode=mode, max_steps=3, logging_steps=1, gradient_checkpointing=True,
+               lora=LoraConfig(r=4, alpha=8, between_rounds="continue"))
+    res = train_student(cfg, student_fact_examples(3), tiny_char_base, tmp_path / mode, progress=False,
+                        keep_model=True)
+    inner = res.model.get_base_model() if mode == "lora" else res.model
+    assert any(getattr(mod, "gradient_checkpointing", False) for mod in inner.modules())
+    assert res.metrics["steps"] == 3 and all(loss == loss for loss in res.metrics["losses"])  # no NaN
