@@ -88,3 +88,26 @@ def test_cli_answers_a_jsonl_file(tmp_path, facts_student, capsys) -> None:
     assert [r["id"] for r in rows] == [f"q{i}" for i in range(8)]
     assert [r["answer"] for r in rows] == [a for _, a in STUDENT_FACTS]
     assert json.loads(capsys.readouterr().out.strip())["answers"] == 8
+
+
+def test_stop_ids_include_the_models_end_of_turn_tokens(tiny_char_base) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lion.student.infer import stop_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_char_base)
+    model = AutoModelForCausalLM.from_pretrained(tiny_char_base)
+    assert stop_ids(model, tok) == [tok.eos_token_id]
+    model.generation_config.eos_token_id = [tok.eos_token_id, 7]  # e.g. a chat model's end-of-turn token
+    assert stop_ids(model, tok) == [tok.eos_token_id, 7]
+    from lion.student.data import encode_prompt
+    from lion.student.infer import generate_hf
+
+    model.generation_config.eos_token_id = tok.eos_token_id
+    ids = [encode_prompt(tok, p) for p in PROMPTS[:2]]
+    before = generate_hf(model, tok, ids, InferConfig(max_new_tokens=6), progress=False)
+    assert all(len(b) == 6 for b in before)  # the untrained model never says EOS
+    first = tok(before[0][0], add_special_tokens=False)["input_ids"][0]
+    model.generation_config.eos_token_id = [tok.eos_token_id, first]
+    after = generate_hf(model, tok, ids, InferConfig(max_new_tokens=6), progress=False)
+    assert after[0] == "" and all(before[0][0] not in a for a in after)

@@ -115,20 +115,35 @@ def load_model(base: str, cfg: InferConfig, *, adapter: str | Path | None = None
     return model
 
 
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS first, then any other end token the model's generation config names (e.g. end-of-turn)."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for t in [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or []):
+        if int(t) not in ids:
+            ids.append(int(t))
+    if not ids:
+        raise ConfigError("student.model: neither the tokenizer nor the model names an EOS token")
+    return ids
+
+
 def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConfig, *, progress: bool = True,
                 min_new_tokens: int = 0) -> list[str]:
     """Batched generation from token ids (sorted by length, left-padded). `min_new_tokens` is for benchmarks."""
     import torch
     from tqdm.auto import tqdm
 
-    eos = tokenizer.eos_token_id
+    eos_ids = stop_ids(model, tokenizer)
+    eos = eos_ids[0]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
     out: list[str | None] = [None] * len(ids)
     device = next(model.parameters()).device
     greedy = cfg.temperature == 0.0
     gen_kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": not greedy,
-                                  "eos_token_id": eos, "pad_token_id": pad}
+                                  "eos_token_id": eos_ids, "pad_token_id": pad}
     if min_new_tokens:
         gen_kwargs["min_new_tokens"] = min_new_tokens
     if not greedy:
@@ -150,8 +165,9 @@ def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConf
             new = gen[:, width:].tolist()
             for b, i in enumerate(batch):
                 toks = new[b]
-                if eos in toks:
-                    toks = toks[: toks.index(eos)]
+                cut = next((k for k, t in enumerate(toks) if t in eos_ids), None)
+                if cut is not None:
+                    toks = toks[:cut]
                 out[i] = tokenizer.decode(toks, skip_special_tokens=True)
     return [o if o is not None else "" for o in out]
 
