@@ -178,6 +178,10 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
     from transformers import TrainingArguments
 
     fields = TrainingArguments.__dataclass_fields__
+    sdt = str(cfg.fsdp_config.get("state_dict_type", "FULL_STATE_DICT"))
+    if cfg.fsdp and "FULL_STATE_DICT" not in sdt:
+        raise ConfigError(f"student.fsdp_config.state_dict_type: must be FULL_STATE_DICT (got {sdt}) so that each "
+                          "round's checkpoint is a plain model both inference backends load")
     warm: dict[str, Any]
     if "float" in str(fields["warmup_steps"].type) or "warmup_ratio" not in fields:
         warm = {"warmup_steps": cfg.warmup_ratio}  # transformers >= 5: a float < 1 is a ratio
