@@ -169,7 +169,8 @@ class StudentConfig:
     tiny: dict[str, Any] = field(default_factory=dict)  # options for lion.student.tiny when model == "tiny"
     mode: Literal["full", "lora", "qlora"] = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
-    prompt_format: Literal["alpaca", "chat_template"] = "alpaca"
+    # alpaca (the paper's), chat_template (the tokenizer's), or plain ("Q: {instruction}\nA: ", short: tiny CPU students)
+    prompt_format: Literal["alpaca", "chat_template", "plain"] = "alpaca"
     max_length: int = 1024
     packing: bool = False  # bin-pack examples into rows (no cross-example attention); batch = packed rows
     pack_length: int = 0  # tokens per packed row; 0 = max_length

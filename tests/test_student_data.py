@@ -37,6 +37,10 @@ def test_alpaca_prompt_format_with_and_without_input() -> None:
         "### Instruction:\nTranslate.\n\n### Input:\nBonjour\n\n### Response:\n"
     )
     assert format_prompt("Translate.", "   ") == format_prompt("Translate.")
+    assert format_prompt("Reverse: abc", fmt="plain") == "Q: Reverse: abc\nA: "
+    assert format_prompt("Translate.", "Bonjour", fmt="plain") == "Q: Translate.\nBonjour\nA: "
+    with pytest.raises(ConfigError, match="student.prompt_format"):
+        format_prompt("x", fmt="vicuna")
 
 
 def test_chat_template_is_used_when_configured_and_missing_template_is_a_config_error(tiny_char_base) -> None:

@@ -7,7 +7,8 @@ at training and at answering time).
 
 - Prompt formats: ``alpaca`` (the paper's: ``### Instruction:\\n{instruction}\\n\\n### Response:\\n``, with an
   ``### Input:\\n{input}\\n\\n`` block before the response when the row has an input), or ``chat_template``
-  (the tokenizer's own chat template, one user turn, generation prompt appended).
+  (the tokenizer's own chat template, one user turn, generation prompt appended), or ``plain``
+  (``Q: {instruction}\\nA: ``: few tokens, for tiny character-level students trained on CPU).
 - Token ids of one example: ``[bos] + prompt + response + [eos]``; labels are ``-100`` on the prompt, so the loss
   falls on the response and EOS only. The BOS is added only when the tokenizer has one and the prompt text does
   not already start with it (chat templates usually write it themselves).
@@ -32,6 +33,8 @@ IGNORE = -100
 
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_PROMPT_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+PLAIN_PROMPT = "Q: {instruction}\nA: "
+PLAIN_PROMPT_INPUT = "Q: {instruction}\n{input}\nA: "
 
 
 def format_prompt(instruction: str, input: str = "", *, fmt: str = "alpaca", tokenizer: Any = None) -> str:
@@ -40,6 +43,10 @@ def format_prompt(instruction: str, input: str = "", *, fmt: str = "alpaca", tok
         if input and input.strip():
             return ALPACA_PROMPT_INPUT.format(instruction=instruction, input=input)
         return ALPACA_PROMPT.format(instruction=instruction)
+    if fmt == "plain":  # few tokens: for tiny character-level students on CPU, where every prompt token costs time
+        if input and input.strip():
+            return PLAIN_PROMPT_INPUT.format(instruction=instruction, input=input)
+        return PLAIN_PROMPT.format(instruction=instruction)
     if fmt == "chat_template":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             where = getattr(tokenizer, "name_or_path", "") or "the student tokenizer"
@@ -48,7 +55,7 @@ def format_prompt(instruction: str, input: str = "", *, fmt: str = "alpaca", tok
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
         )
-    raise ConfigError(f"student.prompt_format: must be 'alpaca' or 'chat_template', got {fmt!r}")
+    raise ConfigError(f"student.prompt_format: must be 'alpaca', 'chat_template' or 'plain', got {fmt!r}")
 
 
 def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
