@@ -118,10 +118,10 @@ class LLMConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"
+    r: int = 16  # LoRA rank
+    alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.05  # dropout on the adapter input
+    target_modules: list[str] | str = "all-linear"  # module names to adapt, or "all-linear" (every linear layer but the LM head)
     # between rounds: "merge" = fold the adapter into the weights and start a fresh one (default);
     # "continue" = keep training the same adapter on the same base
     between_rounds: Literal["merge", "continue"] = "merge"
@@ -134,11 +134,11 @@ class LoraConfig:
 
 @dataclass
 class InferConfig:
-    backend: Literal["auto", "transformers", "vllm"] = "auto"
+    backend: Literal["auto", "transformers", "vllm"] = "auto"  # auto = vllm when it imports and CUDA is present
     batch_size: int = 32  # transformers backend: prompts per generate() call
-    max_new_tokens: int = 512
+    max_new_tokens: int = 512  # answer length cap (generation also stops at EOS)
     temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
+    top_p: float = 1.0  # nucleus sampling (temperature > 0 only)
     tensor_parallel: int = 1  # vLLM
     data_parallel: int = 1  # vLLM: engines, one per GPU group
     gpu_memory_utilization: float = 0.9  # vLLM
@@ -167,34 +167,34 @@ class StudentConfig:
 
     model: str = ""  # local dir or hub id of the base model; "tiny" builds the tiny offline model
     tiny: dict[str, Any] = field(default_factory=dict)  # options for lion.student.tiny when model == "tiny"
-    mode: Literal["full", "lora", "qlora"] = "full"
+    mode: Literal["full", "lora", "qlora"] = "full"  # full fine-tuning, LoRA adapter, or LoRA on a 4-bit base (CUDA + bitsandbytes)
     lora: LoraConfig = field(default_factory=LoraConfig)
     # alpaca (the paper's), chat_template (the tokenizer's), or plain ("Q: {instruction}\nA: ", short: tiny CPU students)
     prompt_format: Literal["alpaca", "chat_template", "plain"] = "alpaca"
-    max_length: int = 1024
+    max_length: int = 1024  # tokens per example (prompt + answer); a prompt this long drops the example
     packing: bool = False  # bin-pack examples into rows (no cross-example attention); batch = packed rows
     pack_length: int = 0  # tokens per packed row; 0 = max_length
-    epochs: float = 3.0
+    epochs: float = 3.0  # passes over the Train Pool per round
     max_steps: int = -1  # > 0 overrides epochs
-    lr: float = 2e-5
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    per_device_batch_size: int = 4
+    lr: float = 2e-5  # peak learning rate (AdamW)
+    lr_scheduler: str = "cosine"  # transformers scheduler name: cosine, linear, constant, ...
+    warmup_ratio: float = 0.03  # fraction of the steps spent warming up
+    weight_decay: float = 0.0  # AdamW weight decay
+    per_device_batch_size: int = 4  # examples (packed rows with packing) per process per micro-step
     grad_accum: int = 32  # effective batch = per_device_batch_size * grad_accum * world size
-    bf16: bool = False
-    gradient_checkpointing: bool = False
+    bf16: bool = False  # bf16 autocast (full FT keeps fp32 weights; LoRA loads the frozen base in bf16)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     cpu_threads: int = 0  # CPU only: torch threads while training; 0 = auto (1 for models under 20M parameters)
     torch_compile: bool = False  # compile the model (TrainingArguments.torch_compile): faster steps on GPUs after a one-off compile
     fsdp: str = ""  # passed to TrainingArguments.fsdp, e.g. "full_shard auto_wrap"
-    fsdp_config: dict[str, Any] = field(default_factory=dict)
+    fsdp_config: dict[str, Any] = field(default_factory=dict)  # TrainingArguments.fsdp_config, e.g. transformer_layer_cls_to_wrap: [LlamaDecoderLayer]
     deepspeed: str | None = None  # path to a DeepSpeed JSON config
     num_gpus: int = 0  # > 1: training runs under torchrun with this many processes per node
-    nnodes: int = 1
-    launcher: Literal["torchrun", "accelerate"] = "torchrun"
-    report_to: Literal["none", "tensorboard", "wandb"] = "none"
-    logging_steps: int = 10
-    seed: int = 42
+    nnodes: int = 1  # > 1: multi-node torchrun; MASTER_ADDR / MASTER_PORT / NODE_RANK come from the environment
+    launcher: Literal["torchrun", "accelerate"] = "torchrun"  # how a multi-process training is started
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"  # training logs destination (Trainer report_to)
+    logging_steps: int = 10  # record the training loss every N optimizer steps
+    seed: int = 42  # training seed; round r trains with seed + run seed + r
     continue_from_previous: bool = True  # round r>1 starts from round r-1's student
     infer: InferConfig = field(default_factory=InferConfig)
 
