@@ -205,6 +205,18 @@ FAMILIES: tuple[Family, ...] = (
         lambda s: str(s["w"].count(s["c"])),
         lambda s: _clip(len(s["w"]) - 3),
     ),
+    Family(
+        "last_letter", "letters", 3.0,
+        (
+            "Last letter of: {w}",
+            "What letter does this word end with: {w}",
+            "Give the final letter: {w}",
+            "Which letter comes last in: {w}",
+        ),
+        lambda rng, d: {"w": _word(rng, d + 2)},
+        lambda s: s["w"][-1],
+        lambda s: _clip(len(s["w"]) - 2),
+    ),
     # ---- numbers
     Family(
         "add", "numbers", 4.0,
@@ -245,10 +257,10 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "parity", "numbers", 1.0,
         (
-            "Is {a} even or odd?",
-            "Tell me whether {a} is odd or even.",
-            "Is the number {a} odd or even?",
-            "Say if {a} is an even or an odd number.",
+            "Even or odd: {a}",
+            "Is this number odd or even: {a}",
+            "Tell me if it is even or odd: {a}",
+            "Parity of the number: {a}",
         ),
         lambda rng, d: {"a": str(_number(rng, d))},
         lambda s: "even" if int(s["a"]) % 2 == 0 else "odd",
