@@ -57,7 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="config override for both arms, e.g. --set student.max_steps=100")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--seed-pool", type=int, default=300, help="seed instructions per seed")
+    p.add_argument("--seed-pool", type=int, default=500, help="seed instructions per seed (smoke: 500)")
     p.add_argument("--heldout", type=int, default=20, help="held-out instances per family")
     p.add_argument("--workdir", default=str(ROOT / "runs" / "bench_lion_vs_random"))
     p.add_argument("--json", action="store_true", help="print only the final JSON line")
@@ -252,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         say(args, f"== seed {seed}")
         results.append(run_seed(args, seed))
+        res = results[-1]
+        say(args, f"seed {seed}: " + json.dumps({
+            "overall": {arm: {r: round(res["accuracy"][arm][r]["overall"], 3) for r in res["accuracy"][arm]}
+                        for arm in ("lion", "random")},
+            "precision": {r: {k: v["precision"] for k, v in res["mining"][r].items()} for r in res["mining"]},
+            "new_per_round": res["new_per_round"], "seconds": res["seconds"]}))
     rounds = args.rounds + 1
     summary: dict[str, Any] = {"seeds": args.seeds, "rounds": args.rounds, "accuracy": {}, "mining": {}}
     say(args, "\nheld-out accuracy (mean±sd over seeds); round", rounds, "= final imitation")
