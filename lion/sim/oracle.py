@@ -34,6 +34,7 @@ import re
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +236,7 @@ def _split_request(request: str) -> tuple[str, str]:
 _SCORE_SLOT = re.compile(r"<[^<>\n]*>")
 
 
-def _verdict_format(tpl: Template):
+def _verdict_format(tpl: Template) -> Callable[[int, int], str]:
     """The line of the referee template that shows the verdict format, with its two score slots."""
     for line in reversed(tpl.text.splitlines()):
         slots = list(_SCORE_SLOT.finditer(line))
