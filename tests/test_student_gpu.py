@@ -43,6 +43,30 @@ def test_lora_bf16_training_and_cuda_inference(tmp_path: Path) -> None:
     assert torch.cuda.is_available()
 
 
+def test_bf16_lora_merge_with_checkpointing_then_full_fine_tuning(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from lion.config import InferConfig, LoraConfig, StudentConfig
+    from lion.student.data import format_prompt
+    from lion.student.infer import generate
+    from lion.student.tiny import build_tiny
+    from lion.student.train import train_student
+
+    base = build_tiny(tmp_path / "base", hidden=64, layers=2, heads=4)
+    cfg = StudentConfig(model=str(base), mode="lora", bf16=True, lr=3e-3, per_device_batch_size=16, grad_accum=2,
+                        max_steps=6, max_length=64, gradient_checkpointing=True, logging_steps=1,
+                        lora=LoraConfig(r=8, alpha=16, between_rounds="merge"))
+    res = train_student(cfg, _examples(200), base, tmp_path / "merged", progress=False)
+    assert (res.path / "config.json").is_file() and not (res.path / "adapter_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(res.path)
+    full = StudentConfig(model=str(base), mode="full", bf16=True, lr=1e-3, per_device_batch_size=16, grad_accum=1,
+                         max_steps=6, max_length=64, logging_steps=1)
+    res2 = train_student(full, _examples(200), res.path, tmp_path / "full", progress=False)
+    assert res2.metrics["steps"] == 6 and res2.metrics["train_loss_last"] == res2.metrics["train_loss_last"]
+    out = generate(res2.path, [format_prompt("Copy: abc")], InferConfig(max_new_tokens=4), progress=False)
+    assert len(out) == 1
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
 def test_real_vllm_matches_transformers_greedy(tmp_path: Path) -> None:
     from lion.config import InferConfig
