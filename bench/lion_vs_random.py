@@ -57,7 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="config override for both arms, e.g. --set student.max_steps=100")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--seed-pool", type=int, default=500, help="seed instructions per seed (smoke: 500)")
+    p.add_argument("--seed-pool", type=int, default=1000, help="seed instructions per seed (smoke: 1000)")
     p.add_argument("--heldout", type=int, default=20, help="held-out instances per family")
     p.add_argument("--workdir", default=str(ROOT / "runs" / "bench_lion_vs_random"))
     p.add_argument("--json", action="store_true", help="print only the final JSON line")

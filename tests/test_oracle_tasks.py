@@ -127,3 +127,12 @@ def test_cli_writes_a_loadable_seed_pool(tmp_path) -> None:
     pool, _report = load_instructions(out)
     assert len(pool) == 40
     assert all(W.parse_task(i.instruction) is not None for i in pool)
+
+
+def test_family_accuracy() -> None:
+    acc = W.family_accuracy([
+        ("Reverse the letters: abc", "cba"), ("Reverse the letters: abd", "xyz"),
+        ("What is 2 plus 2?", "4"), ("Write a poem.", "roses"),
+    ])
+    assert acc == {"accuracy": {"add": 1.0, "reverse": 0.5}, "n": {"add": 1, "reverse": 2}, "overall": 2 / 3}
+    assert W.family_accuracy([])["overall"] is None
