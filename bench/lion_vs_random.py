@@ -87,7 +87,8 @@ def evaluate(cfg: LionConfig, student: Path, rows: list[dict[str, Any]]) -> dict
     from lion.student.data import format_prompt
     from lion.student.infer import generate
 
-    outs = generate(student, [format_prompt(r["instruction"]) for r in rows], cfg.student.infer, progress=False)
+    prompts = [format_prompt(r["instruction"], fmt=cfg.student.prompt_format) for r in rows]
+    outs = generate(student, prompts, cfg.student.infer, progress=False)
     per: dict[str, list[int]] = {}
     for r, o in zip(rows, outs):
         per.setdefault(r["meta"]["family"], []).append(1 if W.grade(r["instruction"], o) else 0)
