@@ -11,11 +11,14 @@ server with the configured responder and points every LLM role at it; leaving st
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .config import ROLES, LionConfig, save_resolved
+from .config import ROLES, LionConfig, add_config_args, load_config, save_resolved
+from .errors import LionError
 from .prompts import Template, load_template
 from .rundir import AnswerStore, RunDir
 
@@ -95,3 +98,27 @@ class RunContext:
         d = self.run.round_dir(r)
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+
+def make_phase_parser(phase: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line every phase shares: `python -m lion.<phase> --config C --round R [--set k=v]`."""
+    p = argparse.ArgumentParser(prog=f"python -m lion.{phase}", description=(doc or "").split("\n\n")[0])
+    add_config_args(p)
+    p.add_argument("--round", "-r", type=int, required=True, help="round number (1-based)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return p
+
+
+def run_phase(
+    phase: Callable[[RunContext, int], dict[str, Any]],
+    args: argparse.Namespace,
+    describe: Callable[[dict[str, Any]], str],
+) -> int:
+    """Load the config, run one phase of one round inside a RunContext, print a one-line summary."""
+    if args.round < 1:
+        raise LionError(f"--round: must be >= 1, got {args.round}")
+    cfg = load_config(args.config, args.overrides)
+    with RunContext(cfg, progress=args.progress) as ctx:
+        metrics = phase(ctx, args.round)
+    print(f"round {args.round} {phase.__name__}: {describe(metrics)}")
+    return 0

@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Any
 
-from .context import RunContext
+from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
 from .imitation import teacher_answers
 from .pools import prepare_round
@@ -54,11 +54,27 @@ def split_pairs(judged: list[Any], tau: float) -> list[dict[str, Any]]:
         if j.ok and j.score_1 is not None and j.score_2 is not None:
             gap = j.score_1 - j.score_2
             label = "hard" if gap >= tau else "easy"
-            rows.append({"id": j.id, "teacher_score": j.score_1, "student_score": j.score_2, "gap": gap,
-                         "label": label, "flipped": j.flipped})
+            rows.append(
+                {
+                    "id": j.id,
+                    "teacher_score": j.score_1,
+                    "student_score": j.score_2,
+                    "gap": gap,
+                    "label": label,
+                    "flipped": j.flipped,
+                }
+            )
         else:
-            rows.append({"id": j.id, "teacher_score": None, "student_score": None, "gap": None,
-                         "label": "excluded", "flipped": None})
+            rows.append(
+                {
+                    "id": j.id,
+                    "teacher_score": None,
+                    "student_score": None,
+                    "gap": None,
+                    "label": "excluded",
+                    "flipped": None,
+                }
+            )
     return rows
 
 
@@ -74,27 +90,55 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
     t_ans = teacher_answers(ctx, pool, "discrimination")
     s_ans = student_answers(ctx, r, pool)
 
-    items = [(i.id, i.instruction + (f"\n\n{i.input}" if i.input else ""), t_ans[i.id], s_ans[i.id])
-             for i in pool if t_ans[i.id] is not None]
+    items = [
+        (i.id, i.instruction + (f"\n\n{i.input}" if i.input else ""), t_ans[i.id], s_ans[i.id])
+        for i in pool
+        if t_ans[i.id] is not None
+    ]
     dc = ctx.cfg.discrimination
-    judged = judge_pairs(ctx.gateway, "referee", "discrimination", items, ctx.template("referee"),
-                         attempts=dc.referee_attempts, both_orders=dc.both_orders, desc=f"round {r} referee",
-                         retry_temperature=dc.referee_retry_temperature)
+    judged = judge_pairs(
+        ctx.gateway,
+        "referee",
+        "discrimination",
+        items,
+        ctx.template("referee"),
+        attempts=dc.referee_attempts,
+        both_orders=dc.both_orders,
+        desc=f"round {r} referee",
+        retry_temperature=dc.referee_retry_temperature,
+    )
     by_id = {j.id: j for j in judged}
 
     judgement_rows = []
     for j in judged:
         for o in j.orders:
-            judgement_rows.append({
-                "id": j.id, "order": "ts" if o["order"] == "12" else "st", "raw": o.get("raw"),
-                "teacher_score": o.get("score_1"), "student_score": o.get("score_2"),
-                "ok": o.get("ok"), "error": o.get("error"), "attempts": o.get("attempts"),
-                "rejected": o.get("rejected", []),  # earlier unreadable replies, kept for inspection
-            })
+            judgement_rows.append(
+                {
+                    "id": j.id,
+                    "order": "ts" if o["order"] == "12" else "st",
+                    "raw": o.get("raw"),
+                    "teacher_score": o.get("score_1"),
+                    "student_score": o.get("score_2"),
+                    "ok": o.get("ok"),
+                    "error": o.get("error"),
+                    "attempts": o.get("attempts"),
+                    "rejected": o.get("rejected", []),  # earlier unreadable replies, kept for inspection
+                }
+            )
     split = split_pairs(judged, dc.tau)
     no_teacher = [i for i in pool if t_ans[i.id] is None]
-    split += [{"id": i.id, "teacher_score": None, "student_score": None, "gap": None, "label": "excluded",
-               "flipped": None, "reason": "no teacher answer"} for i in no_teacher]
+    split += [
+        {
+            "id": i.id,
+            "teacher_score": None,
+            "student_score": None,
+            "gap": None,
+            "label": "excluded",
+            "flipped": None,
+            "reason": "no teacher answer",
+        }
+        for i in no_teacher
+    ]
     meta = {i.id: i for i in pool}
     for row in split:
         inst = meta[row["id"]]
@@ -151,30 +195,26 @@ def oracle_accuracy(pool: list[Any], answers: dict[str, str]) -> dict[str, Any]:
         per.setdefault(task.family, []).append(1 if ok else 0)
     acc = {f: sum(v) / len(v) for f, v in sorted(per.items())}
     n = sum(len(v) for v in per.values())
-    return {"accuracy": acc, "n": {f: len(v) for f, v in sorted(per.items())},
-            "overall": sum(sum(v) for v in per.values()) / n if n else None}
+    return {
+        "accuracy": acc,
+        "n": {f: len(v) for f, v in sorted(per.items())},
+        "overall": sum(sum(v) for v in per.values()) / n if n else None,
+    }
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from .config import add_config_args
-
-    p = argparse.ArgumentParser(prog="python -m lion.discrimination", description=__doc__.split("\n\n")[0])
-    add_config_args(p)
-    p.add_argument("--round", "-r", type=int, required=True, help="round number (1-based)")
-    return p
+    return make_phase_parser("discrimination", __doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import load_config
-
-    args = make_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    with RunContext(cfg) as ctx:
-        m = discrimination(ctx, args.round)
-    ratio = m["hard_ratio"]
-    print(f"round {args.round} discrimination: {m['hard']} hard, {m['easy']} easy, {m['excluded']} excluded "
-          f"(hard ratio {'-' if ratio is None else f'{ratio:.2f}'})")
-    return 0
+    return run_phase(
+        discrimination,
+        make_parser().parse_args(argv),
+        lambda m: (
+            f"{m['hard']} hard, {m['easy']} easy, {m['excluded']} excluded "
+            f"(hard ratio {'-' if m['hard_ratio'] is None else format(m['hard_ratio'], '.2f')})"
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from .config import LionConfig, add_config_args, load_config
 from .errors import ConfigError, DataError, LionError
 from .evalscore import ORDERS, QuestionScores, format_summary, summarize
 from .prompts import load_template, teacher_request
-from .records import append_jsonl, atomic_write_text, load_instructions, read_jsonl, write_json, write_jsonl
+from .records import append_jsonl, atomic_write_text, iter_jsonl, load_instructions, read_jsonl, write_json, write_jsonl
 
 ORACLE = "oracle"
 PHASE = "eval"
@@ -106,25 +106,18 @@ def load_answers(path: str | Path, questions: Sequence[EvalQuestion]) -> dict[st
         raise DataError(f"{path}: answers file not found")
     by_qid: dict[str, str] = {}
     by_id: dict[str, str] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            text = row.get("text", row.get("answer"))
-            if not isinstance(text, str):
-                raise DataError(f"{path}:{lineno}: no answer text (expected a string under 'text' or 'answer')")
-            if "question_id" in row:
-                by_qid[str(row["question_id"])] = text
-            elif "id" in row:
-                by_id[str(row["id"])] = text
-            else:
-                raise DataError(f"{path}:{lineno}: no 'question_id' or 'id' to match the answer to a question")
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object")
+        text = row.get("text", row.get("answer"))
+        if not isinstance(text, str):
+            raise DataError(f"{path}:{lineno}: no answer text (expected a string under 'text' or 'answer')")
+        if "question_id" in row:
+            by_qid[str(row["question_id"])] = text
+        elif "id" in row:
+            by_id[str(row["id"])] = text
+        else:
+            raise DataError(f"{path}:{lineno}: no 'question_id' or 'id' to match the answer to a question")
     out: dict[str, str] = {}
     missing = []
     for q in questions:

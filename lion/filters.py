@@ -34,6 +34,7 @@ from pathlib import Path
 from .config import GenerationConfig
 from .dedup import RougeIndex
 from .errors import DataError
+from .records import iter_jsonl
 
 __all__ = ["FilterDecision", "CandidateFilter", "load_eval_questions", "normalise_words", "REASONS"]
 
@@ -169,15 +170,8 @@ def load_eval_questions(paths: Sequence[str | Path]) -> list[str]:
         if path.suffix in (".txt", ".text"):
             out += [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
             continue
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                out += _questions_of(row, f"{path}:{lineno}")
+        for lineno, row in iter_jsonl(path):
+            out += _questions_of(row, f"{path}:{lineno}")
     return out
 
 

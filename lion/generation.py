@@ -23,7 +23,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from .context import RunContext
+from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
 from .records import Instruction, read_json_or_empty, read_jsonl, read_pool, write_json, write_jsonl
 from .teachers.base import ChatRequest
@@ -79,8 +79,10 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
     if ctx.run.is_done(r, "generation"):
         return read_json_or_empty(rd / "generation.json")
     if not ctx.run.is_done(r, "discrimination"):
-        raise LionError(f"round {r} generation needs round {r}'s discrimination first "
-                        f"({ctx.run.done_marker(r, 'discrimination')} missing)")
+        raise LionError(
+            f"round {r} generation needs round {r}'s discrimination first "
+            f"({ctx.run.done_marker(r, 'discrimination')} missing)"
+        )
     gc = ctx.cfg.generation
     pool = read_pool(rd / "cache_pool.jsonl")
     by_id = {i.id: i for i in pool}
@@ -108,8 +110,9 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             break
         wave += 1
         requests = [
-            ChatRequest(messages=[{"role": "user", "content": templates[k].render(instruction=s.instruction)}],
-                        sample=sample)
+            ChatRequest(
+                messages=[{"role": "user", "content": templates[k].render(instruction=s.instruction)}], sample=sample
+            )
             for k, s, sample in plan
         ]
         results = ctx.gateway.chat_many("generator", "generation", requests, desc=f"round {r} generation wave {wave}")
@@ -119,24 +122,34 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
                 rejected.append({"text": res.text, "kind": k, "parent": seed.id, "reason": "surplus"})
                 continue
             if not res.ok:
-                rejected.append({"text": None, "kind": k, "parent": seed.id, "reason": "call_failed",
-                                 "detail": res.error})
+                rejected.append(
+                    {"text": None, "kind": k, "parent": seed.id, "reason": "call_failed", "detail": res.error}
+                )
                 continue
             text = parse_task(res.text)
             decision = filt.check(text)
             if not decision.ok:
-                rejected.append({"text": text if text is not None else res.text, "kind": k, "parent": seed.id,
-                                 "reason": decision.reason, "detail": decision.detail})
+                rejected.append(
+                    {
+                        "text": text if text is not None else res.text,
+                        "kind": k,
+                        "parent": seed.id,
+                        "reason": decision.reason,
+                        "detail": decision.detail,
+                    }
+                )
                 continue
             assert text is not None
             filt.accept(text)
-            new = Instruction(instruction=text, round=r, kind=k, parent=seed.id,
-                              meta={"parent_kind": by_id[seed.id].kind})
+            new = Instruction(
+                instruction=text, round=r, kind=k, parent=seed.id, meta={"parent_kind": by_id[seed.id].kind}
+            )
             accepted[k].append(new)
 
     met = all(len(accepted[k]) >= wanted[k] for k in KINDS)
-    stopped = "targets_met" if met else ("no_seeds" if any(wanted[k] and not seeds[k] for k in KINDS)
-                                         else "max_attempts")
+    stopped = (
+        "targets_met" if met else ("no_seeds" if any(wanted[k] and not seeds[k] for k in KINDS) else "max_attempts")
+    )
     write_jsonl(rd / "generated.jsonl", (i.to_json() for k in KINDS for i in accepted[k]))
     write_jsonl(rd / "rejected.jsonl", rejected)
     metrics = {
@@ -153,24 +166,19 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from .config import add_config_args
-
-    p = argparse.ArgumentParser(prog="python -m lion.generation", description=__doc__.split("\n\n")[0])
-    add_config_args(p)
-    p.add_argument("--round", "-r", type=int, required=True, help="round number (1-based)")
-    return p
+    return make_phase_parser("generation", __doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import load_config
-
-    args = make_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    with RunContext(cfg) as ctx:
-        m = generation(ctx, args.round)
-    print(f"round {args.round} generation: {m['accepted']['hard']}/{m['wanted']['hard']} hard, "
-          f"{m['accepted']['easy']}/{m['wanted']['easy']} easy, stopped: {m['stopped']}, rejected: {m['rejected']}")
-    return 0
+    return run_phase(
+        generation,
+        make_parser().parse_args(argv),
+        lambda m: (
+            f"{m['accepted']['hard']}/{m['wanted']['hard']} hard, "
+            f"{m['accepted']['easy']}/{m['wanted']['easy']} easy, stopped: {m['stopped']}, "
+            f"rejected: {m['rejected']}"
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .context import RunContext
+from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
 from .pools import prepare_round
 from .prompts import teacher_request
@@ -35,7 +35,9 @@ def teacher_answers(ctx: RunContext, pool: Sequence[Instruction], phase: str) ->
     missing = [inst for inst in pool if ctx.answers.get(inst.id, who) is None]
     if missing:
         results = ctx.gateway.chat_many(
-            "teacher", phase, [ChatRequest(messages=teacher_messages(ctx, i)) for i in missing],
+            "teacher",
+            phase,
+            [ChatRequest(messages=teacher_messages(ctx, i)) for i in missing],
             desc=f"teacher answers ({phase})",
         )
         for inst, res in zip(missing, results):
@@ -54,8 +56,10 @@ def previous_student(ctx: RunContext, r: int) -> str:
     if r > 1 and ctx.cfg.student.continue_from_previous:
         prev = ctx.run.student_dir(r - 1)
         if not prev.is_dir():
-            raise LionError(f"{prev}: round {r - 1}'s student is missing; round {r} continues from it "
-                            "(run round {r - 1}'s imitation first, or set student.continue_from_previous: false)")
+            raise LionError(
+                f"{prev}: round {r - 1}'s student is missing; round {r} continues from it "
+                "(run round {r - 1}'s imitation first, or set student.continue_from_previous: false)"
+            )
         return str(prev)
     return str(resolve_base_model(ctx.cfg.student, ctx.run.path))
 
@@ -74,38 +78,40 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
     ]
     n_failed = len(pool) - len(examples)
     if not examples:
-        raise LionError(f"round {r}: the teacher answered none of the {len(pool)} Train Pool instructions; "
-                        "see the gateway errors above")
+        raise LionError(
+            f"round {r}: the teacher answered none of the {len(pool)} Train Pool instructions; "
+            "see the gateway errors above"
+        )
     from .student.train import train_student
 
     init_from = previous_student(ctx, r)
     result = train_student(ctx.cfg.student, examples, init_from, ctx.run.student_dir(r), seed=ctx.cfg.seed + r)
-    metrics = {"n_train_pool": len(pool), "n_train": len(examples), "n_failed_answers": n_failed,
-               "init_from": init_from, "student": str(result.path), "train": result.metrics}
+    metrics = {
+        "n_train_pool": len(pool),
+        "n_train": len(examples),
+        "n_failed_answers": n_failed,
+        "init_from": init_from,
+        "student": str(result.path),
+        "train": result.metrics,
+    }
     write_json(metrics_path, metrics)
     ctx.run.mark_done(r, "imitation")
     return metrics
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from .config import add_config_args
-
-    p = argparse.ArgumentParser(prog="python -m lion.imitation", description=__doc__.split("\n\n")[0])
-    add_config_args(p)
-    p.add_argument("--round", "-r", type=int, required=True, help="round number (1-based)")
-    return p
+    return make_phase_parser("imitation", __doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import load_config
-
-    args = make_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    with RunContext(cfg) as ctx:
-        m = imitation(ctx, args.round)
-    print(f"round {args.round} imitation: {m['n_train']} examples ({m['n_failed_answers']} without a usable "
-          f"teacher answer), student at {m['student']}")
-    return 0
+    return run_phase(
+        imitation,
+        make_parser().parse_args(argv),
+        lambda m: (
+            f"{m['n_train']} examples ({m['n_failed_answers']} without a usable teacher answer), "
+            f"student at {m['student']}"
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -45,14 +45,18 @@ def prepare_round(ctx: RunContext, r: int) -> None:
     else:
         prev = ctx.run.round_dir(r - 1)
         if not ctx.run.is_done(r - 1, "generation"):
-            raise LionError(f"round {r} cannot start: round {r - 1}'s generation has not finished "
-                            f"({ctx.run.done_marker(r - 1, 'generation')} missing)")
+            raise LionError(
+                f"round {r} cannot start: round {r - 1}'s generation has not finished "
+                f"({ctx.run.done_marker(r - 1, 'generation')} missing)"
+            )
         new = read_pool(prev / "generated.jsonl")
         old_train, old_cache = read_pool(prev / "train_pool.jsonl"), read_pool(prev / "cache_pool.jsonl")
         train = new if ctx.cfg.pools.train_pool == "replace" else _union(old_train, new)
         cache = _union(old_cache, new)
         if not train:
-            raise LionError(f"round {r}: round {r - 1} generated no new instructions, so the Train Pool is empty; "
-                            f"see {prev / 'rejected.jsonl'}")
+            raise LionError(
+                f"round {r}: round {r - 1} generated no new instructions, so the Train Pool is empty; "
+                f"see {prev / 'rejected.jsonl'}"
+            )
     write_pool(cache_path, cache)
     write_pool(train_path, train)

@@ -405,14 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.suffix == ".jsonl":
+        from .records import iter_jsonl
+
         texts = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        for lineno, row in iter_jsonl(path):
             t = row.get("text", row.get("raw")) if isinstance(row, dict) else None
             if not isinstance(t, str):
                 raise DataError(f"{path}:{lineno}: expected an object with the reply as a string under 'text' or 'raw'")

@@ -102,9 +102,13 @@ def format_round(m: dict[str, Any]) -> str:
     d, g, im = m.get("discrimination", {}), m.get("generation", {}), m.get("imitation", {})
     parts = [f"round {m['round']}:", f"train {im.get('n_train', '-')}"]
     if d:
-        parts += [f"cache {d['n']}", f"hard {d['hard']} ({_fmt(d['hard_ratio'])})",
-                  f"scores T {_fmt(d['teacher_mean'])} / S {_fmt(d['student_mean'])}",
-                  f"flip {_fmt(d['swap_flip_rate'])}", f"parse-fail {d['parse_failures']}"]
+        parts += [
+            f"cache {d['n']}",
+            f"hard {d['hard']} ({_fmt(d['hard_ratio'])})",
+            f"scores T {_fmt(d['teacher_mean'])} / S {_fmt(d['student_mean'])}",
+            f"flip {_fmt(d['swap_flip_rate'])}",
+            f"parse-fail {d['parse_failures']}",
+        ]
     if g:
         parts += [f"new {g['accepted']['hard']}h+{g['accepted']['easy']}e ({g['stopped']})"]
     if "oracle" in m:
@@ -117,21 +121,45 @@ def format_round(m: dict[str, Any]) -> str:
 
 def summary_table(rounds: list[dict[str, Any]]) -> str:
     """The per-round summary: hard ratio, scores, referee health, new instructions, accuracy, spend."""
-    head = ["round", "train", "cache", "hard%", "T mean", "S mean", "flip%", "parse fail", "new hard",
-            "new easy", "rejected", "acc", "USD", "tokens"]
+    head = [
+        "round",
+        "train",
+        "cache",
+        "hard%",
+        "T mean",
+        "S mean",
+        "flip%",
+        "parse fail",
+        "new hard",
+        "new easy",
+        "rejected",
+        "acc",
+        "USD",
+        "tokens",
+    ]
     rows = []
     for m in rounds:
         d, g, im = m.get("discrimination", {}), m.get("generation", {}), m.get("imitation", {})
         total = m.get("usage", {}).get("total", {})
         pct = lambda x: "-" if x is None else f"{100 * x:.0f}"  # noqa: E731
-        rows.append([
-            str(m["round"]), str(im.get("n_train", "-")), str(d.get("n", "-")), pct(d.get("hard_ratio")),
-            _fmt(d.get("teacher_mean")), _fmt(d.get("student_mean")), pct(d.get("swap_flip_rate")),
-            str(d.get("parse_failures", "-")), str(g.get("accepted", {}).get("hard", "-")),
-            str(g.get("accepted", {}).get("easy", "-")), str(sum(g.get("rejected", {}).values())) if g else "-",
-            _fmt(m.get("oracle", {}).get("overall")), f"{total.get('usd', 0):.4f}",
-            str(total.get("tokens_in", 0) + total.get("tokens_out", 0)),
-        ])
+        rows.append(
+            [
+                str(m["round"]),
+                str(im.get("n_train", "-")),
+                str(d.get("n", "-")),
+                pct(d.get("hard_ratio")),
+                _fmt(d.get("teacher_mean")),
+                _fmt(d.get("student_mean")),
+                pct(d.get("swap_flip_rate")),
+                str(d.get("parse_failures", "-")),
+                str(g.get("accepted", {}).get("hard", "-")),
+                str(g.get("accepted", {}).get("easy", "-")),
+                str(sum(g.get("rejected", {}).values())) if g else "-",
+                _fmt(m.get("oracle", {}).get("overall")),
+                f"{total.get('usd', 0):.4f}",
+                str(total.get("tokens_in", 0) + total.get("tokens_out", 0)),
+            ]
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)] if rows else [len(h) for h in head]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)])
@@ -142,8 +170,12 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--rounds", type=int, default=None, help="number of rounds (overrides the config's `rounds`)")
     p.add_argument("--run-dir", default=None, help="run directory (overrides the config's `run_dir`)")
-    p.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="refuse to continue an existing run directory (default: resume it)")
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="refuse to continue an existing run directory (default: resume it)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
@@ -159,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     if not args.resume and (Path(cfg.run_dir) / "state.json").exists():
-        raise LionError(f"run_dir: {cfg.run_dir} already holds a run and --no-resume was given; "
-                        "choose another run_dir or drop --no-resume to continue it")
+        raise LionError(
+            f"run_dir: {cfg.run_dir} already holds a run and --no-resume was given; "
+            "choose another run_dir or drop --no-resume to continue it"
+        )
     lion_loop(cfg, progress=args.progress)
     return 0
 

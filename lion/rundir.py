@@ -94,8 +94,10 @@ class RunDir:
         try:
             return json.loads(self.state_path.read_text())
         except json.JSONDecodeError as e:
-            raise LionError(f"{self.state_path}: corrupt state file ({e.msg}); it is rewritten atomically, so "
-                            "this means it was edited by hand") from None
+            raise LionError(
+                f"{self.state_path}: corrupt state file ({e.msg}); it is rewritten atomically, so "
+                "this means it was edited by hand"
+            ) from None
 
     def check_or_init_state(self, cfg: LionConfig) -> dict[str, Any]:
         """Create state.json, or check that `cfg` may resume the run recorded there."""
@@ -103,8 +105,10 @@ class RunDir:
         state = self.read_state()
         if state is None:
             if any(self.path.glob("round_*")):
-                raise LionError(f"{self.path}: has round folders but no state.json; the run directory is "
-                                "inconsistent (restore state.json or start a new run_dir)")
+                raise LionError(
+                    f"{self.path}: has round folders but no state.json; the run directory is "
+                    "inconsistent (restore state.json or start a new run_dir)"
+                )
             state = {"version": 1, "fingerprint": fp, "rounds_completed": 0}
             write_json(self.state_path, state)
             return state
