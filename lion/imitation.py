@@ -85,7 +85,9 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
     from .student.train import train_student
 
     init_from = previous_student(ctx, r)
-    result = train_student(ctx.cfg.student, examples, init_from, ctx.run.student_dir(r), seed=ctx.cfg.seed + r)
+    result = train_student(
+        ctx.cfg.student, examples, init_from, ctx.run.student_dir(r), seed=ctx.cfg.seed + r, progress=ctx.progress
+    )
     metrics = {
         "n_train_pool": len(pool),
         "n_train": len(examples),

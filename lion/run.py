@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .config import LionConfig, add_config_args, load_config
@@ -52,16 +53,13 @@ def lion_loop(cfg: LionConfig, *, progress: bool = True, echo: bool = True) -> l
                 prepare_round(ctx, rounds + 1)
                 imitation(ctx, rounds + 1)
                 evaluate_student(ctx, rounds + 1)
-                final = round_metrics(ctx, rounds + 1)
+                summaries.append(round_metrics(ctx, rounds + 1))  # the final student's row
                 if echo:
-                    print(format_round(final), flush=True)
+                    print(format_round(summaries[-1]), flush=True)
         except BudgetExceeded:
             if echo and summaries:
                 print(summary_table(summaries))
             raise
-        finally:
-            if ctx._gateway is not None:
-                write_json(ctx.run.path / "usage.json", ctx.gateway.usage_summary())
     if echo:
         print(summary_table(summaries))
         print(f"run directory: {cfg.run_dir}")
@@ -112,55 +110,47 @@ def format_round(m: dict[str, Any]) -> str:
     if g:
         parts += [f"new {g['accepted']['hard']}h+{g['accepted']['easy']}e ({g['stopped']})"]
     if "oracle" in m:
-        parts += [f"student acc {_fmt(m['oracle'].get('overall'))}"]
+        parts += [f"pool acc {_pct(m['oracle'].get('overall'))}%"]
+    held_out = m.get("eval", {}).get("oracle", {}).get("overall")
+    if held_out is not None:
+        parts += [f"held-out acc {_pct(held_out)}%"]
     total = m.get("usage", {}).get("total", {})
     if total:
         parts += [f"spent ${total.get('usd', 0):.4f}"]
     return "  ".join(parts)
 
 
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.0f}"
+
+
+# the per-round summary: (header, value from a round's metrics)
+COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("round", lambda m: str(m["round"])),
+    ("train", lambda m: str(m.get("imitation", {}).get("n_train", "-"))),
+    ("cache", lambda m: str(m.get("discrimination", {}).get("n", "-"))),
+    ("hard%", lambda m: _pct(m.get("discrimination", {}).get("hard_ratio"))),
+    ("T mean", lambda m: _fmt(m.get("discrimination", {}).get("teacher_mean"))),
+    ("S mean", lambda m: _fmt(m.get("discrimination", {}).get("student_mean"))),
+    ("flip%", lambda m: _pct(m.get("discrimination", {}).get("swap_flip_rate"))),
+    ("parse fail", lambda m: str(m.get("discrimination", {}).get("parse_failures", "-"))),
+    ("new hard", lambda m: str(m.get("generation", {}).get("accepted", {}).get("hard", "-"))),
+    ("new easy", lambda m: str(m.get("generation", {}).get("accepted", {}).get("easy", "-"))),
+    ("rejected", lambda m: str(sum(m["generation"]["rejected"].values())) if "generation" in m else "-"),
+    # offline world: exact accuracy on the Cache Pool (seen in training) and on held-out questions (eval)
+    ("pool acc%", lambda m: _pct(m.get("oracle", {}).get("overall"))),
+    ("held-out acc%", lambda m: _pct(m.get("eval", {}).get("oracle", {}).get("overall"))),
+    ("eval rel%", lambda m: _fmt(m.get("eval", {}).get("overall", {}).get("relative", {}).get("mean"), ".1f")),
+    ("USD", lambda m: f"{m.get('usage', {}).get('total', {}).get('usd', 0):.4f}"),
+    ("tokens", lambda m: str(sum(m.get("usage", {}).get("total", {}).get(k, 0) for k in ("tokens_in", "tokens_out")))),
+]
+
+
 def summary_table(rounds: list[dict[str, Any]]) -> str:
-    """The per-round summary: hard ratio, scores, referee health, new instructions, accuracy, spend."""
-    head = [
-        "round",
-        "train",
-        "cache",
-        "hard%",
-        "T mean",
-        "S mean",
-        "flip%",
-        "parse fail",
-        "new hard",
-        "new easy",
-        "rejected",
-        "acc",
-        "USD",
-        "tokens",
-    ]
-    rows = []
-    for m in rounds:
-        d, g, im = m.get("discrimination", {}), m.get("generation", {}), m.get("imitation", {})
-        total = m.get("usage", {}).get("total", {})
-        pct = lambda x: "-" if x is None else f"{100 * x:.0f}"  # noqa: E731
-        rows.append(
-            [
-                str(m["round"]),
-                str(im.get("n_train", "-")),
-                str(d.get("n", "-")),
-                pct(d.get("hard_ratio")),
-                _fmt(d.get("teacher_mean")),
-                _fmt(d.get("student_mean")),
-                pct(d.get("swap_flip_rate")),
-                str(d.get("parse_failures", "-")),
-                str(g.get("accepted", {}).get("hard", "-")),
-                str(g.get("accepted", {}).get("easy", "-")),
-                str(sum(g.get("rejected", {}).values())) if g else "-",
-                _fmt(m.get("oracle", {}).get("overall")),
-                f"{total.get('usd', 0):.4f}",
-                str(total.get("tokens_in", 0) + total.get("tokens_out", 0)),
-            ]
-        )
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)] if rows else [len(h) for h in head]
+    """The per-round summary: hard ratio, scores, referee health, new instructions, accuracy, spend (cumulative)."""
+    head = [h for h, _ in COLUMNS]
+    rows = [[f(m) for _, f in COLUMNS] for m in rounds]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
