@@ -216,3 +216,18 @@ def test_through_the_server_and_the_gateway(sim_server, sim_llm, tmp_path: Path)
     assert a > b
     assert W.parse_task(parse_generated(gen.text)).family == "add"
     assert server.stats.completed == 3
+
+
+def test_a_request_the_oracle_cannot_read_fails_fast_with_its_reason(sim_server, sim_llm, tmp_path: Path) -> None:
+    """The oracle's refusal reaches the caller as a 400 (one request, no retries), with the oracle's reason."""
+    from lion.sim.server import make_responder
+    from lion.teachers.base import ChatRequest
+    from lion.teachers.gateway import Gateway
+
+    server = sim_server(make_responder("oracle", {"seed": 5}))
+    llm = sim_llm(server.base_url)
+    with Gateway(llm, tmp_path, progress=False) as gw:
+        [res] = gw.chat_many("teacher", "test", [ChatRequest(messages=[{"role": "user", "content": "Hello there."}])])
+    assert not res.ok and res.text is None
+    assert "resembles none of the templates" in (res.error or "")
+    assert server.stats.requests == 1

@@ -41,7 +41,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LionError
 from ..teachers.tokens import estimate_prompt_tokens, estimate_text_tokens
 
 FAULTS = ("500", "503", "timeout", "drop", "malformed")
@@ -378,6 +378,11 @@ class SimServer:
             text = await asyncio.get_running_loop().run_in_executor(self._pool, self.responder.respond, body)
             if not isinstance(text, str):
                 raise TypeError(f"responder returned {type(text).__name__}, not str")
+        except LionError as e:  # the responder refuses this request (e.g. the oracle cannot read it): a 400
+            entry.update(status=400, kind="responder_refused", error=str(e))
+            self._record(entry)
+            await self._send(writer, 400, _error(str(e), "invalid_request_error", None))
+            return
         except Exception as e:  # noqa: BLE001 - a responder bug is a 500, visible in the log
             entry.update(status=500, kind="responder_error", error=f"{type(e).__name__}: {e}")
             self._record(entry)
