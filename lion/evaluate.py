@@ -458,10 +458,12 @@ def table_markdown(qs: Sequence[EvalQuestion], table: Sequence[dict[str, Any]]) 
     return "\n".join(lines) + "\n"
 
 
-def evaluate_round(cfg: LionConfig, round_no: int, gateway: Any, student_path: str | Path) -> dict[str, Any]:
+def evaluate_round(
+    cfg: LionConfig, round_no: int, gateway: Any, student_path: str | Path, *, progress: bool = True
+) -> dict[str, Any]:
     """The loop's per-round hook: evaluate round `round_no`'s student into round_XX/eval/; return the summary."""
     out = Path(cfg.run_dir) / f"round_{round_no:02d}" / "eval"
-    summary = evaluate(cfg, gateway, student_path, out, name=f"round {round_no}", progress=True)
+    summary = evaluate(cfg, gateway, student_path, out, name=f"round {round_no}", progress=progress)
     return {k: v for k, v in summary.items() if k != "fingerprint"}
 
 

@@ -62,6 +62,9 @@ def lion_loop(cfg: LionConfig, *, progress: bool = True, echo: bool = True) -> l
             raise
     if echo:
         print(summary_table(summaries))
+        families = family_table(summaries)
+        if families:
+            print(families)
         print(f"run directory: {cfg.run_dir}")
     return summaries
 
@@ -74,7 +77,7 @@ def evaluate_student(ctx: RunContext, r: int) -> None:
         return
     from .evaluate import evaluate_round
 
-    write_json(out, evaluate_round(ctx.cfg, r, ctx.gateway, ctx.run.student_dir(r)))
+    write_json(out, evaluate_round(ctx.cfg, r, ctx.gateway, ctx.run.student_dir(r), progress=ctx.progress))
 
 
 def round_metrics(ctx: RunContext, r: int) -> dict[str, Any]:
@@ -153,6 +156,26 @@ def summary_table(rounds: list[dict[str, Any]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def family_table(rounds: list[dict[str, Any]]) -> str | None:
+    """Offline world: the student's exact accuracy per task family and round (held-out when evaluated)."""
+    cols: list[tuple[str, dict[str, float]]] = []
+    for m in rounds:
+        held_out = m.get("eval", {}).get("oracle", {}).get("accuracy")
+        pool = m.get("oracle", {}).get("accuracy")
+        if held_out:
+            cols.append((f"r{m['round']} held-out", held_out))
+        elif pool:
+            cols.append((f"r{m['round']} pool", pool))
+    if not cols:
+        return None
+    families = sorted({f for _, acc in cols for f in acc})
+    width = max(len(f) for f in [*families, "family"])
+    lines = ["family".ljust(width) + "".join(f"  {h:>13}" for h, _ in cols)]
+    for f in families:
+        lines.append(f.ljust(width) + "".join(f"  {_pct(acc.get(f)):>13}" for _, acc in cols))
+    return "student accuracy per task family (%):\n" + "\n".join(lines)
 
 
 def make_parser() -> argparse.ArgumentParser:
