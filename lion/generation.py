@@ -25,25 +25,27 @@ from typing import Any
 
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
+from .prompts import reply_marker
 from .records import Instruction, read_json_or_empty, read_jsonl, read_pool, write_json, write_jsonl
 from .teachers.base import ChatRequest
 
 KINDS = ("hard", "easy")
 
-_TASK = re.compile(r"^[\s>*_#`\"']*task[\s*_`]*:[\s*_`]*(.*)\Z", re.IGNORECASE | re.DOTALL)
 
-
-def parse_task(reply: str | None) -> str | None:
+def parse_task(reply: str | None, marker: str = "TASK:") -> str | None:
     """The new instruction in a generator reply (`TASK: ...`, as the templates ask), or None.
 
-    Accepts markdown decoration around the marker (`**TASK:**`, `> TASK:`) and quotes around the task;
-    text before the marker line is ignored. A reply with no marker is a parse failure.
+    `marker` is what the template asks the reply to begin with (`lion.prompts.reply_marker`). Accepts markdown
+    decoration around it (`**TASK:**`, `> TASK:`) and quotes around the task; text before the marker line is
+    ignored. A reply with no marker is a parse failure.
     """
     if not reply:
         return None
+    label = re.escape(marker.rstrip(":").strip()).replace(r"\ ", r"\s+")
+    pattern = re.compile(rf"^[\s>*_#`\"']*{label}[\s*_`]*:[\s*_`]*(.*)\Z", re.IGNORECASE | re.DOTALL)
     lines = reply.strip().splitlines()
     for n, line in enumerate(lines):
-        m = _TASK.match(line)
+        m = pattern.match(line)
         if m:
             text = "\n".join([m.group(1), *lines[n + 1 :]]).strip()
             text = text.strip("*_` ")
@@ -93,6 +95,7 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
     rng = random.Random(f"{ctx.cfg.seed}/{gc.seed}/{r}")
     samplers = {k: SeedSampler(seeds[k], rng) for k in KINDS}
     templates = {k: ctx.template(f"generate_{k}") for k in KINDS}
+    markers = {k: reply_marker(templates[k]) for k in KINDS}
     filt = CandidateFilter(gc, (i.instruction for i in pool), load_eval_questions(gc.decontaminate))
 
     accepted: dict[str, list[Instruction]] = {k: [] for k in KINDS}
@@ -126,7 +129,7 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
                     {"text": None, "kind": k, "parent": seed.id, "reason": "call_failed", "detail": res.error}
                 )
                 continue
-            text = parse_task(res.text)
+            text = parse_task(res.text, markers[k])
             decision = filt.check(text)
             if not decision.ok:
                 rejected.append(

@@ -102,6 +102,17 @@ def load_template(name: str, prompts_dir: str | Path | None = None) -> Template:
     return tpl
 
 
+def reply_marker(tpl: Template) -> str:
+    """The marker a reply must begin with, as the template itself asks for it in quotes (e.g. "TASK:")."""
+    m = re.search(r"""["'`]([A-Z][A-Z _-]*:)["'`]""", tpl.text)
+    if m is None:
+        raise ConfigError(
+            f'prompts: template {tpl.name!r} asks for no quoted reply marker (like "TASK:"), so a reply to it '
+            "cannot be parsed"
+        )
+    return m.group(1)
+
+
 def teacher_request(instruction: str, input: str = "") -> str:
     """What the teacher is asked: the instruction, and its input (if any) in a block of its own."""
     return f"{instruction}\n\nInput:\n{input}" if input else instruction

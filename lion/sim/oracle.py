@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, LionError
-from ..prompts import PLACEHOLDER, Template, load_template, teacher_request
+from ..prompts import PLACEHOLDER, Template, load_template, reply_marker, teacher_request
 from . import tasks as world
 
 GENERATOR_KINDS = ("generate_hard", "generate_easy")
@@ -77,7 +77,7 @@ class OracleResponder:
         names = ("teacher_system", "teacher", "referee", *GENERATOR_KINDS)
         self.templates: dict[str, Template] = {n: load_template(n, self.prompts_dir) for n in names}
         self._verdict_line = _verdict_format(self.templates["referee"])
-        self._task_marker = {k: _task_marker(self.templates[k]) for k in GENERATOR_KINDS}
+        self._task_marker = {k: reply_marker(self.templates[k]) for k in GENERATOR_KINDS}
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()  # requests served per kind
 
@@ -254,17 +254,6 @@ def _verdict_format(tpl: Template) -> Callable[[int, int], str]:
         f"prompts: template {tpl.name!r} shows no verdict line with two score slots (like 'SCORES: A=<score>, "
         f"B=<score>'); the oracle cannot tell which format the referee must answer in"
     )
-
-
-def _task_marker(tpl: Template) -> str:
-    """The marker a generator reply must begin with, as the template asks (e.g. TASK:)."""
-    m = re.search(r"""["'`]([A-Z][A-Z _-]*:)["'`]""", tpl.text)
-    if m is None:
-        raise ConfigError(
-            f"prompts: template {tpl.name!r} asks for no quoted reply marker (like \"TASK:\"); the oracle "
-            f"cannot tell how the generator must reply"
-        )
-    return m.group(1)
 
 
 def _literal_lines(tpl: Template) -> list[str]:
