@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .config import LionConfig, add_config_args, load_config
@@ -201,8 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_dir is not None:
         overrides.append(f"run_dir={args.run_dir}")
     cfg = load_config(args.config, overrides)
-    from pathlib import Path
-
     if not args.resume and (Path(cfg.run_dir) / "state.json").exists():
         raise LionError(
             f"run_dir: {cfg.run_dir} already holds a run and --no-resume was given; "
