@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from ..errors import ConfigError, LionError
+from ..teachers.ratelimit import TokenBucket
 from ..teachers.tokens import estimate_prompt_tokens, estimate_text_tokens
 
 FAULTS = ("500", "503", "timeout", "drop", "malformed")
@@ -85,18 +86,6 @@ def make_responder(spec: str, options: dict[str, Any] | None = None) -> Responde
     return obj
 
 
-class _Bucket:
-    def __init__(self, per_minute: float, burst_s: float) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * burst_s)
-        self.tokens = self.capacity
-        self.stamp = time.monotonic()
-
-    def refill(self, now: float) -> None:
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-
 @dataclass
 class ServerStats:
     requests: int = 0  # every HTTP request, any path, any outcome
@@ -136,8 +125,8 @@ class SimServer:
         self.default_max_tokens = default_max_tokens
         self.seed = seed
         self._seen: collections.Counter[str] = collections.Counter()  # arrivals per messages hash
-        self._rpm = _Bucket(rpm, burst_s) if rpm else None
-        self._tpm = _Bucket(tpm, burst_s) if tpm else None
+        self._rpm = TokenBucket(rpm, burst_s) if rpm else None
+        self._tpm = TokenBucket(tpm, burst_s) if tpm else None
         self._lock = threading.Lock()
         self._stats = ServerStats()
         self._log: list[dict[str, Any]] = []

@@ -17,7 +17,9 @@ import threading
 import time
 
 
-class _Bucket:
+class TokenBucket:
+    """`per_minute` units per minute, holding at most `burst_s` seconds of them (also used by the sim server)."""
+
     def __init__(self, per_minute: float, burst_s: float) -> None:
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * burst_s)
@@ -39,8 +41,8 @@ class RoleLimiter:
     serve batches run on different event loops (each batch passes its own asyncio.Lock for FIFO order)."""
 
     def __init__(self, rpm: float, tpm: float, burst_s: float = 1.0) -> None:
-        self.requests = _Bucket(rpm, burst_s)
-        self.tokens = _Bucket(tpm, burst_s)
+        self.requests = TokenBucket(rpm, burst_s)
+        self.tokens = TokenBucket(tpm, burst_s)
         self.cooldown_until = 0.0
         self.cooldowns = 0
         self._mutex = threading.Lock()
