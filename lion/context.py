@@ -30,6 +30,7 @@ class RunContext:
         self.progress = progress
         self._server: Any = None
         self._gateway: Any = None
+        self._templates: dict[str, Template] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> RunContext:
@@ -82,7 +83,10 @@ class RunContext:
         return self._gateway
 
     def template(self, name: str) -> Template:
-        return load_template(name, self.cfg.prompts_dir)
+        """A prompt template, read from disk once per run (phases render thousands of prompts)."""
+        if name not in self._templates:
+            self._templates[name] = load_template(name, self.cfg.prompts_dir)
+        return self._templates[name]
 
     @cached_property
     def answers(self) -> AnswerStore:

@@ -28,8 +28,6 @@ from typing import Any
 
 from .errors import DataError
 
-KINDS = ("seed", "hard", "easy", "random", "eval")
-
 
 def instruction_id(instruction: str, input: str = "") -> str:
     """Stable content hash: 16 hex chars of sha256 over the whitespace-normalised text."""

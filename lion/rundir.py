@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import LionConfig
 from .errors import LionError
-from .records import append_jsonl, read_jsonl, write_json
+from .records import append_jsonl, write_json
 
 PHASES = ("imitation", "discrimination", "generation")
 
@@ -174,10 +174,6 @@ def _read_tolerant(path: Path) -> list[dict[str, Any]]:
                 break  # torn final line after a crash: that answer is replayed from the call cache
             raise LionError(f"{path}:{i + 1}: corrupt line in the middle of an append-only file") from None
     return rows
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    return read_jsonl(path)
 
 
 def main(argv: list[str] | None = None) -> int:
