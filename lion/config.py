@@ -54,7 +54,6 @@ class RoleConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int = 1024  # completion tokens per call
-    n_samples: int = 1  # distinct samples per prompt (part of the cache key)
     timeout_s: float = 120.0  # per HTTP request
     rpm: float = 500.0  # requests per minute (client-side token bucket)
     tpm: float = 200_000.0  # tokens per minute (prompt estimate + max_tokens)
@@ -74,7 +73,7 @@ class RoleConfig:
             raise ConfigError(f"{key}.model: must not be empty")
         _range(key + ".temperature", self.temperature, 0.0, 2.0)
         _range(key + ".top_p", self.top_p, 0.0, 1.0)
-        for name in ("max_tokens", "n_samples", "max_in_flight", "max_attempts"):
+        for name in ("max_tokens", "max_in_flight", "max_attempts"):
             _positive(f"{key}.{name}", getattr(self, name))
         for name in ("timeout_s", "rpm", "tpm", "backoff_initial_s", "backoff_max_s"):
             _positive(f"{key}.{name}", getattr(self, name))
