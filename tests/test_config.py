@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,52 @@ def test_shipped_configs_load():
     assert files, "no configs shipped"
     for f in files:
         load_config(f)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rounds=-1", "rounds: must be >= 0, got -1"),
+        ("llm.budget_usd=-1", "llm.budget_usd: must be >= 0, got -1.0"),
+        ("llm.default.temperature=2.5", "llm.default.temperature: must be between 0.0 and 2.0, got 2.5"),
+        ("student.infer.gpu_memory_utilization=0.01",
+         "student.infer.gpu_memory_utilization: must be between 0.05 and 1.0, got 0.01"),
+        ("student.lora.r=0", "student.lora.r: must be > 0, got 0"),
+        ("pools.limit=0", "pools.limit: must be > 0, got 0"),
+        ("student.pack_length=10", "student.pack_length: must be 0 or >= student.max_length (1024), got 10"),
+        ("student.deepspeed=ds.json", "student.deepspeed: cannot be combined with student.fsdp; choose one"),
+    ],
+)
+def test_declared_bounds_and_cross_checks_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(BASE, parse_overrides([override, "student.fsdp=full_shard"]))
+    assert str(e.value) == message
+
+
+def test_optional_keys_unset_pass_their_bounds():
+    cfg = cfg_with()
+    assert cfg.llm.budget_usd is None and cfg.pools.limit is None and cfg.eval.max_questions is None
+
+
+def test_removed_n_samples_is_an_unknown_key():
+    with pytest.raises(ConfigError, match="llm.teacher.n_samples: unknown key"):
+        config_from_dict(BASE, parse_overrides(["llm.teacher.n_samples=2"]))
+
+
+def test_reference_gives_every_key_a_meaning_and_real_defaults():
+    from lion.config import GenerationConfig, config_reference
+
+    ref = config_reference()
+    rows = [line for line in ref.splitlines() if line.startswith("| `")]
+    assert len(rows) > 90
+    for row in rows:
+        m = re.fullmatch(r"\| `([^`]+)` \| `[^`]+` \| `[^`]+` \| (.*) \|", row)
+        assert m, row
+        assert m.group(2).strip(), f"{m.group(1)} has no meaning in the reference"
+    meta = next(r for r in rows if r.startswith("| `generation.meta_words`"))
+    assert '["' + '", "'.join(GenerationConfig().meta_words) + '"]' in meta
+    assert "| `llm.prices.<model>.input` | `float` | `0.0` |" in ref
+    assert "n_samples" not in ref
+    # every section opens with its class docstring, not the signature dataclasses writes when there is none
+    for head in re.finditer(r"^## .*\n\n(.*)$", ref, re.MULTILINE):
+        assert not re.match(r"\w+Config\(", head.group(1)), head.group(0)
