@@ -2,11 +2,11 @@
 
     python -m lion.student.tiny --out DIR                     # a tiny LLaMA + tokenizer, offline
     python -m lion.student.train --config CFG --data train.jsonl --init-from DIR --out DIR
-    python -m lion.student.infer --model DIR --prompts prompts.jsonl --out answers.jsonl
+    python -m lion.student.infer --model DIR --data prompts.jsonl --out answers.jsonl
 
 Importing this package is cheap (no torch); the modules import torch/transformers themselves:
-`lion.student.data`, `.train` (train_student, TrainResult), `.infer` (generate), `.tiny` (build_tiny),
-`.checkpoint` (resolve_base_model, checkpoint_info), `.vllm_backend`, `.launch`.
+`lion.student.data`, `.train` (train_student), `.infer` (generate), `.tiny` (build_tiny),
+`.checkpoint` (resolve_base_model, checkpoint_info, TrainResult), `.vllm_backend`, `.launch`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any
 from ..config import StudentConfig
 from ..errors import ConfigError, LionError
 from ..records import write_jsonl
-from .checkpoint import META
+from .checkpoint import META, TrainResult
 
 
 def launcher_command(cfg: StudentConfig, env: dict[str, str] | None = None) -> list[str]:
@@ -54,9 +54,7 @@ def launcher_command(cfg: StudentConfig, env: dict[str, str] | None = None) -> l
 
 
 def launch_training(cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, out_dir: Path,
-                    *, seed: int = 0):  # -> TrainResult
-    from .train import TrainResult
-
+                    *, seed: int = 0) -> TrainResult:
     out_dir = Path(out_dir).resolve()
     work = out_dir.with_name(out_dir.name + ".launch")
     work.mkdir(parents=True, exist_ok=True)

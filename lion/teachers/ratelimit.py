@@ -80,6 +80,3 @@ class RoleLimiter:
                     b.refill(until)  # refill stamp moves to the end of the cool-down ...
                     b.tokens = min(b.tokens, 0.0)  # ... and the bucket starts empty there
                     b.stamp = until
-
-    def remaining_cooldown(self) -> float:
-        return max(0.0, self.cooldown_until - time.monotonic())

@@ -129,10 +129,6 @@ class CallStore:
         keys = ("role", "model", "phase", "calls", "cached", "failed", "tokens_in", "tokens_out", "usd")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
-    def count_calls(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
-
     def close(self) -> None:
         with self._lock:
             if self._closed:
