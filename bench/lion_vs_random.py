@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lion.config import LionConfig, load_config  # noqa: E402
+from lion.layout import RoundPaths, RunLayout  # noqa: E402
 from lion.records import Instruction, read_jsonl, read_pool, write_jsonl  # noqa: E402
 from lion.sim import tasks as W  # noqa: E402
 
@@ -131,9 +132,9 @@ def mining(split: list[dict[str, Any]], s_ans: dict[str, str]) -> dict[str, Any]
     }
 
 
-def rejudge(cfg: LionConfig, rd: Path, variant: tuple[str, dict[str, float], bool]) -> dict[str, Any]:
+def rejudge(cfg: LionConfig, rd: RoundPaths, variant: tuple[str, dict[str, float], bool]) -> dict[str, Any]:
     """Judge round rd's (teacher, student) answers again with another oracle referee; hard-mining figures."""
-    from lion.discrimination import split_pairs
+    from lion.discrimination import split_row
     from lion.prompts import load_template
     from lion.referee import judge_pairs
     from lion.sim.oracle import OracleResponder
@@ -141,8 +142,8 @@ def rejudge(cfg: LionConfig, rd: Path, variant: tuple[str, dict[str, float], boo
     from lion.teachers.gateway import Gateway
 
     name, opts, both = variant
-    pool = read_pool(rd / "cache_pool.jsonl")
-    s_ans = {row["id"]: row["answer"] for row in read_jsonl(rd / "student_answers.jsonl")}
+    pool = read_pool(rd.cache_pool)
+    s_ans = {row["id"]: row["answer"] for row in read_jsonl(rd.student_answers)}
     oracle = OracleResponder(seed=cfg.seed, **opts)
     items = [(i.id, i.instruction, teacher_answer(oracle, i.instruction), s_ans.get(i.id, "")) for i in pool]
     with SimServer(oracle) as server:
@@ -154,10 +155,8 @@ def rejudge(cfg: LionConfig, rd: Path, variant: tuple[str, dict[str, float], boo
         with Gateway(llm, None, progress=False) as gw:
             judged = judge_pairs(gw, "referee", "bench", items, load_template("referee"), attempts=2,
                                  both_orders=both, desc=name)
-    split = split_pairs(judged, cfg.discrimination.tau)
-    text = {i.id: i.instruction for i in pool}
-    for row in split:
-        row["instruction"] = text[row["id"]]
+    by_id = {j.id: j for j in judged}
+    split = [split_row(i, by_id[i.id], cfg.discrimination.tau).to_json() for i in pool]
     flips = [j.flipped for j in judged if j.flipped is not None]
     out = mining(split, s_ans)
     out["swap_flip_rate"] = sum(flips) / len(flips) if flips else None
@@ -183,27 +182,27 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     t0 = time.time()
     lion_loop(cfg, progress=False, echo=not args.json)
     t_lion = time.time() - t0
-    run = Path(cfg.run_dir)
+    run = RunLayout(cfg.run_dir)
     rounds = args.rounds + 1  # + the final imitation
 
     taken = {r["instruction"] for r in read_jsonl(seed_file)}
     for r in range(2, rounds + 1):
-        taken |= {i.instruction for i in read_pool(run / f"round_{r:02d}" / "cache_pool.jsonl")}
+        taken |= {i.instruction for i in read_pool(run.round(r).cache_pool)}
     rows = heldout(args.heldout, seed, taken)
 
     # the random arm: same round-1 student; then as many uniform new instructions as lion accepted
     oracle = OracleResponder(seed=seed)
     t0 = time.time()
-    prev = run / "round_01" / "student"
-    train_pool = read_pool(run / "round_01" / "train_pool.jsonl")
+    prev = run.round(1).student
+    train_pool = read_pool(run.round(1).train_pool)
     n_new: dict[int, int] = {}
     for r in range(2, rounds + 1):
-        n_new[r] = len(read_jsonl(run / f"round_{r - 1:02d}" / "generated.jsonl"))
+        n_new[r] = len(read_jsonl(run.round(r - 1).generated))
         new = random_instructions(n_new[r], seed, r, taken)
         train_pool = train_pool + new if cfg.pools.train_pool == "accumulate" else new
         examples = [{"instruction": i.instruction, "input": "", "output": teacher_answer(oracle, i.instruction)}
                     for i in train_pool]
-        out = work / "random" / f"round_{r:02d}" / "student"
+        out = RunLayout(work / "random").round(r).student
         if not (out / "lion_student.json").exists():
             train_student(cfg.student, examples, prev, out, seed=cfg.seed + r)
         prev = out
@@ -211,21 +210,21 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
     acc: dict[str, dict[int, Any]] = {"lion": {}, "random": {}}
     for r in range(1, rounds + 1):
-        acc["lion"][r] = evaluate(cfg, run / f"round_{r:02d}" / "student", rows)
-        acc["random"][r] = acc["lion"][1] if r == 1 else evaluate(cfg, work / "random" / f"round_{r:02d}" / "student", rows)
+        acc["lion"][r] = evaluate(cfg, run.round(r).student, rows)
+        acc["random"][r] = acc["lion"][1] if r == 1 else evaluate(cfg, RunLayout(work / "random").round(r).student, rows)
 
     mine: dict[int, dict[str, Any]] = {}
     for r in range(1, args.rounds + 1):
-        rd = run / f"round_{r:02d}"
-        split = read_jsonl(rd / "split.jsonl")
-        s_ans = {row["id"]: row["answer"] for row in read_jsonl(rd / "student_answers.jsonl")}
+        rd = run.round(r)
+        split = read_jsonl(rd.split)
+        s_ans = {row["id"]: row["answer"] for row in read_jsonl(rd.student_answers)}
         mine[r] = {"run_referee": mining(split, s_ans)}
         flips = [row["flipped"] for row in split if row.get("flipped") is not None]
         mine[r]["run_referee"]["swap_flip_rate"] = sum(flips) / len(flips) if flips else None
         for v in VARIANTS:
             mine[r][v[0]] = rejudge(cfg, rd, v)
     teacher_calls = {
-        "lion": len(read_pool(run / f"round_{rounds:02d}" / "cache_pool.jsonl")),
+        "lion": len(read_pool(run.round(rounds).cache_pool)),
         "random": args.seed_pool + sum(n_new.values()),
     }
     return {"seed": seed, "accuracy": acc, "mining": mine, "new_per_round": n_new, "teacher_answers": teacher_calls,

@@ -1,4 +1,4 @@
-"""What every phase needs: the config, the run directory, the gateway, the templates, the answer store.
+"""What every phase needs: the config, the run directory, the gateway, the templates, the answer store, the world.
 
 Used as a context manager by the driver and by each phase's own entry point:
 
@@ -6,7 +6,9 @@ Used as a context manager by the driver and by each phase's own entry point:
         imitation(ctx, 1)
 
 When `sim.enabled` is set (the offline world), entering the context starts the local OpenAI-compatible
-server with the configured responder and points every LLM role at it; leaving stops it.
+server with the configured responder and points every LLM role at it; leaving stops it. This is the one place
+that knows the simulator: a responder that offers a world (lion.world.World: exact grading, held-out
+questions) makes it `ctx.world`; in a real run `ctx.world` is None and no simulator code is imported.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from functools import cached_property
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import ROLES, LionConfig, add_config_args, load_config, save_resolved
 from .errors import LionError
 from .prompts import Template, load_template
-from .rundir import AnswerStore, RunDir
+from .rundir import RunDir
+from .world import World
+
+if TYPE_CHECKING:
+    from .answers import AnswerStore
 
 
 class RunContext:
@@ -31,12 +36,13 @@ class RunContext:
         self._server: Any = None
         self._gateway: Any = None
         self._templates: dict[str, Template] = {}
+        self.world: World | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> RunContext:
-        self.run.path.mkdir(parents=True, exist_ok=True)
+        self.run.root.mkdir(parents=True, exist_ok=True)
         self.run.check_or_init_state(self.cfg)
-        save_resolved(self.cfg, self.run.path / "config.yaml")
+        save_resolved(self.cfg, self.run.config)
         if self.cfg.sim.enabled:
             self._start_sim()
         return self
@@ -59,12 +65,10 @@ class RunContext:
         options = dict(sim.options)
         if self.cfg.prompts_dir and "prompts_dir" not in options and sim.responder == "oracle":
             options["prompts_dir"] = self.cfg.prompts_dir
-        self._server = SimServer(
-            make_responder(sim.responder, options),
-            latency_ms=sim.latency_ms,
-            port=sim.port,
-            log_path=self.run.path / "sim_requests.jsonl",
-        )
+        responder = make_responder(sim.responder, options)
+        offered = getattr(responder, "world", None)
+        self.world = offered if isinstance(offered, World) else None
+        self._server = SimServer(responder, latency_ms=sim.latency_ms, port=sim.port, log_path=self.run.sim_log)
         url = self._server.start()
         # every role talks to the local server; the cache key uses the namespace "sim", not the port,
         # so a resumed run (new port) replays the same calls
@@ -79,7 +83,7 @@ class RunContext:
         if self._gateway is None:
             from .teachers.gateway import Gateway
 
-            self._gateway = Gateway(self.cfg.llm, self.run.path, progress=self.progress)
+            self._gateway = Gateway(self.cfg.llm, self.run.root, progress=self.progress)
         return self._gateway
 
     def template(self, name: str) -> Template:
@@ -90,18 +94,10 @@ class RunContext:
 
     @cached_property
     def answers(self) -> AnswerStore:
-        return AnswerStore(self.run.answers_path)
+        """The teacher-answer store (lion.answers)."""
+        from .answers import AnswerStore
 
-    @property
-    def teacher_identity(self) -> str:
-        """Who answered: the teacher's model and sampling settings (a different teacher = new answers)."""
-        t = self.cfg.llm.teacher
-        return f"{t.provider}|{t.model}|t={t.temperature}|p={t.top_p}|max={t.max_tokens}"
-
-    def round_dir(self, r: int) -> Path:
-        d = self.run.round_dir(r)
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+        return AnswerStore(self.run.teacher_answers)
 
 
 def make_phase_parser(phase: str, doc: str | None) -> argparse.ArgumentParser:

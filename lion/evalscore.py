@@ -23,8 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# the two presentation orders; names say which answer the judge sees first
-ORDERS = ("ref_first", "cand_first")
+from .referee import ORDERS  # the two presentation orders: the reference or the candidate shown first
 
 
 @dataclass

@@ -8,17 +8,21 @@
 
 Questions: FastChat question.jsonl (the first turn; category from the row), our JSONL, or "oracle" (the offline
 world's held-out synthetic questions; the default when sim.enabled). Reference answers: an answers file
-(FastChat answer rows {"question_id", "text"}, or {"id", "answer"}), else the teacher through the gateway.
+(FastChat answer rows {"question_id", "text"}, or {"id", "answer"}), else the teacher's answers (lion.answers:
+bought once, kept in the run's answer store).
 The judge (role llm.judge, template eval.judge_template) scores every (reference, candidate) pair in both
 orders with the referee's parser, retries and failure rules (lion.referee.judge_pairs); a pair whose verdict
 cannot be parsed is excluded and counted, never scored. Arithmetic: lion.evalscore.
 
-Output directory: round_XX/eval/ (--round) or RUN/eval/<name>/ (--model):
+Python: `evaluate(ctx, model, out)` inside a `RunContext`, in four steps: prepare (questions, fingerprint), answer
+(candidate and reference), judge (both orders), tabulate, then write; `evaluate_round(ctx, r)` is the loop's hook.
+
+Output directory (lion.layout.EvalPaths): round_XX/eval/ (--round) or RUN/eval/<name>/ (--model):
     questions.jsonl           the evaluated questions {"id", "question_id", "category", "instruction", "input"}
     candidate_answers.jsonl   the candidate's answers {"id", "answer"}, appended per batch (resume point)
     answers.jsonl             {"id", "question_id", "category", "question", "candidate", "reference", "reference_source"}
-    judgements.jsonl          per question and order {"id", "order": ref_first|cand_first, "raw", "candidate_score",
-                              "reference_score", "ok", "error", "attempts"}
+    judgements.jsonl          per question and order {"id", "order": ref_first|cand_first, "raw", "reference_score",
+                              "candidate_score", "ok", "error", "attempts", "rejected"}
     table.jsonl, table.md     the per-question table (scores per order, means, win/tie/loss, flip, correctness)
     summary.json, summary.txt relative score per order and mean, overall and per category; W/T/L; judge health;
                               in the offline world also the oracle's exact accuracy per task family
@@ -37,11 +41,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import LionConfig, add_config_args, load_config
+from .answers import student_answers, teacher_answers
+from .config import add_config_args, load_config
+from .context import RunContext
 from .errors import ConfigError, DataError, LionError
 from .evalscore import ORDERS, QuestionScores, format_summary, summarize
-from .prompts import load_template, teacher_request
-from .records import append_jsonl, atomic_write_text, iter_jsonl, load_instructions, read_jsonl, write_json, write_jsonl
+from .layout import EvalPaths, RunLayout
+from .prompts import teacher_request
+from .records import (
+    atomic_write_text,
+    instruction_id,
+    iter_jsonl,
+    load_instructions,
+    read_json_or_empty,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+)
+from .referee import Pair, PairJudgement, judge_pairs
+from .world import World, family_accuracy
 
 ORACLE = "oracle"
 PHASE = "eval"
@@ -65,22 +83,16 @@ class EvalQuestion:
 
 
 def load_questions(
-    spec: str, *, limit: int | None = None, oracle_per_family: int = 8, oracle_seed: int = 1234
+    spec: str, *, world: World | None = None, limit: int | None = None, per_family: int = 8, seed: int = 1234
 ) -> list[EvalQuestion]:
-    """FastChat question.jsonl (first turn), our JSONL, or "oracle" (the offline world's held-out set)."""
+    """FastChat question.jsonl (first turn), our JSONL, or "oracle": the offline world's held-out questions
+    (`per_family` of each family, drawn with `seed`)."""
     if spec == ORACLE:
-        from .records import instruction_id
-        from .sim.tasks import heldout_set
-
-        rows = heldout_set(oracle_per_family, oracle_seed)
+        if world is None:
+            raise ConfigError('eval.questions: "oracle" needs the offline world (sim.enabled: true)')
         qs = [
-            EvalQuestion(
-                id=instruction_id(str(r["instruction"])),
-                instruction=str(r["instruction"]),
-                category=str((r.get("meta") or {}).get("family", "")),  # type: ignore[union-attr]
-                truth=str(r.get("answer")) if r.get("answer") is not None else None,
-            )
-            for r in rows
+            EvalQuestion(id=instruction_id(h.instruction), instruction=h.instruction, category=h.family, truth=h.answer)
+            for h in world.heldout(per_family, seed)
         ]
     else:
         insts, _ = load_instructions(spec)
@@ -137,56 +149,6 @@ def load_answers(path: str | Path, questions: Sequence[EvalQuestion]) -> dict[st
     return out
 
 
-def teacher_reference(cfg: LionConfig, gateway: Any, questions: Sequence[EvalQuestion]) -> dict[str, str | None]:
-    """The teacher's answers through the gateway (same messages as imitation, so the cache is shared)."""
-    from .teachers.base import ChatRequest
-
-    system = load_template("teacher_system", cfg.prompts_dir).render()
-    user = load_template("teacher", cfg.prompts_dir)
-    reqs = [
-        ChatRequest(
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": user.render(request=q.text)}]
-        )
-        for q in questions
-    ]
-    results = gateway.chat_many("teacher", PHASE, reqs, desc="reference answers (teacher)")
-    return {
-        q.id: (r.text.strip() if r.ok and r.text and r.text.strip() else None)
-        for q, r in zip(questions, results, strict=True)
-    }
-
-
-def candidate_answers(
-    cfg: LionConfig, model: str | Path, questions: Sequence[EvalQuestion], out_dir: Path, *, progress: bool = True
-) -> dict[str, str]:
-    """The candidate model's answers, generated in batches and appended to candidate_answers.jsonl (resumable)."""
-    path = out_dir / "candidate_answers.jsonl"
-    done: dict[str, str] = {}
-    if path.exists():
-        for row in read_jsonl(path):
-            done[str(row["id"])] = str(row["answer"])
-    todo = [q for q in questions if q.id not in done]
-    if todo:
-        from .student.data import format_prompt
-        from .student.infer import generate
-
-        sc = cfg.student
-        tokenizer = None
-        if sc.prompt_format == "chat_template":
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(model))
-        chunk = max(sc.infer.batch_size * 4, 32)
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            prompts = [format_prompt(q.instruction, q.input, fmt=sc.prompt_format, tokenizer=tokenizer) for q in part]
-            outs = generate(str(model), prompts, sc.infer, progress=progress)
-            for q, a in zip(part, outs, strict=True):
-                append_jsonl(path, {"id": q.id, "answer": a})
-                done[q.id] = a
-    return {q.id: done[q.id] for q in questions}
-
-
 # --------------------------------------------------------------------------------------------- evaluation
 
 
@@ -199,37 +161,68 @@ def _fingerprint(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@dataclass
+class EvalPlan:
+    """What one evaluation will do (from `prepare`): the model, the questions, the reference and where it writes."""
+
+    model: Path
+    model_ref: str  # the model as recorded (resolved path, or a hub id)
+    name: str
+    spec: str  # the question set as given (a file, or "oracle")
+    questions: list[EvalQuestion]
+    answers_file: str | None  # reference answers file; None: the teacher answers
+    out: EvalPaths
+    fingerprint: str
+    finished: dict[str, Any] | None = None  # the saved summary, when this very evaluation is already done
+
+
+@dataclass
+class Scored:
+    """The judged evaluation (from `tabulate`): per-question scores, judgement rows and the per-question table."""
+
+    rows: list[QuestionScores]
+    judgements: list[dict[str, Any]]
+    table: list[dict[str, Any]]
+
+
 def evaluate(
-    cfg: LionConfig,
-    gateway: Any,
+    ctx: RunContext,
     model: str | Path,
-    out_dir: Path,
+    out: EvalPaths,
     *,
     questions: str | None = None,
     answers: str | None = None,
     name: str = "",
-    progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate `model`; write everything under `out_dir`; return the summary (also summary.json)."""
-    from .referee import judge_pairs
+    """Evaluate `model`; write everything under `out`; return the summary (also out.summary)."""
+    plan = prepare(ctx, model, out, questions=questions, answers=answers, name=name)
+    if plan.finished is not None:
+        return plan.finished
+    cand, refs, ref_source = answer(ctx, plan)
+    judged = judge(ctx, plan, cand, refs)
+    scored = tabulate(ctx, plan, cand, refs, judged)
+    return write(ctx, plan, cand, refs, ref_source, scored)
 
-    ec = cfg.eval
-    spec = questions or ec.questions or (ORACLE if cfg.sim.enabled else None)
+
+def prepare(
+    ctx: RunContext, model: str | Path, out: EvalPaths, *, questions: str | None, answers: str | None, name: str
+) -> EvalPlan:
+    """Check the inputs, load the questions, fingerprint the evaluation; find it finished, or forget candidate
+    answers that other generation settings produced."""
+    cfg, ec = ctx.cfg, ctx.cfg.eval
+    spec = questions or ec.questions or (ORACLE if ctx.world is not None else None)
     if not spec:
         raise ConfigError(
             "eval.questions: no question set (give --questions FILE, set eval.questions, or "
             '"oracle" in the offline world)'
         )
     answers = answers if answers is not None else ec.reference_answers
-    if spec == ORACLE and not cfg.sim.enabled:
-        raise ConfigError('eval.questions: "oracle" needs the offline world (sim.enabled: true)')
     model = Path(model)
     if not model.exists() and not _hub_id(str(model)):
         raise LionError(f"{model}: the model to evaluate does not exist")
     model_ref = str(model.resolve()) if model.exists() else str(model)
-    qs = load_questions(
-        spec, limit=ec.max_questions, oracle_per_family=ec.oracle_per_family, oracle_seed=ec.oracle_seed
-    )
+    qs = load_questions(spec, world=ctx.world, limit=ec.max_questions, per_family=ec.oracle_per_family,
+                        seed=ec.oracle_seed)
     fp = _fingerprint(
         {
             "model": model_ref,
@@ -243,88 +236,85 @@ def evaluate(
             "format": cfg.student.prompt_format,
         }
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = out_dir / "summary.json"
-    if summary_path.exists():
-        old = json.loads(summary_path.read_text(encoding="utf-8"))
+    plan = EvalPlan(model, model_ref, name or model.name, spec, qs, answers, out, fp)
+    out.dir.mkdir(parents=True, exist_ok=True)
+    if out.summary.exists():
+        old = json.loads(out.summary.read_text(encoding="utf-8"))
         if old.get("fingerprint") == fp:
-            return old
-    meta_path = out_dir / "eval_meta.json"
+            plan.finished = old
+            return plan
     meta = {"model": model_ref, "infer": asdict(cfg.student.infer), "format": cfg.student.prompt_format}
-    if meta_path.exists():
-        old_meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if out.meta.exists():
+        old_meta = json.loads(out.meta.read_text(encoding="utf-8"))
         if old_meta.get("model") != model_ref:
             raise LionError(
-                f"{out_dir}: holds the evaluation of another model ({old_meta.get('model')}); "
+                f"{out.dir}: holds the evaluation of another model ({old_meta.get('model')}); "
                 "choose another --name or remove that directory"
             )
         if {k: old_meta.get(k) for k in ("infer", "format")} != {k: meta[k] for k in ("infer", "format")}:
             # the saved answers came from other generation settings: they are not this evaluation's answers
-            (out_dir / "candidate_answers.jsonl").unlink(missing_ok=True)
-    write_json(meta_path, {**meta, "questions": spec, "answers": answers})
-    write_jsonl(out_dir / "questions.jsonl", (asdict(q) for q in qs))
+            out.candidate_answers.unlink(missing_ok=True)
+    write_json(out.meta, {**meta, "questions": spec, "answers": answers})
+    write_jsonl(out.questions, (asdict(q) for q in qs))
+    return plan
 
-    # 1. the candidate answers (saved per batch), 2. the references, 3. the judge in both orders
-    cand = candidate_answers(cfg, model, qs, out_dir, progress=progress)
-    if answers:
-        refs: dict[str, str | None] = dict(load_answers(answers, qs))
-        ref_source = str(answers)
-    else:
-        refs = teacher_reference(cfg, gateway, qs)
-        ref_source = f"teacher:{cfg.llm.teacher.model}"
-    items = [(q.id, q.text, refs[q.id], cand[q.id]) for q in qs if refs[q.id] is not None]
+
+def answer(ctx: RunContext, plan: EvalPlan) -> tuple[dict[str, str], dict[str, str | None], str]:
+    """The candidate's answers (saved as they come), the reference answers and where the references came from."""
+    cand = student_answers(ctx, plan.model, plan.questions, plan.out.candidate_answers)
+    if plan.answers_file:
+        return cand, dict(load_answers(plan.answers_file, plan.questions)), str(plan.answers_file)
+    return cand, teacher_answers(ctx, plan.questions, PHASE), f"teacher:{ctx.cfg.llm.teacher.model}"
+
+
+def judge(
+    ctx: RunContext, plan: EvalPlan, cand: dict[str, str], refs: dict[str, str | None]
+) -> dict[str, PairJudgement]:
+    """The judge's verdicts in both orders for every question that has a reference answer."""
+    ec = ctx.cfg.eval
+    pairs = [Pair(q.id, q.text, ref, cand[q.id]) for q in plan.questions if (ref := refs[q.id]) is not None]
     judged = judge_pairs(
-        gateway,
+        ctx.gateway,
         "judge",
         PHASE,
-        items,
-        load_template(ec.judge_template, cfg.prompts_dir),
+        pairs,
+        ctx.template(ec.judge_template),
         attempts=ec.judge_attempts,
         both_orders=True,
-        desc=f"judge ({name or model.name})",
+        desc=f"judge ({plan.name})",
     )
-    by_id = {j.id: j for j in judged}
+    return {j.id: j for j in judged}
 
-    # answer "1" is the reference, "2" the candidate: order "12" shows the reference first
-    order_name = {"12": "ref_first", "21": "cand_first"}
-    rows: list[QuestionScores] = []
-    judgement_rows: list[dict[str, Any]] = []
-    table: list[dict[str, Any]] = []
-    grade = None
-    if spec == ORACLE:
-        from .sim.tasks import grade
-    for q in qs:
+
+def tabulate(
+    ctx: RunContext,
+    plan: EvalPlan,
+    cand: dict[str, str],
+    refs: dict[str, str | None],
+    judged: dict[str, PairJudgement],
+) -> Scored:
+    """Per question: the scores in each order, their means, win/tie/loss, flip, why excluded, and (offline)
+    whether the candidate and the reference are exactly right."""
+    world = ctx.world if plan.spec == ORACLE else None
+    out = Scored([], [], [])
+    for q in plan.questions:
+        j = judged.get(q.id)
+        verdicts = j.verdicts if j else ()
         scores: dict[str, tuple[float, float] | None] = {o: None for o in ORDERS}
-        j = by_id.get(q.id)
-        for o in j.orders if j else []:
-            name_o = order_name.get(str(o.get("order")), str(o.get("order")))
-            ok = bool(o.get("ok")) and o.get("score_1") is not None and o.get("score_2") is not None
-            if ok:
-                scores[name_o] = (float(o["score_2"]), float(o["score_1"]))
-            judgement_rows.append(
-                {
-                    "id": q.id,
-                    "order": name_o,
-                    "raw": o.get("raw"),
-                    "candidate_score": o.get("score_2"),
-                    "reference_score": o.get("score_1"),
-                    "ok": ok,
-                    "error": o.get("error"),
-                    "attempts": o.get("attempts"),
-                }
-            )
+        for v in verdicts:
+            if v.ok:
+                scores[v.order] = (float(v.candidate_score), float(v.reference_score))  # type: ignore[arg-type]
+            out.judgements.append(v.to_row(q.id))
         qsc = QuestionScores(q.id, q.category, scores)
         if refs[q.id] is not None:  # a question with no reference answer was never judged: not a judge failure
-            rows.append(qsc)
+            out.rows.append(qsc)
         m = qsc.mean()
         reason = None
         if refs[q.id] is None:
             reason = "no reference answer"
         elif not qsc.ok:
-            errors = [str(o.get("error") or "") for o in (j.orders if j else [])]
-            reason = (
-                "judge call failed" if any(e.startswith("call failed") for e in errors) else "judge verdict unparseable"
-            )
+            failed_call = any((v.error or "").startswith("call failed") for v in verdicts)
+            reason = "judge call failed" if failed_call else "judge verdict unparseable"
         trow: dict[str, Any] = {"id": q.id, "question_id": q.question_id, "category": q.category}
         for o in ORDERS:
             s = scores[o]
@@ -339,28 +329,41 @@ def evaluate(
                 "excluded": reason,
             }
         )
-        if grade is not None:
-            trow["correct"] = grade(q.instruction, cand[q.id])
-            trow["reference_correct"] = grade(q.instruction, refs[q.id]) if refs[q.id] is not None else None
-        table.append(trow)
+        if world is not None:
+            ref = refs[q.id]
+            trow["correct"] = world.grade(q.instruction, cand[q.id])
+            trow["reference_correct"] = world.grade(q.instruction, ref) if ref is not None else None
+        out.table.append(trow)
+    return out
 
+
+def write(
+    ctx: RunContext,
+    plan: EvalPlan,
+    cand: dict[str, str],
+    refs: dict[str, str | None],
+    ref_source: str,
+    scored: Scored,
+) -> dict[str, Any]:
+    """Write answers, judgements, the table and the summary (last: it marks the evaluation done)."""
+    qs, out, judge_model = plan.questions, plan.out, ctx.cfg.llm.judge.model
     summary: dict[str, Any] = {
-        "name": name or model.name,
-        "model": str(model),
-        "questions": str(spec),
+        "name": plan.name,
+        "model": str(plan.model),
+        "questions": str(plan.spec),
         "n_questions": len(qs),
         "reference": ref_source,
-        "judge_model": cfg.llm.judge.model,
-        **summarize(rows),
+        "judge_model": judge_model,
+        **summarize(scored.rows),
     }
     summary["overall"]["n_no_reference"] = sum(1 for q in qs if refs[q.id] is None)
-    summary["seen_in_training"] = seen_in_training(Path(cfg.run_dir), qs)
-    if grade is not None:
-        summary["oracle"] = oracle_accuracy(qs, table)
-    summary["fingerprint"] = fp
+    summary["seen_in_training"] = seen_in_training(ctx.run, qs)
+    if plan.spec == ORACLE and ctx.world is not None:
+        summary["oracle"] = oracle_accuracy(ctx.world, qs, cand, refs)
+    summary["fingerprint"] = plan.fingerprint
 
     write_jsonl(
-        out_dir / "answers.jsonl",
+        out.answers,
         (
             {
                 "id": q.id,
@@ -374,10 +377,10 @@ def evaluate(
             for q in qs
         ),
     )
-    write_jsonl(out_dir / "judgements.jsonl", judgement_rows)
-    write_jsonl(out_dir / "table.jsonl", table)
-    atomic_write_text(out_dir / "table.md", table_markdown(qs, table))
-    text = format_summary(summary, title=f"{summary['name']} vs {ref_source} on {spec} (judge {cfg.llm.judge.model})")
+    write_jsonl(out.judgements, scored.judgements)
+    write_jsonl(out.table, scored.table)
+    atomic_write_text(out.table_md, table_markdown(qs, scored.table))
+    text = format_summary(summary, title=f"{summary['name']} vs {ref_source} on {plan.spec} (judge {judge_model})")
     if "oracle" in summary:
         o = summary["oracle"]
         text += "\noracle exact accuracy: " + ", ".join(f"{f} {a:.0%}" for f, a in o["accuracy"].items())
@@ -391,37 +394,28 @@ def evaluate(
             f"\nwarning: {summary['seen_in_training']} of the {len(qs)} questions occur in a Train Pool of "
             "this run (the student was trained on them)"
         )
-    atomic_write_text(out_dir / "summary.txt", text + "\n")
-    write_json(summary_path, summary)  # last: its presence (with this fingerprint) marks the evaluation done
+    atomic_write_text(out.summary_txt, text + "\n")
+    write_json(out.summary, summary)  # last: its presence (with this fingerprint) marks the evaluation done
     return summary
 
 
-def seen_in_training(run_dir: Path, qs: Sequence[EvalQuestion]) -> int:
+def seen_in_training(run: RunLayout, qs: Sequence[EvalQuestion]) -> int:
     """How many evaluated questions occur (same content id) in any Train Pool of the run: a leak check."""
     ids = {q.id for q in qs}
     seen: set[str] = set()
-    for pool in sorted(run_dir.glob("round_*/train_pool.jsonl")):
-        seen |= {str(r.get("id")) for r in read_jsonl(pool)} & ids
+    for rp in run.rounds():
+        if rp.train_pool.exists():
+            seen |= {str(r.get("id")) for r in read_jsonl(rp.train_pool)} & ids
     return len(seen)
 
 
-def oracle_accuracy(qs: Sequence[EvalQuestion], table: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Exact accuracy per task family (grade() of the offline world), for the candidate and the reference."""
-    per: dict[str, list[bool]] = {}
-    ref: list[bool] = []
-    for q, t in zip(qs, table, strict=True):
-        if t.get("correct") is None:
-            continue
-        per.setdefault(q.category, []).append(bool(t["correct"]))
-        if t.get("reference_correct") is not None:
-            ref.append(bool(t["reference_correct"]))
-    n = sum(len(v) for v in per.values())
-    return {
-        "accuracy": {f: sum(v) / len(v) for f, v in sorted(per.items())},
-        "n": {f: len(v) for f, v in sorted(per.items())},
-        "overall": sum(sum(v) for v in per.values()) / n if n else None,
-        "reference_overall": sum(ref) / len(ref) if ref else None,
-    }
+def oracle_accuracy(
+    world: World, qs: Sequence[EvalQuestion], cand: dict[str, str], refs: dict[str, str | None]
+) -> dict[str, Any]:
+    """Exact accuracy per task family of the candidate, and overall of the reference (offline world)."""
+    acc = family_accuracy(world, ((q.instruction, cand[q.id]) for q in qs))
+    ref = family_accuracy(world, ((q.instruction, r) for q in qs if (r := refs[q.id]) is not None))
+    return {**acc, "reference_overall": ref["overall"]}
 
 
 def table_markdown(qs: Sequence[EvalQuestion], table: Sequence[dict[str, Any]]) -> str:
@@ -458,13 +452,16 @@ def table_markdown(qs: Sequence[EvalQuestion], table: Sequence[dict[str, Any]]) 
     return "\n".join(lines) + "\n"
 
 
-def evaluate_round(
-    cfg: LionConfig, round_no: int, gateway: Any, student_path: str | Path, *, progress: bool = True
-) -> dict[str, Any]:
-    """The loop's per-round hook: evaluate round `round_no`'s student into round_XX/eval/; return the summary."""
-    out = Path(cfg.run_dir) / f"round_{round_no:02d}" / "eval"
-    summary = evaluate(cfg, gateway, student_path, out, name=f"round {round_no}", progress=progress)
-    return {k: v for k, v in summary.items() if k != "fingerprint"}
+def evaluate_round(ctx: RunContext, r: int) -> dict[str, Any]:
+    """The loop's per-round hook: evaluate round r's student into round_XX/eval/ and keep the summary as the
+    round's eval.json (idempotent: a finished evaluation is read back)."""
+    rp = ctx.run.round(r)
+    if rp.eval_summary.exists():
+        return read_json_or_empty(rp.eval_summary)
+    summary = evaluate(ctx, rp.student, rp.eval, name=f"round {r}")
+    summary = {k: v for k, v in summary.items() if k != "fingerprint"}
+    write_json(rp.eval_summary, summary)
+    return summary
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -495,46 +492,33 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .context import RunContext
-
     args = make_parser().parse_args(argv)
     overrides = list(args.overrides)
     if args.max_questions is not None:
         overrides.append(f"eval.max_questions={args.max_questions}")
     cfg = load_config(args.config, overrides)
-    run = Path(cfg.run_dir)
-    if args.round is not None:
-        model = run / f"round_{args.round:02d}" / "student"
-        if not model.is_dir():
-            raise LionError(f"{model}: round {args.round}'s student does not exist (run its imitation first)")
-        out = run / f"round_{args.round:02d}" / "eval"
-        name = f"round {args.round}"
-    elif args.model:
-        model = Path(args.model)
-        if not model.exists() and not _hub_id(args.model):
-            raise LionError(f"--model {model}: no such model directory")
-        name = args.name or (model.resolve().name if model.exists() else args.model.replace("/", "--"))
-        out = run / "eval" / name
+    run = RunLayout(cfg.run_dir)
     with RunContext(cfg, progress=args.progress) as ctx:
-        if args.base:
+        if args.round is not None:
+            model, out, name = run.round(args.round).student, run.round(args.round).eval, f"round {args.round}"
+            if not model.is_dir():
+                raise LionError(f"{model}: round {args.round}'s student does not exist (run its imitation first)")
+        elif args.model:
+            model = Path(args.model)
+            if not model.exists() and not _hub_id(args.model):
+                raise LionError(f"--model {model}: no such model directory")
+            name = args.name or (model.resolve().name if model.exists() else args.model.replace("/", "--"))
+            out = run.eval(name)
+        else:
             from .student import resolve_base_model
 
-            model = Path(resolve_base_model(ctx.cfg.student, run))
+            model = Path(resolve_base_model(ctx.cfg.student, run.base_model))
             name = args.name or "base"
-            out = run / "eval" / name
-        summary = evaluate(
-            ctx.cfg,
-            ctx.gateway,
-            model,
-            out,
-            questions=args.questions,
-            answers=args.answers,
-            name=name,
-            progress=args.progress,
-        )
-        write_json(run / "usage.json", ctx.gateway.usage_summary())
-    print((out / "summary.txt").read_text(encoding="utf-8"), end="")
-    print(f"saved under {out}")
+            out = run.eval(name)
+        summary = evaluate(ctx, model, out, questions=args.questions, answers=args.answers, name=name)
+        write_json(run.usage, ctx.gateway.usage_summary())
+    print(out.summary_txt.read_text(encoding="utf-8"), end="")
+    print(f"saved under {out.dir}")
     return 0 if summary["overall"]["n_scored"] else 1
 
 

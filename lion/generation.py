@@ -77,18 +77,17 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
     """Run phase 3 of round r (idempotent)."""
     from .filters import CandidateFilter, load_eval_questions
 
-    rd = ctx.round_dir(r)
+    rp = ctx.run.round(r)
     if ctx.run.is_done(r, "generation"):
-        return read_json_or_empty(rd / "generation.json")
+        return read_json_or_empty(rp.phase_metrics("generation"))
     if not ctx.run.is_done(r, "discrimination"):
         raise LionError(
-            f"round {r} generation needs round {r}'s discrimination first "
-            f"({ctx.run.done_marker(r, 'discrimination')} missing)"
+            f"round {r} generation needs round {r}'s discrimination first ({rp.done('discrimination')} missing)"
         )
     gc = ctx.cfg.generation
-    pool = read_pool(rd / "cache_pool.jsonl")
+    pool = read_pool(rp.cache_pool)
     by_id = {i.id: i for i in pool}
-    labels = {row["id"]: row["label"] for row in read_jsonl(rd / "split.jsonl")}
+    labels = {row["id"]: row["label"] for row in read_jsonl(rp.split)}
     seeds = {k: [i for i in pool if labels.get(i.id) == k] for k in KINDS}
     wanted = {"hard": gc.n_hard, "easy": gc.n_easy}
     budget = {k: math.ceil(wanted[k] * gc.max_attempts_factor) if seeds[k] else 0 for k in KINDS}
@@ -153,8 +152,8 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
     stopped = (
         "targets_met" if met else ("no_seeds" if any(wanted[k] and not seeds[k] for k in KINDS) else "max_attempts")
     )
-    write_jsonl(rd / "generated.jsonl", (i.to_json() for k in KINDS for i in accepted[k]))
-    write_jsonl(rd / "rejected.jsonl", rejected)
+    write_jsonl(rp.generated, (i.to_json() for k in KINDS for i in accepted[k]))
+    write_jsonl(rp.rejected, rejected)
     metrics = {
         "wanted": wanted,
         "seeds": {k: len(seeds[k]) for k in KINDS},
@@ -163,7 +162,7 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         "rejected": dict(Counter(x["reason"] for x in rejected)),
         "stopped": stopped,
     }
-    write_json(rd / "generation.json", metrics)
+    write_json(rp.phase_metrics("generation"), metrics)
     ctx.run.mark_done(r, "generation")
     return metrics
 

@@ -12,66 +12,36 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from typing import Any
 
+from .answers import teacher_answers
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
 from .pools import prepare_round
-from .prompts import teacher_request
-from .records import Instruction, read_json_or_empty, read_pool, write_json
-from .teachers.base import ChatRequest
-
-
-def teacher_messages(ctx: RunContext, inst: Instruction) -> list[dict[str, str]]:
-    system = ctx.template("teacher_system").render()
-    user = ctx.template("teacher").render(request=teacher_request(inst.instruction, inst.input))
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-def teacher_answers(ctx: RunContext, pool: Sequence[Instruction], phase: str) -> dict[str, str | None]:
-    """Answer for every instruction (None where the teacher failed), buying only the missing ones."""
-    who = ctx.teacher_identity
-    missing = [inst for inst in pool if ctx.answers.get(inst.id, who) is None]
-    if missing:
-        results = ctx.gateway.chat_many(
-            "teacher",
-            phase,
-            [ChatRequest(messages=teacher_messages(ctx, i)) for i in missing],
-            desc=f"teacher answers ({phase})",
-        )
-        for inst, res in zip(missing, results):
-            if res.ok and res.text is not None and res.text.strip():
-                ctx.answers.put(inst.id, who, res.text.strip(), res.finish_reason)
-    out: dict[str, str | None] = {}
-    for inst in pool:
-        row = ctx.answers.get(inst.id, who)
-        out[inst.id] = row["answer"] if row else None
-    return out
+from .records import read_json_or_empty, read_pool, write_json
 
 
 def previous_student(ctx: RunContext, r: int) -> str:
     from .student import resolve_base_model
 
     if r > 1 and ctx.cfg.student.continue_from_previous:
-        prev = ctx.run.student_dir(r - 1)
+        prev = ctx.run.round(r - 1).student
         if not prev.is_dir():
             raise LionError(
                 f"{prev}: round {r - 1}'s student is missing; round {r} continues from it "
-                "(run round {r - 1}'s imitation first, or set student.continue_from_previous: false)"
+                f"(run round {r - 1}'s imitation first, or set student.continue_from_previous: false)"
             )
         return str(prev)
-    return str(resolve_base_model(ctx.cfg.student, ctx.run.path))
+    return str(resolve_base_model(ctx.cfg.student, ctx.run.base_model))
 
 
 def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
     """Run phase 1 of round r (idempotent: a finished phase returns its saved metrics)."""
-    rd = ctx.round_dir(r)
-    metrics_path = rd / "imitation.json"
+    rp = ctx.run.round(r)
     if ctx.run.is_done(r, "imitation"):
-        return read_json_or_empty(metrics_path)
+        return read_json_or_empty(rp.phase_metrics("imitation"))
     prepare_round(ctx, r)
-    pool = read_pool(rd / "train_pool.jsonl")
+    pool = read_pool(rp.train_pool)
     answers = teacher_answers(ctx, pool, "imitation")
     examples = [
         {"instruction": i.instruction, "input": i.input, "output": answers[i.id]} for i in pool if answers[i.id]
@@ -86,7 +56,7 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
 
     init_from = previous_student(ctx, r)
     result = train_student(
-        ctx.cfg.student, examples, init_from, ctx.run.student_dir(r), seed=ctx.cfg.seed + r, progress=ctx.progress
+        ctx.cfg.student, examples, init_from, rp.student, seed=ctx.cfg.seed + r, progress=ctx.progress
     )
     metrics = {
         "n_train_pool": len(pool),
@@ -96,7 +66,7 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
         "student": str(result.path),
         "train": result.metrics,
     }
-    write_json(metrics_path, metrics)
+    write_json(rp.phase_metrics("imitation"), metrics)
     ctx.run.mark_done(r, "imitation")
     return metrics
 

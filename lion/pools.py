@@ -25,7 +25,7 @@ def _union(a: list[Instruction], b: list[Instruction]) -> list[Instruction]:
 
 def seed_pools(ctx: RunContext) -> tuple[list[Instruction], list[Instruction]]:
     pc = ctx.cfg.pools
-    train, rep = load_instructions(pc.train_seed, pc.limit)
+    train, _ = load_instructions(pc.train_seed, pc.limit)
     if pc.cache_seed and pc.cache_seed != pc.train_seed:
         cache, _ = load_instructions(pc.cache_seed, pc.limit)
         cache = _union(cache, train)  # the Train Pool is always part of the Cache Pool
@@ -35,28 +35,26 @@ def seed_pools(ctx: RunContext) -> tuple[list[Instruction], list[Instruction]]:
 
 
 def prepare_round(ctx: RunContext, r: int) -> None:
-    """Write round r's train_pool.jsonl and cache_pool.jsonl if they are not there yet."""
-    rd = ctx.round_dir(r)
-    train_path, cache_path = rd / "train_pool.jsonl", rd / "cache_pool.jsonl"
-    if train_path.exists() and cache_path.exists():
+    """Write round r's Train Pool and Cache Pool if they are not there yet."""
+    rp = ctx.run.round(r)
+    if rp.train_pool.exists() and rp.cache_pool.exists():
         return
     if r == 1:
         train, cache = seed_pools(ctx)
     else:
-        prev = ctx.run.round_dir(r - 1)
+        prev = ctx.run.round(r - 1)
         if not ctx.run.is_done(r - 1, "generation"):
             raise LionError(
-                f"round {r} cannot start: round {r - 1}'s generation has not finished "
-                f"({ctx.run.done_marker(r - 1, 'generation')} missing)"
+                f"round {r} cannot start: round {r - 1}'s generation has not finished ({prev.done('generation')} missing)"
             )
-        new = read_pool(prev / "generated.jsonl")
-        old_train, old_cache = read_pool(prev / "train_pool.jsonl"), read_pool(prev / "cache_pool.jsonl")
+        new = read_pool(prev.generated)
+        old_train, old_cache = read_pool(prev.train_pool), read_pool(prev.cache_pool)
         train = new if ctx.cfg.pools.train_pool == "replace" else _union(old_train, new)
         cache = _union(old_cache, new)
         if not train:
             raise LionError(
                 f"round {r}: round {r - 1} generated no new instructions, so the Train Pool is empty; "
-                f"see {prev / 'rejected.jsonl'}"
+                f"see {prev.rejected}"
             )
-    write_pool(cache_path, cache)
-    write_pool(train_path, train)
+    write_pool(rp.cache_pool, cache)
+    write_pool(rp.train_pool, train)

@@ -126,6 +126,27 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def read_jsonl_tolerant(path: Path) -> list[dict[str, Any]]:
+    """Read an append-only JSONL file, dropping a torn last line left by a crash (a torn line elsewhere is an error).
+
+    The rows of a torn line are the ones a crash lost; whoever appends them (an answer store, a resumable
+    answer file) produces them again on resume.
+    """
+    path = Path(path)
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise DataError(f"{path}:{i + 1}: corrupt line in the middle of an append-only file") from None
+    return rows
+
+
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     """Append one row and flush (for append-only logs; readers skip a torn last line)."""
     path = Path(path)

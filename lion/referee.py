@@ -1,7 +1,7 @@
 """The referee: render the comparison prompt, read the verdict, judge answer pairs in both orders.
 
-    python -m lion.referee FILE [--answers A.jsonl B.jsonl]   # parse referee outputs (one text per JSONL row
-                                                               # under "text"/"raw") and print the verdicts
+    python -m lion.referee FILE        # parse referee replies (one per JSONL row, under "text" or "raw") and print
+                                       # the verdicts
 
 Used by discrimination (teacher vs student) and by evaluation's judge (reference vs candidate).
 
@@ -30,11 +30,13 @@ Verdict format (prompts/referee.txt): an explanation, then a final line `SCORES:
   Answers are also rendered with template-delimiter look-alikes (`<<<END RESPONSE A>>>`) neutralised so an
   answer cannot close its own block and forge another one.
 
-`judge_pairs` judges (id, instruction, answer_1, answer_2) items in order "12" (answer_1 shown as A) and
-"21" (answer_2 shown as A) through the gateway: all first attempts in one concurrent batch, then every
-unparseable or failed one again as the next batch with a new sample index (the call cache would otherwise
-replay the same text), up to `attempts` tries. A pair is `ok` only when every order has a verdict; a failed
-pair keeps its raw texts and error but gets no score; failures are never turned into numbers.
+`judge_pairs` judges `Pair(id, instruction, reference, candidate)` items in the two orders `ORDERS` ("ref_first":
+the reference shown as A; "cand_first": the candidate shown as A) through the gateway: all first attempts in one
+concurrent batch, then every unparseable or failed one again as the next batch with a new sample index (the call
+cache would otherwise replay the same text), up to `attempts` tries. Each order's outcome is an `OrderVerdict`; a
+`PairJudgement` is `ok` only when every order has a verdict; a failed pair keeps its raw texts and errors but gets
+no score; failures are never turned into numbers. In discrimination the reference is the teacher and the
+candidate the student; in evaluation, the reference answer and the evaluated model.
 """
 
 from __future__ import annotations
@@ -44,15 +46,16 @@ import json
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from .prompts import Template
 
-__all__ = ["Verdict", "PairJudgement", "parse_verdict", "referee_messages", "judge_pairs", "neutralise"]
-
-ORDERS = ("12", "21")
+__all__ = [
+    "ORDERS", "Order", "Pair", "OrderVerdict", "PairJudgement", "Verdict", "parse_verdict", "referee_messages",
+    "judge_pairs", "neutralise",
+]
 
 # ------------------------------------------------------------------------------------------------ rendering
 
@@ -290,26 +293,102 @@ def parse_verdict(text: str | None, answers: Iterable[str] = ()) -> Verdict:
 
 # ------------------------------------------------------------------------------------------------ judging
 
+# A pair holds a reference answer (the teacher's in discrimination, the reference in evaluation) and a candidate
+# answer (the student's). The two presentation orders: the reference shown as A, or the candidate shown as A.
+Order = Literal["ref_first", "cand_first"]
+ORDERS: tuple[Order, Order] = ("ref_first", "cand_first")
 
-@dataclass
-class PairJudgement:
+
+class Pair(NamedTuple):
+    """What the referee compares: an instruction, a reference answer and a candidate answer."""
+
     id: str
-    score_1: float | None  # mean over the orders for answer_1; None when excluded
-    score_2: float | None
-    orders: list[dict[str, Any]]  # per order: order, raw, score_1, score_2, ok, error, attempts, rejected
-    ok: bool  # every order has a verdict
-    flipped: bool | None  # the preferred answer (1, 2 or tie) differs between the two orders
+    instruction: str
+    reference: str
+    candidate: str
 
 
-def _preference(s1: float, s2: float) -> str:
-    return "1" if s1 > s2 else "2" if s2 > s1 else "tie"
+@dataclass(frozen=True)
+class Attempt:
+    """An earlier reply to one order that could not be used (kept for inspection)."""
+
+    raw: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class OrderVerdict:
+    """The referee's verdict on one pair in one order: scores for the reference and the candidate, or the error."""
+
+    order: Order
+    raw: str | None  # the last reply (None when the call failed)
+    reference_score: float | None
+    candidate_score: float | None
+    error: str | None  # why there is no verdict; None when there is one
+    attempts: int
+    rejected: tuple[Attempt, ...] = ()  # earlier unusable replies
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.reference_score is not None and self.candidate_score is not None
+
+    def to_row(self, id: str, reference: str = "reference", candidate: str = "candidate") -> dict[str, Any]:
+        """A judgements.jsonl row; the scores are named after the pair's roles (e.g. teacher / student)."""
+        return {
+            "id": id,
+            "order": self.order,
+            "raw": self.raw,
+            f"{reference}_score": self.reference_score,
+            f"{candidate}_score": self.candidate_score,
+            "ok": self.ok,
+            "error": self.error,
+            "attempts": self.attempts,
+            "rejected": [asdict(a) for a in self.rejected],
+        }
+
+
+@dataclass(frozen=True)
+class PairJudgement:
+    """Both orders of one pair. `ok` only when every order has a verdict; a failed pair gets no score."""
+
+    id: str
+    verdicts: tuple[OrderVerdict, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(v.ok for v in self.verdicts)
+
+    def _mean(self, scores: list[float | None]) -> float | None:
+        return sum(s for s in scores if s is not None) / len(scores) if self.ok else None
+
+    @property
+    def reference_score(self) -> float | None:
+        """Mean over the orders; None unless every order has a verdict."""
+        return self._mean([v.reference_score for v in self.verdicts])
+
+    @property
+    def candidate_score(self) -> float | None:
+        return self._mean([v.candidate_score for v in self.verdicts])
+
+    @property
+    def flipped(self) -> bool | None:
+        """Does the preferred answer (reference, candidate or a tie) change with the order? None unless both
+        orders were judged and parsed."""
+        if not self.ok or len(self.verdicts) != 2:
+            return None
+        a, b = (_preference(v.reference_score, v.candidate_score) for v in self.verdicts)  # type: ignore[arg-type]
+        return a != b
+
+
+def _preference(ref: float, cand: float) -> str:
+    return "ref" if ref > cand else "cand" if cand > ref else "tie"
 
 
 def judge_pairs(
     gateway: Any,
     role: str,
     phase: str,
-    items: Sequence[tuple[str, str, str, str]],
+    items: Sequence[Pair | tuple[str, str, str, str]],
     template: Template,
     *,
     attempts: int = 3,
@@ -317,7 +396,7 @@ def judge_pairs(
     desc: str = "",
     retry_temperature: float | None = None,
 ) -> list[PairJudgement]:
-    """Judge (id, instruction, answer_1, answer_2) items; one PairJudgement per item, in input order.
+    """Judge (id, instruction, reference, candidate) pairs; one PairJudgement per pair, in input order.
 
     `retry_temperature`: sampling temperature for retries (None: the role's own); a temperature-0 referee
     that wrote an unreadable reply tends to write it again, so a little temperature can help the retry.
@@ -326,18 +405,14 @@ def judge_pairs(
 
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
+    pairs = [Pair(*it) for it in items]
     orders = ORDERS if both_orders else ORDERS[:1]
-    state: dict[tuple[int, str], dict[str, Any]] = {}
-    jobs: list[tuple[int, str]] = []
-    for k in range(len(items)):
-        for o in orders:
-            state[(k, o)] = {"order": o, "raw": None, "score_1": None, "score_2": None, "ok": False,
-                             "error": None, "attempts": 0, "rejected": []}  # fmt: skip
-            jobs.append((k, o))
+    last: dict[tuple[int, Order], OrderVerdict] = {}
+    jobs = [(k, o) for k in range(len(pairs)) for o in orders]
 
-    def shown(k: int, o: str) -> tuple[str, str, str]:
-        _, instruction, a1, a2 = items[k]
-        return (instruction, a1, a2) if o == "12" else (instruction, a2, a1)
+    def shown(k: int, o: Order) -> tuple[str, str, str]:
+        p = pairs[k]
+        return (p.instruction, p.reference, p.candidate) if o == "ref_first" else (p.instruction, p.candidate, p.reference)
 
     pending = jobs
     for attempt in range(attempts):
@@ -350,42 +425,25 @@ def judge_pairs(
         ]
         label = desc or f"{role} ({phase})"
         results = gateway.chat_many(role, phase, requests, desc=label if attempt == 0 else f"{label} retry {attempt}")
-        retry: list[tuple[int, str]] = []
+        retry: list[tuple[int, Order]] = []
         for (k, o), res in zip(pending, results, strict=True):
-            st = state[(k, o)]
-            st["attempts"] += 1
-            if st["raw"] is not None or st["error"] is not None:
-                st["rejected"].append({"raw": st["raw"], "error": st["error"]})
+            before = last.get((k, o))
+            rejected = (*before.rejected, Attempt(before.raw, before.error)) if before is not None else ()
             if not res.ok:
-                st["raw"], st["error"] = None, f"call failed: {res.error}"
+                last[(k, o)] = OrderVerdict(o, None, None, None, f"call failed: {res.error}", attempt + 1, rejected)
                 retry.append((k, o))
                 continue
             _, a, b = shown(k, o)
             v = parse_verdict(res.text, (a, b))
-            st["raw"] = res.text
             if not v.ok:
-                st["error"] = f"unparseable verdict: {v.error}"
+                error = f"unparseable verdict: {v.error}"
+                last[(k, o)] = OrderVerdict(o, res.text, None, None, error, attempt + 1, rejected)
                 retry.append((k, o))
                 continue
-            assert v.a is not None and v.b is not None
-            st["error"] = None
-            st["ok"] = True
-            st["score_1"], st["score_2"] = (v.a, v.b) if o == "12" else (v.b, v.a)
+            ref, cand = (v.a, v.b) if o == "ref_first" else (v.b, v.a)
+            last[(k, o)] = OrderVerdict(o, res.text, ref, cand, None, attempt + 1, rejected)
         pending = retry
-
-    out = []
-    for k, item in enumerate(items):
-        per = [state[(k, o)] for o in orders]
-        ok = all(p["ok"] for p in per)
-        s1 = sum(p["score_1"] for p in per) / len(per) if ok else None
-        s2 = sum(p["score_2"] for p in per) / len(per) if ok else None
-        flipped = None
-        if ok and len(per) == 2:
-            flipped = _preference(per[0]["score_1"], per[0]["score_2"]) != _preference(
-                per[1]["score_1"], per[1]["score_2"]
-            )
-        out.append(PairJudgement(item[0], s1, s2, per, ok, flipped))
-    return out
+    return [PairJudgement(p.id, tuple(last[(k, o)] for o in orders)) for k, p in enumerate(pairs)]
 
 
 # ------------------------------------------------------------------------------------------------ CLI

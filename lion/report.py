@@ -15,17 +15,17 @@ import argparse
 import base64
 import html
 import json
-import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import plots
 from .errors import DataError, LionError
+from .layout import PHASES, RoundPaths, RunLayout
 from .records import atomic_write_text, read_jsonl
-
-ROUND_DIR = re.compile(r"^round_(\d+)$")
-
+from .roundtable import collect_round, table_rows
 
 # --------------------------------------------------------------------------------------------- reading
 
@@ -45,9 +45,8 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 @dataclass
 class RoundData:
-    no: int
-    path: Path
-    metrics: dict[str, Any] = field(default_factory=dict)
+    paths: RoundPaths
+    figures: dict[str, Any] = field(default_factory=dict)  # metrics.json, or lion.roundtable.collect_round
     split: list[dict[str, Any]] = field(default_factory=list)
     generated: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
@@ -55,73 +54,85 @@ class RoundData:
     eval: dict[str, Any] | None = None
 
     @property
+    def no(self) -> int:
+        return self.paths.no
+
+    @property
     def disc(self) -> dict[str, Any]:
-        return self.metrics.get("discrimination") or {}
+        return self.figures.get("discrimination") or {}
 
     @property
     def gen(self) -> dict[str, Any]:
-        return self.metrics.get("generation") or {}
+        return self.figures.get("generation") or {}
 
     @property
     def oracle(self) -> dict[str, Any] | None:
         """Offline world: the student's exact accuracy per family, on the held-out evaluation questions when
         the round was evaluated, else on the Cache Pool (measured by discrimination)."""
-        return (self.eval or {}).get("oracle") or self.metrics.get("oracle")
+        return (self.eval or {}).get("oracle") or self.figures.get("oracle")
 
     @property
     def oracle_source(self) -> str:
         return "held-out" if (self.eval or {}).get("oracle") else "Cache Pool"
 
+    def phases_done(self) -> list[str]:
+        return [p for p in PHASES if self.paths.done(p).exists()]
+
 
 @dataclass
 class RunData:
-    path: Path
+    layout: RunLayout
     rounds: list[RoundData]
     usage: dict[str, Any] | None
     state: dict[str, Any] | None
     config: dict[str, Any] | None
     other_evals: dict[str, dict[str, Any]]
 
+    @property
+    def path(self) -> Path:
+        return self.layout.root
+
+
+def load_round(rp: RoundPaths) -> RoundData:
+    r = RoundData(rp)
+    # a finished round's metrics.json; a round in progress: whatever its phases have written so far
+    r.figures = _json(rp.metrics) or collect_round(rp)
+    r.split = _jsonl(rp.split)
+    r.generated = _jsonl(rp.generated)
+    r.rejected = _jsonl(rp.rejected)
+    r.student_answers = {str(a.get("id")): str(a.get("answer", "")) for a in _jsonl(rp.student_answers)}
+    r.eval = _json(rp.eval.summary) or r.figures.get("eval") or None
+    if r.eval is not None:
+        r.figures["eval"] = r.eval
+    return r
+
 
 def load_run(run_dir: str | Path) -> RunData:
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise LionError(f"{path}: no such run directory")
-    rounds = []
-    for d in sorted(path.iterdir()):
-        m = ROUND_DIR.match(d.name)
-        if not m or not d.is_dir():
-            continue
-        r = RoundData(no=int(m.group(1)), path=d)
-        r.metrics = _json(d / "metrics.json") or {}
-        r.split = _jsonl(d / "split.jsonl")
-        r.generated = _jsonl(d / "generated.jsonl")
-        r.rejected = _jsonl(d / "rejected.jsonl")
-        r.student_answers = {str(a.get("id")): str(a.get("answer", "")) for a in _jsonl(d / "student_answers.jsonl")}
-        r.eval = _json(d / "eval" / "summary.json") or r.metrics.get("eval") or None
-        rounds.append(r)
-    rounds.sort(key=lambda r: r.no)
+    layout = RunLayout(run_dir)
+    if not layout.root.is_dir():
+        raise LionError(f"{layout.root}: no such run directory")
+    rounds = [load_round(rp) for rp in layout.rounds()]
     if not rounds:
-        raise LionError(f"{path}: no round_XX directories; is this a lion run directory?")
+        raise LionError(f"{layout.root}: no round_XX directories; is this a lion run directory?")
     config = None
-    if (path / "config.yaml").is_file():
+    if layout.config.is_file():
         import yaml
 
         try:
-            config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+            config = yaml.safe_load(layout.config.read_text(encoding="utf-8"))
         except yaml.YAMLError:
             config = None
     others = {}
-    if (path / "eval").is_dir():
-        for d in sorted((path / "eval").iterdir()):
-            s = _json(d / "summary.json") if d.is_dir() else None
-            if s:
-                others[d.name] = s
+    if layout.evals_dir.is_dir():
+        for d in sorted(layout.evals_dir.iterdir()):
+            summary = _json(layout.eval(d.name).summary) if d.is_dir() else None
+            if summary:
+                others[d.name] = summary
     return RunData(
-        path=path,
+        layout=layout,
         rounds=rounds,
-        usage=_json(path / "usage.json"),
-        state=_json(path / "state.json"),
+        usage=_json(layout.usage),
+        state=_json(layout.state),
         config=config if isinstance(config, dict) else None,
         other_evals=others,
     )
@@ -146,155 +157,113 @@ def _usage_rows(run: RunData) -> list[dict[str, Any]]:
     usage = run.usage
     if not usage:  # fall back to the newest round's snapshot
         for r in reversed(run.rounds):
-            if r.metrics.get("usage"):
-                usage = r.metrics["usage"]
+            if r.figures.get("usage"):
+                usage = r.figures["usage"]
                 break
     rows = (usage or {}).get("by") or []
     return [u for u in rows if isinstance(u, dict)]
 
 
-def build_figures(run: RunData) -> list[tuple[str, str, bytes | None]]:
-    """(section, title, png-or-None) in report order."""
-    from . import plots
+def _xs(run: RunData) -> list[int]:
+    return [r.no for r in run.rounds]
 
-    xs = [r.no for r in run.rounds]
-    figs: list[tuple[str, str, bytes | None]] = []
-    sec = "Discrimination"
-    figs.append(
-        (
-            sec,
-            "Hard ratio per round",
-            plots.line_chart(
-                "Share of the Cache Pool judged hard",
-                xs,
-                {"hard ratio": [r.disc.get("hard_ratio") for r in run.rounds]},
-                ylabel="hard",
-                percent=True,
-                ylim=(-3, 103),
-            ),
-        )
-    )
-    figs.append(
-        (
-            sec,
-            "Teacher and student mean score",
-            plots.line_chart(
-                "Referee mean score per round",
-                xs,
-                {
-                    "teacher": [r.disc.get("teacher_mean") for r in run.rounds],
-                    "student": [r.disc.get("student_mean") for r in run.rounds],
-                },
-                ylabel="score (1-10)",
-            ),
-        )
-    )
+
+def _labels(run: RunData) -> list[str]:
+    return [f"round {r.no}" for r in run.rounds]
+
+
+# ---------------------------------------------------------------- discrimination
+
+
+def _hard_ratio(run: RunData) -> bytes | None:
+    return plots.line_chart(
+        "Share of the Cache Pool judged hard", _xs(run), {"hard ratio": [r.disc.get("hard_ratio") for r in run.rounds]},
+        ylabel="hard", percent=True, ylim=(-3, 103),
+    )  # fmt: skip
+
+
+def _mean_scores(run: RunData) -> bytes | None:
+    series = {who: [r.disc.get(f"{who}_mean") for r in run.rounds] for who in ("teacher", "student")}
+    return plots.line_chart("Referee mean score per round", _xs(run), series, ylabel="score (1-10)")
+
+
+def _gap_histogram(run: RunData) -> bytes | None:
     tau = _get(run.config, "discrimination", "tau")
-    figs.append(
-        (
-            sec,
-            "Gap histogram",
-            plots.histogram(
-                "Gap = teacher score - student score (both orders averaged)",
-                {f"round {r.no}": [float(s["gap"]) for s in r.split if s.get("gap") is not None] for r in run.rounds},
-                xlabel="gap",
-                marker=float(tau) if isinstance(tau, (int, float)) else None,
-                marker_label="tau",
-            ),
-        )
-    )
-    sec = "Referee health"
-    figs.append(
-        (
-            sec,
-            "Swap-flip and parse-failure rates",
-            plots.line_chart(
-                "Referee health per round",
-                xs,
-                {
-                    "swap-flip rate": [r.disc.get("swap_flip_rate") for r in run.rounds],
-                    "parse-failure rate": [r.disc.get("parse_failure_rate") for r in run.rounds],
-                },
-                ylabel="rate",
-                percent=True,
-                ymin=0,
-            ),
-        )
-    )
-    sec = "Generation"
-    labels = [f"round {r.no}" for r in run.rounds]
-    figs.append(
-        (
-            sec,
-            "New instructions by kind",
-            plots.bar_chart(
-                "New instructions: accepted (and wanted) by kind",
-                labels,
-                {
-                    "hard accepted": [_get(r.gen, "accepted", "hard") for r in run.rounds],
-                    "hard wanted": [_get(r.gen, "wanted", "hard") for r in run.rounds],
-                    "easy accepted": [_get(r.gen, "accepted", "easy") for r in run.rounds],
-                    "easy wanted": [_get(r.gen, "wanted", "easy") for r in run.rounds],
-                },
-                ylabel="instructions",
-                colors=("#b2182b", "#f4a582", "#1b7837", "#a6dba0"),
-            ),
-        )
-    )
+    gaps = {f"round {r.no}": [float(s["gap"]) for s in r.split if s.get("gap") is not None] for r in run.rounds}
+    return plots.histogram(
+        "Gap = teacher score - student score (both orders averaged)", gaps, xlabel="gap",
+        marker=float(tau) if isinstance(tau, (int, float)) else None, marker_label="tau",
+    )  # fmt: skip
+
+
+def _referee_health(run: RunData) -> bytes | None:
+    series = {
+        "swap-flip rate": [r.disc.get("swap_flip_rate") for r in run.rounds],
+        "parse-failure rate": [r.disc.get("parse_failure_rate") for r in run.rounds],
+    }
+    return plots.line_chart("Referee health per round", _xs(run), series, ylabel="rate", percent=True, ymin=0)
+
+
+# ---------------------------------------------------------------- generation
+
+
+def _new_by_kind(run: RunData) -> bytes | None:
+    series = {
+        f"{kind} {what}": [_get(r.gen, what, kind) for r in run.rounds]
+        for kind in ("hard", "easy")
+        for what in ("accepted", "wanted")
+    }
+    return plots.bar_chart(
+        "New instructions: accepted (and wanted) by kind", _labels(run), series, ylabel="instructions",
+        colors=("#b2182b", "#f4a582", "#1b7837", "#a6dba0"),
+    )  # fmt: skip
+
+
+def _rejections(run: RunData) -> bytes | None:
     reasons: dict[str, list[float]] = {}
     for i, r in enumerate(run.rounds):
         counts = r.gen.get("rejected") or _count(x.get("reason", "?") for x in r.rejected)
         for reason, n in counts.items():
             reasons.setdefault(str(reason), [0.0] * len(run.rounds))[i] = float(n)
-    figs.append(
-        (
-            sec,
-            "Rejected candidates by reason",
-            plots.bar_chart(
-                "Rejected candidates by reason",
-                labels,
-                dict(sorted(reasons.items())),
-                stacked=True,
-                ylabel="candidates",
-            ),
-        )
-    )
-    sec = "Spend"
-    urows = _usage_rows(run)
-    keys = sorted({(str(u.get("role")), str(u.get("phase"))) for u in urows})
-    cats = [f"{role} / {phase}" for role, phase in keys]
+    return plots.bar_chart(
+        "Rejected candidates by reason", _labels(run), dict(sorted(reasons.items())), stacked=True,
+        ylabel="candidates",
+    )  # fmt: skip
 
-    def total(field_: str, key: tuple[str, str]) -> float:
-        return sum(float(u.get(field_) or 0) for u in urows if (str(u.get("role")), str(u.get("phase"))) == key)
 
-    figs.append(
-        (
-            sec,
-            "Tokens by role and phase",
-            plots.bar_chart(
-                "Tokens by role / phase",
-                cats,
-                {
-                    "tokens in": [total("tokens_in", k) for k in keys],
-                    "tokens out": [total("tokens_out", k) for k in keys],
-                },
-                stacked=True,
-                horizontal=True,
-                ylabel="tokens",
-            ),
-        )
-    )
-    usd = [total("usd", k) for k in keys]
-    figs.append(
-        (
-            sec,
-            "Spend by role and phase",
-            plots.bar_chart("Spend (USD) by role / phase", cats, {"USD": usd}, horizontal=True, ylabel="USD")
-            if any(usd)
-            else None,
-        )
-    )
-    sec = "Evaluation"
+# ---------------------------------------------------------------- spend
+
+
+def _spend_by(run: RunData, *fields: str) -> tuple[list[str], dict[str, list[float]]]:
+    """(role / phase categories, {field: total per category}) from the usage ledger."""
+    rows = _usage_rows(run)
+    keys = sorted({(str(u.get("role")), str(u.get("phase"))) for u in rows})
+
+    def total(f: str, key: tuple[str, str]) -> float:
+        return sum(float(u.get(f) or 0) for u in rows if (str(u.get("role")), str(u.get("phase"))) == key)
+
+    return [f"{role} / {phase}" for role, phase in keys], {f: [total(f, k) for k in keys] for f in fields}
+
+
+def _tokens(run: RunData) -> bytes | None:
+    cats, t = _spend_by(run, "tokens_in", "tokens_out")
+    series = {"tokens in": t["tokens_in"], "tokens out": t["tokens_out"]}
+    return plots.bar_chart("Tokens by role / phase", cats, series, stacked=True, horizontal=True, ylabel="tokens")
+
+
+def _usd(run: RunData) -> bytes | None:
+    cats, t = _spend_by(run, "usd")
+    if not any(t["usd"]):
+        return None
+    return plots.bar_chart("Spend (USD) by role / phase", cats, {"USD": t["usd"]}, horizontal=True, ylabel="USD")
+
+
+# ---------------------------------------------------------------- evaluation
+
+BASE_LABEL = "base model (python -m lion.evaluate --base)"
+
+
+def _relative_trend(run: RunData) -> bytes | None:
     trend = {
         "mean of both orders": [_eval_rel(r.eval) for r in run.rounds],
         "reference shown first": [_eval_rel(r.eval, "ref_first") for r in run.rounds],
@@ -302,54 +271,62 @@ def build_figures(run: RunData) -> list[tuple[str, str, bytes | None]]:
     }
     base = run.other_evals.get("base")
     if base is not None and _eval_rel(base) is not None and any(v is not None for v in trend["mean of both orders"]):
-        trend["base model (python -m lion.evaluate --base)"] = [_eval_rel(base)] * len(xs)
-    figs.append(
-        (
-            sec,
-            "Relative score trend",
-            plots.line_chart(
-                "Relative score vs the reference (%), per round",
-                xs,
-                trend,
-                ylabel="relative score",
-                emphasise=("base model (python -m lion.evaluate --base)",),
-            ),
-        )
+        trend[BASE_LABEL] = [_eval_rel(base)] * len(run.rounds)
+    return plots.line_chart(
+        "Relative score vs the reference (%), per round", _xs(run), trend, ylabel="relative score",
+        emphasise=(BASE_LABEL,),
+    )  # fmt: skip
+
+
+def _relative_by_category(run: RunData) -> bytes | None:
+    cats = sorted({c for r in run.rounds for c in (_get(r.eval, "by_category") or {})})
+    series = {c: [_get(r.eval, "by_category", c, "relative", "mean") for r in run.rounds] for c in cats}
+    return plots.line_chart(
+        "Relative score per category (mean of both orders)", _xs(run), series, ylabel="relative score"
     )
-    cat_names = sorted({c for r in run.rounds for c in (_get(r.eval, "by_category") or {})})
-    figs.append(
-        (
-            sec,
-            "Relative score per category",
-            plots.line_chart(
-                "Relative score per category (mean of both orders)",
-                xs,
-                {c: [_get(r.eval, "by_category", c, "relative", "mean") for r in run.rounds] for c in cat_names},
-                ylabel="relative score",
-            ),
-        )
-    )
+
+
+def _family_accuracy(run: RunData) -> bytes | None:
     fams = sorted({f for r in run.rounds for f in (_get(r.oracle, "accuracy") or {})})
-    if fams:
-        series = {f: [_get(r.oracle, "accuracy", f) for r in run.rounds] for f in fams}
-        series["overall"] = [_get(r.oracle, "overall") for r in run.rounds]
-        where = sorted({r.oracle_source for r in run.rounds if r.oracle})
-        figs.append(
-            (
-                sec,
-                "Exact accuracy per task family (offline world)",
-                plots.line_chart(
-                    f"Oracle-graded exact accuracy of the student ({' / '.join(where)} questions)",
-                    xs,
-                    series,
-                    ylabel="accuracy",
-                    percent=True,
-                    emphasise=("overall",),
-                    ylim=(-3, 103),
-                ),
-            )
-        )
-    return figs
+    series = {f: [_get(r.oracle, "accuracy", f) for r in run.rounds] for f in fams}
+    series["overall"] = [_get(r.oracle, "overall") for r in run.rounds]
+    where = sorted({r.oracle_source for r in run.rounds if r.oracle})
+    return plots.line_chart(
+        f"Oracle-graded exact accuracy of the student ({' / '.join(where)} questions)", _xs(run), series,
+        ylabel="accuracy", percent=True, emphasise=("overall",), ylim=(-3, 103),
+    )  # fmt: skip
+
+
+def _offline_world(run: RunData) -> bool:
+    return any(_get(r.oracle, "accuracy") for r in run.rounds)
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    section: str
+    title: str
+    draw: Callable[[RunData], bytes | None]  # None: no data yet
+    shown: Callable[[RunData], bool] = lambda run: True  # noqa: E731 - some figures exist only offline
+
+
+FIGURES: tuple[FigureSpec, ...] = (
+    FigureSpec("Discrimination", "Hard ratio per round", _hard_ratio),
+    FigureSpec("Discrimination", "Teacher and student mean score", _mean_scores),
+    FigureSpec("Discrimination", "Gap histogram", _gap_histogram),
+    FigureSpec("Referee health", "Swap-flip and parse-failure rates", _referee_health),
+    FigureSpec("Generation", "New instructions by kind", _new_by_kind),
+    FigureSpec("Generation", "Rejected candidates by reason", _rejections),
+    FigureSpec("Spend", "Tokens by role and phase", _tokens),
+    FigureSpec("Spend", "Spend by role and phase", _usd),
+    FigureSpec("Evaluation", "Relative score trend", _relative_trend),
+    FigureSpec("Evaluation", "Relative score per category", _relative_by_category),
+    FigureSpec("Evaluation", "Exact accuracy per task family (offline world)", _family_accuracy, _offline_world),
+)
+
+
+def build_figures(run: RunData) -> list[tuple[str, str, bytes | None]]:
+    """(section, title, png-or-None) in report order."""
+    return [(f.section, f.title, f.draw(run)) for f in FIGURES if f.shown(run)]
 
 
 def _count(items: Any) -> dict[str, int]:
@@ -409,34 +386,13 @@ def _f(v: Any, spec: str = ".2f", none: str = "-") -> str:
 
 
 def round_rows(run: RunData) -> list[dict[str, str]]:
-    rows = []
-    for r in run.rounds:
-        d, g = r.disc, r.gen
-        rej = g.get("rejected") if isinstance(g.get("rejected"), dict) else _count(x.get("reason") for x in r.rejected)
-        done = [p for p in ("imitation", "discrimination", "generation") if (r.path / f"{p}.done").exists()]
-        rows.append(
-            {
-                "round": str(r.no),
-                "phases done": ",".join(p[:3] for p in done) or "-",
-                "train": _f(_get(r.metrics, "imitation", "n_train"), ".0f"),
-                "judged": _f(d.get("n"), ".0f"),
-                "hard/easy/excl": "-"
-                if d.get("n") is None
-                else f"{d.get('hard', 0)}/{d.get('easy', 0)}/{d.get('excluded', 0)}",
-                "hard %": _f(d.get("hard_ratio") * 100 if d.get("hard_ratio") is not None else None, ".1f"),
-                "T mean": _f(d.get("teacher_mean")),
-                "S mean": _f(d.get("student_mean")),
-                "flip %": _f(d.get("swap_flip_rate") * 100 if d.get("swap_flip_rate") is not None else None, ".1f"),
-                "parse fail": _f(d.get("parse_failures"), ".0f"),
-                "new h/e": "-" if not g else f"{_get(g, 'accepted', 'hard') or 0}/{_get(g, 'accepted', 'easy') or 0}",
-                "rejected": str(sum(int(v) for v in rej.values())) if rej else "0" if g else "-",
-                "eval rel %": _f(_eval_rel(r.eval)),
-                "oracle acc %": _f(
-                    _get(r.oracle, "overall") * 100 if _get(r.oracle, "overall") is not None else None, ".1f"
-                ),
-            }
-        )
-    return rows
+    """The per-round summary of lion.roundtable (the same table the loop prints), with the phases done."""
+    head, rows = table_rows([r.figures for r in run.rounds])
+    out = []
+    for r, cells in zip(run.rounds, rows, strict=True):
+        row = dict(zip(head, cells, strict=True))
+        out.append({"round": row.pop("round"), "phases done": ",".join(p[:3] for p in r.phases_done()) or "-", **row})
+    return out
 
 
 def _table_text(rows: list[dict[str, str]]) -> str:
@@ -631,7 +587,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, n_lineag
     run = load_run(run_dir)
     figures = build_figures(run)
     html_text = render_html(run, figures, find_lineages(run, n_lineages))
-    out_path = Path(out) if out else run.path / "report.html"
+    out_path = Path(out) if out else run.layout.report_html
     atomic_write_text(out_path, html_text)
     summary = text_summary(run)
     atomic_write_text(out_path.with_suffix(".txt"), summary + "\n")

@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 
 from lion.config import config_from_dict
+from lion.context import RunContext
 from lion.errors import BudgetExceeded, DataError
 from lion.evalscore import QuestionScores, summarize
 from lion.evaluate import evaluate, load_answers, load_questions, main
+from lion.layout import EvalPaths
 from lion.prompts import load_template
 from lion.records import read_jsonl
 from lion.sim.scripted import last_user_message
-from lion.teachers.gateway import Gateway
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VICUNA = DATA / "vicuna80"
@@ -120,6 +121,12 @@ def _cfg(run_dir: Path, base_url: str, **llm: Any) -> Any:
     )
 
 
+def _evaluate(cfg: Any, model: Path, out: Path, name: str) -> dict[str, Any]:
+    """lion.evaluate.evaluate inside a run context (gateway, answer store), into the folder `out`."""
+    with RunContext(cfg, progress=False) as ctx:
+        return evaluate(ctx, model, EvalPaths(out), name=name)
+
+
 def _always_bad() -> str:
     return load_questions(str(VICUNA / "question.jsonl"))[3].instruction[:30]
 
@@ -130,8 +137,7 @@ def test_evaluation_with_real_reference_answers(tmp_path: Path, sim_server: Any,
     server = sim_server(ScriptedJudge(bad))
     cfg = _cfg(tmp_path / "run", server.base_url)
     out = tmp_path / "run" / "eval" / "tiny"
-    with Gateway(cfg.llm, cfg.run_path, progress=False) as gw:
-        s = evaluate(cfg, gw, tiny_student, out, name="tiny", progress=False)
+    s = _evaluate(cfg, tiny_student, out, "tiny")
     answers = read_jsonl(out / "answers.jsonl")
     assert len(answers) == N_Q
     real = {r["question_id"]: r["text"] for r in read_jsonl(VICUNA / "answer_gpt35.jsonl")}
@@ -156,15 +162,11 @@ def test_evaluation_with_real_reference_answers(tmp_path: Path, sim_server: Any,
     assert "OVERALL" in text and "generic" in text
     # a second call finds the finished evaluation and makes no call at all
     before = server.stats.requests
-    with Gateway(cfg.llm, cfg.run_path, progress=False) as gw:
-        assert evaluate(cfg, gw, tiny_student, out, name="tiny", progress=False) == json.loads(
-            (out / "summary.json").read_text()
-        )
+    assert _evaluate(cfg, tiny_student, out, "tiny") == json.loads((out / "summary.json").read_text())
     assert server.stats.requests == before
     # other generation settings: the saved candidate answers are stale and are generated again
     cfg.student.infer.max_new_tokens = 4
-    with Gateway(cfg.llm, cfg.run_path, progress=False) as gw:
-        evaluate(cfg, gw, tiny_student, out, name="tiny", progress=False)
+    _evaluate(cfg, tiny_student, out, "tiny")
     fresh = read_jsonl(out / "candidate_answers.jsonl")
     assert len(fresh) == N_Q and all(len(a["answer"]) <= 4 for a in fresh)
 
@@ -175,9 +177,9 @@ def test_resume_mid_evaluation_pays_no_call_twice(tmp_path: Path, sim_server: An
     server = sim_server(ScriptedJudge(bad))
     # reference run, uninterrupted
     cfg = _cfg(tmp_path / "full", server.base_url)
-    with Gateway(cfg.llm, cfg.run_path, progress=False) as gw:
-        full = evaluate(cfg, gw, tiny_student, tmp_path / "full" / "eval" / "t", name="t", progress=False)
-        used = gw.usage_summary()["total"]
+    with RunContext(cfg, progress=False) as ctx:
+        full = evaluate(ctx, tiny_student, EvalPaths(tmp_path / "full" / "eval" / "t"), name="t")
+        used = ctx.gateway.usage_summary()["total"]
     full_calls = server.stats.completed
     server.reset_stats()
     server.responder.seen.clear()  # the same judge, starting afresh
@@ -185,15 +187,14 @@ def test_resume_mid_evaluation_pays_no_call_twice(tmp_path: Path, sim_server: An
     cap = (used["tokens_in"] + used["tokens_out"]) // 2
     cfg = _cfg(tmp_path / "cut", server.base_url, budget_tokens=cap)
     out = tmp_path / "cut" / "eval" / "t"
-    with Gateway(cfg.llm, cfg.run_path, progress=False) as gw, pytest.raises(BudgetExceeded):
-        evaluate(cfg, gw, tiny_student, out, name="t", progress=False)
+    with pytest.raises(BudgetExceeded):
+        _evaluate(cfg, tiny_student, out, "t")
     first = server.stats.completed
     assert 0 < first < full_calls and not (out / "summary.json").exists()
     cand = out / "candidate_answers.jsonl"
     stamp = (cand.stat().st_mtime_ns, cand.read_bytes())
     cfg.llm.budget_tokens = None  # the user raises the cap and runs the same command again
-    with Gateway(cfg.llm, cfg.run_path, progress=False) as gw:
-        resumed = evaluate(cfg, gw, tiny_student, out, name="t", progress=False)
+    resumed = _evaluate(cfg, tiny_student, out, "t")
     assert server.stats.completed == full_calls  # the cut run + the resumed run paid for each call once
     assert (cand.stat().st_mtime_ns, cand.read_bytes()) == stamp  # the student was not asked again
     for k in ("overall", "by_category", "judge"):
@@ -304,9 +305,9 @@ def test_teacher_as_reference_and_a_missing_answer(tmp_path: Path, sim_server: A
     cfg.eval.reference_answers = None
     cfg.eval.max_questions = 4
     out = tmp_path / "run" / "eval" / "t"
-    with Gateway(cfg.llm, cfg.run_path, progress=False) as gw:
-        s = evaluate(cfg, gw, tiny_student, out, name="t", progress=False)
-        by_phase = {(u["role"], u["phase"]) for u in gw.usage_summary()["by"]}
+    with RunContext(cfg, progress=False) as ctx:
+        s = evaluate(ctx, tiny_student, EvalPaths(out), name="t")
+        by_phase = {(u["role"], u["phase"]) for u in ctx.gateway.usage_summary()["by"]}
     assert {("teacher", "eval"), ("judge", "eval")} <= by_phase
     assert s["reference"] == "teacher:sim-judge"
     # question 2 ("... deal with stress?") has no usable teacher answer: excluded, not a judge failure

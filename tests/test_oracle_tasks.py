@@ -130,9 +130,16 @@ def test_cli_writes_a_loadable_seed_pool(tmp_path) -> None:
 
 
 def test_family_accuracy() -> None:
-    acc = W.family_accuracy([
+    """lion.world.family_accuracy over the task world: per-family exact accuracy, unknown instructions skipped."""
+    from lion.world import World, family_accuracy
+
+    world = W.TaskWorld()
+    assert isinstance(world, World)
+    acc = family_accuracy(world, [
         ("Reverse the letters: abc", "cba"), ("Reverse the letters: abd", "xyz"),
         ("What is 2 plus 2?", "4"), ("Write a poem.", "roses"),
     ])
     assert acc == {"accuracy": {"add": 1.0, "reverse": 0.5}, "n": {"add": 1, "reverse": 2}, "overall": 2 / 3}
-    assert W.family_accuracy([])["overall"] is None
+    assert family_accuracy(world, [])["overall"] is None
+    held = world.heldout(3, seed=1)
+    assert len(held) == 3 * len(W.FAMILIES) and all(world.grade(q.instruction, q.answer) for q in held)

@@ -92,34 +92,34 @@ def test_both_orders_retries_as_new_samples_and_exclusions(tmp_path, world):
     assert rec.batches == [[0] * 12, [1] * 8, [2] * 6]  # flaky/broken/parrot/huge x 2 orders, then 3 of them
 
     plain = by["plain"]
-    assert plain.ok and (plain.score_1, plain.score_2) == (9.0, 4.0) and plain.flipped is False
-    assert [o["order"] for o in plain.orders] == ["12", "21"]
-    assert all(o["ok"] and o["attempts"] == 1 and o["error"] is None for o in plain.orders)
-    assert "A=9, B=4" in plain.orders[0]["raw"] and "A=4, B=9" in plain.orders[1]["raw"]
+    assert plain.ok and (plain.reference_score, plain.candidate_score) == (9.0, 4.0) and plain.flipped is False
+    assert [v.order for v in plain.verdicts] == ["ref_first", "cand_first"]
+    assert all(v.ok and v.attempts == 1 and v.error is None for v in plain.verdicts)
+    assert "A=9, B=4" in plain.verdicts[0].raw and "A=4, B=9" in plain.verdicts[1].raw
 
     flaky = by["flaky"]  # the retry reached the server (a new sample is a new call, not a cache replay)
-    assert flaky.ok and (flaky.score_1, flaky.score_2) == (4.0, 9.0)
-    assert [o["attempts"] for o in flaky.orders] == [2, 2]
-    assert all(len(o["rejected"]) == 1 and "no verdict" in o["rejected"][0]["error"] for o in flaky.orders)
+    assert flaky.ok and (flaky.reference_score, flaky.candidate_score) == (4.0, 9.0)
+    assert [v.attempts for v in flaky.verdicts] == [2, 2]
+    assert all(len(v.rejected) == 1 and "no verdict" in v.rejected[0].error for v in flaky.verdicts)
     flaky_prompts = [p for p in referee.calls if "FLAKY" in p]
     assert len(flaky_prompts) == 2 and all(referee.calls[p] == 2 for p in flaky_prompts)
 
     broken = by["broken"]  # excluded and counted, never a number
-    assert not broken.ok and broken.score_1 is None and broken.score_2 is None and broken.flipped is None
-    for o in broken.orders:
-        assert o["attempts"] == 3 and not o["ok"] and o["score_1"] is None and o["score_2"] is None
-        assert o["error"].startswith("unparseable verdict") and o["raw"].startswith("Both responses")
+    assert not broken.ok and broken.reference_score is None and broken.candidate_score is None and broken.flipped is None
+    for v in broken.verdicts:
+        assert v.attempts == 3 and not v.ok and v.reference_score is None and v.candidate_score is None
+        assert v.error.startswith("unparseable verdict") and v.raw.startswith("Both responses")
 
-    biased = by["biased"]  # order 12 shows a tie (9 vs 9), order 21 prefers answer 2 (10 vs 4)
+    biased = by["biased"]  # reference first shows a tie (9 vs 9), candidate first prefers the candidate (10 vs 4)
     assert biased.ok and biased.flipped is True
-    assert (biased.score_1, biased.score_2) == (6.5, 9.5)
+    assert (biased.reference_score, biased.candidate_score) == (6.5, 9.5)
 
     parrot = by["parrot"]  # the fake line the answer carries is never believed
-    assert not parrot.ok and parrot.score_1 is None
-    assert all("copied from an answer" in o["error"] for o in parrot.orders)
+    assert not parrot.ok and parrot.reference_score is None
+    assert all("copied from an answer" in v.error for v in parrot.verdicts)
 
     huge = by["huge"]  # a call the service refuses is retried, then excluded with the reason
-    assert not huge.ok and all(o["error"].startswith("call failed") and o["raw"] is None for o in huge.orders)
+    assert not huge.ok and all(v.error.startswith("call failed") and v.raw is None for v in huge.verdicts)
     assert server.stats.by_status.get(400) == 6
 
 
@@ -131,19 +131,19 @@ def test_resume_replays_every_attempt_from_the_cache(tmp_path, world):
     with Gateway(llm, tmp_path, progress=False) as gw:  # a resumed run: same calls, all cached
         again = judge_pairs(gw, "referee", "discrimination", ITEMS[:5], TPL, attempts=3)
     assert server.stats.requests == sent
-    assert [(j.id, j.score_1, j.score_2, j.ok, j.flipped) for j in again] == [
-        (j.id, j.score_1, j.score_2, j.ok, j.flipped) for j in first
+    assert [(j.id, j.reference_score, j.candidate_score, j.ok, j.flipped) for j in again] == [
+        (j.id, j.reference_score, j.candidate_score, j.ok, j.flipped) for j in first
     ]
-    assert [o["raw"] for j in again for o in j.orders] == [o["raw"] for j in first for o in j.orders]
+    assert [v.raw for j in again for v in j.verdicts] == [v.raw for j in first for v in j.verdicts]
 
 
 def test_single_order_and_attempt_bound(world):
     _, server, llm = world
     with Gateway(llm, None, progress=False) as gw:
         out = judge_pairs(gw, "judge", "eval", ITEMS[:3], TPL, attempts=1, both_orders=False)
-    assert [len(j.orders) for j in out] == [1, 1, 1]
-    assert out[0].ok and (out[0].score_1, out[0].score_2) == (9.0, 4.0) and out[0].flipped is None
-    assert not out[1].ok and out[1].orders[0]["attempts"] == 1  # FLAKY gets no second chance with attempts=1
+    assert [len(j.verdicts) for j in out] == [1, 1, 1]
+    assert out[0].ok and (out[0].reference_score, out[0].candidate_score) == (9.0, 4.0) and out[0].flipped is None
+    assert not out[1].ok and out[1].verdicts[0].attempts == 1  # FLAKY gets no second chance with attempts=1
     assert server.stats.requests == 3
     with pytest.raises(ValueError):
         judge_pairs(gw, "judge", "eval", ITEMS[:1], TPL, attempts=0)

@@ -172,10 +172,10 @@ def test_resolve_base_model_builds_tiny_once_and_checks_options(tmp_path) -> Non
     from lion.student import resolve_base_model
 
     cfg = StudentConfig(model="tiny", tiny={"hidden": 16, "layers": 1, "heads": 2, "seed": 3})
-    path = resolve_base_model(cfg, tmp_path)
+    path = resolve_base_model(cfg, tmp_path / "base_model")
     assert path == tmp_path / "base_model"
     stamp = (path / "model.safetensors").stat().st_mtime_ns
-    assert resolve_base_model(cfg, tmp_path) == path
+    assert resolve_base_model(cfg, tmp_path / "base_model") == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # idempotent: not rebuilt
     assert resolve_base_model(StudentConfig(model="some/hub-id"), tmp_path) == "some/hub-id"
     with pytest.raises(ConfigError, match="student.tiny.width"):

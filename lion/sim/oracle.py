@@ -41,6 +41,7 @@ from typing import Any
 from ..errors import ConfigError, LionError
 from ..prompts import PLACEHOLDER, Template, load_template, reply_marker, teacher_request
 from . import tasks as world
+from .tasks import TaskWorld
 
 GENERATOR_KINDS = ("generate_hard", "generate_easy")
 KNOWN_OPTIONS = ("seed", "prompts_dir", "referee_noise", "position_bias", "correct_score", "wrong_score", "partial_credit")
@@ -51,7 +52,10 @@ class PromptMismatch(LionError):
 
 
 class OracleResponder:
-    """`respond(body) -> str` for lion.sim.server; see the module docstring."""
+    """`respond(body) -> str` for lion.sim.server; see the module docstring. Offers the loop its world
+    (`self.world`, a lion.world.World): exact grading and held-out questions."""
+
+    world = TaskWorld()
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(KNOWN_OPTIONS))

@@ -23,10 +23,11 @@ import json
 import random
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from ..world import HeldOutQuestion
 
 MIN_DIFFICULTY = 1
 MAX_DIFFICULTY = 5
@@ -372,21 +373,23 @@ def grade(instruction: str, answer: str) -> bool | None:
     return normalise_answer(answer, cs) == normalise_answer(task.answer, cs)
 
 
-def family_accuracy(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """Exact-match accuracy per family of (instruction, answer) pairs; instructions not of this world are skipped.
+class TaskWorld:
+    """This world as the loop sees it (lion.world.World): exact grading and held-out questions."""
 
-    Returns {"accuracy": {family: float}, "n": {family: int}, "overall": float | None}. Pass a held-out set
-    (`heldout_set`) to measure what the student learnt rather than what it memorised from its Train Pool."""
-    per: dict[str, list[int]] = {}
-    for instruction, answer in pairs:
-        ok = grade(instruction, answer)
-        if ok is None:
-            continue
-        per.setdefault(parse_task(instruction).family, []).append(1 if ok else 0)  # type: ignore[union-attr]
-    n = sum(len(v) for v in per.values())
-    return {"accuracy": {f: sum(v) / len(v) for f, v in sorted(per.items())},
-            "n": {f: len(v) for f, v in sorted(per.items())},
-            "overall": sum(sum(v) for v in per.values()) / n if n else None}
+    name = "tasks"
+
+    def family(self, instruction: str) -> str | None:
+        task = parse_task(instruction)
+        return None if task is None else task.family
+
+    def grade(self, instruction: str, answer: str) -> bool | None:
+        return grade(instruction, answer)
+
+    def heldout(self, per_family: int, seed: int) -> list[HeldOutQuestion]:
+        return [
+            HeldOutQuestion(str(r["instruction"]), str(r["meta"]["family"]), str(r["answer"]))  # type: ignore[index]
+            for r in heldout_set(per_family, seed)
+        ]
 
 
 def _rows(tasks: list[Task]) -> list[dict[str, object]]:

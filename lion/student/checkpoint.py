@@ -17,13 +17,22 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 
 META = "lion_student.json"
+
+
+@dataclass
+class TrainResult:
+    """What a training produced: the saved checkpoint, its figures, and (keep_model=True) the model in memory."""
+
+    path: Path
+    metrics: dict[str, Any]
+    model: Any = field(default=None, repr=False)
 
 
 @dataclass
@@ -49,8 +58,9 @@ def checkpoint_info(path: str | Path) -> CheckpointInfo:
     return CheckpointInfo(base=str(path), adapter=None, meta=meta)
 
 
-def resolve_base_model(cfg: Any, run_dir: str | Path) -> Path | str:
-    """The base model of `cfg` (a StudentConfig): `model`, or for "tiny" a tiny model built once in RUN/base_model."""
+def resolve_base_model(cfg: Any, tiny_dir: str | Path) -> Path | str:
+    """The base model of `cfg` (a StudentConfig): `model`, or for "tiny" a tiny model built once into `tiny_dir`
+    (the run's `RunLayout.base_model`)."""
     if cfg.model != "tiny":
         return cfg.model
     from .tiny import TINY_OPTIONS, build_tiny
@@ -58,7 +68,7 @@ def resolve_base_model(cfg: Any, run_dir: str | Path) -> Path | str:
     for key in cfg.tiny:
         if key not in TINY_OPTIONS:
             raise ConfigError(f"student.tiny.{key}: unknown option (options: {', '.join(TINY_OPTIONS)})")
-    out = Path(run_dir) / "base_model"
+    out = Path(tiny_dir)
     meta = out / "lion_tiny.json"
     if meta.is_file():
         return out

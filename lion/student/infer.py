@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,11 @@ def load_tokenizer(model_path: str | Path, base: str):
     return tok
 
 
+def load_prompt_tokenizer(model_path: str | Path):
+    """The tokenizer that formats prompts for the student at `model_path` (its own, else its base model's)."""
+    return load_tokenizer(model_path, checkpoint_info(model_path).base)
+
+
 def generate(
     model_path: str | Path,
     prompts: list[str],
@@ -59,8 +64,12 @@ def generate(
     *,
     adapter: str | Path | None = None,
     progress: bool = True,
+    on_answer: Callable[[int, str], None] | None = None,
 ) -> list[str]:
-    """Completions of `prompts` (prompt stripped, stopped at EOS) by the model at `model_path` (+ `adapter`)."""
+    """Completions of `prompts` (prompt stripped, stopped at EOS) by the model at `model_path` (+ `adapter`).
+
+    `on_answer(i, text)` is called for each prompt as soon as its answer exists (per batch with transformers,
+    at the end with vLLM), so a caller can save answers as they come and resume after a crash."""
     if not prompts:
         return []
     info = checkpoint_info(model_path)
@@ -79,14 +88,18 @@ def generate(
         tok_dir = str(adapter) if adapter is not None and _has_tokenizer(Path(adapter)) else str(model_path)
         if not _has_tokenizer(Path(tok_dir)):
             tok_dir = base
-        return generate_vllm(base, ids, cfg, adapter=adapter, tokenizer=tok_dir, progress=progress)
+        outs = generate_vllm(base, ids, cfg, adapter=adapter, tokenizer=tok_dir, progress=progress)
+        for i, text in enumerate(outs):
+            if on_answer is not None:
+                on_answer(i, text)
+        return outs
     if backend != "transformers":
         raise ConfigError(f"student.infer.backend: must be auto, transformers or vllm, got {backend!r}")
     model = load_model(base, cfg, adapter=adapter)
     from .threads import cpu_threads
 
     with cpu_threads(model, cfg.cpu_threads):
-        return generate_hf(model, tokenizer, ids, cfg, progress=progress)
+        return generate_hf(model, tokenizer, ids, cfg, progress=progress, on_answer=on_answer)
 
 
 def _dtype(cfg: InferConfig):
@@ -130,7 +143,7 @@ def stop_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConfig, *, progress: bool = True,
-                min_new_tokens: int = 0) -> list[str]:
+                min_new_tokens: int = 0, on_answer: Callable[[int, str], None] | None = None) -> list[str]:
     """Batched generation from token ids (sorted by length, left-padded). `min_new_tokens` is for benchmarks."""
     import torch
     from tqdm.auto import tqdm
@@ -168,7 +181,9 @@ def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConf
                 cut = next((k for k, t in enumerate(toks) if t in eos_ids), None)
                 if cut is not None:
                     toks = toks[:cut]
-                out[i] = tokenizer.decode(toks, skip_special_tokens=True)
+                text = out[i] = tokenizer.decode(toks, skip_special_tokens=True)
+                if on_answer is not None:
+                    on_answer(i, text)
     return [o if o is not None else "" for o in out]
 
 

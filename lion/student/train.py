@@ -29,20 +29,12 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import StudentConfig
 from ..errors import ConfigError, DataError
-from .checkpoint import META, checkpoint_info
-
-
-@dataclass
-class TrainResult:
-    path: Path
-    metrics: dict[str, Any]
-    model: Any = field(default=None, repr=False)  # the trained model in memory, only with keep_model=True
+from .checkpoint import META, TrainResult, checkpoint_info
 
 
 def in_distributed_launch() -> bool:

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from ..config import LLMConfig, RoleConfig
 from ..errors import BudgetExceeded, ConfigError, LionError, ProviderError
+from ..layout import RunLayout
 from .base import (
     ChatProvider,
     ChatRequest,
@@ -146,9 +147,9 @@ class _Wait:
 class Gateway:
     def __init__(self, llm: LLMConfig, run_dir: Path | None, *, progress: bool = True) -> None:
         self.llm = llm
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.layout = RunLayout(run_dir) if run_dir is not None else None
         self.progress = progress
-        self.store = CallStore(self.run_dir / "calls.sqlite" if self.run_dir is not None else None)
+        self.store = CallStore(self.layout.calls if self.layout is not None else None)
         self.counter = TokenCounter(llm.chars_per_token, llm.tokenizer)
         self._providers: dict[str, ChatProvider] = {}
         self._limiters: dict[str, RoleLimiter] = {}
@@ -373,10 +374,10 @@ class Gateway:
         return {"by": rows, "total": total}
 
     def _write_usage(self) -> None:
-        if self.run_dir is not None:
+        if self.layout is not None:
             from ..records import write_json
 
-            write_json(self.run_dir / "usage.json", self.usage_summary())
+            write_json(self.layout.usage, self.usage_summary())
 
     def close(self) -> None:
         """Write RUN/usage.json and close the cache (idempotent)."""

@@ -1,0 +1,200 @@
+"""The run directory's layout: every file a run writes has one named path here, and nowhere else.
+
+    from lion.layout import RunLayout
+    run = RunLayout("runs/smoke"); run.round(1).split      # runs/smoke/round_01/split.jsonl
+
+Renaming a file means changing one line of this module. The layout is pure path arithmetic: nothing here
+creates a folder or reads a file (the writers in `lion.records` create parent folders as they write), except
+`rounds()`, which lists the round folders that exist. What the files hold: docs/run-dir.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PHASES = ("imitation", "discrimination", "generation")
+
+_ROUND = re.compile(r"^round_(\d+)$")
+
+
+@dataclass(frozen=True)
+class EvalPaths:
+    """The files of one evaluation (round_XX/eval/ or RUN/eval/<name>/); see lion.evaluate."""
+
+    dir: Path
+
+    @property
+    def questions(self) -> Path:
+        return self.dir / "questions.jsonl"
+
+    @property
+    def candidate_answers(self) -> Path:
+        return self.dir / "candidate_answers.jsonl"
+
+    @property
+    def answers(self) -> Path:
+        return self.dir / "answers.jsonl"
+
+    @property
+    def judgements(self) -> Path:
+        return self.dir / "judgements.jsonl"
+
+    @property
+    def table(self) -> Path:
+        return self.dir / "table.jsonl"
+
+    @property
+    def table_md(self) -> Path:
+        return self.dir / "table.md"
+
+    @property
+    def summary(self) -> Path:
+        """Written last: its presence (with the evaluation's fingerprint) marks the evaluation done."""
+        return self.dir / "summary.json"
+
+    @property
+    def summary_txt(self) -> Path:
+        return self.dir / "summary.txt"
+
+    @property
+    def meta(self) -> Path:
+        return self.dir / "eval_meta.json"
+
+
+
+@dataclass(frozen=True)
+class RoundPaths:
+    """The files of one round (round_XX/)."""
+
+    root: Path  # the run directory
+    no: int
+
+    @property
+    def dir(self) -> Path:
+        return self.root / f"round_{self.no:02d}"
+
+    # pools the round started with (lion.pools)
+    @property
+    def train_pool(self) -> Path:
+        return self.dir / "train_pool.jsonl"
+
+    @property
+    def cache_pool(self) -> Path:
+        return self.dir / "cache_pool.jsonl"
+
+    # imitation
+    @property
+    def student(self) -> Path:
+        """This round's student checkpoint (a folder)."""
+        return self.dir / "student"
+
+    # discrimination
+    @property
+    def student_answers(self) -> Path:
+        return self.dir / "student_answers.jsonl"
+
+    @property
+    def judgements(self) -> Path:
+        return self.dir / "judgements.jsonl"
+
+    @property
+    def split(self) -> Path:
+        return self.dir / "split.jsonl"
+
+    # generation
+    @property
+    def generated(self) -> Path:
+        return self.dir / "generated.jsonl"
+
+    @property
+    def rejected(self) -> Path:
+        return self.dir / "rejected.jsonl"
+
+    # per-round evaluation (eval.every_round)
+    @property
+    def eval(self) -> EvalPaths:
+        return EvalPaths(self.dir / "eval")
+
+    @property
+    def eval_summary(self) -> Path:
+        """The loop's copy of the round's evaluation summary (eval/summary.json holds the full one)."""
+        return self.dir / "eval.json"
+
+    # figures
+    def phase_metrics(self, phase: str) -> Path:
+        """A phase's figures (imitation.json, discrimination.json, generation.json)."""
+        return self.dir / f"{phase}.json"
+
+    @property
+    def metrics(self) -> Path:
+        """The round's figures gathered (every phase, evaluation and usage)."""
+        return self.dir / "metrics.json"
+
+    def done(self, phase: str) -> Path:
+        """The phase's completion marker, written last."""
+        return self.dir / f"{phase}.done"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The files of a run directory (run-level files, and round folders through `round(r)`)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def calls(self) -> Path:
+        """The gateway's call cache and usage ledger (SQLite)."""
+        return self.root / "calls.sqlite"
+
+    @property
+    def usage(self) -> Path:
+        return self.root / "usage.json"
+
+    @property
+    def teacher_answers(self) -> Path:
+        return self.root / "teacher_answers.jsonl"
+
+    @property
+    def base_model(self) -> Path:
+        """The tiny student built on the fly (student.model: tiny)."""
+        return self.root / "base_model"
+
+    @property
+    def sim_log(self) -> Path:
+        """Requests the offline world's server answered."""
+        return self.root / "sim_requests.jsonl"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    def eval(self, name: str) -> EvalPaths:
+        """An evaluation outside the rounds (`python -m lion.evaluate --model PATH | --base`)."""
+        return EvalPaths(self.root / "eval" / name)
+
+    @property
+    def evals_dir(self) -> Path:
+        return self.root / "eval"
+
+    def round(self, r: int) -> RoundPaths:
+        return RoundPaths(self.root, r)
+
+    def rounds(self) -> list[RoundPaths]:
+        """The round folders that exist, in round order."""
+        if not self.root.is_dir():
+            return []
+        found = [int(m.group(1)) for d in self.root.iterdir() if d.is_dir() and (m := _ROUND.match(d.name))]
+        return [self.round(r) for r in sorted(found)]

@@ -1,0 +1,134 @@
+"""The per-round summary: one definition for the loop's printout (lion.run) and the run report (lion.report).
+
+    from lion.roundtable import collect_round, summary_table
+
+A round's figures are gathered from its phase files (`collect_round`: imitation, discrimination, generation and
+evaluation figures, plus the offline world's Cache Pool accuracy); `COLUMNS` says how each column of the table
+is read from them; `summary_table` lays the rows out, `round_line` prints one round as it finishes and
+`family_table` shows the offline world's per-family accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .layout import RoundPaths
+from .records import read_json_or_empty
+
+FIGURES = ("imitation", "discrimination", "generation")
+
+
+def collect_round(rp: RoundPaths) -> dict[str, Any]:
+    """Round `rp.no`'s figures from its phase files (whatever exists so far; usage is the caller's)."""
+    m: dict[str, Any] = {"round": rp.no}
+    for phase in FIGURES:
+        part = read_json_or_empty(rp.phase_metrics(phase))
+        if part:
+            m[phase] = part
+    evaluation = read_json_or_empty(rp.eval_summary)
+    if evaluation:
+        m["eval"] = evaluation
+    if "discrimination" in m and "oracle" in m["discrimination"]:
+        m["oracle"] = m["discrimination"].pop("oracle")
+    return m
+
+
+def _fmt(x: Any, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.0f}"
+
+
+def _disc(m: dict[str, Any], key: str) -> Any:
+    return m.get("discrimination", {}).get(key)
+
+
+def _accepted(m: dict[str, Any], kind: str) -> str:
+    return str(m.get("generation", {}).get("accepted", {}).get(kind, "-"))
+
+
+def _total(m: dict[str, Any]) -> dict[str, Any]:
+    return m.get("usage", {}).get("total", {})
+
+
+# the per-round summary: (header, value from a round's figures)
+COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("round", lambda m: str(m["round"])),
+    ("train", lambda m: str(m.get("imitation", {}).get("n_train", "-"))),
+    ("cache", lambda m: str(_disc(m, "n") if _disc(m, "n") is not None else "-")),
+    ("hard%", lambda m: _pct(_disc(m, "hard_ratio"))),
+    ("T mean", lambda m: _fmt(_disc(m, "teacher_mean"))),
+    ("S mean", lambda m: _fmt(_disc(m, "student_mean"))),
+    ("flip%", lambda m: _pct(_disc(m, "swap_flip_rate"))),
+    ("parse fail", lambda m: str(_disc(m, "parse_failures") if _disc(m, "parse_failures") is not None else "-")),
+    ("new hard", lambda m: _accepted(m, "hard")),
+    ("new easy", lambda m: _accepted(m, "easy")),
+    ("rejected", lambda m: str(sum(m["generation"]["rejected"].values())) if "generation" in m else "-"),
+    # offline world: exact accuracy on the Cache Pool (seen in training) and on held-out questions (eval)
+    ("pool acc%", lambda m: _pct(m.get("oracle", {}).get("overall"))),
+    ("held-out acc%", lambda m: _pct(m.get("eval", {}).get("oracle", {}).get("overall"))),
+    ("eval rel%", lambda m: _fmt(m.get("eval", {}).get("overall", {}).get("relative", {}).get("mean"), ".1f")),
+    ("USD", lambda m: f"{_total(m).get('usd', 0):.4f}"),
+    ("tokens", lambda m: str(sum(_total(m).get(k, 0) for k in ("tokens_in", "tokens_out")))),
+]
+
+
+def table_rows(rounds: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(headers, one row of cells per round)."""
+    return [h for h, _ in COLUMNS], [[f(m) for _, f in COLUMNS] for m in rounds]
+
+
+def summary_table(rounds: Sequence[dict[str, Any]]) -> str:
+    """The per-round summary: hard ratio, scores, referee health, new instructions, accuracy, spend (cumulative)."""
+    head, rows = table_rows(rounds)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def round_line(m: dict[str, Any]) -> str:
+    """One round in one line, printed as it finishes."""
+    d, g, im = m.get("discrimination", {}), m.get("generation", {}), m.get("imitation", {})
+    parts = [f"round {m['round']}:", f"train {im.get('n_train', '-')}"]
+    if d:
+        parts += [
+            f"cache {d['n']}",
+            f"hard {d['hard']} ({_fmt(d['hard_ratio'])})",
+            f"scores T {_fmt(d['teacher_mean'])} / S {_fmt(d['student_mean'])}",
+            f"flip {_fmt(d['swap_flip_rate'])}",
+            f"parse-fail {d['parse_failures']}",
+        ]
+    if g:
+        parts += [f"new {g['accepted']['hard']}h+{g['accepted']['easy']}e ({g['stopped']})"]
+    if "oracle" in m:
+        parts += [f"pool acc {_pct(m['oracle'].get('overall'))}%"]
+    held_out = m.get("eval", {}).get("oracle", {}).get("overall")
+    if held_out is not None:
+        parts += [f"held-out acc {_pct(held_out)}%"]
+    total = _total(m)
+    if total:
+        parts += [f"spent ${total.get('usd', 0):.4f}"]
+    return "  ".join(parts)
+
+
+def family_table(rounds: Sequence[dict[str, Any]]) -> str | None:
+    """Offline world: the student's exact accuracy per task family and round (held-out when evaluated)."""
+    cols: list[tuple[str, dict[str, float]]] = []
+    for m in rounds:
+        held_out = m.get("eval", {}).get("oracle", {}).get("accuracy")
+        pool = m.get("oracle", {}).get("accuracy")
+        if held_out:
+            cols.append((f"r{m['round']} held-out", held_out))
+        elif pool:
+            cols.append((f"r{m['round']} pool", pool))
+    if not cols:
+        return None
+    families = sorted({f for _, acc in cols for f in acc})
+    width = max(len(f) for f in [*families, "family"])
+    lines = ["family".ljust(width) + "".join(f"  {h:>13}" for h, _ in cols)]
+    for f in families:
+        lines.append(f.ljust(width) + "".join(f"  {_pct(acc.get(f)):>13}" for _, acc in cols))
+    return "student accuracy per task family (%):\n" + "\n".join(lines)
