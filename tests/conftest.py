@@ -1,6 +1,6 @@
 """Shared pytest fixtures and markers.
 
-    /work/venv/bin/python -m pytest -q tests/
+    python -m pytest -q tests/
 
 - `@pytest.mark.gpu` tests are skipped when torch (or CUDA) is not available.
 - `sim_server(...)`: a factory fixture that starts lion's OpenAI-compatible sim server on 127.0.0.1 in a

@@ -1,6 +1,6 @@
 """The dedup benchmark stays runnable: a small run agrees with rouge_score brute force and prints JSON last.
 
-/work/venv/bin/python -m pytest -q tests/test_dedup_bench.py
+python -m pytest -q tests/test_dedup_bench.py
 """
 
 from __future__ import annotations

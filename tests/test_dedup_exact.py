@@ -1,6 +1,6 @@
 """RougeIndex decisions equal rouge_score's ROUGE-L F-measure exactly (brute force), on real and random text.
 
-/work/venv/bin/python -m pytest -q tests/test_dedup_exact.py
+python -m pytest -q tests/test_dedup_exact.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Generation candidate filters: every rejection reason, shared dedup index, decontamination on real eval sets.
 
-/work/venv/bin/python -m pytest -q tests/test_filters.py
+python -m pytest -q tests/test_filters.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Referee verdict parser against a corpus of realistic (and hostile) referee replies; prompt round-trips.
 
-/work/venv/bin/python -m pytest -q tests/test_referee_parse.py
+python -m pytest -q tests/test_referee_parse.py
 """
 
 from __future__ import annotations

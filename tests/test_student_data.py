@@ -1,6 +1,6 @@
 """Student data: prompt format, loss masking, dropping, packing, and the tiny model/tokenizer builder.
 
-    /work/venv/bin/python -m pytest -q tests/test_student_data.py
+    python -m pytest -q tests/test_student_data.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Student inference, transformers backend: batched == unbatched greedy, EOS stop, prompt stripped, adapters, CLI.
 
-    /work/venv/bin/python -m pytest -q tests/test_student_infer.py
+    python -m pytest -q tests/test_student_infer.py
 """
 
 from __future__ import annotations

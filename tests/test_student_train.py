@@ -1,6 +1,6 @@
 """Student training on tiny models: full fine-tuning, LoRA (merge / continue), checkpoints, continuation.
 
-    /work/venv/bin/python -m pytest -q tests/test_student_train.py
+    python -m pytest -q tests/test_student_train.py
 """
 
 from __future__ import annotations
