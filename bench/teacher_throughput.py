@@ -1,7 +1,7 @@
 """Teacher-gateway throughput against the local server's rate limits, next to a naive one-at-a-time client.
 
-    /work/venv/bin/python bench/teacher_throughput.py                      # 2000 requests, 600 RPM: ~4 min
-    /work/venv/bin/python bench/teacher_throughput.py --requests 400 --rpm 3000 --json   # quick: ~20 s
+    python bench/teacher_throughput.py                      # 2000 requests, 600 RPM: ~4 min
+    python bench/teacher_throughput.py --requests 400 --rpm 3000 --json   # quick: ~20 s
 
 Setup: lion.sim.server on 127.0.0.1 with `--latency-ms` (200) per answer and server-side limits: `--rpm`
 (600) and `--tpm` (default rpm x 200). The workload alternates blocks of `--block` (100) requests: three

@@ -1,19 +1,25 @@
 """Shared pytest fixtures and markers.
 
-    /work/venv/bin/python -m pytest -q tests/
+    python -m pytest -q tests/
 
 - `@pytest.mark.gpu` tests are skipped when torch (or CUDA) is not available.
 - `sim_server(...)`: a factory fixture that starts lion's OpenAI-compatible sim server on 127.0.0.1 in a
   background thread and stops it after the test: `server = sim_server(responder, latency_ms=5, rpm=600)`;
   `server.base_url` is the base URL for the openai client / `llm.<role>.base_url`.
+- `shared_data`: the public data sets (vicuna80, mt_bench, self_instruct, ...) in ../shared/data beside the
+  repository; it may be absent (a clean clone). A test that needs a file there takes it with
+  `shared_file(shared_data, "vicuna80/question.jsonl")`, which skips the test naming the missing path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _cuda_available() -> bool:
@@ -30,6 +36,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False or torch is missing)")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The public data directory ../shared/data beside the repository (it may not exist: see `shared_file`)."""
+    return SHARED_DATA
+
+
+def shared_file(shared_data: Path, relpath: str) -> Path:
+    """`shared_data / relpath`; skips the calling test, naming the missing path, when it does not exist."""
+    path = shared_data / relpath
+    if not path.exists():
+        pytest.skip(f"public data not found: {path} (the shared data sets beside the repository)")
+    return path
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The dedup benchmark stays runnable: a small run agrees with rouge_score brute force and prints JSON last.
 
-/work/venv/bin/python -m pytest -q tests/test_dedup_bench.py
+python -m pytest -q tests/test_dedup_bench.py
 """
 
 from __future__ import annotations
@@ -10,14 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from conftest import shared_file
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 
 
-@pytest.mark.skipif(not (DATA / "self_instruct" / "seed_tasks.jsonl").is_file(), reason="../shared/data not present")
-def test_small_benchmark_run():
+def test_small_benchmark_run(shared_data: Path):
+    """bench/dedup.py on a small pool (the real instructions it reads from ../shared/data) agrees with brute force."""
+    for name in ("self_instruct/seed_tasks.jsonl", "self_instruct/user_oriented_instructions.jsonl",
+                 "vicuna80/question.jsonl", "mt_bench/question.jsonl"):
+        shared_file(shared_data, name)
     p = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "dedup.py"), "--pool", "800", "--candidates", "120", "--check", "2",
          "--jobs", "1", "--json"],

@@ -1,6 +1,6 @@
 """RougeIndex decisions equal rouge_score's ROUGE-L F-measure exactly (brute force), on real and random text.
 
-/work/venv/bin/python -m pytest -q tests/test_dedup_exact.py
+python -m pytest -q tests/test_dedup_exact.py
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import shared_file
 from rouge_score import rouge_scorer
 
 from lion.dedup import RougeIndex, lcs_length, main, rouge_l_f, rouge_tokens
 from lion.errors import ConfigError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
@@ -53,13 +53,13 @@ def test_lcs_matches_rouge_score_table_including_long_sequences():
             assert lcs_length(a, b) == want
 
 
-@pytest.mark.skipif(not (DATA / "vicuna80").is_dir(), reason="../shared/data not present")
-def test_tokeniser_equals_rouge_scores_on_real_and_unicode_text():
+def test_tokeniser_equals_rouge_scores_on_real_and_unicode_text(shared_data: Path):
+    """rouge_tokens equals rouge_score's tokenizer on real Vicuna-80 questions and answers and on odd Unicode."""
     from rouge_score import tokenize
 
     texts = ["İstanbul K ǅ ß ﬁ ½ ２ ³ x_y", "a\u00a0b\u2003c\u200bd", "", "--- !!! ..."]
     for name in ("answer_gpt35.jsonl", "answer_bard.jsonl", "question.jsonl"):
-        for ln in (DATA / "vicuna80" / name).read_text().splitlines():
+        for ln in shared_file(shared_data, f"vicuna80/{name}").read_text().splitlines():
             row = json.loads(ln)
             texts += row["turns"] if "turns" in row else [row["text"]]
     assert len(texts) > 200
@@ -109,12 +109,14 @@ def test_tokenisation_is_rouge_scores_and_edge_cases():
         RougeIndex(threshold=1.5)
 
 
-@pytest.mark.skipif(not (DATA / "self_instruct").is_dir(), reason="../shared/data not present")
-def test_real_instructions_match_brute_force_incrementally():
+def test_real_instructions_match_brute_force_incrementally(shared_data: Path):
+    """Incremental RougeIndex decisions on real instructions and near copies equal rouge_score brute force."""
     texts = []
     for name in ("seed_tasks.jsonl", "user_oriented_instructions.jsonl"):
-        texts += [json.loads(ln)["instruction"] for ln in (DATA / "self_instruct" / name).read_text().splitlines()]
-    questions = [json.loads(ln)["turns"][0] for ln in (DATA / "vicuna80" / "question.jsonl").read_text().splitlines()]
+        lines = shared_file(shared_data, f"self_instruct/{name}").read_text().splitlines()
+        texts += [json.loads(ln)["instruction"] for ln in lines]
+    vicuna = shared_file(shared_data, "vicuna80/question.jsonl")
+    questions = [json.loads(ln)["turns"][0] for ln in vicuna.read_text().splitlines()]
     rng = random.Random(3)
     # near copies of indexed instructions (a few words dropped or swapped) and unrelated evaluation questions
     queries = []

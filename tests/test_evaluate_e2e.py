@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import shared_file
 
 from lion.config import config_from_dict
 from lion.context import RunContext
@@ -23,12 +24,6 @@ from lion.prompts import load_template
 from lion.records import read_jsonl
 from lion.sim.scripted import last_user_message
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VICUNA = DATA / "vicuna80"
-needs_data = pytest.mark.skipif(
-    not (VICUNA / "question.jsonl").is_file(),
-    reason=f"public evaluation data not found at {VICUNA} (see ../shared/data/README.md)",
-)
 N_Q = 12
 BIAS = 1  # the scripted judge adds this to whichever answer it is shown first
 
@@ -93,7 +88,14 @@ def tiny_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny(tmp_path_factory.mktemp("tiny") / "student", vocab="char", hidden=32, layers=1, heads=2)
 
 
-def _cfg(run_dir: Path, base_url: str, **llm: Any) -> Any:
+@pytest.fixture
+def vicuna(shared_data: Path) -> Path:
+    """The Vicuna-80 questions and gpt-3.5 answers in ../shared/data; the test skips, naming the file, without them."""
+    shared_file(shared_data, "vicuna80/answer_gpt35.jsonl")
+    return shared_file(shared_data, "vicuna80/question.jsonl").parent
+
+
+def _cfg(vicuna: Path, run_dir: Path, base_url: str, **llm: Any) -> Any:
     role = {
         "base_url": base_url,
         "model": "sim-judge",
@@ -113,8 +115,8 @@ def _cfg(run_dir: Path, base_url: str, **llm: Any) -> Any:
             "student": {"model": "tiny", "infer": {"max_new_tokens": 16, "batch_size": 16}},
             "pools": {"train_seed": "unused.jsonl"},
             "eval": {
-                "questions": str(VICUNA / "question.jsonl"),
-                "reference_answers": str(VICUNA / "answer_gpt35.jsonl"),
+                "questions": str(vicuna / "question.jsonl"),
+                "reference_answers": str(vicuna / "answer_gpt35.jsonl"),
                 "max_questions": N_Q,
             },
         }
@@ -127,20 +129,22 @@ def _evaluate(cfg: Any, model: Path, out: Path, name: str) -> dict[str, Any]:
         return evaluate(ctx, model, EvalPaths(out), name=name)
 
 
-def _always_bad() -> str:
-    return load_questions(str(VICUNA / "question.jsonl"))[3].instruction[:30]
+def _always_bad(vicuna: Path) -> str:
+    return load_questions(str(vicuna / "question.jsonl"))[3].instruction[:30]
 
 
-@needs_data
-def test_evaluation_with_real_reference_answers(tmp_path: Path, sim_server: Any, tiny_student: Path) -> None:
-    bad = _always_bad()
+def test_evaluation_with_real_reference_answers(
+    tmp_path: Path, sim_server: Any, tiny_student: Path, vicuna: Path
+) -> None:
+    """Real gpt-3.5 references, a scripted judge: the summary equals the judge's rule, replays, regenerates."""
+    bad = _always_bad(vicuna)
     server = sim_server(ScriptedJudge(bad))
-    cfg = _cfg(tmp_path / "run", server.base_url)
+    cfg = _cfg(vicuna, tmp_path / "run", server.base_url)
     out = tmp_path / "run" / "eval" / "tiny"
     s = _evaluate(cfg, tiny_student, out, "tiny")
     answers = read_jsonl(out / "answers.jsonl")
     assert len(answers) == N_Q
-    real = {r["question_id"]: r["text"] for r in read_jsonl(VICUNA / "answer_gpt35.jsonl")}
+    real = {r["question_id"]: r["text"] for r in read_jsonl(vicuna / "answer_gpt35.jsonl")}
     assert all(a["reference"] == real[int(a["question_id"])] for a in answers)  # the real gpt-3.5 text
     # the summary is exactly what the judge's rule gives on the saved answers
     want = summarize(expected_rows(out, bad))
@@ -171,12 +175,14 @@ def test_evaluation_with_real_reference_answers(tmp_path: Path, sim_server: Any,
     assert len(fresh) == N_Q and all(len(a["answer"]) <= 4 for a in fresh)
 
 
-@needs_data
-def test_resume_mid_evaluation_pays_no_call_twice(tmp_path: Path, sim_server: Any, tiny_student: Path) -> None:
-    bad = _always_bad()
+def test_resume_mid_evaluation_pays_no_call_twice(
+    tmp_path: Path, sim_server: Any, tiny_student: Path, vicuna: Path
+) -> None:
+    """An evaluation cut by a token budget, then resumed, pays for each judge call once and equals an uncut one."""
+    bad = _always_bad(vicuna)
     server = sim_server(ScriptedJudge(bad))
     # reference run, uninterrupted
-    cfg = _cfg(tmp_path / "full", server.base_url)
+    cfg = _cfg(vicuna, tmp_path / "full", server.base_url)
     with RunContext(cfg, progress=False) as ctx:
         full = evaluate(ctx, tiny_student, EvalPaths(tmp_path / "full" / "eval" / "t"), name="t")
         used = ctx.gateway.usage_summary()["total"]
@@ -185,7 +191,7 @@ def test_resume_mid_evaluation_pays_no_call_twice(tmp_path: Path, sim_server: An
     server.responder.seen.clear()  # the same judge, starting afresh
     # the same evaluation with a token cap that stops it part-way through the judging
     cap = (used["tokens_in"] + used["tokens_out"]) // 2
-    cfg = _cfg(tmp_path / "cut", server.base_url, budget_tokens=cap)
+    cfg = _cfg(vicuna, tmp_path / "cut", server.base_url, budget_tokens=cap)
     out = tmp_path / "cut" / "eval" / "t"
     with pytest.raises(BudgetExceeded):
         _evaluate(cfg, tiny_student, out, "t")
@@ -201,9 +207,9 @@ def test_resume_mid_evaluation_pays_no_call_twice(tmp_path: Path, sim_server: An
         assert resumed[k] == full[k]
 
 
-@needs_data
-def test_answers_file_errors_name_the_file(tmp_path: Path) -> None:
-    qs = load_questions(str(VICUNA / "question.jsonl"))
+def test_answers_file_errors_name_the_file(tmp_path: Path, vicuna: Path) -> None:
+    """A bad or incomplete answers file is an error naming the file and line, or the missing question ids."""
+    qs = load_questions(str(vicuna / "question.jsonl"))
     bad = tmp_path / "answers.jsonl"
     bad.write_text('{"question_id": 1, "text": "x"}\nnot json\n')
     with pytest.raises(DataError, match=r"answers.jsonl:2: not valid JSON"):
@@ -298,10 +304,12 @@ class TeacherAndJudge(ScriptedJudge):
         return "" if self.empty_on in v["request"] else " ".join(f"point{i}" for i in range(60))
 
 
-@needs_data
-def test_teacher_as_reference_and_a_missing_answer(tmp_path: Path, sim_server: Any, tiny_student: Path) -> None:
+def test_teacher_as_reference_and_a_missing_answer(
+    tmp_path: Path, sim_server: Any, tiny_student: Path, vicuna: Path
+) -> None:
+    """The teacher as the reference: its empty answer excludes the question (no reference), not a judge failure."""
     server = sim_server(TeacherAndJudge(empty_on="stress"))
-    cfg = _cfg(tmp_path / "run", server.base_url)
+    cfg = _cfg(vicuna, tmp_path / "run", server.base_url)
     cfg.eval.reference_answers = None
     cfg.eval.max_questions = 4
     out = tmp_path / "run" / "eval" / "t"

@@ -1,6 +1,6 @@
 """Generation candidate filters: every rejection reason, shared dedup index, decontamination on real eval sets.
 
-/work/venv/bin/python -m pytest -q tests/test_filters.py
+python -m pytest -q tests/test_filters.py
 """
 
 from __future__ import annotations
@@ -9,15 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import shared_file
 
 from lion.config import GenerationConfig
 from lion.errors import DataError
 from lion.filters import REASONS, CandidateFilter, load_eval_questions, main, normalise_words
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(
-    not (DATA / "vicuna80" / "question.jsonl").is_file(), reason="../shared/data not present"
-)
 
 
 def make(existing=(), questions=(), **cfg):
@@ -75,9 +71,10 @@ def test_normalisation_for_decontamination():
     assert short.check("Who wrote the music for Hamlet?").ok
 
 
-@needs_data
-def test_real_eval_sets_every_turn_is_caught_and_real_seeds_pass():
-    qs = load_eval_questions([DATA / "vicuna80", DATA / "mt_bench" / "question.jsonl"])
+def test_real_eval_sets_every_turn_is_caught_and_real_seeds_pass(shared_data: Path):
+    """Every turn of the real Vicuna-80 and MT-bench questions is caught as contamination; real seeds all pass."""
+    vicuna = shared_file(shared_data, "vicuna80/question.jsonl").parent
+    qs = load_eval_questions([vicuna, shared_file(shared_data, "mt_bench/question.jsonl")])
     assert len(qs) == 80 + 160  # vicuna: one turn each; MT-bench: both turns
     f = make([], qs, max_words=400, meta_words=[])
     caught = 0
@@ -88,7 +85,8 @@ def test_real_eval_sets_every_turn_is_caught_and_real_seeds_pass():
             caught += 1
     assert caught >= 230
     seeds = [
-        json.loads(ln)["instruction"] for ln in (DATA / "self_instruct" / "seed_tasks.jsonl").read_text().splitlines()
+        json.loads(ln)["instruction"]
+        for ln in shared_file(shared_data, "self_instruct/seed_tasks.jsonl").read_text().splitlines()
     ]
     reasons = [f.check(s).reason for s in seeds]
     assert reasons.count("contaminated") == 0 and reasons.count(None) == len(seeds)

@@ -1,6 +1,6 @@
 """Budget cap: stops before the cap would be exceeded, keeps what was done, resumes once the cap is raised.
 
-    /work/venv/bin/python -m pytest -q tests/test_gateway_budget.py
+    python -m pytest -q tests/test_gateway_budget.py
 """
 
 from __future__ import annotations

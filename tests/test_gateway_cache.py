@@ -1,6 +1,6 @@
 """Gateway call cache: replays cost zero HTTP calls (counted by the sim server), across Gateway instances.
 
-    /work/venv/bin/python -m pytest -q tests/test_gateway_cache.py
+    python -m pytest -q tests/test_gateway_cache.py
 """
 
 from __future__ import annotations

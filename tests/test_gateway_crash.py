@@ -1,6 +1,6 @@
 """SIGKILL a process mid-batch, resume: completed calls are never paid again.
 
-    /work/venv/bin/python -m pytest -q tests/test_gateway_crash.py
+    python -m pytest -q tests/test_gateway_crash.py
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Injected faults (500/503/timeout/drop/malformed at 20%): every item ends answered or failed with a reason;
 an error is never returned as answer text; failures are not cached; a 400 fails only its item.
 
-    /work/venv/bin/python -m pytest -q tests/test_gateway_faults.py
+    python -m pytest -q tests/test_gateway_faults.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Provider plugins (`module:Class` and the `lion.teachers` entry-point group) and config errors.
 
-    /work/venv/bin/python -m pytest -q tests/test_gateway_plugins.py
+    python -m pytest -q tests/test_gateway_plugins.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """429 handling (Retry-After honoured, one shared cool-down) and client-side pacing.
 
-    /work/venv/bin/python -m pytest -q tests/test_gateway_ratelimit.py
+    python -m pytest -q tests/test_gateway_ratelimit.py
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The API key: read from the configured environment variable, sent to the server, and never written to the
 run directory, logs, error messages or captured output, not even when the server echoes it back.
 
-    /work/venv/bin/python -m pytest -q tests/test_gateway_secrets.py
+    python -m pytest -q tests/test_gateway_secrets.py
 """
 
 from __future__ import annotations

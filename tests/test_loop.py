@@ -1,6 +1,9 @@
 """The adversarial loop end to end on CPU: a tiny student, the real openai client, a local server with a
 scripted responder (tests/loop_world.py), two rounds; crash-and-resume at several points; phases alone;
-clear errors for bad seeds and inconsistent run directories."""
+clear errors for bad seeds and inconsistent run directories.
+
+Seeds: the repository's data/smoke_seed.jsonl (synthetic tasks of the offline world, first 10 rows), so a clean
+clone without ../shared runs these tests; decontamination reads tests/data/loop_eval_questions.jsonl."""
 
 from __future__ import annotations
 
@@ -28,10 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loop_world import LoopResponder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-SEEDS = DATA / "self_instruct" / "seed_tasks.jsonl"
+SEEDS = ROOT / "data" / "smoke_seed.jsonl"
+EVAL_QUESTIONS = ROOT / "tests" / "data" / "loop_eval_questions.jsonl"
 MAX_IN_FLIGHT = 4
-pytestmark = pytest.mark.skipif(not SEEDS.exists(), reason="../shared/data not present")
 
 
 class CountingResponder:
@@ -72,7 +74,7 @@ def loop_config(run_dir: Path, base_url: str, **over: Any) -> dict[str, Any]:
         },
         "pools": {"train_seed": str(SEEDS), "limit": 10},
         "generation": {"n_hard": 3, "n_easy": 3, "batch_size": 8,
-                       "decontaminate": [str(DATA / "vicuna80" / "question.jsonl")]},
+                       "decontaminate": [str(EVAL_QUESTIONS)]},
     }
     for k, v in over.items():
         cfg[k] = v
@@ -106,6 +108,7 @@ def artifacts(run_dir: Path) -> dict[str, Any]:
 
 
 def test_two_rounds_end_to_end(tmp_path: Path, server, monkeypatch, capsys):
+    """Two rounds leave every artifact consistent, buy each call once, leak no secret; reruns replay, --rounds grows."""
     srv, url, responder = server
     monkeypatch.setenv("LION_TEST_KEY", "sk-test-SECRET-0123456789")
     cfg = config_from_dict(loop_config(tmp_path / "run", url))
@@ -166,6 +169,7 @@ def _run_cli(cfg_path: Path, env: dict[str, str]) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path: Path, server):
+    """SIGKILLed at several points and resumed, a run equals an uninterrupted one; only in-flight calls are re-sent."""
     srv, url, responder = server
     env = {**os.environ, "LION_TEST_KEY": "sk-test-key", "PYTHONUNBUFFERED": "1"}
 
@@ -227,6 +231,7 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path: Pa
 
 
 def test_phases_run_alone_and_refuse_out_of_order(tmp_path: Path, server, monkeypatch):
+    """Each phase runs alone as its own CLI; a phase before its predecessor, or a round too far, is a one-line error."""
     srv, url, _ = server
     monkeypatch.setenv("LION_TEST_KEY", "k")
     cfg_path = tmp_path / "c.yaml"
@@ -247,6 +252,7 @@ def test_phases_run_alone_and_refuse_out_of_order(tmp_path: Path, server, monkey
 
 
 def test_resume_refuses_a_changed_critical_key(tmp_path: Path, server, monkeypatch):
+    """Resuming a run with a changed critical config key (discrimination.tau) is refused, naming both values."""
     _, url, _ = server
     monkeypatch.setenv("LION_TEST_KEY", "k")
     cfg = loop_config(tmp_path / "run", url, rounds=0)
@@ -264,6 +270,7 @@ def test_resume_refuses_a_changed_critical_key(tmp_path: Path, server, monkeypat
     ],
 )
 def test_bad_seed_file_is_a_clear_error(tmp_path: Path, server, monkeypatch, content, message):
+    """A bad or missing seed file is a DataError naming the file and line."""
     _, url, _ = server
     monkeypatch.setenv("LION_TEST_KEY", "k")
     (tmp_path / "seeds.jsonl").write_text(content)

@@ -1,6 +1,6 @@
 """The oracle responder: reading our real templates, playing teacher / referee / generator, failing loudly.
 
-    /work/venv/bin/python -m pytest -q tests/test_oracle_responder.py
+    python -m pytest -q tests/test_oracle_responder.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A short version of the README's smoke run, end to end: `python -m lion.run --config configs/smoke.yaml`.
 
-    /work/venv/bin/python -m pytest -q tests/test_oracle_smoke.py
+    python -m pytest -q tests/test_oracle_smoke.py
 
 The real command (`configs/smoke.yaml` unchanged) trains for minutes; here the same config runs one round with
 a smaller student and fewer steps, in a subprocess, offline: the run starts the oracle on a local server, the

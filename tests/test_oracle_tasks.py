@@ -1,6 +1,6 @@
 """The synthetic task world: families, phrasings, ground truth, grading, pools.
 
-    /work/venv/bin/python -m pytest -q tests/test_oracle_tasks.py
+    python -m pytest -q tests/test_oracle_tasks.py
 """
 
 from __future__ import annotations

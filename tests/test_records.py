@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import shared_file
 
 from lion.errors import DataError
 from lion.records import Instruction, instruction_id, load_instructions, read_pool, write_pool
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def test_ids_are_stable_content_hashes():
@@ -46,11 +45,11 @@ def test_loads_csv_through_datasets(tmp_path: Path):
     assert pool[1].input == "1 2 3"
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
-def test_loads_real_public_files():
-    seeds, _ = load_instructions(DATA / "self_instruct" / "seed_tasks.jsonl")
+def test_loads_real_public_files(shared_data: Path):
+    """The real Self-Instruct seeds and Vicuna-80 questions load whole, with their metadata."""
+    seeds, _ = load_instructions(shared_file(shared_data, "self_instruct/seed_tasks.jsonl"))
     assert len(seeds) == 175
-    vicuna, _ = load_instructions(DATA / "vicuna80" / "question.jsonl")
+    vicuna, _ = load_instructions(shared_file(shared_data, "vicuna80/question.jsonl"))
     assert len(vicuna) == 80 and vicuna[0].meta["category"] == "generic"
 
 

@@ -1,6 +1,6 @@
 """judge_pairs through the real Gateway, the real openai client and the local sim server.
 
-    /work/venv/bin/python -m pytest -q tests/test_referee_judge.py
+    python -m pytest -q tests/test_referee_judge.py
 
 The scripted referee reads our own prompt back with Template.extract and scores by a fixed rule: an answer
 containing "correct" gets 9, any other 4. Instructions carry flags: FLAKY (the first reply to each prompt

@@ -1,6 +1,6 @@
 """Referee verdict parser against a corpus of realistic (and hostile) referee replies; prompt round-trips.
 
-/work/venv/bin/python -m pytest -q tests/test_referee_parse.py
+python -m pytest -q tests/test_referee_parse.py
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import shared_file
 
 from lion.prompts import load_template
 from lion.referee import neutralise, parse_verdict, referee_messages
 
 CORPUS = Path(__file__).resolve().parent / "data" / "verdicts" / "verdicts.jsonl"
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ROWS = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -78,16 +78,16 @@ def test_template_is_the_one_we_parse():
     assert not parse_verdict(line).ok  # the unfilled placeholder line is not a verdict
 
 
-@pytest.mark.skipif(not (DATA / "vicuna80" / "answer_gpt35.jsonl").is_file(), reason="../shared/data not present")
-def test_real_answers_round_trip_through_messages_and_extract():
+def test_real_answers_round_trip_through_messages_and_extract(shared_data: Path):
+    """Every real Vicuna-80 question with two real answers, in both orders, is read back intact from the prompt."""
     tpl = load_template("referee")
     questions = {}
-    for line in (DATA / "vicuna80" / "question.jsonl").read_text().splitlines():
+    for line in shared_file(shared_data, "vicuna80/question.jsonl").read_text().splitlines():
         q = json.loads(line)
         questions[q["question_id"]] = q["turns"][0]
     answers = {}
     for model in ("gpt35", "alpaca-13b"):
-        for line in (DATA / "vicuna80" / f"answer_{model}.jsonl").read_text().splitlines():
+        for line in shared_file(shared_data, f"vicuna80/answer_{model}.jsonl").read_text().splitlines():
             row = json.loads(line)
             answers[(model, row["question_id"])] = row["text"]
     assert len(questions) == 80

@@ -10,6 +10,7 @@ import base64
 import io
 import random
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from lion.records import instruction_id, write_json, write_jsonl
-from lion.report import build_report, find_lineages, load_run, main
+from lion.report import build_figures, build_report, find_lineages, load_run, main
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "lemon", "piano", "delta", "ember", "frost", "grape"]
 
@@ -228,7 +229,20 @@ def _check_png(data: bytes) -> tuple[int, int]:
     return img.size
 
 
+class _Images(HTMLParser):
+    """Collects the attributes of every <img> tag of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs))
+
+
 def test_report_builds_for_two_round_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """report.html/.txt for a 2-round run: per-round rows, every section, and one inline PNG chart per figure."""
     run = fake_run(tmp_path)
     assert main([str(run)]) == 0
     printed = capsys.readouterr().out
@@ -238,19 +252,24 @@ def test_report_builds_for_two_round_run(tmp_path: Path, capsys: pytest.CaptureF
     # the text summary has one row per round with the hard ratio and the evaluation figure
     assert re.search(r"^\s+1\s", printed, re.M) and re.search(r"^\s+2\s", printed, re.M)
     assert "relative score 59.00%" in printed  # round 2 eval mean, the latest
-    # every src/href is a data: URI or a file that exists beside the report
+    # self-contained: nothing the page loads or links to lives outside it
     refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)['"]""", text)
-    assert refs, "no images in the report"
-    for ref in refs:
-        if ref.startswith("data:"):
-            continue
-        assert (html_path.parent / ref).exists(), f"report references a missing file: {ref}"
-    pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
-    # hard ratio, means, gap histogram, referee health, generated, rejected, tokens, USD, eval trend,
-    # per category, oracle accuracy
-    assert len(pngs) == 11
-    sizes = {_check_png(base64.b64decode(p)) for p in pngs}
-    assert sizes
+    assert all(ref.startswith(("data:", "#")) for ref in refs), [ref[:60] for ref in refs]
+    # one <img> per figure the report builds, in order: hard ratio, means, gap histogram, referee health,
+    # generated, rejected, tokens, USD, eval trend, per category, oracle accuracy
+    figures = [(title, png) for _, title, png in build_figures(load_run(run)) if png is not None]
+    assert len(figures) == 11
+    page = _Images()
+    page.feed(text)
+    assert [img.get("alt") for img in page.images] == [title for title, _ in figures]
+    # each is an inline PNG: a data:image/png;base64 URI whose bytes are a PNG (magic bytes) of a real chart
+    prefix = "data:image/png;base64,"
+    for img in page.images:
+        src = img.get("src") or ""
+        assert src.startswith(prefix), f"{img.get('alt')!r}: not an inline PNG: {src[:60]!r}"
+        data = base64.b64decode(src[len(prefix) :], validate=True)
+        assert data.startswith(b"\x89PNG\r\n\x1a\n"), f"{img.get('alt')!r}: not PNG bytes"
+        _check_png(data)
     for section in ("Discrimination", "Referee health", "Generation", "Spend", "Evaluation", "Example lineages"):
         assert section in text
 

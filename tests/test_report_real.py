@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
+from conftest import shared_file
 from PIL import Image
 
 from lion.config import config_from_dict
@@ -22,13 +22,12 @@ from lion.sim.server import SimServer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loop_world import LoopResponder  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SEEDS = DATA / "self_instruct" / "seed_tasks.jsonl"
-VICUNA = DATA / "vicuna80"
-pytestmark = pytest.mark.skipif(not SEEDS.exists(), reason=f"public data not found at {DATA}")
 
-
-def test_report_of_a_real_two_round_run(tmp_path: Path) -> None:
+def test_report_of_a_real_two_round_run(tmp_path: Path, shared_data: Path) -> None:
+    """A real 2-round loop (real seeds, per-round eval on Vicuna-80) yields a report with real charts and lineages."""
+    seeds = shared_file(shared_data, "self_instruct/seed_tasks.jsonl")
+    questions = shared_file(shared_data, "vicuna80/question.jsonl")
+    references = shared_file(shared_data, "vicuna80/answer_gpt35.jsonl")
     with SimServer(LoopResponder(), latency_ms=1) as srv:
         url = srv.base_url
         cfg = config_from_dict(
@@ -61,12 +60,12 @@ def test_report_of_a_real_two_round_run(tmp_path: Path) -> None:
                     "lr": 1e-3,
                     "infer": {"backend": "transformers", "max_new_tokens": 12, "batch_size": 16},
                 },
-                "pools": {"train_seed": str(SEEDS), "limit": 10},
+                "pools": {"train_seed": str(seeds), "limit": 10},
                 "generation": {"n_hard": 3, "n_easy": 3, "batch_size": 8},
                 "eval": {
                     "every_round": True,
-                    "questions": str(VICUNA / "question.jsonl"),
-                    "reference_answers": str(VICUNA / "answer_gpt35.jsonl"),
+                    "questions": str(questions),
+                    "reference_answers": str(references),
                     "max_questions": 6,
                 },
             }

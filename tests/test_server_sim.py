@@ -1,6 +1,6 @@
 """The sim server through the real openai client: endpoints, usage, limits, faults, log, CLI.
 
-    /work/venv/bin/python -m pytest -q tests/test_server_sim.py
+    python -m pytest -q tests/test_server_sim.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Student data: prompt format, loss masking, dropping, packing, and the tiny model/tokenizer builder.
 
-    /work/venv/bin/python -m pytest -q tests/test_student_data.py
+    python -m pytest -q tests/test_student_data.py
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import shared_file
 
 from lion.config import StudentConfig
 from lion.errors import ConfigError, DataError
@@ -21,8 +22,6 @@ from lion.student.data import (
     pack_rows,
     tokenize_examples,
 )
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _tok(path):
@@ -184,12 +183,11 @@ def test_resolve_base_model_builds_tiny_once_and_checks_options(tmp_path) -> Non
         resolve_base_model(StudentConfig(model="tiny", tiny={"hidden": 30, "heads": 4}), tmp_path / "y")
 
 
-def test_vicuna_answers_tokenise_without_drops(tiny_char_base) -> None:
+def test_vicuna_answers_tokenise_without_drops(tiny_char_base, shared_data: Path) -> None:
     """Real text (GPT-3.5 answers to the Vicuna questions) goes through the pipeline: nothing lost but truncation."""
-    f = DATA / "vicuna80" / "answer_gpt35.jsonl"
-    if not f.is_file():
-        pytest.skip(f"shared data missing: {f}")
-    q = {json.loads(x)["question_id"]: json.loads(x) for x in (DATA / "vicuna80" / "question.jsonl").read_text().splitlines()}
+    f = shared_file(shared_data, "vicuna80/answer_gpt35.jsonl")
+    questions = shared_file(shared_data, "vicuna80/question.jsonl")
+    q = {json.loads(x)["question_id"]: json.loads(x) for x in questions.read_text().splitlines()}
     rows = []
     for line in f.read_text().splitlines()[:20]:
         a = json.loads(line)

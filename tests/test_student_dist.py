@@ -1,6 +1,6 @@
 """A 2-process torchrun on CPU (gloo) trains the student and saves one checkpoint (the multi-GPU launch path).
 
-    /work/venv/bin/python -m pytest -q tests/test_student_dist.py
+    python -m pytest -q tests/test_student_dist.py
 
 On CPU the Trainer runs DDP under torchrun (FSDP sharding itself is checked on a GPU machine by
 bench/student_train.py --gpu); this exercises our launcher, the spec file, rank-0-only saving and the

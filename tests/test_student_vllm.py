@@ -1,6 +1,6 @@
 """vLLM backend logic against the RECORDING FAKE vllm module in tests/fake_vllm (no GPU, no real vLLM).
 
-    /work/venv/bin/python -m pytest -q tests/test_student_vllm.py
+    python -m pytest -q tests/test_student_vllm.py
 
 The fake records every `LLM(...)` and `generate(...)` call (with CUDA_VISIBLE_DEVICES and the process id) to the
 file named by FAKE_VLLM_RECORD and answers `fake:<prompt length>:<last prompt token id>`. These tests check our
