@@ -260,6 +260,19 @@ class DiscriminationConfig:
     referee_retry_temperature: float | None = opt(None, "temperature of those retries (None: the referee's own); a "
                                                         "temperature-0 referee may repeat itself")
     both_orders: bool = opt(True, "judge (teacher, student) and (student, teacher); off only for experiments")
+    selector: Literal["referee", "student_loss", "learnable", "none"] = opt(
+        "referee", "how the Cache Pool is split (lion.selectors): referee (the paper's LLM referee), student_loss (the "
+        "student's per-token loss on the teacher's answer; no referee call), learnable (learnable_base minus items "
+        "stuck for stuck_rounds rounds), none (Self-Instruct: every item seeds both the hard and the easy prompt)")
+    learnable_base: Literal["referee", "student_loss"] = opt(
+        "referee", "selector=learnable: the signal it starts from (the referee's gap, or the student's loss)")
+    stuck_rounds: int = opt(2, "selector=learnable: an item hard for this many rounds (its own, or its lineage's) "
+                               "without its signal shrinking is 'stuck' and seeds neither branch", gt=0)
+    hard_fraction: float = opt(0.5, "selector=student_loss (or learnable on it): the share of the Cache Pool, by "
+                                    "highest loss, labelled hard", range=(0.0, 1.0))
+    only_unseen: bool = opt(False, "judge only Cache Pool items that were in no Train Pool (what the student does not "
+                                   "know, rather than what it did not memorise); needs pools.cache_seed beyond the "
+                                   "Train Pool's seeds")
 
     def check(self, key: str) -> None:
         _check_fields(self, key)
@@ -283,6 +296,10 @@ class GenerationConfig:
     decontaminate: list[str] = opt_factory(list, "eval question files or folders (FastChat or JSONL)")
     decontam_ngram: int = opt(8, "reject when a word n-gram of this length occurs in an eval question", gt=0)
     seed: int = opt(0, "with the run seed and the round, seeds which hard and easy seeds the generator is shown")
+    max_category_share: float | None = opt(
+        None, "cap per category: at most this share of each kind's new instructions may grow from seeds of one "
+              "category (a seed's meta category or family, or the offline world's task family); None: no cap",
+        range=(0.0, 1.0))
 
     def check(self, key: str) -> None:
         _check_fields(self, key)

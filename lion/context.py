@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import ROLES, LionConfig, add_config_args, load_config, save_resolved
 from .errors import LionError
 from .prompts import Template, load_template
 from .rundir import RunDir
-from .world import World
+from .world import HeldOutQuestion, World
 
 if TYPE_CHECKING:
     from .answers import AnswerStore
@@ -37,6 +38,7 @@ class RunContext:
         self._gateway: Any = None
         self._templates: dict[str, Template] = {}
         self.world: World | None = None
+        self._heldout: list[HeldOutQuestion] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> RunContext:
@@ -91,6 +93,25 @@ class RunContext:
         if name not in self._templates:
             self._templates[name] = load_template(name, self.cfg.prompts_dir)
         return self._templates[name]
+
+    def heldout(self) -> list[HeldOutQuestion]:
+        """The offline world's held-out questions (`eval.questions: oracle`): drawn apart from the seed pool, and
+        rejected by generation, so that no pool ever holds one. Empty without a world."""
+        if self.world is None:
+            return []
+        if self._heldout is None:
+            from .pools import seed_pools
+            from .records import read_pool
+
+            # drawn apart from the seed pool: round 1's Cache Pool, or the seed files before the run starts
+            first = self.run.round(1).cache_pool
+            if first.exists():
+                seeds = [i.instruction for i in read_pool(first)]
+            else:
+                seeds = [i.instruction for i in seed_pools(self)[1]] if Path(self.cfg.pools.train_seed).exists() else []
+            ec = self.cfg.eval
+            self._heldout = self.world.heldout(ec.oracle_per_family, ec.oracle_seed, exclude=seeds)
+        return self._heldout
 
     @cached_property
     def answers(self) -> AnswerStore:

@@ -3,11 +3,13 @@
     python -m lion.discrimination --config C --round R
 
 Teacher answers come from the answer store (bought once, ever); the round's student answers the whole
-Cache Pool in batches, saved as they come (lion.answers); the referee scores both answers in both orders
-(`lion.referee.judge_pairs`: the teacher's answer is the pair's reference, the student's the candidate). The gap
+Cache Pool in batches, saved as they come (lion.answers); then the selector (`discrimination.selector`,
+lion.selectors) labels every instruction. The paper's `referee` scores both answers in both orders
+(`lion.referee.judge_pairs`: the teacher's answer is the pair's reference, the student's the candidate); the gap
 is the teacher's mean score minus the student's, over the two orders; an instruction is hard when
 gap >= discrimination.tau, easy otherwise. A pair whose verdict could not be parsed after the retries, or
-that has no teacher answer, is excluded and counted: it is never given a number.
+that has no teacher answer, is excluded and counted: it is never given a number. With
+`discrimination.only_unseen`, only Cache Pool items the student was never trained on are judged.
 """
 
 from __future__ import annotations
@@ -15,50 +17,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from .answers import student_answers, teacher_answers
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
 from .pools import prepare_round
-from .records import Instruction, read_json_or_empty, read_pool, write_json, write_jsonl
-from .referee import Pair, PairJudgement, judge_pairs
+from .records import read_json_or_empty, read_pool, write_json, write_jsonl
+from .referee import PairJudgement
+from .selectors import SplitRow, excluded, make_selector
 from .world import family_accuracy
-
-Label = Literal["hard", "easy", "excluded"]
-
-
-@dataclass
-class SplitRow:
-    """One Cache Pool instruction's fate this round (a row of split.jsonl)."""
-
-    id: str
-    label: Label
-    teacher_score: float | None  # mean over both orders; None when excluded
-    student_score: float | None
-    gap: float | None  # teacher_score - student_score
-    flipped: bool | None  # the referee's preference changed when the order was swapped
-    reason: str | None  # why it was excluded
-    instruction: str
-    kind: str  # seed | hard | easy (lineage of the instruction)
-    round_created: int
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def split_row(inst: Instruction, judged: PairJudgement | None, tau: float) -> SplitRow:
-    """hard / easy / excluded for one instruction, from its judgement (None: it has no teacher answer)."""
-    lineage = {"instruction": inst.instruction, "kind": inst.kind, "round_created": inst.round, "meta": inst.meta}
-    if judged is None or not judged.ok:
-        reason = "no teacher answer" if judged is None else "referee verdict unparseable"
-        return SplitRow(inst.id, "excluded", None, None, None, None, reason, **lineage)
-    t, s = judged.reference_score, judged.candidate_score
-    assert t is not None and s is not None
-    gap = t - s
-    return SplitRow(inst.id, "hard" if gap >= tau else "easy", t, s, gap, judged.flipped, None, **lineage)
 
 
 def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
@@ -73,25 +41,17 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
         raise LionError(f"{rp.student}: round {r}'s student is missing; run round {r}'s imitation first")
     s_ans = student_answers(ctx, rp.student, pool, rp.student_answers)
 
-    pairs = [Pair(i.id, _shown(i), t_ans[i.id], s_ans[i.id]) for i in pool if t_ans[i.id] is not None]  # type: ignore[arg-type]
     dc = ctx.cfg.discrimination
-    judged = judge_pairs(
-        ctx.gateway,
-        "referee",
-        "discrimination",
-        pairs,
-        ctx.template("referee"),
-        attempts=dc.referee_attempts,
-        both_orders=dc.both_orders,
-        desc=f"round {r} referee",
-        retry_temperature=dc.referee_retry_temperature,
-    )
-    by_id = {j.id: j for j in judged}
-    judgement_rows = [v.to_row(j.id, "teacher", "student") for j in judged for v in j.verdicts]
-    split = [split_row(i, by_id.get(i.id), dc.tau) for i in pool]
-    write_jsonl(rp.judgements, judgement_rows)
+    selector = make_selector(dc.selector, learnable_base=dc.learnable_base, stuck_rounds=dc.stuck_rounds)
+    trained = trained_on(ctx, r) if dc.only_unseen else set()
+    candidates = [i for i in pool if i.id not in trained]
+    sel = selector.select(ctx, r, candidates, t_ans, s_ans)
+    by_id = {row.id: row for row in sel.rows}
+    split = [by_id.get(i.id) or excluded(i, "in a Train Pool (discrimination.only_unseen)") for i in pool]
+    if sel.judged:
+        write_jsonl(rp.judgements, (v.to_row(j.id, "teacher", "student") for j in sel.judged for v in j.verdicts))
     write_jsonl(rp.split, (row.to_json() for row in split))
-    metrics = discrimination_metrics(split, judged)
+    metrics = {"selector": selector.name, **discrimination_metrics(split, sel.judged)}
     if ctx.world is not None:  # offline world: the student's exact accuracy on the Cache Pool
         metrics["oracle"] = family_accuracy(ctx.world, ((i.instruction, s_ans.get(i.id, "")) for i in pool))
     write_json(rp.phase_metrics("discrimination"), metrics)
@@ -99,13 +59,13 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
     return metrics
 
 
-def _shown(inst: Instruction) -> str:
-    """The instruction as the referee sees it (its input below it)."""
-    return inst.instruction + (f"\n\n{inst.input}" if inst.input else "")
+def trained_on(ctx: RunContext, r: int) -> set[str]:
+    """Ids of every instruction in a Train Pool of rounds 1 .. r (what the round's student was trained on)."""
+    return {i.id for q in range(1, r + 1) for i in read_pool(ctx.run.round(q).train_pool)}
 
 
 def discrimination_metrics(split: Sequence[SplitRow], judged: Sequence[PairJudgement]) -> dict[str, Any]:
-    rows = [s for s in split if s.label != "excluded"]
+    rows = [s for s in split if s.label in ("hard", "easy", "stuck")]
     hard = sum(1 for s in rows if s.label == "hard")
     flips = [s.flipped for s in rows if s.flipped is not None]
     verdicts = [v for j in judged for v in j.verdicts]
@@ -114,12 +74,15 @@ def discrimination_metrics(split: Sequence[SplitRow], judged: Sequence[PairJudge
     return {
         "n": len(split),
         "hard": hard,
-        "easy": len(rows) - hard,
-        "excluded": len(split) - len(rows),
+        "easy": sum(1 for s in rows if s.label == "easy"),
+        "stuck": sum(1 for s in rows if s.label == "stuck"),
+        "unjudged": sum(1 for s in split if s.label == "unjudged"),
+        "excluded": sum(1 for s in split if s.label == "excluded"),
         "hard_ratio": hard / len(rows) if rows else None,
-        "teacher_mean": mean([s.teacher_score for s in rows]),
-        "student_mean": mean([s.student_score for s in rows]),
-        "gap_mean": mean([s.gap for s in rows]),
+        "teacher_mean": mean([s.teacher_score for s in rows if s.teacher_score is not None]),
+        "student_mean": mean([s.student_score for s in rows if s.student_score is not None]),
+        "gap_mean": mean([s.gap for s in rows if s.gap is not None]),
+        "loss_mean": mean([s.loss for s in rows if s.loss is not None]),
         "parse_failures": failed_orders,
         "parse_failure_rate": failed_orders / len(verdicts) if verdicts else 0.0,
         "swap_flip_rate": sum(flips) / len(flips) if flips else None,

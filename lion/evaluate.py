@@ -59,7 +59,7 @@ from .records import (
     write_jsonl,
 )
 from .referee import Pair, PairJudgement, judge_pairs
-from .world import World, family_accuracy
+from .world import HeldOutQuestion, World, family_accuracy
 
 ORACLE = "oracle"
 PHASE = "eval"
@@ -83,16 +83,16 @@ class EvalQuestion:
 
 
 def load_questions(
-    spec: str, *, world: World | None = None, limit: int | None = None, per_family: int = 8, seed: int = 1234
+    spec: str, *, heldout: Sequence[HeldOutQuestion] = (), limit: int | None = None
 ) -> list[EvalQuestion]:
     """FastChat question.jsonl (first turn), our JSONL, or "oracle": the offline world's held-out questions
-    (`per_family` of each family, drawn with `seed`)."""
+    (`RunContext.heldout()`)."""
     if spec == ORACLE:
-        if world is None:
+        if not heldout:
             raise ConfigError('eval.questions: "oracle" needs the offline world (sim.enabled: true)')
         qs = [
             EvalQuestion(id=instruction_id(h.instruction), instruction=h.instruction, category=h.family, truth=h.answer)
-            for h in world.heldout(per_family, seed)
+            for h in heldout
         ]
     else:
         insts, _ = load_instructions(spec)
@@ -221,8 +221,7 @@ def prepare(
     if not model.exists() and not _hub_id(str(model)):
         raise LionError(f"{model}: the model to evaluate does not exist")
     model_ref = str(model.resolve()) if model.exists() else str(model)
-    qs = load_questions(spec, world=ctx.world, limit=ec.max_questions, per_family=ec.oracle_per_family,
-                        seed=ec.oracle_seed)
+    qs = load_questions(spec, heldout=ctx.heldout() if spec == ORACLE else (), limit=ec.max_questions)
     fp = _fingerprint(
         {
             "model": model_ref,
@@ -358,6 +357,12 @@ def write(
     }
     summary["overall"]["n_no_reference"] = sum(1 for q in qs if refs[q.id] is None)
     summary["seen_in_training"] = seen_in_training(ctx.run, qs)
+    summary["pool_overlap"] = overlap = pool_overlap(ctx.run, qs)
+    if plan.spec == ORACLE and overlap:
+        raise LionError(
+            f"{overlap} of the {len(qs)} held-out questions occur in a pool of {ctx.run.root}: the held-out set must "
+            "be disjoint from every pool (drawn apart from the seeds, rejected by generation); this is a bug"
+        )
     if plan.spec == ORACLE and ctx.world is not None:
         summary["oracle"] = oracle_accuracy(ctx.world, qs, cand, refs)
     summary["fingerprint"] = plan.fingerprint
@@ -389,6 +394,7 @@ def write(
             if o["overall"] is not None and o["reference_overall"] is not None
             else ""
         )
+    text += f"\nquestions also in a pool of this run: {overlap} (Train Pools: {summary['seen_in_training']})"
     if summary["seen_in_training"]:
         text += (
             f"\nwarning: {summary['seen_in_training']} of the {len(qs)} questions occur in a Train Pool of "
@@ -406,6 +412,17 @@ def seen_in_training(run: RunLayout, qs: Sequence[EvalQuestion]) -> int:
     for rp in run.rounds():
         if rp.train_pool.exists():
             seen |= {str(r.get("id")) for r in read_jsonl(rp.train_pool)} & ids
+    return len(seen)
+
+
+def pool_overlap(run: RunLayout, qs: Sequence[EvalQuestion]) -> int:
+    """How many evaluated questions occur (same content id) in any Train or Cache Pool of the run."""
+    ids = {q.id for q in qs}
+    seen: set[str] = set()
+    for rp in run.rounds():
+        for pool in (rp.train_pool, rp.cache_pool):
+            if pool.exists():
+                seen |= {str(r.get("id")) for r in read_jsonl(pool)} & ids
     return len(seen)
 
 
