@@ -260,6 +260,10 @@ class DiscriminationConfig:
     referee_retry_temperature: float | None = opt(None, "temperature of those retries (None: the referee's own); a "
                                                         "temperature-0 referee may repeat itself")
     both_orders: bool = opt(True, "judge (teacher, student) and (student, teacher); off only for experiments")
+    referee_prompts: str | None = opt(None, "FastChat-style judge prompt.jsonl to use instead of prompts_dir's "
+                                            "referee template (verdict format fastchat); each instruction gets the "
+                                            "prompt of its category (from its seed row), else the general one, else "
+                                            "the first (docs/judging.md)")
 
     def check(self, key: str) -> None:
         _check_fields(self, key)
@@ -308,6 +312,10 @@ class EvalConfig:
                                  "scored)", gt=0)
     oracle_per_family: int = opt(8, 'questions="oracle": held-out questions per task family', gt=0)
     oracle_seed: int = opt(1234, 'questions="oracle": seed of the held-out set')
+    judge_prompts: str | None = opt(None, "FastChat-style judge prompt.jsonl (system prompt, template, defaults, "
+                                          "category) to use instead of judge_template: each question gets the "
+                                          "prompt of its category (coding, math), else the general one, else the "
+                                          "first; verdict format fastchat (docs/judging.md)")
 
     def check(self, key: str) -> None:
         if self.every_round and not self.questions:

@@ -4,7 +4,9 @@
 
 Teacher answers come from the answer store (bought once, ever); the round's student answers the whole
 Cache Pool in batches, saved as they come (lion.answers); the referee scores both answers in both orders
-(`lion.referee.judge_pairs`: the teacher's answer is the pair's reference, the student's the candidate). The gap
+(`lion.referee.judge_pairs`: the teacher's answer is the pair's reference, the student's the candidate), with the
+prompts/ referee template or, when `discrimination.referee_prompts` names a FastChat-style prompt file, the prompt
+of each instruction's category, each read in the verdict format it declares. The gap
 is the teacher's mean score minus the student's, over the two orders; an instruction is hard when
 gap >= discrimination.tau, easy otherwise. A pair whose verdict could not be parsed after the retries, or
 that has no teacher answer, is excluded and counted: it is never given a number.
@@ -21,6 +23,7 @@ from typing import Any, Literal
 from .answers import student_answers, teacher_answers
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
+from .judge_prompts import load_judge_prompts
 from .pools import prepare_round
 from .records import Instruction, read_json_or_empty, read_pool, write_json, write_jsonl
 from .referee import Pair, PairJudgement, judge_pairs
@@ -67,20 +70,25 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
     if ctx.run.is_done(r, "discrimination"):
         return read_json_or_empty(rp.phase_metrics("discrimination"))
     prepare_round(ctx, r)
+    dc = ctx.cfg.discrimination
+    judge = load_judge_prompts(dc.referee_prompts, "discrimination.referee_prompts") if dc.referee_prompts else None
     pool = read_pool(rp.cache_pool)
     t_ans = teacher_answers(ctx, pool, "discrimination")
     if not rp.student.is_dir():
         raise LionError(f"{rp.student}: round {r}'s student is missing; run round {r}'s imitation first")
     s_ans = student_answers(ctx, rp.student, pool, rp.student_answers)
 
-    pairs = [Pair(i.id, _shown(i), t_ans[i.id], s_ans[i.id]) for i in pool if t_ans[i.id] is not None]  # type: ignore[arg-type]
-    dc = ctx.cfg.discrimination
+    pairs = [
+        Pair(i.id, _shown(i), t_ans[i.id], s_ans[i.id], str(i.meta.get("category") or ""))  # type: ignore[arg-type]
+        for i in pool
+        if t_ans[i.id] is not None
+    ]
     judged = judge_pairs(
         ctx.gateway,
         "referee",
         "discrimination",
         pairs,
-        ctx.template("referee"),
+        judge if judge is not None else ctx.template("referee"),
         attempts=dc.referee_attempts,
         both_orders=dc.both_orders,
         desc=f"round {r} referee",

@@ -35,6 +35,7 @@ RESUME_CRITICAL = (
     "pools.train_pool",
     "discrimination.tau",
     "discrimination.both_orders",
+    "discrimination.referee_prompts",
     "generation.n_hard",
     "generation.n_easy",
     "generation.rouge_threshold",
