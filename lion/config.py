@@ -273,6 +273,10 @@ class DiscriminationConfig:
     only_unseen: bool = opt(False, "judge only Cache Pool items that were in no Train Pool (what the student does not "
                                    "know, rather than what it did not memorise); needs pools.cache_seed beyond the "
                                    "Train Pool's seeds")
+    referee_prompts: str | None = opt(None, "FastChat-style judge prompt.jsonl to use instead of prompts_dir's "
+                                            "referee template (verdict format fastchat); each instruction gets the "
+                                            "prompt of its category (from its seed row), else the general one, else "
+                                            "the first (docs/judging.md)")
 
     def check(self, key: str) -> None:
         _check_fields(self, key)
@@ -325,6 +329,10 @@ class EvalConfig:
                                  "scored)", gt=0)
     oracle_per_family: int = opt(8, 'questions="oracle": held-out questions per task family', gt=0)
     oracle_seed: int = opt(1234, 'questions="oracle": seed of the held-out set')
+    judge_prompts: str | None = opt(None, "FastChat-style judge prompt.jsonl (system prompt, template, defaults, "
+                                          "category) to use instead of judge_template: each question gets the "
+                                          "prompt of its category (coding, math), else the general one, else the "
+                                          "first; verdict format fastchat (docs/judging.md)")
 
     def check(self, key: str) -> None:
         if self.every_round and not self.questions:

@@ -67,6 +67,11 @@ class RunContext:
         options = dict(sim.options)
         if self.cfg.prompts_dir and "prompts_dir" not in options and sim.responder == "oracle":
             options["prompts_dir"] = self.cfg.prompts_dir
+        judge_files = [  # a missing file is reported, naming its key, by the phase that uses it
+            f for f in (self.cfg.eval.judge_prompts, self.cfg.discrimination.referee_prompts) if f and Path(f).is_file()
+        ]
+        if judge_files and "judge_prompts" not in options and sim.responder == "oracle":
+            options["judge_prompts"] = judge_files  # the oracle referee also reads FastChat-style judge prompts
         responder = make_responder(sim.responder, options)
         offered = getattr(responder, "world", None)
         self.world = offered if isinstance(offered, World) else None

@@ -5,7 +5,9 @@
 Teacher answers come from the answer store (bought once, ever); the round's student answers the whole
 Cache Pool in batches, saved as they come (lion.answers); then the selector (`discrimination.selector`,
 lion.selectors) labels every instruction. The paper's `referee` scores both answers in both orders
-(`lion.referee.judge_pairs`: the teacher's answer is the pair's reference, the student's the candidate); the gap
+(`lion.referee.judge_pairs`: the teacher's answer is the pair's reference, the student's the candidate), with the
+prompts/ referee template or, when `discrimination.referee_prompts` names a FastChat-style prompt file, the prompt
+of each instruction's category, each read in the verdict format it declares; the gap
 is the teacher's mean score minus the student's, over the two orders; an instruction is hard when
 gap >= discrimination.tau, easy otherwise. A pair whose verdict could not be parsed after the retries, or
 that has no teacher answer, is excluded and counted: it is never given a number. With
@@ -22,6 +24,7 @@ from typing import Any
 from .answers import student_answers, teacher_answers
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
+from .judge_prompts import load_judge_prompts
 from .pools import prepare_round
 from .records import read_json_or_empty, read_pool, write_json, write_jsonl
 from .referee import PairJudgement
@@ -35,14 +38,15 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
     if ctx.run.is_done(r, "discrimination"):
         return read_json_or_empty(rp.phase_metrics("discrimination"))
     prepare_round(ctx, r)
+    dc = ctx.cfg.discrimination
+    judge = load_judge_prompts(dc.referee_prompts, "discrimination.referee_prompts") if dc.referee_prompts else None
     pool = read_pool(rp.cache_pool)
     t_ans = teacher_answers(ctx, pool, "discrimination")
     if not rp.student.is_dir():
         raise LionError(f"{rp.student}: round {r}'s student is missing; run round {r}'s imitation first")
     s_ans = student_answers(ctx, rp.student, pool, rp.student_answers)
 
-    dc = ctx.cfg.discrimination
-    selector = make_selector(dc.selector, learnable_base=dc.learnable_base, stuck_rounds=dc.stuck_rounds)
+    selector = make_selector(dc.selector, learnable_base=dc.learnable_base, stuck_rounds=dc.stuck_rounds, judge=judge)
     trained = trained_on(ctx, r) if dc.only_unseen else set()
     candidates = [i for i in pool if i.id not in trained]
     sel = selector.select(ctx, r, candidates, t_ans, s_ans)

@@ -40,6 +40,7 @@ RESUME_CRITICAL = (
     "discrimination.stuck_rounds",
     "discrimination.hard_fraction",
     "discrimination.only_unseen",
+    "discrimination.referee_prompts",
     "generation.n_hard",
     "generation.n_easy",
     "generation.rouge_threshold",

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from .judge_prompts import JudgePrompts
 from .records import Instruction, read_jsonl
 from .referee import Pair, PairJudgement, judge_pairs
 
@@ -90,13 +91,23 @@ def shown(inst: Instruction) -> str:
 
 
 class RefereeSelector:
+    """The referee LLM: the prompts/ referee template, or a FastChat-style prompt file (`judge`, routed by each
+    instruction's category)."""
+
     name = "referee"
+
+    def __init__(self, judge: JudgePrompts | None = None) -> None:
+        self.judge = judge
 
     def select(self, ctx, r, pool, teacher, student):  # type: ignore[no-untyped-def]
         dc = ctx.cfg.discrimination
-        pairs = [Pair(i.id, shown(i), t, student[i.id]) for i in pool if (t := teacher[i.id]) is not None]
+        pairs = [
+            Pair(i.id, shown(i), t, student[i.id], str(i.meta.get("category") or ""))
+            for i in pool
+            if (t := teacher[i.id]) is not None
+        ]
         judged = judge_pairs(
-            ctx.gateway, "referee", "discrimination", pairs, ctx.template("referee"),
+            ctx.gateway, "referee", "discrimination", pairs, self.judge if self.judge is not None else ctx.template("referee"),
             attempts=dc.referee_attempts, both_orders=dc.both_orders, desc=f"round {r} referee",
             retry_temperature=dc.referee_retry_temperature,
         )  # fmt: skip
@@ -213,8 +224,13 @@ def stuck(trail: Sequence[tuple[str, float | None]], k: int) -> bool:
     return first is not None and now is not None and now >= first
 
 
-def make_selector(name: str, *, learnable_base: str = "referee", stuck_rounds: int = 2) -> Selector:
-    simple: dict[str, Selector] = {"referee": RefereeSelector(), "student_loss": StudentLossSelector(), "none": NoSelector()}
+def make_selector(
+    name: str, *, learnable_base: str = "referee", stuck_rounds: int = 2, judge: JudgePrompts | None = None
+) -> Selector:
+    """The selector `discrimination.selector` names; `judge`: a FastChat-style prompt file for the referee."""
+    simple: dict[str, Selector] = {
+        "referee": RefereeSelector(judge), "student_loss": StudentLossSelector(), "none": NoSelector(),
+    }  # fmt: skip
     if name == "learnable":
         return LearnableSelector(simple[learnable_base], stuck_rounds)
     return simple[name]
