@@ -165,7 +165,9 @@ def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConf
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    with torch.inference_mode():
+    from ..logs import heartbeat
+
+    with torch.inference_mode(), heartbeat("student answers", len(ids), progress=progress, unit=" answers") as beat:
         for batch in tqdm(batches, desc="student answers", unit="batch", disable=not progress):
             width = max(len(ids[i]) for i in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -184,6 +186,7 @@ def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConf
                 text = out[i] = tokenizer.decode(toks, skip_special_tokens=True)
                 if on_answer is not None:
                     on_answer(i, text)
+            beat.update(len(batch))
     return [o if o is not None else "" for o in out]
 
 
