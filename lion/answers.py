@@ -121,5 +121,5 @@ def student_answers(ctx: RunContext, model: str | Path, items: Sequence[Prompted
             append_jsonl(path, {"id": todo[i].id, "answer": answer})
             done[todo[i].id] = answer
 
-        generate(model, prompts, sc.infer, progress=ctx.progress, on_answer=keep)
+        generate(model, prompts, sc.infer, progress=ctx.progress, on_answer=keep, max_length=sc.max_length)
     return {it.id: done[it.id] for it in items}

@@ -171,7 +171,8 @@ class InferConfig:
     seed: int = opt(0, "sampling seed (temperature > 0)")
     cpu_threads: int = opt(0, "transformers backend on CPU: torch threads; 0 = auto (1 for models under 20M "
                               "parameters)", ge=0)
-    max_model_len: int = opt(0, "vLLM: context length of the engine; 0 = the model's own", ge=0)
+    max_model_len: int = opt(0, "vLLM: context length of the engine; 0 = student.max_length (or the longest "
+                                "prompt) + max_new_tokens, capped at the model's own", ge=0)
 
     def check(self, key: str) -> None:
         if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
@@ -363,9 +364,9 @@ class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = opt("info", "console level of the lion.* loggers "
                                                                        "(--log-level); the log file keeps debug too")
     file: bool = opt(True, "also write every lion.* log line (debug and up) to RUN/lion.log")
-    heartbeat_s: float = opt(60.0, "with progress bars off (--no-progress): one status line every this many "
-                                   "seconds for each long step (phase, done/total, rate, spend, ETA); 0 = none",
-                             ge=0)
+    heartbeat_s: float = opt(60.0, "one status line every this many seconds for each long step (phase, "
+                                   "done/total, rate, spend, ETA): on stderr with --no-progress, else in the log "
+                                   "file only; 0 = none", ge=0)
     wandb_project: str = opt("lion", "wandb project of the loop's per-round figures (student.report_to: wandb); "
                                      "WANDB_MODE=offline keeps them on disk")
 

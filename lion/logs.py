@@ -10,10 +10,11 @@
   to `RUN/lion.log`, appended across resumes, so a run started under SLURM or `nohup` leaves a record with
   timestamps. What users and scripts read (the loop's per-round lines and table, a phase's one-line summary)
   stays on stdout.
-- With progress bars off (`--no-progress`), a long step (a batch of LLM calls, a training, the student's
-  answers) logs a heartbeat every `log.heartbeat_s` seconds from a background thread, so the line appears even
-  while the step is stuck: `heartbeat teacher/imitation: 1200/5000 (24%), 3.1/s, $1.2345, ETA 20m25s`.
-  With progress bars on, the bars show the same and no heartbeat is logged.
+- A long step (a batch of LLM calls, a training, the student's answers) logs a heartbeat every
+  `log.heartbeat_s` seconds from a background thread, so the line appears even while the step is stuck:
+  `heartbeat teacher/imitation: 1200/5000 (24%), 3.1 calls/s, $1.2345, ETA 20m25s, elapsed 6m27s`.
+  With progress bars off (`--no-progress`) it is an INFO line on stderr; with bars on (they show the same) it is
+  a DEBUG line, so it reaches only the log file, where `lion status` reads how long ago the run last moved.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ class Heartbeat:
     """Counts progress of one long step and logs a status line every `every_s` seconds from a daemon thread."""
 
     def __init__(self, desc: str, total: int | None, *, every_s: float, done: int = 0,
-                 spend: Callable[[], float] | None = None, unit: str = "", logger: logging.Logger | None = None):
-        self.desc, self.total, self.every_s, self.unit = desc, total, every_s, unit
+                 spend: Callable[[], float] | None = None, unit: str = "", logger: logging.Logger | None = None,
+                 level: int = logging.INFO):
+        self.desc, self.total, self.every_s, self.unit, self.level = desc, total, every_s, unit, level
         self.done = self._start_done = done
         self.spend = spend
         self.logger = logger or logging.getLogger("lion.heartbeat")
@@ -110,7 +112,7 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.every_s):
-            self.logger.info(self.line())
+            self.logger.log(self.level, self.line())
 
     def start(self) -> Heartbeat:
         if self._thread is None:
@@ -152,13 +154,15 @@ class _NoBeat:
 
 def heartbeat(desc: str, total: int | None, *, progress: bool | None = None, done: int = 0,
               spend: Callable[[], float] | None = None, unit: str = "") -> Heartbeat | _NoBeat:
-    """A started-on-enter heartbeat for one step, or a no-op when progress bars are on (`progress`, default: the
-    setting of `setup_logging`) or `log.heartbeat_s` is 0."""
+    """A heartbeat for one step (started by `start()` or `with`): INFO when progress bars are off (`progress`,
+    default: the setting of `setup_logging`), DEBUG (log file only) when they are on; a no-op when
+    `log.heartbeat_s` is 0."""
     shown = _settings["progress"] if progress is None else progress
     every = float(_settings["heartbeat_s"])
-    if shown or every <= 0:
+    if every <= 0:
         return _NoBeat()
-    return Heartbeat(desc, total, every_s=every, done=done, spend=spend, unit=unit)
+    return Heartbeat(desc, total, every_s=every, done=done, spend=spend, unit=unit,
+                     level=logging.DEBUG if shown else logging.INFO)
 
 
 def heartbeat_seconds() -> float:
