@@ -450,7 +450,10 @@ def _convert(key: str, tp: Any, value: Any) -> Any:
             try:
                 return _convert(key, opt, value)
             except ConfigError as e:
-                errors.append(e)
+                errors.append((opt, e))
+        shaped = [e for opt, e in errors if get_origin(opt) is type(value) and type(value) in (list, dict)]
+        if len(shaped) == 1:  # a list given where a list is allowed: its own error names the bad item
+            raise shaped[0]
         names = " or ".join(_type_name(o) for o in options if o is not type(None))
         raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
     if origin is Literal:
