@@ -68,9 +68,9 @@ def test_gateway_batch_beats_with_progress_off(tmp_path: Path, sim_server, sim_l
 
 
 def test_log_level_flag_and_log_file_of_a_phase(tmp_path: Path, finished_run: Path) -> None:
-    from lion.config import add_config_args
-
     import argparse
+
+    from lion.config import add_config_args
 
     p = argparse.ArgumentParser()
     add_config_args(p)
