@@ -173,7 +173,9 @@ def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter
     if cfg.data_parallel == 1:
         logger.info("vLLM engine in a fresh process: this one has used CUDA (training), and the memory its allocator "
                  "keeps would fail vLLM's gpu_memory_utilization check")
-    groups = gpu_groups(cfg.data_parallel, cfg.tensor_parallel, visible_gpus())
+    # one engine: it sees the GPUs this process sees; several: each its own group of tensor_parallel GPUs
+    groups: list[list[str] | None] = ([None] if cfg.data_parallel == 1 else
+                                      list(gpu_groups(cfg.data_parallel, cfg.tensor_parallel, visible_gpus())))
     parts = shard(len(ids), cfg.data_parallel)
     out: list[str | None] = [None] * len(ids)
     root = str(Path(__file__).resolve().parents[2])
@@ -188,7 +190,7 @@ def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter
             spec.write_text(json.dumps({"model": model, "tokenizer": tokenizer, "adapter": str(adapter) if adapter else None,
                                         "cfg": one, "ids": [ids[i] for i in part], "result": str(result),
                                         "progress": progress and k == 0, "max_model_len": max_model_len}))
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(group))
+            env = dict(os.environ) if group is None else dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(group))
             env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
             log = open(Path(work) / f"engine{k}.log", "w+")
             p = subprocess.Popen([sys.executable, "-m", "lion.student.vllm_backend", "--worker", str(spec)],
@@ -201,7 +203,8 @@ def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter
             tail = "".join(collections.deque(log, maxlen=20))
             log.close()
             if rc != 0 or not result.is_file():
-                failures.append(f"engine {k} (GPUs {','.join(groups[k])}) exit status {rc}:\n{tail}")
+                gpus = "visible" if groups[k] is None else ",".join(groups[k] or [])
+                failures.append(f"engine {k} (GPUs {gpus}) exit status {rc}:\n{tail}")
                 continue
             texts = json.loads(result.read_text())
             for i, t in zip(part, texts, strict=True):
