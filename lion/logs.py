@@ -61,7 +61,6 @@ def setup_logging(level: str = "info", log_file: Path | None = None, *, heartbea
     for h in _handlers:
         root.addHandler(h)
     root.setLevel(logging.DEBUG if log_file is not None else LEVELS[level])
-    root.propagate = False  # our handlers only; a host application configures its own root logger
     if heartbeat_s is not None:
         _settings["heartbeat_s"] = float(heartbeat_s)
     if progress is not None:

@@ -65,10 +65,13 @@ def lion_loop(cfg: LionConfig, *, progress: bool = True, echo: bool = True) -> l
                 summaries.append(round_metrics(ctx, rounds + 1, trackers))  # the final student's row
                 if echo:
                     print(round_line(summaries[-1]), flush=True)
-        except BudgetExceeded:
+        except BudgetExceeded as e:
+            log.warning("run %s stopped by the budget: %s", cfg.run_dir, e)
             if echo and summaries:
                 print(summary_table(summaries))
             raise
+        log.info("run %s finished: %d round(s)%s", cfg.run_dir, rounds,
+                 " + final imitation" if cfg.final_imitation and rounds > 0 else "")
     if echo:
         print(summary_table(summaries))
         families = family_table(summaries)

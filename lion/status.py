@@ -57,9 +57,10 @@ def _teacher_done(layout: RunLayout, ids: set[str]) -> int:
     return len(ids & _ids(layout.teacher_answers)) if ids else 0
 
 
-def round_status(layout: RunLayout, rp: RoundPaths) -> dict[str, Any]:
-    """Round rp.no: each phase done (with its time) or, for the first unfinished one, what it has produced so far."""
-    out: dict[str, Any] = {"round": rp.no, "done": {}, "in_flight": []}
+def round_status(layout: RunLayout, rp: RoundPaths, *, final: bool = False) -> dict[str, Any]:
+    """Round rp.no: each phase done (with its time) or, for the first unfinished one, what it has produced so far.
+    `final`: the final imitation's round (after the last round: imitation, and evaluation, only)."""
+    out: dict[str, Any] = {"round": rp.no, "done": {}, "in_flight": [], "final_imitation": final}
     for phase in PHASES:
         if rp.done(phase).exists():
             out["done"][phase] = read_json_or_empty(rp.done(phase)).get("finished_at", "")
@@ -75,7 +76,7 @@ def round_status(layout: RunLayout, rp: RoundPaths) -> dict[str, Any]:
         if rp.eval.dir.exists() and not rp.eval_summary.exists():
             n_q = _count_lines(rp.eval.questions)
             notes.append(f"evaluation: candidate answers {_count_lines(rp.eval.candidate_answers)}/{n_q or '?'}")
-        if cache:
+        if cache and not final:
             notes.append(f"discrimination: teacher answers {_teacher_done(layout, cache)}/{len(cache)}, "
                          f"student answers {len(_ids(rp.student_answers) & cache)}/{len(cache)}, "
                          "referee verdicts written when the phase ends")
@@ -116,14 +117,29 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         "final_imitation": cfg.get("final_imitation"),
         "student": cfg.get("student", {}).get("model"),
         "teacher": llm.get("teacher", {}).get("model"),
-        "round_status": [round_status(layout, rp) for rp in layout.rounds()],
+        "round_status": [round_status(layout, rp, final=_is_final(rp.no, cfg)) for rp in layout.rounds()],
         "spend": live_spend(layout),
         "budget_usd": llm.get("budget_usd"),
         "budget_tokens": llm.get("budget_tokens"),
     }
+    out["finished"] = finished(out)
     last = last_log_line(layout)
     out["last_log"] = {"line": last[0], "age_s": round(last[1], 1)} if last else None
     return out
+
+
+def _is_final(r: int, cfg: dict[str, Any]) -> bool:
+    rounds = cfg.get("rounds")
+    return bool(cfg.get("final_imitation")) and isinstance(rounds, int) and r == rounds + 1
+
+
+def finished(s: dict[str, Any]) -> bool:
+    """All configured rounds done, and the final imitation too when the config asks for it."""
+    if s["rounds"] is None or s["rounds_completed"] < s["rounds"]:
+        return False
+    if not s.get("final_imitation"):
+        return True
+    return any(rs["final_imitation"] and "imitation" in rs["done"] for rs in s["round_status"])
 
 
 def _ago(seconds: float) -> str:
@@ -136,7 +152,14 @@ def format_status(s: dict[str, Any]) -> str:
     lines = [f"{s['run_dir']}: {s['rounds_completed']} of {s['rounds'] if s['rounds'] is not None else '?'} rounds "
              f"completed" + (" (+ final imitation)" if s.get("final_imitation") else "")
              + f"; student {s['student']}, teacher {s['teacher']}"]
+    if finished(s):
+        lines[0] += "; finished"
     for rs in s["round_status"]:
+        if rs["final_imitation"]:
+            lines.append(f"  round {rs['round']:>2}: final imitation {'done' if 'imitation' in rs['done'] else '-'}"
+                         f"   (train pool {rs['train_pool']})")
+            lines += [f"      in flight: {note}" for note in rs["in_flight"]]
+            continue
         phases = [f"{p} done" if p in rs["done"] else f"{p} -" for p in PHASES]
         lines.append(f"  round {rs['round']:>2}: " + ", ".join(phases)
                      + f"   (train pool {rs['train_pool']}, cache pool {rs['cache_pool']})")

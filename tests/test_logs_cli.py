@@ -135,14 +135,15 @@ def test_lion_status_on_a_finished_run(finished_run: Path) -> None:
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert re.match(rf"{re.escape(str(finished_run))}: 1 of 1 rounds completed \(\+ final imitation\)", lines[0])
+    assert lines[0].endswith("; finished")
     assert "round  1: imitation done, discrimination done, generation done" in p.stdout
-    assert re.search(r"round  2: imitation done, discrimination -, generation -", p.stdout)
+    assert re.search(r"round  2: final imitation done", p.stdout) and "in flight" not in p.stdout
     usage = json.loads((finished_run / "usage.json").read_text())["total"]
     assert f"spend: ${usage['usd']:.4f}" in p.stdout and f"{usage['calls']} paid calls" in p.stdout
     assert "last log line (" in p.stdout
     js = json.loads(_lion("status", str(finished_run), "--json").stdout)
     assert js["spend"]["calls"] == usage["calls"] and js["round_status"][0]["done"].keys() == {
-        "imitation", "discrimination", "generation"}
+        "imitation", "discrimination", "generation"} and js["finished"] is True
 
 
 def test_lion_status_shows_what_is_in_flight(finished_run: Path, tmp_path: Path) -> None:
@@ -156,7 +157,7 @@ def test_lion_status_shows_what_is_in_flight(finished_run: Path, tmp_path: Path)
     shutil.rmtree(run / "round_02")
     p = _lion("status", str(run))
     assert p.returncode == 0, p.stderr
-    assert "round  1: imitation done, discrimination -, generation -" in p.stdout
+    assert "round  1: imitation done, discrimination -, generation -" in p.stdout and "finished" not in p.stdout
     assert re.search(r"in flight: discrimination: teacher answers 10/10, student answers 4/10", p.stdout), p.stdout
 
 
