@@ -116,6 +116,14 @@ def test_console_script_is_declared_and_lists_the_subcommands() -> None:
     assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
 
 
+def test_installed_console_script_runs() -> None:
+    script = Path(sys.executable).parent / "lion"
+    if not script.exists():
+        pytest.skip(f"{script}: the console script is not installed in this environment (pip install -e . does it)")
+    p = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0 and "status" in p.stdout and "export" in p.stdout
+
+
 def test_subcommands_are_the_modules(tmp_path: Path) -> None:
     p = _lion("run", "--config", str(tmp_path / "missing.yaml"))
     assert p.returncode == 2 and p.stderr.strip() == f"error: config file {tmp_path / 'missing.yaml'} does not exist"

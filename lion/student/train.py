@@ -398,6 +398,8 @@ def _train_here(
         os.environ.setdefault("ACCELERATE_USE_FSDP", "true")  # from_pretrained loads on rank 0 only (meta elsewhere)
     # the arguments first: under FSDP they set what from_pretrained reads (cpu_ram_efficient_loading)
     args = _training_args(cfg, tmp, the_seed, progress, info.base)
+    if cfg.fsdp:
+        _ = args.device  # sets up the process group, which from_pretrained's rank-0-only loading checks for
     model, info = _prepare_model(cfg, init_from)
     model.config.use_cache = False  # training: no KV cache (also lets packed position ids take effect)
     meter = _meter(collator)
