@@ -117,6 +117,7 @@ class WandbTracker:
             raise ConfigError("student.report_to: wandb needs the wandb package (pip install wandb)") from None
         layout.wandb.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("WANDB_PROJECT", cfg.log.wandb_project)  # the Trainer's runs join the same project
+        os.environ.setdefault("WANDB_DIR", str(layout.root))  # ... and keep their files in the run directory too
         from .config import to_dict
 
         self.run = wandb.init(project=cfg.log.wandb_project, id=run_id, resume="allow", dir=str(layout.root),

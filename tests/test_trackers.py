@@ -109,7 +109,8 @@ def _wandb_history(run_file: Path) -> list[dict]:
 def test_wandb_offline_receives_the_rounds_and_resumes_the_same_run(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    monkeypatch.setenv("WANDB_PROJECT", "lion-test")  # set here so that the test's end restores them
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "run"))
     cfg = config_from_dict({"run_dir": str(tmp_path / "run"), "student": {"model": "tiny", "report_to": ["wandb"]},
                             "pools": {"train_seed": "x"}, "log": {"wandb_project": "lion-test"}})
     layout = RunLayout(cfg.run_dir)
@@ -135,3 +136,27 @@ def test_unknown_tracker_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match=r"student.report_to\[0\]: must be one of"):
         config_from_dict({"student": {"model": "tiny", "report_to": ["mlflow"]}, "pools": {"train_seed": "x"}})
+
+
+def test_each_training_is_its_own_wandb_run_with_the_loss(tmp_path: Path, monkeypatch, tiny_char_base) -> None:
+    from conftest import student_fact_examples
+
+    from lion.config import StudentConfig
+    from lion.student.train import train_student
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    import wandb
+
+    wandb.teardown()  # wandb keeps its settings (WANDB_DIR) per process: start from this test's environment
+    cfg = StudentConfig(model=str(tiny_char_base), max_steps=2, per_device_batch_size=4, grad_accum=1,
+                        report_to=["wandb"], logging_steps=1)
+    for r in (1, 2):
+        train_student(cfg, student_fact_examples(1), tiny_char_base, tmp_path / f"round_0{r}" / "student",
+                      progress=False)
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 2
+    for f in runs:
+        losses = [h["train/loss"] for h in _wandb_history(f) if "train/loss" in h]
+        assert len(losses) == 2 and all(v > 0 for v in losses)

@@ -300,6 +300,9 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool, mod
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not progress,
         **warm,
+        # wandb: each training its own run, named after its checkpoint (e.g. round_01-student)
+        **({"run_name": f"{out.parent.name}-{out.name.removesuffix('.tmp')}"}
+           if "wandb" in cfg.report_targets() and "run_name" not in cfg.training_args else {}),
         **cfg.training_args,
     )
 
@@ -414,6 +417,11 @@ def _train_here(
 
     with cpu_threads(model, cfg.cpu_threads):
         out_train = trainer.train()
+    if "wandb" in cfg.report_targets() and rank0:
+        import wandb
+
+        if wandb.run is not None:  # the Trainer's run of this round: the next round's training gets its own
+            wandb.finish()
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     seconds = time.perf_counter() - t_start
     train_s = sum(meter.step_s)
