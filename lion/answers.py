@@ -47,10 +47,23 @@ class AnswerStore:
     def get(self, id: str, teacher: str) -> dict[str, Any] | None:
         return self._answers.get((id, teacher))
 
-    def put(self, id: str, teacher: str, answer: str, finish_reason: str | None) -> None:
+    def put(self, id: str, teacher: str, answer: str, finish_reason: str | None, *, source: str | None = None) -> None:
+        """Record an answer; `source="seed"` marks one taken from the seed file (pools.seed_answers: teacher),
+        never bought."""
         row = {"id": id, "teacher": teacher, "answer": answer, "finish_reason": finish_reason}
+        if source is not None:
+            row["source"] = source
         self._answers[(id, teacher)] = row
         append_jsonl(self.path, row)
+
+    def seed(self, answers: dict[str, str], teacher: str) -> int:
+        """Record seed-file answers as `teacher`'s (those it does not hold yet); returns how many were added."""
+        added = 0
+        for id, answer in answers.items():
+            if (id, teacher) not in self._answers:
+                self.put(id, teacher, answer, None, source="seed")
+                added += 1
+        return added
 
 
 def teacher_identity(cfg: LionConfig) -> str:
@@ -108,5 +121,5 @@ def student_answers(ctx: RunContext, model: str | Path, items: Sequence[Prompted
             append_jsonl(path, {"id": todo[i].id, "answer": answer})
             done[todo[i].id] = answer
 
-        generate(model, prompts, sc.infer, progress=ctx.progress, on_answer=keep)
+        generate(model, prompts, sc.infer, progress=ctx.progress, on_answer=keep, max_length=sc.max_length)
     return {it.id: done[it.id] for it in items}

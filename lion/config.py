@@ -171,7 +171,8 @@ class InferConfig:
     seed: int = opt(0, "sampling seed (temperature > 0)")
     cpu_threads: int = opt(0, "transformers backend on CPU: torch threads; 0 = auto (1 for models under 20M "
                               "parameters)", ge=0)
-    max_model_len: int = opt(0, "vLLM: context length of the engine; 0 = the model's own", ge=0)
+    max_model_len: int = opt(0, "vLLM: context length of the engine; 0 = student.max_length (or the longest "
+                                "prompt) + max_new_tokens, capped at the model's own", ge=0)
 
     def check(self, key: str) -> None:
         if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
@@ -216,11 +217,30 @@ class StudentConfig:
     nnodes: int = opt(1, "> 1: multi-node torchrun; MASTER_ADDR / MASTER_PORT / NODE_RANK come from the "
                          "environment", gt=0)
     launcher: Literal["torchrun", "accelerate"] = opt("torchrun", "how a multi-process training is started")
-    report_to: Literal["none", "tensorboard", "wandb"] = opt("none", "training logs destination (Trainer report_to)")
+    report_to: Literal["none", "tensorboard", "wandb"] | list[Literal["tensorboard", "wandb"]] = opt(
+        "none", "where figures go: the Trainer's loss (Trainer report_to) and the loop's per-round figures "
+                "(lion.trackers: hard ratio, scores, flips, parse failures, accepted/rejected, evaluation, spend); "
+                'one name or a list, e.g. [tensorboard, wandb]')
     logging_steps: int = opt(10, "record the training loss every N optimizer steps", gt=0)
     seed: int = opt(42, "training seed; round r trains with seed + run seed + r")
     continue_from_previous: bool = opt(True, "round r>1 starts from round r-1's student")
     infer: InferConfig = field(default_factory=InferConfig)
+    training_args: dict[str, Any] = opt_factory(dict, "more transformers.TrainingArguments keys, passed as they are "
+                                                      "(checked against its fields on load: an unknown key is named), "
+                                                      "e.g. {optim: adamw_torch_fused, max_grad_norm: 0.5}; a key lion "
+                                                      "sets from its own (learning_rate = student.lr, ...) is refused, "
+                                                      "naming the student key to set instead")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = opt(
+        "auto", 'attention kernel of the student (from_pretrained attn_implementation); "auto" = the model\'s '
+                "default (sdpa where supported); flash_attention_2 needs CUDA and the flash-attn package")
+    cpu_ram_efficient_loading: bool = opt(True, "FSDP only: rank 0 alone reads the weights and broadcasts them "
+                                                "(fsdp_config cpu_ram_efficient_loading + sync_module_states), "
+                                                "so 8 processes do not each hold a full copy in CPU memory")
+
+    def report_targets(self) -> list[str]:
+        """`report_to` as a list of tracker names ([] for "none")."""
+        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        return [n for n in names if n != "none"]
 
     def check(self, key: str) -> None:
         if not self.model:
@@ -234,6 +254,10 @@ class StudentConfig:
             raise ConfigError(f"{key}.deepspeed: cannot be combined with {key}.fsdp; choose one")
         if self.mode == "qlora" and self.fsdp:
             raise ConfigError(f"{key}.mode: qlora is not supported together with {key}.fsdp")
+        if self.training_args:
+            from .student.train import check_training_args  # imports transformers: only when the key is used
+
+            check_training_args(self.training_args, f"{key}.training_args")
 
 
 @dataclass
@@ -244,6 +268,10 @@ class PoolsConfig:
     cache_seed: str | None = opt(None, "initial Cache Pool; default: same as train_seed")
     limit: int | None = opt(None, "use only the first N seed instructions (quick trials)", gt=0)
     train_pool: Literal["replace", "accumulate"] = opt("replace", "next Train Pool = new, or old ∪ new")
+    seed_answers: Literal["ignore", "teacher"] = opt(
+        "ignore", "answers already in the seed files (Alpaca output, ShareGPT gpt turn, OpenAI assistant message): "
+                  '"teacher" = they become the teacher\'s answers to those instructions (recorded as seeded in the '
+                  'answer store, never bought); "ignore" = the teacher answers every seed instruction')
 
     def check(self, key: str) -> None:
         if not self.train_seed:
@@ -355,6 +383,23 @@ class SimConfig:
 
 
 @dataclass
+class LogConfig:
+    """Logging of the `lion.*` loggers (console and RUN/lion.log), the heartbeat, and the loop's trackers."""
+
+    level: Literal["debug", "info", "warning", "error"] = opt("info", "console level of the lion.* loggers "
+                                                                       "(--log-level); the log file keeps debug too")
+    file: bool = opt(True, "also write every lion.* log line (debug and up) to RUN/lion.log")
+    heartbeat_s: float = opt(60.0, "one status line every this many seconds for each long step (phase, "
+                                   "done/total, rate, spend, ETA): on stderr with --no-progress, else in the log "
+                                   "file only; 0 = none", ge=0)
+    wandb_project: str = opt("lion", "wandb project of the loop's per-round figures (student.report_to: wandb); "
+                                     "WANDB_MODE=offline keeps them on disk")
+
+    def check(self, key: str) -> None:
+        _check_fields(self, key)
+
+
+@dataclass
 class LionConfig:
     """A whole run. Sections below; every key has a default except `student.model` and `pools.train_seed`."""
 
@@ -370,6 +415,7 @@ class LionConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def check(self) -> None:
         _check_fields(self, "")
@@ -379,6 +425,7 @@ class LionConfig:
         self.discrimination.check("discrimination")
         self.generation.check("generation")
         self.eval.check("eval")
+        self.log.check("log")
 
     @property
     def run_path(self) -> Path:
@@ -428,7 +475,10 @@ def _convert(key: str, tp: Any, value: Any) -> Any:
             try:
                 return _convert(key, opt, value)
             except ConfigError as e:
-                errors.append(e)
+                errors.append((opt, e))
+        shaped = [e for opt, e in errors if get_origin(opt) is type(value) and type(value) in (list, dict)]
+        if len(shaped) == 1:  # a list given where a list is allowed: its own error names the bad item
+            raise shaped[0]
         names = " or ".join(_type_name(o) for o in options if o is not type(None))
         raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
     if origin is Literal:
@@ -584,13 +634,26 @@ def save_resolved(cfg: LionConfig, path: str | os.PathLike[str]) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+class _LogLevel(argparse.Action):
+    """`--log-level L` is `--set log.level=L` (so every entry point that takes a config has it)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        overrides = list(getattr(namespace, "overrides", None) or [])
+        overrides.append(f"log.level={str(values).lower()}")
+        namespace.overrides = overrides
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """The `--config` / `--set` arguments every entry point shares."""
+    """The `--config` / `--set` / `--log-level` arguments every entry point shares."""
     parser.add_argument("--config", "-c", required=True, help="YAML config file")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set student.lr=1e-4 (repeatable; value parsed as YAML)",
     )
+    parser.add_argument("--log-level", action=_LogLevel, metavar="LEVEL", type=str.lower,
+                        choices=["debug", "info", "warning", "error"],
+                        help="console level of the lion.* loggers (same as --set log.level=LEVEL)")
 
 
 # --------------------------------------------------------------------------------------------- reference

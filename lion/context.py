@@ -42,7 +42,11 @@ class RunContext:
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> RunContext:
+        from .logs import setup_logging
+
         self.run.root.mkdir(parents=True, exist_ok=True)
+        lc = self.cfg.log
+        setup_logging(lc.level, self.run.log if lc.file else None, heartbeat_s=lc.heartbeat_s, progress=self.progress)
         self.run.check_or_init_state(self.cfg)
         save_resolved(self.cfg, self.run.config)
         if self.cfg.sim.enabled:

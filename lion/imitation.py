@@ -56,7 +56,8 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
 
     init_from = previous_student(ctx, r)
     result = train_student(
-        ctx.cfg.student, examples, init_from, rp.student, seed=ctx.cfg.seed + r, progress=ctx.progress
+        ctx.cfg.student, examples, init_from, rp.student, seed=ctx.cfg.seed + r, progress=ctx.progress,
+        logging_dir=ctx.run.trainer_logs(r) if "tensorboard" in ctx.cfg.student.report_targets() else None,
     )
     metrics = {
         "n_train_pool": len(pool),

@@ -9,13 +9,21 @@ Round 1's pools come from the seed files (`pools.train_seed`, `pools.cache_seed`
 
 Each round's pools are written into its folder before any phase of it runs, so every phase (and a
 resumed run) reads exactly the pools the round started with.
+
+With `pools.seed_answers: teacher`, the answers the seed files already hold (Alpaca `output`, a ShareGPT or
+OpenAI chat's first assistant reply) are recorded in the answer store as the teacher's answers (marked
+`"source": "seed"`), before round 1's pools are written; the teacher is never asked for those instructions.
 """
 
 from __future__ import annotations
 
+import logging
+
 from .context import RunContext
 from .errors import LionError
 from .records import Instruction, load_instructions, read_pool, write_pool
+
+log = logging.getLogger("lion.pools")
 
 
 def _union(a: list[Instruction], b: list[Instruction]) -> list[Instruction]:
@@ -25,12 +33,25 @@ def _union(a: list[Instruction], b: list[Instruction]) -> list[Instruction]:
 
 def seed_pools(ctx: RunContext) -> tuple[list[Instruction], list[Instruction]]:
     pc = ctx.cfg.pools
-    train, _ = load_instructions(pc.train_seed, pc.limit)
+    train, report = load_instructions(pc.train_seed, pc.limit)
+    answers = dict(report.answers)
+    if report.multi_turn:
+        log.info("%s: %d multi-turn rows; only their first exchange is used", pc.train_seed, report.multi_turn)
     if pc.cache_seed and pc.cache_seed != pc.train_seed:
-        cache, _ = load_instructions(pc.cache_seed, pc.limit)
+        cache, cache_report = load_instructions(pc.cache_seed, pc.limit)
+        answers = {**cache_report.answers, **answers}
         cache = _union(cache, train)  # the Train Pool is always part of the Cache Pool
     else:
         cache = list(train)
+    if pc.seed_answers == "teacher":
+        from .answers import teacher_identity
+
+        added = ctx.answers.seed(answers, teacher_identity(ctx.cfg))
+        log.info("seed answers: %d of %d seed instructions come with an answer; %d recorded as the teacher's "
+                 "(never bought)", len(answers), len(cache), added)
+    elif answers:
+        log.info("seed answers: %d seed instructions come with an answer, ignored (pools.seed_answers: ignore); the "
+                 "teacher answers them", len(answers))
     return train, cache
 
 

@@ -33,6 +33,7 @@ RESUME_CRITICAL = (
     "pools.cache_seed",
     "pools.limit",
     "pools.train_pool",
+    "pools.seed_answers",
     "discrimination.tau",
     "discrimination.both_orders",
     "discrimination.selector",

@@ -54,14 +54,14 @@ def launcher_command(cfg: StudentConfig, env: dict[str, str] | None = None) -> l
 
 
 def launch_training(cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, out_dir: Path,
-                    *, seed: int = 0) -> TrainResult:
+                    *, seed: int = 0, logging_dir: str | Path | None = None) -> TrainResult:
     out_dir = Path(out_dir).resolve()
     work = out_dir.with_name(out_dir.name + ".launch")
     work.mkdir(parents=True, exist_ok=True)
     write_jsonl(work / "examples.jsonl", examples)
     init = str(Path(init_from).resolve()) if Path(init_from).exists() else str(init_from)
     spec = {"cfg": dataclasses.asdict(cfg), "examples": str(work / "examples.jsonl"), "init_from": init,
-            "out_dir": str(out_dir), "seed": seed}
+            "out_dir": str(out_dir), "seed": seed, "logging_dir": str(logging_dir) if logging_dir else None}
     (work / "spec.json").write_text(json.dumps(spec, indent=1))
     cmd = launcher_command(cfg)  # torchrun wants `-m MODULE`; accelerate's command already ends in --module
     cmd += (["-m"] if cfg.launcher == "torchrun" else []) + ["lion.student.train", "--spec", str(work / "spec.json")]

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from ..config import LLMConfig, RoleConfig
 from ..errors import BudgetExceeded, ConfigError, LionError, ProviderError
 from ..layout import RunLayout
+from ..logs import heartbeat
 from .base import (
     ChatProvider,
     ChatRequest,
@@ -247,6 +248,8 @@ class Gateway:
         bar = tqdm(total=len(items), initial=len(items) - sum(len(v) for v in pending.values()),
                    desc=f"{role}/{phase}" + (f" {desc}" if desc else ""), unit="call",
                    disable=not self.progress, dynamic_ncols=True)
+        beat = heartbeat(f"{role}/{phase}" + (f" {desc}" if desc else ""), len(items), progress=self.progress,
+                         done=bar.n, spend=lambda: self._budget.spent_usd, unit=" calls").start()
 
         async def worker() -> None:
             while queue and state.stop is None:
@@ -265,6 +268,7 @@ class Gateway:
                 for n, i in enumerate(idxs):
                     results[i] = res if n == 0 else CallResult(**{**res.__dict__, "cached": res.ok, "attempts": 0})
                 bar.update(len(idxs))
+                beat.update(len(idxs))
                 bar.set_postfix_str(f"tok={state.tokens} ${state.usd:.4f} failed={state.failed}", refresh=False)
 
         try:
@@ -272,6 +276,7 @@ class Gateway:
             await asyncio.gather(*(worker() for _ in range(n_workers)))
         finally:
             bar.close()
+            beat.close()
             aclose = getattr(provider, "aclose", None)
             if callable(aclose):
                 try:
