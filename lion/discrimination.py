@@ -21,6 +21,7 @@ from typing import Any, Literal
 from .answers import student_answers, teacher_answers
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
+from .failures import check_failures
 from .pools import prepare_round
 from .records import Instruction, read_json_or_empty, read_pool, write_json, write_jsonl
 from .referee import Pair, PairJudgement, judge_pairs
@@ -69,6 +70,8 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
     prepare_round(ctx, r)
     pool = read_pool(rp.cache_pool)
     t_ans = teacher_answers(ctx, pool, "discrimination")
+    check_failures(ctx.cfg, r, "discrimination", "teacher answers to the Cache Pool",
+                   sum(1 for i in pool if t_ans[i.id] is None), len(pool))
     if not rp.student.is_dir():
         raise LionError(f"{rp.student}: round {r}'s student is missing; run round {r}'s imitation first")
     s_ans = student_answers(ctx, rp.student, pool, rp.student_answers)
@@ -86,6 +89,9 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
         desc=f"round {r} referee",
         retry_temperature=dc.referee_retry_temperature,
     )
+    verdicts = [v for j in judged for v in j.verdicts]
+    check_failures(ctx.cfg, r, "discrimination", "referee calls",
+                   sum(1 for v in verdicts if (v.error or "").startswith("call failed")), len(verdicts))
     by_id = {j.id: j for j in judged}
     judgement_rows = [v.to_row(j.id, "teacher", "student") for j in judged for v in j.verdicts]
     split = [split_row(i, by_id.get(i.id), dc.tau) for i in pool]

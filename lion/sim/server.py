@@ -20,6 +20,8 @@ On 127.0.0.1 only. Wire formats and the emulated prompt cache: lion.sim.wire.
   body is truncated JSON, HTML, or JSON without choices). Drawn from (seed, request messages, how many
   times this request arrived before), so the k-th attempt of a given request always meets the same fate,
   whatever the arrival order.
+- `quota_calls`: after that many answered calls the account is out of credit (OpenAI: 429 insufficient_quota;
+  Anthropic: 400 "Your credit balance is too low").
 - optional checks: `api_key` (401 otherwise, echoing the key it got like some real services do),
   `known_models` (404 otherwise), `context_tokens` (400 context_length_exceeded above it).
 - counters (`stats`) and a per-request log (`log`, and JSONL at `log_path`) with a hash of the request
@@ -127,7 +129,7 @@ class SimServer:
                  burst_s: float = 2.0, api_key: str | None = None, known_models: Sequence[str] | None = None,
                  context_tokens: int | None = None, hang_s: float = 60.0, default_max_tokens: int = 256,
                  strict: bool = False, batch_delay_s: float = 0.0, batch_fail_rate: float = 0.0,
-                 batch_expire_rate: float = 0.0) -> None:
+                 batch_expire_rate: float = 0.0, quota_calls: int | None = None) -> None:
         bad = [f for f in faults if f not in FAULTS]
         if bad:
             raise ValueError(f"unknown fault kinds {bad}; choose from {', '.join(FAULTS)}")
@@ -147,6 +149,7 @@ class SimServer:
         self.default_max_tokens = default_max_tokens
         self.seed = seed
         self.strict = strict
+        self.quota_calls = quota_calls
         self.batches = BatchStore(self._batch_answer, delay_s=batch_delay_s, fail_rate=batch_fail_rate,
                                   expire_rate=batch_expire_rate, seed=seed,
                                   root_url=lambda: self.base_url.removesuffix("/v1"))
@@ -447,6 +450,17 @@ class SimServer:
         if refused is not None:
             self._record(entry)
             await self._send(writer, refused.status, refused.payload)
+            return
+        if self.quota_calls is not None and self.stats.completed >= self.quota_calls:
+            entry.update(status=429 if api == "openai" else 400, kind="quota")
+            self._record(entry)
+            if api == "anthropic":
+                await self._send(writer, 400, anthropic_error(400, "Your credit balance is too low to access the "
+                                                                   "Anthropic API. Please go to Plans & Billing."))
+            else:
+                await self._send(writer, 429, openai_error("You exceeded your current quota, please check your plan "
+                                                           "and billing details.", "insufficient_quota",
+                                                           "insufficient_quota"))
             return
         wait = self._admit(entry["tpm_tokens"])
         if wait > 0:
