@@ -20,7 +20,11 @@ How the numbers are made (printed with the plan as its assumptions):
   and the generator's acceptance rate is measured through the real filters; otherwise the seeds' own outputs
   (Alpaca-style rows), else half of each role's max_tokens, and an acceptance rate of 0.8;
 - prompt-cache reads are not predicted (they only lower the cost); TPM counts prompt + max_tokens per call, as the
-  providers do; latency (`--latency-s`) bounds calls per second through max_in_flight.
+  providers do; latency (`--latency-s`) bounds calls per second through max_in_flight;
+- every referee / judge pair is paid in both orders: an upper bound. When a student answer is identical to the
+  teacher's, both orders are the same prompt (sent once), and a student that answers an instruction as it did the
+  round before makes a prompt the cache already holds; short exact answers (the offline world) do this a lot:
+  `--student-match F` plans for a share F of such pairs.
 `--seed-count N` plans for a pool of N instructions like those in pools.train_seed (e.g. before downloading all).
 """
 
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LionConfig, RoleConfig, add_config_args, load_config
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .prompts import Template, load_template, reply_marker, teacher_request
 from .records import Instruction, load_instructions
 from .teachers.tokens import TokenCounter
@@ -117,6 +121,7 @@ class _Lengths:
     judge_out: float
     accept: float
     referee_retry: float
+    student_match: float = 0.0  # share of student answers identical to the teacher's: both orders are one call
 
 
 # --------------------------------------------------------------------------------------------- lengths
@@ -232,7 +237,8 @@ def _wave_requests(wanted: int, accept: float, factor: float, batch_size: int) -
 
 
 class _Planner:
-    def __init__(self, cfg: LionConfig, config_name: str, latency_s: float | None, seed_count: int | None) -> None:
+    def __init__(self, cfg: LionConfig, config_name: str, latency_s: float | None, seed_count: int | None,
+                 student_match: float = 0.0) -> None:
         self.cfg = cfg
         self.counter = TokenCounter(cfg.llm.chars_per_token, cfg.llm.tokenizer)
         self.tpl = _Templates(cfg)
@@ -240,6 +246,9 @@ class _Planner:
         self.latency_s = latency_s if latency_s is not None else (cfg.sim.latency_ms / 1000 if cfg.sim.enabled
                                                                    else 5.0)
         self.seed_count = seed_count
+        if not 0.0 <= student_match <= 1.0:
+            raise ConfigError(f"--student-match: must be between 0 and 1, got {student_match}")
+        self.student_match = student_match
 
     def _step(self, r: int, phase: str, role: str, calls: float, prompt: float, out: float, batches: int = 1) -> None:
         if calls <= 0:
@@ -261,7 +270,11 @@ class _Planner:
         from .referee import referee_messages
 
         pc = cfg.pools
-        train, _ = load_instructions(pc.train_seed, pc.limit)
+        try:
+            train, _ = load_instructions(pc.train_seed, pc.limit)
+        except DataError as e:
+            raise DataError(f"pools.train_seed: {e}; the plan renders its prompts from the real seed pool: point "
+                            "pools.train_seed at it, or at a sample of it with --seed-count N (the pool's size)") from None
         cache = list(train)
         if pc.cache_seed and pc.cache_seed != pc.train_seed:
             extra, _ = load_instructions(pc.cache_seed, pc.limit)
@@ -289,6 +302,14 @@ class _Planner:
         easy, w_e = _wave_requests(gc.n_easy, lengths.accept, gc.max_attempts_factor, gc.batch_size)
         n_new = min(gc.n_hard, lengths.accept * hard) + min(gc.n_easy, lengths.accept * easy)
         retry = 1 + lengths.referee_retry
+        # a pair whose two answers are identical shows the same prompt in both orders: the gateway sends it once
+        orders = 2 - self.student_match
+        if self.student_match:
+            plan.assumptions.append(f"{self.student_match:.0%} of the student's answers identical to the teacher's "
+                                    "(--student-match): their two orders are one call")
+        else:
+            plan.assumptions.append("no student answer identical to the teacher's (each pair judged in both orders: "
+                                    "an upper bound; --student-match F when short exact answers are expected)")
         eval_q = self._eval_questions(plan.assumptions)
         judge_tpl = self.tpl.template(cfg.eval.judge_template) if eval_q else None
 
@@ -306,13 +327,14 @@ class _Planner:
                     self._step(r, "eval", "teacher", n_q, _mean(q_prompt), lengths.teacher_out)
                 j_base = counter.prompt(tuple((m["role"], m["content"]) for m in
                                               referee_messages(judge_tpl, "", "", "")))
-                self._step(r, "eval", "judge", 2 * n_q * retry, j_base + q_tokens + lengths.teacher_out + student_out,
-                           lengths.judge_out, batches=math.ceil(retry))
+                self._step(r, "eval", "judge", orders * n_q * retry,
+                           j_base + q_tokens + lengths.teacher_out + student_out, lengths.judge_out,
+                           batches=math.ceil(retry))
             if r > cfg.rounds:
                 break
             if r == 1:
                 self._step(r, "discrimination", "teacher", n_cache - n_train, teacher_prompt, lengths.teacher_out)
-            self._step(r, "discrimination", "referee", 2 * cache_n * retry, referee_prompt, lengths.referee_out,
+            self._step(r, "discrimination", "referee", orders * cache_n * retry, referee_prompt, lengths.referee_out,
                        batches=1 + (1 if lengths.referee_retry > 0 else 0))
             self._step(r, "generation", "generator", hard + easy, gen_prompt, lengths.generator_out,
                        batches=max(w_h, w_e))
@@ -370,8 +392,8 @@ class _Planner:
 
 
 def make_plan(cfg: LionConfig, config_name: str = "", *, gpu_gb: float = 80.0, latency_s: float | None = None,
-              seed_count: int | None = None) -> Plan:
-    return _Planner(cfg, config_name, latency_s, seed_count).build(gpu_gb)
+              seed_count: int | None = None, student_match: float = 0.0) -> Plan:
+    return _Planner(cfg, config_name, latency_s, seed_count, student_match).build(gpu_gb)
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -413,19 +435,38 @@ def compare(plan: Plan, run_dir: str | Path) -> dict[str, Any]:
     path = RunLayout(run_dir).usage
     if not path.is_file():
         raise ConfigError(f"--compare: {path} not found (run the config first, or name another run directory)")
-    measured = json.loads(path.read_text())["total"]
+    usage = json.loads(path.read_text())
+    measured = usage["total"]
     t = plan.total()
     pairs = {"calls": (t["calls"], measured["calls"]), "tokens_in": (t["tokens_in"], measured["tokens_in"]),
              "tokens_out": (t["tokens_out"], measured["tokens_out"]), "usd": (t["usd_configured"], measured["usd"])}
-    return {k: {"planned": round(p, 4), "measured": m, "ratio": round(m / p, 4) if p else None}
-            for k, (p, m) in pairs.items()}
+    out: dict[str, Any] = {k: {"planned": round(p, 4), "measured": m, "ratio": round(m / p, 4) if p else None}
+                           for k, (p, m) in pairs.items()}
+    by: dict[str, dict[str, float]] = {}
+    for s in plan.steps:
+        row = by.setdefault(f"{s.role}/{s.phase}", {"planned_calls": 0.0, "measured_calls": 0,
+                                                    "planned_tokens_in": 0.0, "measured_tokens_in": 0})
+        row["planned_calls"] += s.calls
+        row["planned_tokens_in"] += s.tokens_in
+    for r in usage.get("by", []):
+        row = by.setdefault(f"{r['role']}/{r['phase']}", {"planned_calls": 0.0, "measured_calls": 0,
+                                                          "planned_tokens_in": 0.0, "measured_tokens_in": 0})
+        row["measured_calls"] += r["calls"]
+        row["measured_tokens_in"] += r["tokens_in"]
+    out["by"] = by
+    return out
 
 
 def format_compare(cmp: dict[str, Any]) -> str:
-    lines = [f"{'':<11} {'planned':>14} {'measured':>14} {'measured/planned':>17}"]
+    lines = [f"{'':<24} {'planned':>14} {'measured':>14} {'measured/planned':>17}"]
     for k, v in cmp.items():
+        if k == "by":
+            continue
         ratio = "-" if v["ratio"] is None else f"{v['ratio']:.3f}"
-        lines.append(f"{k:<11} {v['planned']:>14,.4f} {v['measured']:>14,.4f} {ratio:>17}")
+        lines.append(f"{k:<24} {v['planned']:>14,.4f} {v['measured']:>14,.4f} {ratio:>17}")
+    for k, v in cmp.get("by", {}).items():
+        ratio = v["measured_calls"] / v["planned_calls"] if v["planned_calls"] else float("nan")
+        lines.append(f"{'calls ' + k:<24} {v['planned_calls']:>14,.1f} {v['measured_calls']:>14,} {ratio:>17.3f}")
     return "\n".join(lines)
 
 
@@ -446,10 +487,14 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
                    help="seconds an API call takes (default: sim.latency_ms offline, else 5)")
     p.add_argument("--seed-count", type=int, default=None,
                    help="plan for a seed pool of N instructions like those in pools.train_seed")
+    p.add_argument("--student-match", type=float, default=0.0, metavar="F",
+                   help="share (0-1) of student answers expected to be identical to the teacher's: both orders of "
+                        "such a pair are one call (default 0: an upper bound)")
 
 
 def print_plan(cfg: LionConfig, config_name: str, args: argparse.Namespace) -> Plan:
-    plan = make_plan(cfg, config_name, gpu_gb=args.gpu_gb, latency_s=args.latency_s, seed_count=args.seed_count)
+    plan = make_plan(cfg, config_name, gpu_gb=args.gpu_gb, latency_s=args.latency_s, seed_count=args.seed_count,
+                     student_match=args.student_match)
     print(format_plan(plan), flush=True)
     return plan
 

@@ -258,14 +258,12 @@ class BatchRunner:
                 except TransientError as e:
                     failing_since = failing_since or time.monotonic()
                     if time.monotonic() - failing_since >= max(self.rc.outage_s, self.rc.batch_poll_s):
-                        raise TransientError(f"cannot poll batch {bid} ({e}); it stays recorded: re-run to poll "
-                                             "it again") from None
+                        self._stop(f"cannot poll batch {bid} for llm.{self.role}.outage_s ({e})")
+                        return []
                     continue
                 except PermanentError as e:
-                    if self.gw.is_fatal(e):
-                        self.gw.set_fatal(self.state, self.role, self.rc, self.provider, e)
-                        return []
-                    raise
+                    self.gw.set_fatal(self.state, self.role, self.rc, self.provider, e)
+                    return []
                 failing_since = None
                 done += p.done
                 if p.ended:
@@ -274,6 +272,14 @@ class BatchRunner:
             if ended or not self.active:
                 return ended
             await asyncio.sleep(self.rc.batch_poll_s)
+
+    def _stop(self, why: str) -> None:
+        from ..errors import ProviderError
+
+        if self.state.stop != "fatal":
+            self.state.stop = "fatal"
+            self.state.fatal = ProviderError(f"llm.{self.role}: {why}; the batches stay recorded in the run directory "
+                                             "and are polled again (not resubmitted) when the same command runs again")
 
     def _lost(self, bid: str) -> None:
         keys = self.active.pop(bid)
@@ -292,6 +298,9 @@ class BatchRunner:
         except TransientError as e:  # try the download again at the next poll
             log.debug("results of batch %s not downloadable yet: %s", bid, e)
             await asyncio.sleep(self.rc.batch_poll_s)
+            return
+        except PermanentError as e:  # the batch stays recorded as submitted: a re-run polls it again
+            self.gw.set_fatal(self.state, self.role, self.rc, self.provider, e)
             return
         keys = self.active.pop(bid)
         wanted = set(keys)
