@@ -19,7 +19,8 @@ estimator (`calculate_maximum_sizes`: parameter bytes and the largest layer), th
 - 1.5 GB of CUDA context and allocator slack.
 When the total does not fit `--gpu-gb`, it says what would (the Lion README's out-of-memory advice): gradient
 checkpointing, a smaller per-device batch with more accumulation (same effective batch), LoRA, QLoRA, more shards.
-These are estimates (±20% against measured peaks is typical); they tell a plan that cannot fit from one that can.
+These are estimates (not yet checked against measured GPU peaks in this project); they tell a plan that cannot
+fit from one that can.
 """
 
 from __future__ import annotations
