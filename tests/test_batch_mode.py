@@ -118,7 +118,7 @@ CHILD = textwrap.dedent("""
 @pytest.mark.parametrize("provider, model", [("openai", "gpt-5-mini"), ("anthropic", "claude-haiku-4-5")])
 def test_sigkill_while_batches_are_pending_then_resume_submits_each_batch_once(tmp_path, sim_server, sim_llm,
                                                                             provider, model):
-    server = sim_server(EchoResponder(), strict=True, batch_delay_s=2.0)
+    server = sim_server(EchoResponder(), strict=True, batch_delay_s=5.0)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-c", CHILD, server.base_url, str(tmp_path), provider, model],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -134,7 +134,7 @@ def test_sigkill_while_batches_are_pending_then_resume_submits_each_batch_once(t
                 except sqlite3.OperationalError:
                     pass
         time.sleep(0.02)
-    proc.kill()  # SIGKILL while the three batches are still pending (they end 2 s after creation)
+    proc.kill()  # SIGKILL while the three batches are still pending (they end 5 s after creation)
     out, _ = proc.communicate(timeout=30)
     assert b"finished" not in out
     assert server.completed_by_hash() == {}  # nothing answered yet
