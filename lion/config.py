@@ -62,6 +62,13 @@ class Price:
 
     input: float = opt(0.0, "USD per million prompt (input) tokens", ge=0)
     output: float = opt(0.0, "USD per million completion (output) tokens", ge=0)
+    cached_input: float | None = opt(None, "USD per million prompt tokens read from the provider's prompt cache "
+                                           "(OpenAI usage.prompt_tokens_details.cached_tokens, Anthropic "
+                                           "cache_read_input_tokens); None: 10% of input", ge=0)
+    cache_write: float | None = opt(None, "USD per million prompt tokens written to the prompt cache (Anthropic "
+                                          "cache_creation_input_tokens); None: 125% of input", ge=0)
+    batch_discount: float = opt(0.5, "a batch-mode call (llm.<role>.mode: batch) costs this fraction of the online "
+                                     "price (OpenAI Batch API and Anthropic Message Batches: 0.5)", range=(0.0, 1.0))
 
     def check(self, key: str) -> None:
         _check_fields(self, key)
@@ -71,15 +78,19 @@ class Price:
 class RoleConfig:
     """How one role (teacher, referee, generator, judge) reaches its LLM."""
 
-    provider: str = opt("openai", '"openai" (any OpenAI-compatible server), "module:Class", or an entry-point name')
+    provider: str = opt("openai", '"openai" (any OpenAI-compatible server), "anthropic" (Anthropic\'s messages '
+                                  'API), "module:Class", or an entry-point name')
     base_url: str | None = opt(None, "e.g. https://api.openai.com/v1, http://127.0.0.1:8000/v1")
-    api_key_env: str = opt("OPENAI_API_KEY", "name of the environment variable holding the key (never the key)")
+    api_key_env: str | None = opt(None, "name of the environment variable holding the key (never the key); None: "
+                                        "OPENAI_API_KEY (provider openai) or ANTHROPIC_API_KEY (provider anthropic)")
     model: str = opt("gpt-3.5-turbo", "model name sent with each call; also its key in llm.prices and part of the "
                                       "call-cache key")
-    temperature: float = opt(0.7, "sampling temperature of a call that does not set its own (part of the call-cache "
-                                  "key)", range=(0.0, 2.0))
-    top_p: float = opt(1.0, "nucleus sampling of a call that does not set its own (part of the call-cache key)",
-                       range=(0.0, 1.0))
+    temperature: float | None = opt(None, "sampling temperature of a call that does not set its own; None: not sent "
+                                          "(the model's default; gpt-5 and o-series models accept no other) (part of "
+                                          "the call-cache key)", range=(0.0, 2.0))
+    top_p: float | None = opt(None, "nucleus sampling of a call that does not set its own; None: not sent (Claude "
+                                    "4.5+ refuses temperature and top_p together) (part of the call-cache key)",
+                              range=(0.0, 1.0))
     max_tokens: int = opt(1024, "completion tokens per call that does not set its own; counted in full by tpm and "
                                 "the budget pre-checks", gt=0)
     timeout_s: float = opt(120.0, "per HTTP request; a timeout is a transient error (retried)", gt=0)
@@ -92,10 +103,38 @@ class RoleConfig:
                                         "Retry-After", gt=0)
     backoff_max_s: float = opt(60.0, "longest backoff wait or 429 cool-down (a longer Retry-After from the server is "
                                      "still honoured)", gt=0)
-    options: dict[str, Any] = opt_factory(dict, "extra kwargs passed to a plugin provider")
+    options: dict[str, Any] = opt_factory(dict, "a plugin provider's own settings; the openai and anthropic "
+                                                "providers add them to every request body, like extra_body")
     cache_namespace: str | None = opt(None, 'replaces base_url in the call-cache key when set (e.g. "sim" for a '
                                             "local server on a random port, or to keep a cache valid after moving "
                                             "to another endpoint that serves the same model)")
+    token_param: Literal["auto", "max_tokens", "max_completion_tokens"] = opt(
+        "auto", "the request field that carries max_tokens: auto = max_completion_tokens for the o-series and gpt-5 "
+                "families (they refuse max_tokens), max_tokens for other models (the anthropic provider always sends "
+                "max_tokens)")
+    reasoning_effort: str | None = opt(None, "sent as reasoning_effort (openai: minimal, low, medium, high) or "
+                                             "output_config.effort (anthropic); None: not sent (part of the "
+                                             "call-cache key)")
+    extra_body: dict[str, Any] = opt_factory(dict, "fields added as they are to every request body, e.g. "
+                                                   "{service_tier: flex} (part of the call-cache key)")
+    mode: Literal["online", "batch"] = opt(
+        "online", "online: one HTTP call per request; batch: a phase's calls go out through the provider's batch "
+                  "API (OpenAI Batch, Anthropic Message Batches: half price, results within 24 h; see "
+                  "docs/teachers.md)")
+    outage_s: float = opt(1800.0, "an item whose transient errors continue with no successful call of the role in "
+                                  "between keeps backing off (beyond max_attempts) for up to this many seconds of "
+                                  "continuous failure before it counts as failed", ge=0)
+    batch_poll_s: float = opt(30.0, "batch mode: seconds between two polls of a pending batch", gt=0)
+    batch_max_items: int = opt(0, "batch mode: most requests per batch; 0 = the provider's limit (OpenAI 50,000, "
+                                  "Anthropic 100,000)", ge=0)
+    batch_attempts: int = opt(3, "batch mode: batches an item may go out in; items that a batch fails or expires "
+                                 "go in the next one", gt=0)
+    batch_fallback_online: bool = opt(False, "batch mode: items still failed after batch_attempts batches are tried "
+                                             "online (full price) instead of counting as failed")
+
+    def __post_init__(self) -> None:
+        if self.api_key_env is None:  # the provider's own variable
+            self.api_key_env = "ANTHROPIC_API_KEY" if self.provider == "anthropic" else "OPENAI_API_KEY"
 
     def check(self, key: str) -> None:
         if not self.provider:
@@ -114,15 +153,18 @@ class LLMConfig:
 
     default: RoleConfig = field(default_factory=RoleConfig)
     teacher: RoleConfig = field(default_factory=RoleConfig)
-    referee: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=512))
-    generator: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=1.0, max_tokens=256))
-    judge: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=512))
+    referee: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=512))
+    generator: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=256))
+    judge: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=512))
     prices: dict[str, Price] = opt_factory(dict, "model name -> USD per 1M tokens", key_name="model")
     budget_usd: float | None = opt(None, "stop cleanly before spending more than this (whole run)", ge=0)
     budget_tokens: int | None = opt(None, "stop cleanly before using more tokens than this (in + out)", ge=0)
     chars_per_token: float = opt(4.0, "offline token estimate for rate limiting / budget pre-checks", gt=0)
     tokenizer: str | None = opt(None, "optional local HF tokenizer dir for exact-ish token estimates")
     cache: bool = opt(True, "SQLite call cache in the run dir (turning it off means paying again on resume)")
+    max_failure_rate: float = opt(0.01, "a phase whose share of failed calls exceeds this stops without its .done "
+                                        "marker (re-run to retry them; nothing is trained on a partial Train Pool)",
+                                  range=(0.0, 1.0))
 
     def check(self, key: str) -> None:
         for role in ("default", *ROLES):
@@ -380,6 +422,13 @@ class SimConfig:
     latency_ms: float = opt(0.0, "each answer is sent no sooner than this many ms after its request arrived "
                                  "(a slow API)")
     port: int = opt(0, "port of the server on 127.0.0.1; 0 = any free port")
+    strict: bool = opt(False, "the server refuses request parameters as 2026 APIs do (gpt-5 and o-series: "
+                              "max_tokens, temperature/top_p other than 1; Claude 4.5+: temperature with top_p)")
+    batch_delay_s: float = opt(0.0, "batch APIs: seconds from a batch's creation to its end", ge=0)
+    batch_fail_rate: float = opt(0.0, "batch APIs: share of a batch's items that end errored (a 500)",
+                                 range=(0.0, 1.0))
+    batch_expire_rate: float = opt(0.0, "batch APIs: share of a batch's items that expire unprocessed",
+                                   range=(0.0, 1.0))
 
 
 @dataclass

@@ -65,21 +65,14 @@ class RunContext:
             self._server = None
 
     def _start_sim(self) -> None:
-        from .sim.server import SimServer, make_responder
+        from .sim.server import SimServer
 
         sim = self.cfg.sim
-        options = dict(sim.options)
-        if self.cfg.prompts_dir and "prompts_dir" not in options and sim.responder == "oracle":
-            options["prompts_dir"] = self.cfg.prompts_dir
-        judge_files = [  # a missing file is reported, naming its key, by the phase that uses it
-            f for f in (self.cfg.eval.judge_prompts, self.cfg.discrimination.referee_prompts) if f and Path(f).is_file()
-        ]
-        if judge_files and "judge_prompts" not in options and sim.responder == "oracle":
-            options["judge_prompts"] = judge_files  # the oracle referee also reads FastChat-style judge prompts
-        responder = make_responder(sim.responder, options)
-        offered = getattr(responder, "world", None)
-        self.world = offered if isinstance(offered, World) else None
-        self._server = SimServer(responder, latency_ms=sim.latency_ms, port=sim.port, log_path=self.run.sim_log)
+        responder = sim_responder(self.cfg)
+        self.world = world_of(responder)
+        self._server = SimServer(responder, latency_ms=sim.latency_ms, port=sim.port, log_path=self.run.sim_log,
+                                 strict=sim.strict, batch_delay_s=sim.batch_delay_s,
+                                 batch_fail_rate=sim.batch_fail_rate, batch_expire_rate=sim.batch_expire_rate)
         url = self._server.start()
         # every role talks to the local server; the cache key uses the namespace "sim", not the port,
         # so a resumed run (new port) replays the same calls
@@ -128,6 +121,31 @@ class RunContext:
         from .answers import AnswerStore
 
         return AnswerStore(self.run.teacher_answers)
+
+
+def sim_responder(cfg: LionConfig) -> Any:
+    """The offline world's responder, as `sim.responder` / `sim.options` describe it."""
+    from .sim.server import make_responder
+
+    options = dict(cfg.sim.options)
+    if cfg.prompts_dir and "prompts_dir" not in options and cfg.sim.responder == "oracle":
+        options["prompts_dir"] = cfg.prompts_dir
+    judge_files = [  # a missing file is reported, naming its key, by the phase that uses it
+        f for f in (cfg.eval.judge_prompts, cfg.discrimination.referee_prompts) if f and Path(f).is_file()
+    ]
+    if judge_files and "judge_prompts" not in options and cfg.sim.responder == "oracle":
+        options["judge_prompts"] = judge_files  # the oracle referee also reads FastChat-style judge prompts
+    return make_responder(cfg.sim.responder, options)
+
+
+def world_of(responder: Any) -> World | None:
+    offered = getattr(responder, "world", None)
+    return offered if isinstance(offered, World) else None
+
+
+def offline_world(cfg: LionConfig) -> World | None:
+    """The world a run of `cfg` would offer (None unless sim.enabled), without starting any server."""
+    return world_of(sim_responder(cfg)) if cfg.sim.enabled else None
 
 
 def make_phase_parser(phase: str, doc: str | None) -> argparse.ArgumentParser:

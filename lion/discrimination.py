@@ -24,6 +24,7 @@ from typing import Any
 from .answers import student_answers, teacher_answers
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
+from .failures import check_failures
 from .judge_prompts import load_judge_prompts
 from .pools import prepare_round
 from .records import read_json_or_empty, read_pool, write_json, write_jsonl
@@ -42,6 +43,8 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
     judge = load_judge_prompts(dc.referee_prompts, "discrimination.referee_prompts") if dc.referee_prompts else None
     pool = read_pool(rp.cache_pool)
     t_ans = teacher_answers(ctx, pool, "discrimination")
+    check_failures(ctx.cfg, r, "discrimination", "teacher answers to the Cache Pool",
+                   sum(1 for i in pool if t_ans[i.id] is None), len(pool))
     if not rp.student.is_dir():
         raise LionError(f"{rp.student}: round {r}'s student is missing; run round {r}'s imitation first")
     s_ans = student_answers(ctx, rp.student, pool, rp.student_answers)
@@ -50,6 +53,9 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
     trained = trained_on(ctx, r) if dc.only_unseen else set()
     candidates = [i for i in pool if i.id not in trained]
     sel = selector.select(ctx, r, candidates, t_ans, s_ans)
+    verdicts = [v for j in sel.judged for v in j.verdicts]
+    check_failures(ctx.cfg, r, "discrimination", "referee calls",
+                   sum(1 for v in verdicts if (v.error or "").startswith("call failed")), len(verdicts))
     by_id = {row.id: row for row in sel.rows}
     split = [by_id.get(i.id) or excluded(i, "in a Train Pool (discrimination.only_unseen)") for i in pool]
     if sel.judged:

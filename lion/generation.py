@@ -26,6 +26,7 @@ from typing import Any
 
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
+from .failures import check_failures
 from .prompts import reply_marker
 from .records import Instruction, read_json_or_empty, read_jsonl, read_pool, write_json, write_jsonl
 from .teachers.base import ChatRequest
@@ -184,6 +185,8 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             )
             accepted[k].append(new)
 
+    check_failures(ctx.cfg, r, "generation", "generator calls",
+                   sum(1 for x in rejected if x["reason"] == "call_failed"), sum(sent.values()))
     met = all(len(accepted[k]) >= wanted[k] for k in KINDS)
     if met:
         stopped = "targets_met"

@@ -17,6 +17,7 @@ from typing import Any
 from .answers import teacher_answers
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
+from .failures import check_failures
 from .pools import prepare_round
 from .records import read_json_or_empty, read_pool, write_json
 
@@ -52,6 +53,9 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
             f"round {r}: the teacher answered none of the {len(pool)} Train Pool instructions; "
             "see the gateway errors above"
         )
+    check_failures(ctx.cfg, r, "imitation", "teacher answers to the Train Pool",
+                   sum(1 for i in pool if answers[i.id] is None), len(pool),
+                   "; nothing was trained on the partial Train Pool")
     from .student.train import train_student
 
     init_from = previous_student(ctx, r)

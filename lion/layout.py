@@ -189,6 +189,12 @@ class RunLayout:
         return self.root / "teacher_answers.jsonl"
 
     @property
+    def gateway_log(self) -> Path:
+        """One line per batch of calls that had failures (by reason, one example), per submitted or re-polled
+        provider batch (batch mode), and per stop (quota, auth, unknown model, refused parameter)."""
+        return self.root / "gateway.log"
+
+    @property
     def base_model(self) -> Path:
         """The tiny student built on the fly (student.model: tiny)."""
         return self.root / "base_model"

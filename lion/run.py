@@ -1,6 +1,7 @@
 """The Lion loop (Algorithm 1 of Jiang et al., 2023), resumable at any moment.
 
     python -m lion.run --config configs/smoke.yaml [--rounds N] [--set key=value ...]
+    python -m lion.run --config configs/smoke.yaml --dry-run      # the plan (lion.plan): calls, USD, hours, GPU memory
 
     for round r = 1 .. N:
         Train Pool(r), Cache Pool(r)   <- seeds (r = 1), or round r-1's new instructions   (lion.pools)
@@ -32,6 +33,7 @@ from .errors import BudgetExceeded, LionError
 from .generation import generation
 from .imitation import imitation
 from .layout import RunLayout
+from .plan import add_plan_args, print_plan
 from .pools import prepare_round
 from .records import write_json
 from .roundtable import collect_round, family_table, round_line, summary_table
@@ -112,6 +114,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="refuse to continue an existing run directory (default: resume it)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (python -m lion.plan: calls, tokens, USD online and in batch mode, hours, "
+                        "GPU memory) and exit without calling anything or writing the run directory")
+    add_plan_args(p)
     return p
 
 
@@ -123,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_dir is not None:
         overrides.append(f"run_dir={args.run_dir}")
     cfg = load_config(args.config, overrides)
+    if args.dry_run:
+        print_plan(cfg, args.config, args)
+        return 0
     if not args.resume and RunLayout(cfg.run_dir).state.exists():
         raise LionError(
             f"run_dir: {cfg.run_dir} already holds a run and --no-resume was given; "
