@@ -6,8 +6,9 @@ Teacher answers come from the answer store (bought once, ever); the round's stud
 Cache Pool in batches, saved as they come (lion.answers); the referee scores both answers in both orders
 (`lion.referee.judge_pairs`: the teacher's answer is the pair's reference, the student's the candidate). The gap
 is the teacher's mean score minus the student's, over the two orders; an instruction is hard when
-gap >= discrimination.tau, easy otherwise. A pair whose verdict could not be parsed after the retries, or
-that has no teacher answer, is excluded and counted: it is never given a number.
+gap >= discrimination.tau, easy otherwise. A pair whose verdict could not be parsed after the retries, that has
+no teacher answer, or whose prompt the student skipped (longer than its context, lion.student.infer), is excluded
+and counted: it is never given a number.
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ class SplitRow:
         return asdict(self)
 
 
-def split_row(inst: Instruction, judged: PairJudgement | None, tau: float) -> SplitRow:
-    """hard / easy / excluded for one instruction, from its judgement (None: it has no teacher answer)."""
+def split_row(inst: Instruction, judged: PairJudgement | None, tau: float, unjudged: str = "no teacher answer") -> SplitRow:
+    """hard / easy / excluded for one instruction, from its judgement (None: not judged, for reason `unjudged`)."""
     lineage = {"instruction": inst.instruction, "kind": inst.kind, "round_created": inst.round, "meta": inst.meta}
     if judged is None or not judged.ok:
-        reason = "no teacher answer" if judged is None else "referee verdict unparseable"
+        reason = unjudged if judged is None else "referee verdict unparseable"
         return SplitRow(inst.id, "excluded", None, None, None, None, reason, **lineage)
     t, s = judged.reference_score, judged.candidate_score
     assert t is not None and s is not None
@@ -73,7 +74,11 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
         raise LionError(f"{rp.student}: round {r}'s student is missing; run round {r}'s imitation first")
     s_ans = student_answers(ctx, rp.student, pool, rp.student_answers)
 
-    pairs = [Pair(i.id, _shown(i), t_ans[i.id], s_ans[i.id]) for i in pool if t_ans[i.id] is not None]  # type: ignore[arg-type]
+    pairs = [
+        Pair(i.id, _shown(i), t_ans[i.id], s_ans[i.id])  # type: ignore[arg-type]
+        for i in pool
+        if t_ans[i.id] is not None and s_ans[i.id] is not None
+    ]
     dc = ctx.cfg.discrimination
     judged = judge_pairs(
         ctx.gateway,
@@ -88,15 +93,19 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
     )
     by_id = {j.id: j for j in judged}
     judgement_rows = [v.to_row(j.id, "teacher", "student") for j in judged for v in j.verdicts]
-    split = [split_row(i, by_id.get(i.id), dc.tau) for i in pool]
+    split = [split_row(i, by_id.get(i.id), dc.tau, _unjudged(t_ans[i.id], s_ans[i.id])) for i in pool]
     write_jsonl(rp.judgements, judgement_rows)
     write_jsonl(rp.split, (row.to_json() for row in split))
     metrics = discrimination_metrics(split, judged)
     if ctx.world is not None:  # offline world: the student's exact accuracy on the Cache Pool
-        metrics["oracle"] = family_accuracy(ctx.world, ((i.instruction, s_ans.get(i.id, "")) for i in pool))
+        metrics["oracle"] = family_accuracy(ctx.world, ((i.instruction, s_ans.get(i.id) or "") for i in pool))
     write_json(rp.phase_metrics("discrimination"), metrics)
     ctx.run.mark_done(r, "discrimination")
     return metrics
+
+
+def _unjudged(teacher: str | None, student: str | None) -> str:
+    return "no teacher answer" if teacher is None else "student skipped the prompt (longer than its context)"
 
 
 def _shown(inst: Instruction) -> str:

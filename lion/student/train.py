@@ -16,7 +16,11 @@ and the progress bar are the Trainer's own). The seed used is ``student.seed + s
   (plus ``lion_student.json`` naming its base); the next round reloads it and keeps training the same adapter on
   the same frozen base (cheaper on disk; inference attaches it: PEFT for transformers, ``LoRARequest`` for vLLM).
 - The checkpoint is written to ``OUT.tmp`` and renamed to ``OUT`` only when complete: a crash never leaves a
-  half-written ``OUT``. It holds the tokenizer and ``lion_student.json`` (kind, base, metrics).
+  half-written ``OUT``. It holds the tokenizer and ``lion_student.json`` (kind, base, metrics, and the training's
+  fingerprint: a restart that finds this very training saved returns it without training again).
+- Mid-training checkpoints (``student.save_steps`` / ``save_minutes`` / ``save_total_limit``) go to ``OUT.ckpt/``
+  and a restarted training resumes from the last complete one (optimizer, scheduler, RNG, data position), in one
+  process or under torchrun; ``OUT.ckpt/`` is removed once ``OUT`` is saved. See `lion.student.resume`.
 - More than one GPU (``num_gpus > 1``), several nodes, FSDP or DeepSpeed: the training runs in a
   ``torchrun`` (or ``accelerate launch``) subprocess that runs this module with ``--spec`` (see launch.py).
 """
@@ -34,7 +38,17 @@ from typing import Any
 
 from ..config import StudentConfig
 from ..errors import ConfigError, DataError
+from ..layout import training_checkpoints
 from .checkpoint import META, TrainResult, checkpoint_info
+from .resume import (
+    Checkpoints,
+    TrainingTally,
+    counting_collator,
+    meter_callback,
+    save_arguments,
+    tallied_trainer,
+    training_fingerprint,
+)
 
 
 def in_distributed_launch() -> bool:
@@ -61,6 +75,10 @@ def train_student(
     """Fine-tune the model at `init_from` on `examples` ([{"instruction", "input", "output"}]); save into `out_dir`."""
     out = Path(out_dir)
     if needs_launch(cfg):
+        done = _finished(out, training_fingerprint(cfg, examples, init_from, seed))
+        if done is not None:  # saved before a crash that came before the caller noted it
+            Checkpoints(training_checkpoints(out), "").remove()
+            return TrainResult(out, done)
         from .launch import launch_training
 
         return launch_training(cfg, examples, init_from, out, seed=seed)
@@ -165,7 +183,7 @@ def _load_tokenizer(init_from: str | Path, base: str):
     return tok
 
 
-def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
+def _training_args(cfg: StudentConfig, ckpt_dir: Path, seed: int, progress: bool):
     import torch
     from transformers import TrainingArguments
 
@@ -184,7 +202,7 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
         warm[ckpt] = True
         warm[ckpt + "_kwargs"] = {"use_reentrant": False}
     return TrainingArguments(
-        output_dir=str(out / "_trainer"),
+        output_dir=str(ckpt_dir),  # the Trainer's checkpoint-N folders (lion.student.resume)
         per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
@@ -202,7 +220,7 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
         logging_first_step=True,
         seed=seed,
         data_seed=seed,
-        save_strategy="no",
+        **save_arguments(cfg),
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
@@ -211,50 +229,21 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
     )
 
 
-def _meter(collator: Any):
-    """A Trainer callback that records logged losses and per-step wall time and tokens."""
-    import torch
-    from transformers import TrainerCallback
-
-    class Meter(TrainerCallback):
-        def __init__(self) -> None:
-            self.losses: list[float] = []
-            self.step_s: list[float] = []
-            self.step_tokens: list[int] = []
-            self._t = 0.0
-            self._n = 0
-
-        def _sync(self) -> None:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-
-        def on_train_begin(self, args, state, control, **kw):
-            self._sync()
-            self._t, self._n = time.perf_counter(), collator.tokens
-
-        def on_step_end(self, args, state, control, **kw):
-            self._sync()
-            now = time.perf_counter()
-            self.step_s.append(now - self._t)
-            self.step_tokens.append(collator.tokens - self._n)
-            self._t, self._n = now, collator.tokens
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                self.losses.append(float(logs["loss"]))
-
-    return Meter()
-
-
 def _train_here(
     cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, out: Path, *, seed: int, progress: bool,
     keep_model: bool = False,
 ) -> TrainResult:
-    from transformers import Trainer
-
     from .data import build_dataset, tokenize_examples
 
     rank0 = _rank() == 0
+    fingerprint = training_fingerprint(cfg, examples, init_from, seed)
+    ckpts = Checkpoints(training_checkpoints(out), fingerprint, keep=cfg.save_total_limit)
+    done = _finished(out, fingerprint)
+    if done is not None:  # saved before a crash that came before the caller noted it: not trained again
+        _barrier()
+        if rank0:
+            ckpts.remove()
+        return TrainResult(out, done)
     tmp = out.with_name(out.name + ".tmp")
     if rank0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -274,12 +263,22 @@ def _train_here(
         tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length,
         pad_id=tokenizer.pad_token_id, seed=the_seed,
     )
+    from transformers import set_seed
+
+    set_seed(the_seed)  # a fresh LoRA adapter is initialised from the global RNG: the same seed, the same adapter
     model, info = _prepare_model(cfg, init_from)
     model.config.use_cache = False  # training: no KV cache (also lets packed position ids take effect)
-    args = _training_args(cfg, tmp, the_seed, progress)
-    meter = _meter(collator)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                      processing_class=tokenizer, callbacks=[meter])
+    resume = ckpts.prepare() if cfg.save_steps or cfg.save_minutes else None
+    tally = TrainingTally.from_json(ckpts.tally_of(resume)) if resume is not None else TrainingTally()
+    if resume is not None:
+        tally.resumed_at.append(int(resume.name.rsplit("-", 1)[1]))
+        if rank0:
+            print(f"resuming the training from {resume}", flush=True)
+    args = _training_args(cfg, ckpts.dir, the_seed, progress)
+    meter = meter_callback(tally, ckpts if args.save_strategy != "no" else None, cfg)
+    trainer = tallied_trainer(tally)(model=model, args=args, train_dataset=dataset,
+                                     data_collator=counting_collator(collator), processing_class=tokenizer,
+                                     callbacks=[meter])
     if not progress:
         from transformers.trainer_callback import PrinterCallback
 
@@ -287,13 +286,14 @@ def _train_here(
     from .threads import cpu_threads
 
     with cpu_threads(model, cfg.cpu_threads):
-        out_train = trainer.train()
+        out_train = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     seconds = time.perf_counter() - t_start
-    train_s = sum(meter.step_s)
+    train_s = sum(tally.step_s)
+    warm = _warm(tally.step_s)
     tokens, supervised, padded, steady_tok, steady_s = _all_sum([
-        float(collator.tokens), float(collator.supervised), float(collator.padded),
-        float(sum(meter.step_tokens[_warm(meter.step_s):])), float(sum(meter.step_s[_warm(meter.step_s):])),
+        float(tally.tokens), float(tally.supervised), float(tally.padded),
+        float(sum(tally.step_tokens[warm:])), float(sum(tally.step_s[warm:])),
     ])
     steady_s /= world  # each rank timed the same wall clock
     metrics: dict[str, Any] = {
@@ -304,10 +304,10 @@ def _train_here(
         "n_rows": len(dataset),
         "packing": cfg.packing,
         "steps": int(out_train.global_step),
-        "train_loss": float(out_train.training_loss),
-        "train_loss_first": meter.losses[0] if meter.losses else None,
-        "train_loss_last": meter.losses[-1] if meter.losses else None,
-        "losses": meter.losses,
+        "train_loss": tally.loss_sum / tally.loss_steps if tally.loss_steps else float(out_train.training_loss),
+        "train_loss_first": tally.losses[0] if tally.losses else None,
+        "train_loss_last": tally.losses[-1] if tally.losses else None,
+        "losses": tally.losses,
         "tokens": int(tokens),
         "supervised_tokens": int(supervised),
         "padded_tokens": int(padded),
@@ -317,16 +317,25 @@ def _train_here(
         "steady_tokens_per_s": round(steady_tok / steady_s, 1) if steady_s > 0 else None,
         "world_size": world,
         "seed": the_seed,
+        "resumed_at": tally.resumed_at,  # steps a restarted training continued from (its checkpoints)
     }
-    _save(cfg, trainer, tokenizer, info, tmp, metrics, init_from)
+    _save(cfg, trainer, tokenizer, info, tmp, metrics, init_from, fingerprint)
     if rank0:
-        if cfg.report_to == "none":
-            shutil.rmtree(tmp / "_trainer", ignore_errors=True)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+        ckpts.remove(keep_logs_in=None if cfg.report_to == "none" else out / "_trainer")
     _barrier()
     return TrainResult(out, metrics, trainer.model if keep_model else None)
+
+
+def _finished(out: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The metrics of `out` when it is this very training's saved student, else None."""
+    try:
+        meta = json.loads((out / META).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("metrics") if isinstance(meta, dict) and meta.get("fingerprint") == fingerprint else None
 
 
 def _warm(step_s: list[float]) -> int:
@@ -335,7 +344,8 @@ def _warm(step_s: list[float]) -> int:
     return 0 if n < 3 else min(3, n // 4 or 1)
 
 
-def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path, metrics: dict, init_from) -> None:
+def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path, metrics: dict, init_from,
+          fingerprint: str = "") -> None:
     import torch
     from peft import PeftModel
 
@@ -344,7 +354,8 @@ def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path
     model = trainer.model
     if hasattr(model, "config"):
         model.config.use_cache = True
-    meta: dict[str, Any] = {"mode": cfg.mode, "init_from": str(init_from), "metrics": metrics}
+    meta: dict[str, Any] = {"mode": cfg.mode, "init_from": str(init_from), "metrics": metrics,
+                            "fingerprint": fingerprint}
     if cfg.mode == "full":
         trainer.save_model(str(tmp))
         meta["kind"] = "full"

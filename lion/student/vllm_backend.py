@@ -9,6 +9,9 @@ student was trained on). vLLM strips the prompt and stops at EOS itself.
 - ``data_parallel`` engines: prompts are dealt round-robin to the engines; each engine runs in its own process
   with ``CUDA_VISIBLE_DEVICES`` set to its own group of ``tensor_parallel`` GPUs; results come back in the
   original order. With ``data_parallel: 1`` the engine runs in this process.
+- Prompts go to an engine ``chunk_size`` at a time; each chunk's answers are handed to the caller (``on_answer``)
+  as soon as the chunk is done (a data-parallel engine appends them to a result file the parent reads as it
+  grows), so a caller that saves them loses at most a chunk per engine in a crash.
 - A LoRA adapter is served without merging: ``enable_lora=True``, ``max_lora_rank`` from the adapter's
   ``adapter_config.json``, and a ``LoRARequest("student", 1, path)`` on every request.
 """
@@ -22,12 +25,15 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config import InferConfig
 from ..errors import ConfigError, LionError
+
+OnAnswer = Callable[[int, str], None]
 
 
 def sampling_kwargs(cfg: InferConfig) -> dict[str, Any]:
@@ -68,8 +74,9 @@ def engine_kwargs(model: str, cfg: InferConfig, *, tokenizer: str | None, adapte
 
 
 def run_engine(model: str, ids: list[list[int]], cfg: InferConfig, *, tokenizer: str | None,
-               adapter: str | Path | None, progress: bool) -> list[str]:
-    """One vLLM engine in this process answers every prompt (token ids) in order."""
+               adapter: str | Path | None, progress: bool, on_answer: OnAnswer | None = None) -> list[str]:
+    """One vLLM engine in this process answers every prompt (token ids) in order, `cfg.chunk_size` prompts per
+    `generate` call; `on_answer(i, text)` is called for each answer of a chunk as soon as the chunk is done."""
     import vllm
 
     llm = vllm.LLM(**engine_kwargs(model, cfg, tokenizer=tokenizer, adapter=adapter))
@@ -79,8 +86,15 @@ def run_engine(model: str, ids: list[list[int]], cfg: InferConfig, *, tokenizer:
         from vllm.lora.request import LoRARequest
 
         lora = LoRARequest("student", 1, str(adapter))
-    outs = llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=progress, lora_request=lora)
-    return [o.outputs[0].text for o in outs]
+    texts: list[str] = []
+    for start in range(0, len(ids), cfg.chunk_size):
+        chunk = ids[start : start + cfg.chunk_size]
+        outs = llm.generate([{"prompt_token_ids": p} for p in chunk], params, use_tqdm=progress, lora_request=lora)
+        for k, o in enumerate(outs):
+            texts.append(o.outputs[0].text)
+            if on_answer is not None:
+                on_answer(start + k, texts[-1])
+    return texts
 
 
 def visible_gpus() -> list[str]:
@@ -107,10 +121,30 @@ def shard(n: int, parts: int) -> list[list[int]]:
     return [list(range(k, n, parts)) for k in range(parts)]
 
 
+class _Tail:
+    """Reads the complete lines an engine process appends to its result file, as they come."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.rest = path, 0, b""
+
+    def new_rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        *lines, self.rest = (self.rest + data).split(b"\n")
+        return [json.loads(x) for x in lines if x.strip()]
+
+
 def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter: str | Path | None = None,
-                  tokenizer: str | None = None, progress: bool = True) -> list[str]:
+                  tokenizer: str | None = None, progress: bool = True,
+                  on_answer: OnAnswer | None = None) -> list[str]:
+    """Every prompt's answer, in order; `on_answer(i, text)` as each chunk finishes, in whichever engine."""
     if cfg.data_parallel == 1:
-        return run_engine(model, ids, cfg, tokenizer=tokenizer, adapter=adapter, progress=progress)
+        return run_engine(model, ids, cfg, tokenizer=tokenizer, adapter=adapter, progress=progress,
+                          on_answer=on_answer)
     groups = gpu_groups(cfg.data_parallel, cfg.tensor_parallel, visible_gpus())
     parts = shard(len(ids), cfg.data_parallel)
     out: list[str | None] = [None] * len(ids)
@@ -121,7 +155,7 @@ def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter
             if not part:
                 continue
             spec = Path(work) / f"engine{k}.json"
-            result = Path(work) / f"engine{k}.out.json"
+            result = Path(work) / f"engine{k}.out.jsonl"
             one = {**cfg.__dict__, "data_parallel": 1}
             spec.write_text(json.dumps({"model": model, "tokenizer": tokenizer, "adapter": str(adapter) if adapter else None,
                                         "cfg": one, "ids": [ids[i] for i in part], "result": str(result),
@@ -131,19 +165,39 @@ def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter
             log = open(Path(work) / f"engine{k}.log", "w+")
             p = subprocess.Popen([sys.executable, "-m", "lion.student.vllm_backend", "--worker", str(spec)],
                                  env=env, stdout=log, stderr=subprocess.STDOUT)
-            procs.append((k, part, p, log, result))
+            procs.append((k, part, p, log, _Tail(result)))
+
+        ended: set[int] = set()
+
+        def collect(k: int, part: list[int], tail: _Tail) -> None:
+            """Hand on the answers engine k wrote so far; note its end line."""
+            for row in tail.new_rows():
+                if "end" in row:
+                    ended.add(k)
+                    continue
+                i = part[row["i"]]
+                out[i] = row["text"]
+                if on_answer is not None:
+                    on_answer(i, row["text"])
+
+        running = list(procs)
+        while running:  # answers are handed on while the engines work, so a crash here loses at most a chunk
+            time.sleep(0.2)
+            for item in list(running):
+                k, part, p, _, tail = item
+                if p.poll() is not None:
+                    running.remove(item)
+                else:
+                    collect(k, part, tail)
         failures = []
-        for k, part, p, log, result in procs:
+        for k, part, p, log, tail in procs:
             rc = p.wait()
+            collect(k, part, tail)
             log.seek(0)
-            tail = "".join(collections.deque(log, maxlen=20))
+            last = "".join(collections.deque(log, maxlen=20))
             log.close()
-            if rc != 0 or not result.is_file():
-                failures.append(f"engine {k} (GPUs {','.join(groups[k])}) exit status {rc}:\n{tail}")
-                continue
-            texts = json.loads(result.read_text())
-            for i, t in zip(part, texts, strict=True):
-                out[i] = t
+            if rc != 0 or k not in ended:
+                failures.append(f"engine {k} (GPUs {','.join(groups[k])}) exit status {rc}:\n{last}")
         if failures:
             raise LionError("vLLM data-parallel inference failed: " + "\n".join(failures))
     return [o if o is not None else "" for o in out]
@@ -159,11 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     spec = json.loads(args.worker.read_text())
     cfg = InferConfig(**spec["cfg"])
-    texts = run_engine(spec["model"], spec["ids"], cfg, tokenizer=spec["tokenizer"], adapter=spec["adapter"],
-                       progress=spec["progress"])
-    tmp = Path(spec["result"] + ".tmp")
-    tmp.write_text(json.dumps(texts))
-    tmp.rename(spec["result"])
+    with open(spec["result"], "a", encoding="utf-8") as out:
+
+        def emit(i: int, text: str) -> None:  # one line per answer, flushed per chunk's last answer at the latest
+            out.write(json.dumps({"i": i, "text": text}, ensure_ascii=False) + "\n")
+            out.flush()
+
+        texts = run_engine(spec["model"], spec["ids"], cfg, tokenizer=spec["tokenizer"], adapter=spec["adapter"],
+                           progress=spec["progress"], on_answer=emit)
+        out.write(json.dumps({"end": len(texts)}) + "\n")
     return 0
 
 
