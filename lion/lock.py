@@ -102,7 +102,7 @@ class RunLock:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] if sys.argv else "",
+            "command": _command_line(),
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode("utf-8"), 0)
@@ -126,6 +126,13 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _command_line() -> str:
+    argv = list(getattr(sys, "orig_argv", None) or sys.argv)
+    if argv:
+        argv[0] = Path(argv[0]).name
+    return " ".join(argv)[:300]
 
 
 def _alive(pid: int) -> bool:
