@@ -576,7 +576,10 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+            ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+            started = f"; {ctx} at line {cmark.line + 1}" if ctx and cmark is not None and mark is not None \
+                and cmark.line != mark.line else ""
+            raise ConfigError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)}{started})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys")
     try:

@@ -17,6 +17,7 @@ resumed run) reads exactly the pools the round started with.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from .context import RunContext
 from .errors import ConfigError, LionError
@@ -36,20 +37,27 @@ def token_check(ctx: RunContext) -> RowCheck | None:
     limit = sc.max_length if pc.max_instruction_tokens is None else pc.max_instruction_tokens
     if not limit:
         return None
-    from .student import resolve_base_model
-    from .student.infer import load_prompt_tokenizer
-
-    base = resolve_base_model(sc, ctx.run.base_model)
-    try:
-        tok = load_prompt_tokenizer(base)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"student.model: cannot load its tokenizer from {str(base)!r} to count seed tokens "
-                          f"(pools.max_instruction_tokens; 0 turns the check off): {e}") from None
     key = "pools.max_instruction_tokens" if pc.max_instruction_tokens is not None else "student.max_length"
+    tokenizer: list[Any] = []  # loaded on the first row long enough to need it
+
+    def count(text: str) -> int:
+        if not tokenizer:
+            from .student import resolve_base_model
+            from .student.infer import load_prompt_tokenizer
+
+            base = resolve_base_model(sc, ctx.run.base_model)
+            try:
+                tokenizer.append(load_prompt_tokenizer(base))
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"student.model: cannot load its tokenizer from {str(base)!r} to count seed tokens "
+                                  f"(pools.max_instruction_tokens; 0 turns the check off): {e}") from None
+        return len(tokenizer[0](text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def check(inst: Instruction) -> tuple[str, str] | None:
         text = inst.instruction + ("\n\n" + inst.input if inst.input else "")
-        n = len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
+        if 2 * len(text.encode("utf-8")) + 2 <= limit:
+            return None  # fits whatever the tokenizer: a token covers at least a byte (+ a word-start marker)
+        n = count(text)
         if n <= limit:
             return None
         return "too_long", (f"instruction + input is {n} tokens, over the limit of {limit} ({key}); "

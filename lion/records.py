@@ -313,6 +313,10 @@ def _iter_datasets(spec: str) -> Iterator[tuple[str, Any]]:
     except ImportError:
         raise DataError(f"{spec}: loading this needs the `datasets` package (pip install 'lion[train]')") from None
     p = Path(spec)
+    from datasets.utils import logging as ds_logging
+
+    verbosity = ds_logging.get_verbosity()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)  # its own log lines would repeat the error raised below
     try:
         if p.exists():
             fmt = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".arrow": "arrow"}.get(p.suffix)
@@ -322,7 +326,13 @@ def _iter_datasets(spec: str) -> Iterator[tuple[str, Any]]:
             if fmt == "csv":
                 for _ in iter_text_lines(p):  # undecodable bytes: file:line, before datasets sees them
                     pass
-            ds = datasets.load_dataset(fmt, data_files=str(p), split="train", **kw)
+            bars = datasets.is_progress_bar_enabled()
+            datasets.disable_progress_bars()  # a local file: no "Generating train split" bar
+            try:
+                ds = datasets.load_dataset(fmt, data_files=str(p), split="train", **kw)
+            finally:
+                if bars:
+                    datasets.enable_progress_bars()
         else:
             name, _, split = spec.partition(":")
             ds = datasets.load_dataset(name, split=split or "train")
@@ -331,6 +341,8 @@ def _iter_datasets(spec: str) -> Iterator[tuple[str, Any]]:
     except Exception as e:  # datasets raises many types; the message is what the user needs
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise DataError(f"{spec}: could not load with datasets ({type(e).__name__}: {first})") from None
+    finally:
+        ds_logging.set_verbosity(verbosity)
     columns = list(getattr(ds, "column_names", None) or [])
     if columns and not any(k in columns for k in (*_TEXT_KEYS, "turns")):
         raise DataError(
