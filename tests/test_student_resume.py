@@ -113,6 +113,7 @@ def test_crashed_then_resumed_training_equals_the_uninterrupted_one_bitwise(tmp_
 
     res = train_student(cfg, ex, tiny_char_base, tmp_path / "s", progress=False)
     assert res.metrics["resumed_at"] == [14]
+    assert res.metrics["checkpoints"] == ref.metrics["checkpoints"] == 4  # at 7, 14, 21, 28 in both
     assert not training_checkpoints(tmp_path / "s").exists()  # removed once the student is saved
     assert_bitwise_equal(tmp_path / "ref", tmp_path / "s")
     for k in SAME:
@@ -221,9 +222,12 @@ from lion.config import StudentConfig
 from lion.lock import RunLock
 from lion.student.train import train_student
 RunLock(sys.argv[3]).acquire()   # as lion.run holds it: the torchrun launcher is handed the lock
+by_time = len(sys.argv) > 5 and sys.argv[5] == "by-time"  # checkpoints by the clock: rank 0 decides for both
 cfg = StudentConfig(model=sys.argv[1], num_gpus=2, lr=3e-3, per_device_batch_size=8, grad_accum=1, max_steps=60,
-                    warmup_ratio=0.0, max_length=64, logging_steps=5, save_steps=10, cpu_threads=1)
+                    warmup_ratio=0.0, max_length=64, logging_steps=5, save_steps=0 if by_time else 10,
+                    save_minutes=1e-4, cpu_threads=1)
 res = train_student(cfg, student_fact_examples(10), sys.argv[1], Path(sys.argv[2]), progress=False)
+print("checkpoints", res.metrics["checkpoints"], flush=True)
 print("resumed_at", res.metrics["resumed_at"], flush=True)
 """
 
@@ -253,7 +257,11 @@ def test_torchrun_training_killed_with_its_parent_resumes_bitwise_equal(tmp_path
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     at = eval(r.stdout.strip().splitlines()[-1].split(" ", 1)[1])  # noqa: S307 - our own printed list
     assert at and at[0] >= 20
-    ref = subprocess.run([*args, str(tmp_path / "ref"), str(tmp_path / "run_ref"), tests], env=env,
+    # the uninterrupted run saves by time (a checkpoint whenever 6 ms of training passed, on both processes at
+    # once: a save is collective); saving does not change what is trained
+    ref = subprocess.run([*args, str(tmp_path / "ref"), str(tmp_path / "run_ref"), tests, "by-time"], env=env,
                          capture_output=True, text=True, timeout=300)
-    assert ref.returncode == 0, ref.stdout[-3000:]
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    saved = next(x for x in ref.stdout.splitlines() if x.startswith("checkpoints "))
+    assert int(saved.split()[1]) >= 2, saved  # the clock-based schedule did save, in step on both processes
     assert_bitwise_equal(tmp_path / "ref", tmp_path / "s")

@@ -155,6 +155,7 @@ class TrainingTally:
     step_s: list[float] = field(default_factory=list)
     step_tokens: list[int] = field(default_factory=list)
     resumed_at: list[int] = field(default_factory=list)  # steps this training was resumed from
+    checkpoints: int = 0  # mid-training checkpoints written (those before a restart included)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -246,6 +247,7 @@ def meter_callback(tally: TrainingTally, ckpts: Checkpoints | None, cfg: Student
         def on_save(self, args, state, control, **kw):
             self._last_save = time.monotonic()
             if ckpts is not None:
+                tally.checkpoints += 1
                 ckpts.seal(state.global_step, tally.to_json())
 
     return Meter()

@@ -318,6 +318,7 @@ def _train_here(
         "world_size": world,
         "seed": the_seed,
         "resumed_at": tally.resumed_at,  # steps a restarted training continued from (its checkpoints)
+        "checkpoints": tally.checkpoints,  # mid-training checkpoints written
     }
     _save(cfg, trainer, tokenizer, info, tmp, metrics, init_from, fingerprint)
     if rank0:
