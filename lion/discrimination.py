@@ -50,7 +50,9 @@ class SplitRow:
         return asdict(self)
 
 
-def split_row(inst: Instruction, judged: PairJudgement | None, tau: float, unjudged: str = "no teacher answer") -> SplitRow:
+def split_row(
+    inst: Instruction, judged: PairJudgement | None, tau: float, unjudged: str = "no teacher answer"
+) -> SplitRow:
     """hard / easy / excluded for one instruction, from its judgement (None: not judged, for reason `unjudged`)."""
     lineage = {"instruction": inst.instruction, "kind": inst.kind, "round_created": inst.round, "meta": inst.meta}
     if judged is None or not judged.ok:

@@ -129,7 +129,7 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
                     {"text": None, "kind": k, "parent": seed.id, "reason": "call_failed", "detail": res.error}
                 )
                 continue
-            if res.finish_reason == "length":  # cut at max_tokens: the task may be cut too (the original Lion rejects it)
+            if res.finish_reason == "length":  # cut at max_tokens, the task may be too (the original Lion rejects it)
                 rejected.append({"text": res.text, "kind": k, "parent": seed.id, "reason": "truncated",
                                  "detail": "the generator's reply hit llm.generator.max_tokens"})
                 continue

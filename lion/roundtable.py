@@ -94,7 +94,8 @@ def round_line(m: dict[str, Any]) -> str:
     d, g, im = m.get("discrimination", {}), m.get("generation", {}), m.get("imitation", {})
     parts = [f"round {m['round']}:", f"train {im.get('n_train', '-')}"]
     if im.get("n_truncated_answers"):
-        parts[-1] += f" ({im['n_truncated_answers']} truncated answers {'kept' if im.get('truncated_policy') == 'keep' else 'dropped'})"
+        fate = "kept" if im.get("truncated_policy") == "keep" else "dropped"
+        parts[-1] += f" ({im['n_truncated_answers']} truncated answers {fate})"
     if d:
         parts += [
             f"cache {d['n']}",

@@ -68,7 +68,8 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 CASES = [
     # seed files
-    Case("latin1", {"seeds.jsonl": jsonl(GOOD[0], '{"instruction": "Caf\u00e9 au lait?"}').replace(b"\xc3\xa9", b"\xe9")},
+    Case("latin1", {"seeds.jsonl": jsonl(GOOD[0], '{"instruction": "Caf\u00e9 au lait?"}').replace(b"\xc3\xa9",
+                                                                                             b"\xe9")},
          "seeds.jsonl:2: not UTF-8 (byte 0xe9 at column 21); re-encode the file as UTF-8"),
     Case("utf16", {"seeds.jsonl": "\n".join(GOOD).encode("utf-16")}, "seeds.jsonl:1: not UTF-8 (byte 0xff"),
     Case("binary", {"seeds.jsonl": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"}, "seeds.jsonl:1: not UTF-8 (byte 0x89"),
@@ -86,7 +87,8 @@ CASES = [
          "seeds.jsonl:1: no instruction field (expected one of: instruction, prompt, question, text, query, turns)"),
     Case("row_not_object", {"seeds.jsonl": jsonl(GOOD[0], "[1, 2]")},
          "seeds.jsonl:2: expected an object or a string, got list"),
-    Case("nan", {"seeds.jsonl": jsonl('{"instruction": NaN}')}, "seeds.jsonl:1: the instruction is empty or not a string"),
+    Case("nan", {"seeds.jsonl": jsonl('{"instruction": NaN}')},
+         "seeds.jsonl:1: the instruction is empty or not a string"),
     Case("empty_file", {"seeds.jsonl": b""}, "seeds.jsonl: no instructions found (the file is empty)"),
     Case("blank_lines", {"seeds.jsonl": b"\n  \n\n"}, "seeds.jsonl: no instructions found"),
     Case("huge_row_error", {"seeds.jsonl": jsonl(GOOD[0], json.dumps({"instruction": "x" * 1_000_000}))},
@@ -120,7 +122,8 @@ CASES = [
     Case("config_bad_literal", {"seeds.jsonl": jsonl(*GOOD)}, "pools.too_long: must be one of 'skip', 'error'",
          config=_set("pools.too_long", "truncate")),
     Case("config_bad_yaml", {"seeds.jsonl": jsonl(*GOOD)},
-         "c.yaml:4: not valid YAML (expected ',' or ']', but got '<stream end>'; while parsing a flow sequence at line 3)",
+         "c.yaml:4: not valid YAML (expected ',' or ']', but got '<stream end>'; "
+         "while parsing a flow sequence at line 3)",
          raw_config=b"rounds: 1\nstudent:\n  model: [tiny\n"),
     Case("config_latin1", {"seeds.jsonl": jsonl(*GOOD)}, "c.yaml:2: not UTF-8 (byte 0xe9); save the config as UTF-8",
          raw_config="rounds: 1\n# r\u00e9sum\u00e9\n".encode("latin-1")),

@@ -97,8 +97,9 @@ def test_keep_trains_on_truncated_answers_and_all_truncated_is_a_clear_error(tmp
 
     every = _cfg(tmp_path / "all", server)
     every.llm.teacher.max_tokens = 2  # every answer is cut
-    with RunContext(every, progress=False) as ctx, pytest.raises(LionError, match=r"were cut at llm.teacher.max_tokens"):
-        imitation(ctx, 1)
+    with RunContext(every, progress=False) as ctx:
+        with pytest.raises(LionError, match=r"were cut at llm.teacher.max_tokens"):
+            imitation(ctx, 1)
 
 
 def read_jsonl_json(path: Path) -> dict[str, Any]:
