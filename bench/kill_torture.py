@@ -235,6 +235,19 @@ def kill_plan(ref: dict[str, Any], n: int, rng: random.Random) -> list[tuple[int
     return [(i, rng.uniform(0.05, 0.95)) for i in sorted(share) for _ in range(share[i])]
 
 
+def settle(server: Server, quiet_s: float = 1.0, at_most_s: float = 20.0) -> None:
+    """Wait until the server has completed no call for `quiet_s` (the dead client's calls are all answered)."""
+    deadline = time.monotonic() + at_most_s
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = sum(server.completed().values())
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.05)
+
+
 def cached_calls(run: RunLayout) -> int:
     if not run.calls.exists():
         return 0
@@ -270,9 +283,10 @@ def killed_run(cfg_path: Path, run: RunLayout, server: Server, ref: dict[str, An
                 if at is not None and at > target[0]:  # that window went by unseen: move the kill to a later one
                     plan.pop(0)
                     skipped += 1
-                    later = [j for j in range(at, len(windows))]
+                    later = range(at, len(windows))  # the same activity in a later round, else the longest
+                    same = [j for j in later if windows[j][1] == windows[target[0]][1]]
                     if later:
-                        j = max(later, key=lambda i: ref["length"][windows[i]])
+                        j = same[0] if same else max(later, key=lambda i: ref["length"][windows[i]])
                         plan.append((j, target[1]))
                         plan.sort()
                     target = plan[0] if plan else None
@@ -286,13 +300,12 @@ def killed_run(cfg_path: Path, run: RunLayout, server: Server, ref: dict[str, An
                 break
             time.sleep(0.005)
         if p.poll() is None:  # kill it
-            before = cached_calls(run)
-            lost_before = sum(server.completed().values()) - before
             p.send_signal(signal.SIGKILL)
             p.wait()
             wall += time.time() - t0
-            time.sleep(0.3)  # the server finishes answering the calls of the dead client
-            lost = sum(server.completed().values()) - cached_calls(run) - lost_before
+            settle(server)  # the server finishes answering the calls of the dead client
+            lost_so_far = sum(server.completed().values()) - cached_calls(run)  # answered, never cached
+            lost = lost_so_far - sum(k["lost_in_flight"] for k in kills)
             kills.append({"at": f"round {where[0]} {where[1]}" if where else "starting", "after_s": round(now - t0, 2),
                           "lost_in_flight": lost})
             if target is not None:
