@@ -12,6 +12,7 @@ An empty or failed teacher answer is never stored: it is None, and every caller 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -100,12 +101,18 @@ def teacher_answers(ctx: RunContext, items: Sequence[Prompted], phase: str) -> d
     return out
 
 
-def student_answers(ctx: RunContext, model: str | Path, items: Sequence[Prompted], path: Path) -> dict[str, str]:
+def student_answers(
+    ctx: RunContext, model: str | Path, items: Sequence[Prompted], path: Path
+) -> dict[str, str | None]:
     """The answers of the student at `model` to every item, resumable: `path` holds {"id", "answer"} rows,
-    appended as they are produced; only the items not in it yet are generated."""
-    done: dict[str, str] = {}
+    appended as they are produced; only the items not in it yet are generated. An item whose prompt does not
+    fit the student's context is recorded as {"id", "answer": null, "skipped": why} and answered None."""
+    done: dict[str, str | None] = {}
     if path.exists():
-        done = {str(row["id"]): str(row["answer"]) for row in read_jsonl_tolerant(path)}
+        done = {
+            str(row["id"]): None if row.get("answer") is None else str(row["answer"])
+            for row in read_jsonl_tolerant(path)
+        }
     todo = [it for it in items if it.id not in done]
     if todo:
         if not Path(model).exists():
@@ -121,5 +128,16 @@ def student_answers(ctx: RunContext, model: str | Path, items: Sequence[Prompted
             append_jsonl(path, {"id": todo[i].id, "answer": answer})
             done[todo[i].id] = answer
 
-        generate(model, prompts, sc.infer, progress=ctx.progress, on_answer=keep, max_length=sc.max_length)
+        skipped: list[str] = []
+
+        def skip(i: int, why: str) -> None:
+            append_jsonl(path, {"id": todo[i].id, "answer": None, "skipped": why})
+            done[todo[i].id] = None
+            skipped.append(f"{todo[i].id} ({why})")
+
+        generate(model, prompts, sc.infer, progress=ctx.progress, on_answer=keep, on_skip=skip,
+                 max_length=sc.max_length)
+        if skipped:
+            print(f"warning: the student skipped {len(skipped)} of {len(todo)} prompts that do not fit its context, "
+                  f"e.g. {skipped[0]}; recorded in {path}", file=sys.stderr, flush=True)
     return {it.id: done[it.id] for it in items}

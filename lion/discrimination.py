@@ -9,9 +9,10 @@ lion.selectors) labels every instruction. The paper's `referee` scores both answ
 prompts/ referee template or, when `discrimination.referee_prompts` names a FastChat-style prompt file, the prompt
 of each instruction's category, each read in the verdict format it declares; the gap
 is the teacher's mean score minus the student's, over the two orders; an instruction is hard when
-gap >= discrimination.tau, easy otherwise. A pair whose verdict could not be parsed after the retries, or
-that has no teacher answer, is excluded and counted: it is never given a number. With
-`discrimination.only_unseen`, only Cache Pool items the student was never trained on are judged.
+gap >= discrimination.tau, easy otherwise. A pair whose verdict could not be parsed after the retries, that has
+no teacher answer, or whose prompt the student skipped (longer than its context, lion.student.infer), is excluded
+and counted: it is never given a number. With `discrimination.only_unseen`, only Cache Pool items the student was
+never trained on are judged.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
     write_jsonl(rp.split, (row.to_json() for row in split))
     metrics = {"selector": selector.name, **discrimination_metrics(split, sel.judged)}
     if ctx.world is not None:  # offline world: the student's exact accuracy on the Cache Pool
-        metrics["oracle"] = family_accuracy(ctx.world, ((i.instruction, s_ans.get(i.id, "")) for i in pool))
+        metrics["oracle"] = family_accuracy(ctx.world, ((i.instruction, s_ans.get(i.id) or "") for i in pool))
     write_json(rp.phase_metrics("discrimination"), metrics)
     ctx.run.mark_done(r, "discrimination")
     return metrics

@@ -4,7 +4,8 @@
 
 Teacher answers are kept per (instruction id, teacher identity) in the run's answer store and reused by
 discrimination and by later rounds, so no answer is ever bought twice. An empty, truncated-to-nothing or
-failed answer is never a training target: it is counted and left out.
+failed answer is never a training target: it is counted and left out. An answer cut at the teacher's max_tokens
+(finish_reason "length") is counted too, and left out unless `imitation.truncated: keep`.
 Round R's student starts from round R-1's student (`student.continue_from_previous`) or from the base model.
 """
 
@@ -12,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
-from .answers import teacher_answers
+from .answers import teacher_answers, teacher_identity
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
 from .failures import check_failures
 from .pools import prepare_round
-from .records import read_json_or_empty, read_pool, write_json
+from .records import Instruction, read_json_or_empty, read_pool, write_json
 
 
 def previous_student(ctx: RunContext, r: int) -> str:
@@ -36,6 +38,17 @@ def previous_student(ctx: RunContext, r: int) -> str:
     return str(resolve_base_model(ctx.cfg.student, ctx.run.base_model))
 
 
+def truncated_answers(ctx: RunContext, pool: Sequence[Instruction], answers: dict[str, str | None]) -> set[str]:
+    """Ids whose teacher answer was cut at max_tokens (finish_reason "length"), from the answer store."""
+    who = teacher_identity(ctx.cfg)
+    out = set()
+    for i in pool:
+        row = ctx.answers.get(i.id, who) if answers.get(i.id) else None
+        if row is not None and row.get("finish_reason") == "length":
+            out.add(i.id)
+    return out
+
+
 def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
     """Run phase 1 of round r (idempotent: a finished phase returns its saved metrics)."""
     rp = ctx.run.round(r)
@@ -44,14 +57,20 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
     prepare_round(ctx, r)
     pool = read_pool(rp.train_pool)
     answers = teacher_answers(ctx, pool, "imitation")
+    truncated = truncated_answers(ctx, pool, answers)
+    drop = ctx.cfg.imitation.truncated == "drop"
     examples = [
-        {"instruction": i.instruction, "input": i.input, "output": answers[i.id]} for i in pool if answers[i.id]
+        {"instruction": i.instruction, "input": i.input, "output": answers[i.id]}
+        for i in pool
+        if answers[i.id] and not (drop and i.id in truncated)
     ]
-    n_failed = len(pool) - len(examples)
+    n_failed = sum(1 for i in pool if not answers[i.id])
     if not examples:
+        why = (f"{len(truncated)} answers were cut at llm.teacher.max_tokens and imitation.truncated is drop; "
+               "raise llm.teacher.max_tokens" if truncated else "see the gateway errors above")
         raise LionError(
-            f"round {r}: the teacher answered none of the {len(pool)} Train Pool instructions; "
-            "see the gateway errors above"
+            f"round {r}: none of the {len(pool)} Train Pool instructions has a usable teacher answer ({n_failed} "
+            f"failed); {why}"
         )
     check_failures(ctx.cfg, r, "imitation", "teacher answers to the Train Pool",
                    sum(1 for i in pool if answers[i.id] is None), len(pool),
@@ -67,6 +86,8 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
         "n_train_pool": len(pool),
         "n_train": len(examples),
         "n_failed_answers": n_failed,
+        "n_truncated_answers": len(truncated),
+        "truncated_policy": ctx.cfg.imitation.truncated,
         "init_from": init_from,
         "student": str(result.path),
         "train": result.metrics,
@@ -85,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         imitation,
         make_parser().parse_args(argv),
         lambda m: (
-            f"{m['n_train']} examples ({m['n_failed_answers']} without a usable teacher answer), "
+            f"{m['n_train']} examples ({m['n_failed_answers']} without a usable teacher answer, "
+            f"{m.get('n_truncated_answers', 0)} truncated ones "
+            f"{'kept' if m.get('truncated_policy') == 'keep' else 'dropped'}), "
             f"student at {m['student']}"
         ),
     )

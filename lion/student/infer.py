@@ -2,8 +2,8 @@
 
     python -m lion.student.infer --model RUN/round_01/student --data prompts.jsonl --out answers.jsonl [--config CFG]
 
-Python: ``generate(model_path, prompts, cfg.student.infer, adapter=None) -> list[str]`` (prompts already
-formatted with `lion.student.data.format_prompt`; one completion per prompt, in order).
+Python: ``generate(model_path, prompts, cfg.student.infer, adapter=None) -> list[str | None]`` (prompts already
+formatted with `lion.student.data.format_prompt`; one completion per prompt, in order; None = skipped).
 
 - ``backend: auto`` picks vLLM when ``import vllm`` works and CUDA is present, else transformers.
 - Both backends tokenise a prompt the same way as training does (`data.encode_prompt`: BOS + prompt), stop at EOS,
@@ -11,6 +11,9 @@ formatted with `lion.student.data.format_prompt`; one completion per prompt, in 
 - transformers: prompts sorted by length (longest first), batches of ``batch_size``, left padding; its greedy
   output equals one-prompt-at-a-time greedy output. A LoRA adapter is attached with PEFT, not merged.
 - vLLM: see `lion.student.vllm_backend` (offline ``LLM``, ``LoRARequest``, tensor and data parallelism).
+- A prompt that does not fit the student's context with a full answer (prompt tokens + ``max_new_tokens`` over
+  the model's position limit, or vLLM's ``max_model_len``) is skipped, never truncated: its result is None and
+  the caller is told why (``on_skip``); `lion.answers` records it, and the pair is excluded from judging.
 - ``model_path`` may be an adapter checkpoint (``lion_student.json`` kind ``adapter``): its base is loaded and
   the adapter attached.
 """
@@ -70,6 +73,32 @@ def load_prompt_tokenizer(model_path: str | Path):
     return load_tokenizer(model_path, checkpoint_info(model_path).base)
 
 
+def context_length(base: str, cfg: InferConfig) -> int | None:
+    """How many tokens (prompt + answer) the student can attend to: vLLM's max_model_len when set, else the model
+    config's position limit (max_position_embeddings, n_positions, ...); None when the config names none."""
+    if cfg.max_model_len:
+        return cfg.max_model_len
+    from transformers import AutoConfig
+
+    try:
+        mc = AutoConfig.from_pretrained(base)
+    except (OSError, ValueError):
+        return None
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        n = getattr(mc, name, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def too_long(n_prompt: int, cfg: InferConfig, limit: int | None) -> str | None:
+    """Why a prompt of `n_prompt` tokens is not answered (None: it is): it and a full answer must fit the context."""
+    if limit is None or n_prompt + cfg.max_new_tokens <= limit:
+        return None
+    return (f"prompt of {n_prompt} tokens + max_new_tokens {cfg.max_new_tokens} exceeds the student's context of "
+            f"{limit} tokens")
+
+
 def generate(
     model_path: str | Path,
     prompts: list[str],
@@ -78,13 +107,16 @@ def generate(
     adapter: str | Path | None = None,
     progress: bool = True,
     on_answer: Callable[[int, str], None] | None = None,
+    on_skip: Callable[[int, str], None] | None = None,
     max_length: int | None = None,
-) -> list[str]:
+) -> list[str | None]:
     """Completions of `prompts` (prompt stripped, stopped at EOS) by the model at `model_path` (+ `adapter`).
 
     `on_answer(i, text)` is called for each prompt as soon as its answer exists (per batch with transformers,
-    at the end with vLLM), so a caller can save answers as they come and resume after a crash. `max_length`
-    (student.max_length) sizes vLLM's max_model_len when student.infer.max_model_len is 0."""
+    per `chunk_size` prompts with vLLM), so a caller can save answers as they come and resume after a crash.
+    A prompt that cannot be answered within the student's context (`too_long`) is not generated and never
+    truncated: its result is None and `on_skip(i, reason)` records why. `max_length` (student.max_length) sizes
+    vLLM's max_model_len when student.infer.max_model_len is 0."""
     if not prompts:
         return []
     info = checkpoint_info(model_path)
@@ -93,7 +125,24 @@ def generate(
         adapter = info.adapter
     backend = pick_backend(cfg)
     tokenizer = load_tokenizer(adapter if adapter is not None and _has_tokenizer(Path(adapter)) else model_path, base)
-    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    all_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    limit = context_length(base, cfg)
+    keep: list[int] = []
+    for i, x in enumerate(all_ids):
+        why = too_long(len(x), cfg, limit)
+        if why is None:
+            keep.append(i)
+        elif on_skip is not None:
+            on_skip(i, why)
+    result: list[str | None] = [None] * len(prompts)
+    if not keep:
+        return result
+    ids = [all_ids[i] for i in keep]
+
+    def got(j: int, text: str) -> None:
+        result[keep[j]] = text
+        if on_answer is not None:
+            on_answer(keep[j], text)
     if backend == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise ConfigError("student.infer.backend: 'vllm' but vllm is not installed (pip install vllm), or use "
@@ -103,19 +152,17 @@ def generate(
         tok_dir = str(adapter) if adapter is not None and _has_tokenizer(Path(adapter)) else str(model_path)
         if not _has_tokenizer(Path(tok_dir)):
             tok_dir = base
-        outs = generate_vllm(base, ids, cfg, adapter=adapter, tokenizer=tok_dir, progress=progress,
-                             max_length=max_length)
-        for i, text in enumerate(outs):
-            if on_answer is not None:
-                on_answer(i, text)
-        return outs
+        generate_vllm(base, ids, cfg, adapter=adapter, tokenizer=tok_dir, progress=progress, on_answer=got,
+                      max_length=max_length)
+        return result
     if backend != "transformers":
         raise ConfigError(f"student.infer.backend: must be auto, transformers or vllm, got {backend!r}")
     model = load_model(base, cfg, adapter=adapter)
     from .threads import cpu_threads
 
     with cpu_threads(model, cfg.cpu_threads):
-        return generate_hf(model, tokenizer, ids, cfg, progress=progress, on_answer=on_answer)
+        generate_hf(model, tokenizer, ids, cfg, progress=progress, on_answer=got)
+    return result
 
 
 def _dtype(cfg: InferConfig):
@@ -244,9 +291,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(row, dict) or not isinstance(row.get("instruction"), str):
             raise DataError(f"{args.data}:{n}: expected an object with a string 'instruction'")
         prompts.append(format_prompt(row["instruction"], row.get("input") or "", fmt=fmt, tokenizer=tok))
-    answers = generate(args.model, prompts, cfg, adapter=args.adapter)
-    write_jsonl(args.out, [{"id": row.get("id", i), "answer": a} for i, (row, a) in enumerate(zip(rows, answers, strict=True))])
-    print(json.dumps({"answers": len(answers), "out": str(args.out)}))
+    skipped: dict[int, str] = {}
+    answers = generate(args.model, prompts, cfg, adapter=args.adapter, on_skip=skipped.__setitem__)
+    out_rows = []
+    for i, (row, a) in enumerate(zip(rows, answers, strict=True)):
+        out_rows.append({"id": row.get("id", i), "answer": a, **({"skipped": skipped[i]} if i in skipped else {})})
+    write_jsonl(args.out, out_rows)
+    print(json.dumps({"answers": len(answers) - len(skipped), "skipped": len(skipped), "out": str(args.out)}))
     return 0
 
 

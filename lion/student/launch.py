@@ -6,7 +6,9 @@ The parent writes ``OUT.launch/spec.json`` (the student config, the examples fil
 runs ``python -m lion.student.train --spec OUT.launch/spec.json`` in ``student.num_gpus`` processes per node
 (at least 1). Output streams through and is kept in ``OUT.launch/train.log``; a failure raises a `LionError` with
 the last lines of the log. Multi-node runs read ``MASTER_ADDR``, ``MASTER_PORT`` and ``NODE_RANK`` from the
-environment (run the same command on every node, as with any torchrun job).
+environment (run the same command on every node, as with any torchrun job). The launcher is given the run
+directory's lock (lion.lock) and gets SIGTERM if this process dies (PR_SET_PDEATHSIG): a killed run leaves no
+training behind, and the directory stays locked until that training has stopped.
 """
 
 from __future__ import annotations
@@ -53,6 +55,18 @@ def launcher_command(cfg: StudentConfig, env: dict[str, str] | None = None) -> l
     return cmd + ["--module"]
 
 
+def _die_with_parent() -> None:
+    """In the launcher (Linux): SIGTERM when the process that started it dies, even by SIGKILL; torchrun then
+    stops its workers, so no orphaned training keeps writing checkpoints a restarted run also writes."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def launch_training(cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, out_dir: Path,
                     *, seed: int = 0, logging_dir: str | Path | None = None) -> TrainResult:
     out_dir = Path(out_dir).resolve()
@@ -70,8 +84,11 @@ def launch_training(cfg: StudentConfig, examples: list[dict[str, Any]], init_fro
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     log_path = work / "train.log"
     last: collections.deque[str] = collections.deque(maxlen=30)
+    from ..lock import held_fds
+
     with open(log_path, "w") as log, subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        pass_fds=held_fds(), preexec_fn=_die_with_parent,
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
