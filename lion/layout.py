@@ -250,6 +250,8 @@ class RunLayout:
     def export(self, fmt: str, r: int | None = None) -> ExportPaths:
         """Where `lion export RUN --format fmt [--round r]` writes by default (export/<fmt>, export/<fmt>_round_XX)."""
         return ExportPaths(self.root / "export" / (fmt if r is None else f"{fmt}_round_{r:02d}"))
+
+    @property
     def lock(self) -> Path:
         """The one-writer lock (lion.lock): flock'ed by the process writing the run, naming its host and PID."""
         return self.root / "run.lock"
