@@ -449,6 +449,9 @@ class SimConfig:
                                 "http://127.0.0.1:8000/v1) instead of starting one; its responder and options must "
                                 "be the ones configured here, which still give the run its world (grading)")
 
+    def check(self, key: str) -> None:
+        _check_fields(self, key)
+
 
 @dataclass
 class LogConfig:
@@ -504,6 +507,7 @@ class LionConfig:
         self.generation.check("generation")
         self.eval.check("eval")
         self.log.check("log")
+        self.sim.check("sim")
 
     @property
     def run_path(self) -> Path:
