@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -84,7 +85,7 @@ CASES = [
     Case("wrong_lineage_type", {"seeds.jsonl": jsonl('{"instruction": "a b c", "round": "first"}')},
          "seeds.jsonl:1: 'round' must be an integer >= 0"),
     Case("wrong_fields", {"seeds.jsonl": jsonl('{"prompt_text": "a b c", "answer": "x"}')},
-         "seeds.jsonl:1: no instruction field (expected one of: instruction, prompt, question, text, query, turns)"),
+         "seeds.jsonl:1: no instruction field (expected one of: instruction, prompt, question, text, query, turns, conversations, messages)"),
     Case("row_not_object", {"seeds.jsonl": jsonl(GOOD[0], "[1, 2]")},
          "seeds.jsonl:2: expected an object or a string, got list"),
     Case("nan", {"seeds.jsonl": jsonl('{"instruction": NaN}')},
@@ -180,6 +181,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, s
     return {name: (root / name, proc) for name, proc in done.items()}
 
 
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO) lion\.")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_broken_input_is_one_line_naming_file_line_or_key(case: Case, results) -> None:
@@ -187,7 +191,8 @@ def test_broken_input_is_one_line_naming_file_line_or_key(case: Case, results) -
     err = proc.stderr
     assert proc.returncode == 2, f"exit status {proc.returncode}\n{err[-3000:]}"
     assert "Traceback" not in err, err[-3000:]
-    lines = [x for x in err.strip().splitlines() if x.strip()]
+    # the lion.* loggers' status lines (HH:MM:SS LEVEL lion.x: ...) are not the error; the error is one line
+    lines = [x for x in err.strip().splitlines() if x.strip() and not LOG_LINE.match(x)]
     assert len(lines) == 1, f"{len(lines)} lines on stderr:\n{err[-3000:]}"
     assert lines[0].startswith("error: ")
     assert case.expect.replace("{d}", str(d)) in lines[0], lines[0]
