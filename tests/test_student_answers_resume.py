@@ -162,7 +162,8 @@ def test_vllm_answers_come_per_chunk_from_one_engine_and_from_data_parallel_engi
 def test_a_prompt_longer_than_the_context_is_skipped_and_recorded(tmp_path, facts_student) -> None:
     """The student's context (max_position_embeddings 2048 for the tiny model): a 5000-character prompt is not
     generated (no crash, no silent truncation); the others are answered as without it; the skip is recorded."""
-    from lion.discrimination import _unjudged, split_row
+    from lion.prompts import load_template
+    from lion.selectors import RefereeSelector
     from lion.student.data import format_prompt
     from lion.student.infer import generate
 
@@ -182,5 +183,15 @@ def test_a_prompt_longer_than_the_context_is_skipped_and_recorded(tmp_path, fact
     row = next(r for r in read_jsonl(path) if r["id"] == items[1].id)
     assert row["answer"] is None and "exceeds" in row["skipped"]
     assert student_answers(_ctx(facts_student), facts_student, items, path) == ans  # recorded: not retried
-    excluded = split_row(items[1], None, 1.0, _unjudged("teacher answer", None))
-    assert excluded.label == "excluded" and "longer than its context" in (excluded.reason or "")
+    # discrimination: a skipped prompt is excluded with its reason, and the referee is not asked about it
+    ctx = SimpleNamespace(cfg=_ctx(facts_student).cfg, gateway=_NoCalls(), template=lambda n: load_template(n, None))
+    sel = RefereeSelector().select(ctx, 1, [items[1]], {items[1].id: "teacher answer"}, ans)
+    (row,) = sel.rows
+    assert row.label == "excluded" and "longer than its context" in (row.reason or "") and sel.judged == []
+
+
+class _NoCalls:
+    """A gateway that fails the test if any call is made through it."""
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"gateway.{name} used for a prompt the student skipped")
