@@ -123,6 +123,11 @@ class LLMConfig:
     chars_per_token: float = opt(4.0, "offline token estimate for rate limiting / budget pre-checks", gt=0)
     tokenizer: str | None = opt(None, "optional local HF tokenizer dir for exact-ish token estimates")
     cache: bool = opt(True, "SQLite call cache in the run dir (turning it off means paying again on resume)")
+    cache_path: str | None = opt(None, "the call cache's SQLite file, when it must not be RUN/calls.sqlite: a local "
+                                       "disk when the run directory is on NFS/Lustre (the answer index goes beside "
+                                       "it); keep one per run")
+    allow_network_fs: bool = opt(False, "let the SQLite files (call cache, answer index) live on a network "
+                                        "filesystem anyway (safe only if one process on one host opens them)")
 
     def check(self, key: str) -> None:
         for role in ("default", *ROLES):
@@ -215,12 +220,30 @@ class StudentConfig:
     num_gpus: int = opt(0, "> 1: training runs under torchrun with this many processes per node", ge=0)
     nnodes: int = opt(1, "> 1: multi-node torchrun; MASTER_ADDR / MASTER_PORT / NODE_RANK come from the "
                          "environment", gt=0)
-    launcher: Literal["torchrun", "accelerate"] = opt("torchrun", "how a multi-process training is started")
+    launcher: Literal["torchrun", "torchrun_multinode", "accelerate", "command"] = opt(
+        "torchrun", "how a multi-process training job is started: torchrun (this node; nnodes > 1 reads "
+                    "MASTER_ADDR / NODE_RANK), torchrun_multinode (c10d rendezvous at rdzv_endpoint; the other "
+                    "nodes' agents through worker_command), accelerate (optionally --config_file "
+                    "accelerate_config), or command (launch_command, e.g. srun); docs/scaling.md")
     report_to: Literal["none", "tensorboard", "wandb"] = opt("none", "training logs destination (Trainer report_to)")
     logging_steps: int = opt(10, "record the training loss every N optimizer steps", gt=0)
     seed: int = opt(42, "training seed; round r trains with seed + run seed + r")
     continue_from_previous: bool = opt(True, "round r>1 starts from round r-1's student")
     infer: InferConfig = field(default_factory=InferConfig)
+    rdzv_endpoint: str = opt("", 'torchrun_multinode: "host:port" of the c10d rendezvous, reachable from every node '
+                                 "(the loop's node runs one agent)")
+    rdzv_id: str = opt("", "torchrun_multinode: the job id the agents meet under; empty = one per training")
+    worker_command: str = opt("", "torchrun_multinode: starts one agent on each other node, run by the shell with "
+                                  "{cmd} (the agent's command line, quoted), {node} (1 .. nnodes-1) and {spec}, "
+                                  "e.g. \"ssh gpu{node} {cmd}\"; empty = print the command and wait for the "
+                                  "agents you start")
+    accelerate_config: str | None = opt(None, "accelerate: a config file from `accelerate config`, passed as "
+                                              "--config_file (machines, ranks, main process, FSDP/DeepSpeed)")
+    launch_command: str = opt("", "command: the job that trains, run by the shell with {spec} (the training spec "
+                                  "in the run directory, shared with the nodes) and {python}; it must run "
+                                  "`python -m lion.student.train {spec}` under a launcher on every node and "
+                                  "exit when training ends, e.g. \"srun -N4 torchrun ... -m lion.student.train "
+                                  "{spec}\"")
 
     def check(self, key: str) -> None:
         if not self.model:
@@ -234,6 +257,15 @@ class StudentConfig:
             raise ConfigError(f"{key}.deepspeed: cannot be combined with {key}.fsdp; choose one")
         if self.mode == "qlora" and self.fsdp:
             raise ConfigError(f"{key}.mode: qlora is not supported together with {key}.fsdp")
+        if self.launcher == "torchrun_multinode" and not self.rdzv_endpoint:
+            raise ConfigError(f'{key}.rdzv_endpoint: must be "host:port" with {key}.launcher: torchrun_multinode')
+        if self.rdzv_endpoint and ":" not in self.rdzv_endpoint:
+            raise ConfigError(f'{key}.rdzv_endpoint: expected "host:port", got {self.rdzv_endpoint!r}')
+        if self.launcher == "command" and "{spec}" not in self.launch_command:
+            raise ConfigError(f"{key}.launch_command: must hold {{spec}} (the training spec path) with "
+                              f"{key}.launcher: command")
+        if self.worker_command and "{cmd}" not in self.worker_command:
+            raise ConfigError(f"{key}.worker_command: must hold {{cmd}} (the agent's command line)")
 
 
 @dataclass
@@ -260,6 +292,9 @@ class DiscriminationConfig:
     referee_retry_temperature: float | None = opt(None, "temperature of those retries (None: the referee's own); a "
                                                         "temperature-0 referee may repeat itself")
     both_orders: bool = opt(True, "judge (teacher, student) and (student, teacher); off only for experiments")
+    chunk_size: int = opt(4096, "Cache Pool instructions the student answers and the referee judges at a time; "
+                                "each chunk's rows are appended as it finishes (memory holds one chunk; an "
+                                "interrupted phase resumes at the last whole chunk)", gt=0)
 
     def check(self, key: str) -> None:
         _check_fields(self, key)

@@ -51,6 +51,8 @@ class RunContext:
         self.close()
 
     def close(self) -> None:
+        if "answers" in self.__dict__:  # the answer store was opened (cached_property)
+            self.__dict__.pop("answers").close()
         if self._gateway is not None:
             self._gateway.close()
             self._gateway = None
@@ -97,7 +99,9 @@ class RunContext:
         """The teacher-answer store (lion.answers)."""
         from .answers import AnswerStore
 
-        return AnswerStore(self.run.teacher_answers)
+        llm = self.cfg.llm
+        return AnswerStore(self.run.teacher_answers, self.run.answer_index(llm.cache_path),
+                           allow_network_fs=llm.allow_network_fs)
 
 
 def make_phase_parser(phase: str, doc: str | None) -> argparse.ArgumentParser:

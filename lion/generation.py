@@ -11,22 +11,28 @@ against the Cache Pool and everything accepted so far, decontamination against e
 rejected candidate is kept with its reason. Requests go out in concurrent waves until both targets are met
 or `generation.max_attempts_factor` × target requests were made, and the phase reports which.
 Everything is deterministic given the seed and the (cached) replies, so a resumed phase replays exactly.
+The Cache Pool is read in one streamed pass (its texts into the near-duplicate index, the byte offsets of its
+hard and easy rows kept); a drawn seed is read back from the pool file, so only the index grows with the pool.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
+import json
 import math
 import random
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from .context import RunContext, make_phase_parser, run_phase
-from .errors import LionError
+from .errors import DataError, LionError
 from .prompts import reply_marker
-from .records import Instruction, read_json_or_empty, read_jsonl, read_pool, write_json, write_jsonl
+from .records import Instruction, iter_jsonl, read_json_or_empty, read_jsonl, write_json, write_jsonl
 from .teachers.base import ChatRequest
 
 KINDS = ("hard", "easy")
@@ -56,21 +62,77 @@ def parse_task(reply: str | None, marker: str = "TASK:") -> str | None:
 
 
 class SeedSampler:
-    """Seeds without replacement while they last; then a fresh shuffle. Counts uses per seed."""
+    """Seeds without replacement while they last; then a fresh shuffle. Counts uses per seed.
 
-    def __init__(self, seeds: list[Instruction], rng: random.Random):
+    `seeds` may be any sequence (a list, or `PoolRows` reading rows from the pool file on demand): the shuffle
+    permutes positions (an array of 8-byte ints), which draws exactly the seeds shuffling the list would."""
+
+    def __init__(self, seeds: Sequence[Instruction], rng: random.Random):
         self.seeds, self.rng = seeds, rng
-        self.order: list[Instruction] = []
+        self.order: array.array[int] = array.array("q")
         self.uses: Counter[str] = Counter()
 
     def next(self) -> tuple[Instruction, int]:
         if not self.order:
-            self.order = self.seeds[:]
+            self.order = array.array("q", range(len(self.seeds)))
             self.rng.shuffle(self.order)
-        seed = self.order.pop()
+        seed = self.seeds[self.order.pop()]
         sample = self.uses[seed.id]
         self.uses[seed.id] += 1
         return seed, sample
+
+
+class PoolRows(Sequence[Instruction]):
+    """Some rows of a pool file, read on demand by byte offset (the seeds of one kind, without holding them)."""
+
+    def __init__(self, path: Path, offsets: array.array[int]) -> None:
+        self.path, self.offsets = path, offsets
+        self._f: Any = None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int) -> Instruction:  # type: ignore[override]
+        if self._f is None:
+            self._f = self.path.open("rb")
+        self._f.seek(self.offsets[i])
+        return Instruction.from_json(json.loads(self._f.readline()))
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def scan_pool(pool: Path, split: Path, offsets: dict[str, array.array[int]]) -> Iterator[str]:
+    """The Cache Pool's instruction texts (for the filter's index), streamed; on the way, the byte offset of each
+    row the round's split labels hard or easy is appended to `offsets[label]`, in pool order. split.jsonl is
+    written in pool order, so the two files are read side by side; a split in another order falls back to a
+    label per id."""
+    labels: dict[str, str] | None = None
+    with pool.open("rb") as fp:
+        split_rows = iter_jsonl(split)
+        at = 0
+        for lineno, raw in enumerate(fp, 1):
+            here, at = at, at + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{pool}:{lineno}: not valid JSON ({e.msg})") from None
+            label = None
+            if labels is None:
+                nxt = next(split_rows, None)
+                if nxt is not None and nxt[1].get("id") == row.get("id"):
+                    label = nxt[1].get("label")
+                else:  # not in pool order: read the labels by id
+                    labels = {str(r["id"]): r["label"] for r in read_jsonl(split)}
+            if labels is not None:
+                label = labels.get(row.get("id"))
+            if label in offsets:
+                offsets[label].append(here)
+            yield row["instruction"]
 
 
 def generation(ctx: RunContext, r: int) -> dict[str, Any]:
@@ -85,17 +147,16 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             f"round {r} generation needs round {r}'s discrimination first ({rp.done('discrimination')} missing)"
         )
     gc = ctx.cfg.generation
-    pool = read_pool(rp.cache_pool)
-    by_id = {i.id: i for i in pool}
-    labels = {row["id"]: row["label"] for row in read_jsonl(rp.split)}
-    seeds = {k: [i for i in pool if labels.get(i.id) == k] for k in KINDS}
+    offsets: dict[str, array.array[int]] = {k: array.array("q") for k in KINDS}
+    # one pass over the Cache Pool: its texts go into the near-duplicate index, its hard/easy rows' offsets kept
+    filt = CandidateFilter(gc, scan_pool(rp.cache_pool, rp.split, offsets), load_eval_questions(gc.decontaminate))
+    seeds = {k: PoolRows(rp.cache_pool, offsets[k]) for k in KINDS}
     wanted = {"hard": gc.n_hard, "easy": gc.n_easy}
     budget = {k: math.ceil(wanted[k] * gc.max_attempts_factor) if seeds[k] else 0 for k in KINDS}
     rng = random.Random(f"{ctx.cfg.seed}/{gc.seed}/{r}")
     samplers = {k: SeedSampler(seeds[k], rng) for k in KINDS}
     templates = {k: ctx.template(f"generate_{k}") for k in KINDS}
     markers = {k: reply_marker(templates[k]) for k in KINDS}
-    filt = CandidateFilter(gc, (i.instruction for i in pool), load_eval_questions(gc.decontaminate))
 
     accepted: dict[str, list[Instruction]] = {k: [] for k in KINDS}
     rejected: list[dict[str, Any]] = []
@@ -143,11 +204,11 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
                 continue
             assert text is not None
             filt.accept(text)
-            new = Instruction(
-                instruction=text, round=r, kind=k, parent=seed.id, meta={"parent_kind": by_id[seed.id].kind}
-            )
+            new = Instruction(instruction=text, round=r, kind=k, parent=seed.id, meta={"parent_kind": seed.kind})
             accepted[k].append(new)
 
+    for rows in seeds.values():
+        rows.close()
     met = all(len(accepted[k]) >= wanted[k] for k in KINDS)
     stopped = (
         "targets_met" if met else ("no_seeds" if any(wanted[k] and not seeds[k] for k in KINDS) else "max_attempts")

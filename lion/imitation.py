@@ -14,11 +14,11 @@ import argparse
 import sys
 from typing import Any
 
-from .answers import teacher_answers
+from .answers import buy_teacher_answers, teacher_identity
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
 from .pools import prepare_round
-from .records import read_json_or_empty, read_pool, write_json
+from .records import count_rows, iter_pool, read_json_or_empty, write_json
 
 
 def previous_student(ctx: RunContext, r: int) -> str:
@@ -41,15 +41,18 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
     if ctx.run.is_done(r, "imitation"):
         return read_json_or_empty(rp.phase_metrics("imitation"))
     prepare_round(ctx, r)
-    pool = read_pool(rp.train_pool)
-    answers = teacher_answers(ctx, pool, "imitation")
+    n_pool = count_rows(rp.train_pool)
+    buy_teacher_answers(ctx, iter_pool(rp.train_pool), "imitation", total=n_pool, desc=f"round {r} teacher answers")
+    who = teacher_identity(ctx.cfg)
     examples = [
-        {"instruction": i.instruction, "input": i.input, "output": answers[i.id]} for i in pool if answers[i.id]
+        {"instruction": i.instruction, "input": i.input, "output": row["answer"]}
+        for i in iter_pool(rp.train_pool)
+        if (row := ctx.answers.get(i.id, who)) is not None
     ]
-    n_failed = len(pool) - len(examples)
+    n_failed = n_pool - len(examples)
     if not examples:
         raise LionError(
-            f"round {r}: the teacher answered none of the {len(pool)} Train Pool instructions; "
+            f"round {r}: the teacher answered none of the {n_pool} Train Pool instructions; "
             "see the gateway errors above"
         )
     from .student.train import train_student
@@ -59,7 +62,7 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
         ctx.cfg.student, examples, init_from, rp.student, seed=ctx.cfg.seed + r, progress=ctx.progress
     )
     metrics = {
-        "n_train_pool": len(pool),
+        "n_train_pool": n_pool,
         "n_train": len(examples),
         "n_failed_answers": n_failed,
         "init_from": init_from,

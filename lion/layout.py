@@ -103,6 +103,12 @@ class RoundPaths:
     def split(self) -> Path:
         return self.dir / "split.jsonl"
 
+    @property
+    def discrimination_progress(self) -> Path:
+        """Chunks of the Cache Pool judged so far and the byte lengths of the appended files at that point
+        (the resume point of a discrimination in progress; removed when the phase is done)."""
+        return self.dir / "discrimination.progress.json"
+
     # generation
     @property
     def generated(self) -> Path:
@@ -158,6 +164,17 @@ class RunLayout:
     def calls(self) -> Path:
         """The gateway's call cache and usage ledger (SQLite)."""
         return self.root / "calls.sqlite"
+
+    def calls_file(self, cache_path: str | None = None) -> Path:
+        """Where the call cache is: `llm.cache_path` when set (a local disk under a shared run directory), else
+        RUN/calls.sqlite."""
+        return Path(cache_path) if cache_path else self.calls
+
+    def answer_index(self, cache_path: str | None = None) -> Path:
+        """The answer store's index (SQLite, key -> offset in teacher_answers.jsonl; rebuilt from it when missing),
+        beside the call cache: RUN/calls.answers.sqlite, or <llm.cache_path stem>.answers.sqlite."""
+        calls = self.calls_file(cache_path)
+        return calls.with_name(calls.stem + ".answers.sqlite")
 
     @property
     def usage(self) -> Path:

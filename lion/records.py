@@ -11,7 +11,9 @@ crash leaves either the old or the new file, never half of one.
 (instruction/input/output), Self-Instruct rows (instruction + instances), FastChat question rows (turns),
 plain-text prompt rows (prompt/question/text), CSV/TSV/Parquet and datasets hub ids through `datasets`.
 A bad row raises `DataError` naming the file and line; no row is silently dropped (exact duplicates are
-merged and counted, and the count is reported).
+merged and counted, and the count is reported). `iter_instructions` is the same loader as a stream (JSONL line
+by line, only the ids seen kept), and `iter_pool` / `union_pools` / `write_jsonl` stream pools, so a
+million-instruction pool is never held in memory.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -64,13 +67,16 @@ class Instruction:
 # --------------------------------------------------------------------------------------------- atomic I/O
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[Any]:
+    """A text file to write `path` through: a temp file beside it, fsynced and renamed over `path` when the block
+    ends without an exception (removed otherwise), so what is written streams to disk, never held in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -82,9 +88,19 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Atomically replace `path` with one JSON object per line."""
-    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_writer(path) as f:
+        f.write(text)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Atomically replace `path` with one JSON object per line, streaming the rows; returns how many."""
+    n = 0
+    with atomic_writer(Path(path)) as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    return n
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -132,19 +148,63 @@ def read_jsonl_tolerant(path: Path) -> list[dict[str, Any]]:
     The rows of a torn line are the ones a crash lost; whoever appends them (an answer store, a resumable
     answer file) produces them again on resume.
     """
+    return [row for _, row in iter_jsonl_tolerant(path)]
+
+
+def iter_jsonl_tolerant(path: Path, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(byte offset, row) of an append-only JSONL file from byte `start` on, streamed; a torn last line (no
+    newline, not JSON: a crash mid-append) ends the stream, a bad line elsewhere is a DataError naming file:line."""
     path = Path(path)
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
+    with path.open("rb") as f:
+        f.seek(start)
+        offset, lineno = start, 0
+        for raw in f:
+            lineno += 1
+            at, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if not f.read().strip():
+                    return  # the torn last line of a crash
+                where = f"{path}:{lineno}" if start == 0 else f"{path} (byte {at})"
+                raise DataError(f"{where}: corrupt line in the middle of an append-only file") from None
+            yield at, row
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut an incomplete last line (a crash mid-append) off an append-only file, so the next append starts a line
+    of its own instead of gluing a row onto the torn one; returns the bytes removed (0 when the file is whole)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        pos = size  # find the last newline, reading backwards in blocks
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            block = f.read(step)
+            k = block.rfind(b"\n")
+            if k >= 0:
+                pos = pos - step + k + 1
                 break
-            raise DataError(f"{path}:{i + 1}: corrupt line in the middle of an append-only file") from None
-    return rows
+            pos -= step
+        f.seek(pos)
+        tail = f.read()
+        try:
+            json.loads(tail)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            f.truncate(pos)
+            return size - pos
+        f.write(b"\n")  # a whole row that only lacks its newline: keep it
+    return 0
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -156,12 +216,85 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         f.flush()
 
 
-def write_pool(path: Path, pool: Iterable[Instruction]) -> None:
-    write_jsonl(path, (r.to_json() for r in pool))
+def append_jsonl_rows(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Append rows to an append-only JSONL file and flush once (a chunk's rows); returns how many."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+        f.flush()
+    return n
+
+
+def write_pool(path: Path, pool: Iterable[Instruction]) -> int:
+    """Atomically write a pool, streaming its rows; returns how many."""
+    return write_jsonl(path, (r.to_json() for r in pool))
 
 
 def read_pool(path: Path) -> list[Instruction]:
-    return [Instruction.from_json(r) for r in read_jsonl(path)]
+    return list(iter_pool(path))
+
+
+def iter_pool(path: Path) -> Iterator[Instruction]:
+    """The Instructions of a pool file we wrote, streamed (one row in memory at a time)."""
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield Instruction.from_json(row)
+
+
+def count_rows(path: Path) -> int:
+    """Non-blank lines of a JSONL file (0 when it does not exist), without parsing them."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+class IdSet:
+    """The ids seen so far, for exact-duplicate merging over streams: 64-bit integers (the first 16 hex digits of
+    the content hash) in a set, about 60 bytes per id instead of a dict of rows."""
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._ids: set[int] = set()
+        for i in ids:
+            self.add(i)
+
+    @staticmethod
+    def _key(id: str) -> int:
+        try:
+            return int(id[:16], 16)
+        except ValueError:  # a hand-written id that is not a hex hash
+            return hash(id)
+
+    def add(self, id: str) -> bool:
+        """Add `id`; True when it was new."""
+        k = self._key(id)
+        if k in self._ids:
+            return False
+        self._ids.add(k)
+        return True
+
+    def __contains__(self, id: object) -> bool:
+        return isinstance(id, str) and self._key(id) in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def union_pools(*parts: Iterable[Instruction]) -> Iterator[Instruction]:
+    """The Instructions of `parts` in order, each id once (the first occurrence wins), streamed."""
+    seen = IdSet()
+    for part in parts:
+        for inst in part:
+            if seen.add(inst.id):
+                yield inst
 
 
 # --------------------------------------------------------------------------------------------- loaders
@@ -213,11 +346,20 @@ def _row_to_instruction(row: Any, where: str) -> Instruction:
     return inst
 
 
+def _first_char(path: Path) -> str:
+    """The first non-blank character of a text file ("" when it is blank), reading only as far as it."""
+    with path.open(encoding="utf-8") as f:
+        while chunk := f.read(4096):
+            if stripped := chunk.lstrip():
+                return stripped[0]
+    return ""
+
+
 def _iter_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield (location, row) for JSONL or JSON files."""
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("[") or (stripped.startswith("{") and path.suffix == ".json"):
+    """Yield (location, row) for JSONL or JSON files. JSONL streams line by line; a JSON array is parsed whole."""
+    first = _first_char(path)
+    if first == "[" or (first == "{" and path.suffix == ".json"):
+        text = path.read_text(encoding="utf-8")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -267,6 +409,15 @@ class LoadReport:
 
 def load_instructions(spec: str | os.PathLike[str], limit: int | None = None) -> tuple[list[Instruction], LoadReport]:
     """Load a seed file (or datasets id) into unique Instructions, in file order."""
+    report = LoadReport(source=str(spec))
+    return list(iter_instructions(spec, limit, report)), report
+
+
+def iter_instructions(spec: str | os.PathLike[str], limit: int | None = None,
+                      report: LoadReport | None = None) -> Iterator[Instruction]:
+    """The unique Instructions of a seed file (or datasets id), in file order, streamed: JSONL is read line by
+    line and only the ids seen so far are kept (`IdSet`), so a million-row seed file never sits in memory.
+    `report` (if given) counts rows and merged duplicates as the stream goes."""
     spec = str(spec)
     p = Path(spec)
     if p.is_dir():
@@ -279,22 +430,21 @@ def load_instructions(spec: str | os.PathLike[str], limit: int | None = None) ->
         rows = _iter_datasets(spec)
     else:
         raise DataError(f"{spec}: file not found")
-    report = LoadReport(source=spec)
-    seen: set[str] = set()
-    out: list[Instruction] = []
+    report = report if report is not None else LoadReport(source=spec)
+    seen = IdSet()
+    n = 0
     for where, row in rows:
         report.rows += 1
         inst = _row_to_instruction(row, where)
-        if inst.id in seen:
+        if not seen.add(inst.id):
             report.duplicates += 1
             continue
-        seen.add(inst.id)
-        out.append(inst)
-        if limit is not None and len(out) >= limit:
+        n += 1
+        yield inst
+        if limit is not None and n >= limit:
             break
-    if not out:
+    if not n:
         raise DataError(f"{spec}: no instructions found (the file is empty)")
-    return out, report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,8 @@ What it guarantees, for any provider (lion.teachers.base):
   hash(provider identity, model, messages, sampling params, sample index); re-runs replay it for free.
   With `llm.<role>.cache_namespace` set, "<provider>:ns=<namespace>" replaces the identity (which holds the
   base_url), so a local server on a new port, or a move to another endpoint serving the same model, replays.
-  Identical requests inside one batch are sent once. Failures are recorded apart and never served as answers.
+  Identical requests in flight together are sent once (a later one is a cache hit). Failures are recorded apart
+  and never served as answers.
 - rate limits per role (RPM and TPM token buckets, max in flight), one shared cool-down after a 429 that
   honours Retry-After, tenacity retries with exponential backoff + jitter for transient errors (the SDK's own
   retries are off); permanent errors fail fast: 401/403/404 stop the batch with ProviderError, a 400 (e.g.
@@ -19,7 +20,9 @@ What it guarantees, for any provider (lion.teachers.base):
   budget cap: before each call the worst case (estimated prompt + max_tokens at the model's price) is
   reserved; a call that could push spend over `llm.budget_usd` / `llm.budget_tokens` is not started, the
   calls in flight finish, and BudgetExceeded is raised. Raise the cap and re-run: the cache replays the rest.
-- results come back in input order; a progress bar shows done/total, rate, tokens and spend.
+- `chat_many` returns the results in input order; `chat_iter` yields (position, result) as calls complete. Both
+  read `requests` lazily (any iterable): only the calls in flight are held, so a million-request phase takes
+  the memory of `max_in_flight` calls. A progress bar shows done/total, rate, tokens and spend.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ import concurrent.futures
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +88,10 @@ class _Item:
     key: str
     need_tokens: int  # estimated prompt + max_tokens (TPM reservation, token budget)
     worst_usd: float
+
+
+class _Closed(Exception):
+    """The consumer of `chat_iter` stopped reading: the calls in flight finish, nothing new starts."""
 
 
 @dataclass
@@ -149,13 +158,25 @@ class Gateway:
         self.llm = llm
         self.layout = RunLayout(run_dir) if run_dir is not None else None
         self.progress = progress
-        self.store = CallStore(self.layout.calls if self.layout is not None else None)
+        self.store = CallStore(self._cache_file())
         self.counter = TokenCounter(llm.chars_per_token, llm.tokenizer)
         self._providers: dict[str, ChatProvider] = {}
         self._limiters: dict[str, RoleLimiter] = {}
         self._budget = _Budget(llm, *self.store.spent())
         self.stats: collections.Counter[str] = collections.Counter()  # attempts, retries, rate_limited, ...
         self._closed = False
+
+    def _cache_file(self) -> Path | None:
+        """RUN/calls.sqlite or `llm.cache_path`, refused on a network filesystem (lion.fscheck); None: in memory."""
+        from ..fscheck import check_sqlite_home
+
+        if self.layout is not None:
+            path: Path | None = self.layout.calls_file(self.llm.cache_path)
+        else:
+            path = Path(self.llm.cache_path) if self.llm.cache_path else None
+        if path is not None:
+            check_sqlite_home(path, what="the call cache", allow_network=self.llm.allow_network_fs)
+        return path
 
     # ------------------------------------------------------------------ setup per role
     def provider(self, role: str) -> ChatProvider:
@@ -204,7 +225,7 @@ class Gateway:
                      (prompt * pin + params.max_tokens * pout) / 1e6)
 
     # ------------------------------------------------------------------ public API
-    def chat_many(self, role: str, phase: str, requests: Sequence[ChatRequest | list[dict[str, str]]],
+    def chat_many(self, role: str, phase: str, requests: Iterable[ChatRequest | list[dict[str, str]]],
                   desc: str = "") -> list[CallResult]:
         """Sync wrapper: runs its own event loop (in a helper thread if this thread already runs one)."""
         try:
@@ -214,45 +235,108 @@ class Gateway:
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lion-gateway") as ex:
             return ex.submit(asyncio.run, self.achat_many(role, phase, requests, desc)).result()
 
-    async def achat_many(self, role: str, phase: str, requests: Sequence[ChatRequest | list[dict[str, str]]],
+    async def achat_many(self, role: str, phase: str, requests: Iterable[ChatRequest | list[dict[str, str]]],
                          desc: str = "") -> list[CallResult]:
+        """Every request's result, in input order."""
+        results: dict[int, CallResult] = {}
+        await self._astream(role, phase, requests, desc, results.__setitem__)
+        return [results[i] for i in sorted(results)]
+
+    def chat_iter(self, role: str, phase: str, requests: Iterable[ChatRequest | list[dict[str, str]]],
+                  desc: str = "", total: int | None = None) -> Iterator[tuple[int, CallResult]]:
+        """(position in `requests`, result) as each call completes: `requests` is read lazily, only the calls in
+        flight (`llm.<role>.max_in_flight`) and a short queue of results are held, so a million requests take
+        the memory of a few hundred. The calls run on a helper thread's event loop; BudgetExceeded and fatal
+        provider errors are raised here after the results before them were yielded."""
+        out: queue.Queue[tuple[int, CallResult] | BaseException | None] = queue.Queue(maxsize=1024)
+        closed = threading.Event()
+
+        def emit(i: int, res: CallResult) -> None:
+            while not closed.is_set():  # back-pressure: the loop waits while the consumer is behind
+                try:
+                    out.put((i, res), timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+            raise _Closed
+
+        def run() -> None:
+            try:
+                asyncio.run(self._astream(role, phase, requests, desc, emit, total=total))
+                item: BaseException | None = None
+            except _Closed:
+                item = None
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer's thread
+                item = e
+            while not closed.is_set():
+                try:
+                    out.put(item, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+
+        worker = threading.Thread(target=run, name="lion-gateway-stream", daemon=True)
+        worker.start()
+        try:
+            while True:
+                got = out.get()
+                if got is None:
+                    return
+                if isinstance(got, BaseException):
+                    raise got
+                yield got
+        finally:
+            closed.set()
+            worker.join()
+
+    async def _astream(self, role: str, phase: str, requests: Iterable[ChatRequest | list[dict[str, str]]],
+                       desc: str, emit: Callable[[int, CallResult], None], total: int | None = None) -> None:
+        """Send `requests` with at most `max_in_flight` calls at once, pulling the next request only when a worker
+        is free; `emit(i, result)` as each completes (cache hits at once). Identical requests inside the window
+        are sent once (a later identical one is a cache hit anyway)."""
         rc = self.llm.role(role)
         provider = self.provider(role)
         self._check_prices(role, rc)
         prepare = getattr(provider, "prepare", None)
         if callable(prepare):
             prepare()
-        items = [self._item(rc, provider, r, i) for i, r in enumerate(requests)]
-        results: list[CallResult | None] = [None] * len(items)
-        pending: dict[str, list[int]] = {}
-        n_cached = 0
-        for i, it in enumerate(items):
-            if it.key in pending:  # same call twice in one batch: send once
-                pending[it.key].append(i)
-                continue
-            hit = self.store.get(it.key) if self.llm.cache else None
-            if hit is not None:
-                results[i] = CallResult(True, hit.text, None, hit.finish_reason, hit.prompt_tokens,
-                                        hit.completion_tokens, cached=True, attempts=0)
-                n_cached += 1
-            else:
-                pending[it.key] = [i]
-        self.store.record_cached(role, rc.model, phase, n_cached + sum(len(v) - 1 for v in pending.values()))
-
+        if total is None and isinstance(requests, Sized):
+            total = len(requests)
+        source = enumerate(requests)
+        waiting: dict[str, list[int]] = {}  # key -> positions of the identical requests in flight
+        replayed = 0  # cache hits and in-window duplicates: counted in the ledger as cached
         state = _BatchState()
-        queue = collections.deque(pending)
         order = asyncio.Lock()
         limiter = self._limiter(role, rc)
         wait = _Wait(rc)
-        bar = tqdm(total=len(items), initial=len(items) - sum(len(v) for v in pending.values()),
-                   desc=f"{role}/{phase}" + (f" {desc}" if desc else ""), unit="call",
+        bar = tqdm(total=total, desc=f"{role}/{phase}" + (f" {desc}" if desc else ""), unit="call",
                    disable=not self.progress, dynamic_ncols=True)
 
+        def take() -> _Item | None:
+            """The next request that needs a call (emitting cache hits on the way), or None when none is left."""
+            nonlocal replayed
+            for i, req in source:
+                it = self._item(rc, provider, req, i)
+                if it.key in waiting:  # same call twice in the window: send once
+                    waiting[it.key].append(i)
+                    replayed += 1
+                    continue
+                hit = self.store.get(it.key) if self.llm.cache else None
+                if hit is not None:
+                    replayed += 1
+                    bar.update(1)
+                    emit(i, CallResult(True, hit.text, None, hit.finish_reason, hit.prompt_tokens,
+                                       hit.completion_tokens, cached=True, attempts=0))
+                    continue
+                waiting[it.key] = [i]
+                return it
+            return None
+
         async def worker() -> None:
-            while queue and state.stop is None:
-                key = queue.popleft()
-                idxs = pending[key]
-                it = items[idxs[0]]
+            while state.stop is None:
+                it = take()
+                if it is None:
+                    return
                 if not self._budget.reserve(it.worst_usd, it.need_tokens):
                     state.stop = "budget"
                     return
@@ -262,16 +346,17 @@ class Gateway:
                     self._budget.release(it.worst_usd, it.need_tokens)
                 if res is None:
                     return  # fatal: state.stop is set
+                idxs = waiting.pop(it.key)
                 for n, i in enumerate(idxs):
-                    results[i] = res if n == 0 else CallResult(**{**res.__dict__, "cached": res.ok, "attempts": 0})
+                    emit(i, res if n == 0 else CallResult(**{**res.__dict__, "cached": res.ok, "attempts": 0}))
                 bar.update(len(idxs))
                 bar.set_postfix_str(f"tok={state.tokens} ${state.usd:.4f} failed={state.failed}", refresh=False)
 
         try:
-            n_workers = min(rc.max_in_flight, len(queue))
-            await asyncio.gather(*(worker() for _ in range(n_workers)))
+            await asyncio.gather(*(worker() for _ in range(rc.max_in_flight)))
         finally:
             bar.close()
+            self.store.record_cached(role, rc.model, phase, replayed)
             aclose = getattr(provider, "aclose", None)
             if callable(aclose):
                 try:
@@ -284,7 +369,6 @@ class Gateway:
             raise state.fatal
         if state.stop == "budget":
             raise BudgetExceeded(self._budget.message())
-        return [r for r in results if r is not None]
 
     async def _one(self, role: str, phase: str, rc: RoleConfig, provider: ChatProvider, limiter: RoleLimiter,
                    order: asyncio.Lock, wait: _Wait, it: _Item, state: _BatchState) -> CallResult | None:
