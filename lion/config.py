@@ -71,7 +71,8 @@ class Price:
 class RoleConfig:
     """How one role (teacher, referee, generator, judge) reaches its LLM."""
 
-    provider: str = opt("openai", '"openai" (any OpenAI-compatible server), "module:Class", or an entry-point name')
+    provider: str = opt("openai", '"openai" (any OpenAI-compatible server), "openai_completions" (its /v1/completions, '
+                                  'the prompt sent as written), "module:Class", or an entry-point name')
     base_url: str | None = opt(None, "e.g. https://api.openai.com/v1, http://127.0.0.1:8000/v1")
     api_key_env: str = opt("OPENAI_API_KEY", "name of the environment variable holding the key (never the key)")
     model: str = opt("gpt-3.5-turbo", "model name sent with each call; also its key in llm.prices and part of the "
@@ -110,7 +111,9 @@ ROLES = ("teacher", "referee", "generator", "judge")
 
 @dataclass
 class LLMConfig:
-    """The LLM roles, the price table and the budget cap. Each role = `default` + its own overrides."""
+    """The LLM roles, the price table and the budget cap. Each role = `default` + its own overrides. `student` is not
+    a role of the loop's LLMs: it is the endpoint serving the student (`student.infer.backend: server`) and does not
+    inherit from `default`."""
 
     default: RoleConfig = field(default_factory=RoleConfig)
     teacher: RoleConfig = field(default_factory=RoleConfig)
@@ -123,6 +126,9 @@ class LLMConfig:
     chars_per_token: float = opt(4.0, "offline token estimate for rate limiting / budget pre-checks", gt=0)
     tokenizer: str | None = opt(None, "optional local HF tokenizer dir for exact-ish token estimates")
     cache: bool = opt(True, "SQLite call cache in the run dir (turning it off means paying again on resume)")
+    student: RoleConfig = field(default_factory=lambda: RoleConfig(
+        provider="openai_completions", api_key_env="LION_STUDENT_API_KEY", model="student", temperature=0.0,
+        max_tokens=512, rpm=1e6, tpm=1e9, max_in_flight=256, cache_namespace="student"))
     cache_path: str | None = opt(None, "the call cache's SQLite file, when it must not be RUN/calls.sqlite: a local "
                                        "disk when the run directory is on NFS/Lustre (the answer index goes beside "
                                        "it); keep one per run")
@@ -130,15 +136,15 @@ class LLMConfig:
                                         "filesystem anyway (safe only if one process on one host opens them)")
 
     def check(self, key: str) -> None:
-        for role in ("default", *ROLES):
+        for role in ("default", *ROLES, "student"):
             getattr(self, role).check(f"{key}.{role}")
         for model, price in self.prices.items():
             price.check(f"{key}.prices.{model}")
         _check_fields(self, key)
 
     def role(self, name: str) -> RoleConfig:
-        if name not in ROLES:
-            raise ConfigError(f"llm: unknown role {name!r} (roles: {', '.join(ROLES)})")
+        if name not in ROLES and name != "student":
+            raise ConfigError(f"llm: unknown role {name!r} (roles: {', '.join(ROLES)}, student)")
         return getattr(self, name)
 
 
@@ -163,7 +169,9 @@ class LoraConfig:
 class InferConfig:
     """How the student answers: the Cache Pool in discrimination, and the questions of `python -m lion.evaluate`."""
 
-    backend: Literal["auto", "transformers", "vllm"] = opt("auto", "auto = vllm when it imports and CUDA is present")
+    backend: Literal["auto", "transformers", "vllm", "server"] = opt(
+        "auto", "auto = vllm when it imports and CUDA is present; server = an OpenAI-compatible inference server "
+                "(llm.student) through the gateway, see server_lora / server_command")
     batch_size: int = opt(32, "transformers backend: prompts per generate() call", gt=0)
     max_new_tokens: int = opt(512, "answer length cap (generation also stops at EOS)", gt=0)
     temperature: float = opt(0.0, "0 = greedy; above 0, the sampling temperature", range=(0.0, 2.0))
@@ -177,11 +185,27 @@ class InferConfig:
     cpu_threads: int = opt(0, "transformers backend on CPU: torch threads; 0 = auto (1 for models under 20M "
                               "parameters)", ge=0)
     max_model_len: int = opt(0, "vLLM: context length of the engine; 0 = the model's own", ge=0)
+    server_lora: bool = opt(False, "backend server: load each round's LoRA adapter into the server at "
+                                   "llm.student.base_url (vLLM serve --enable-lora, "
+                                   "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) through /v1/load_lora_adapter, ask "
+                                   "it, unload it; needs adapter checkpoints (student.lora.between_rounds: continue)")
+    server_command: str = opt("", "backend server: a command (run by the shell) that serves the round's student "
+                                  "until stopped, with {model} (checkpoint dir), {base} / {adapter} (for adapter "
+                                  "checkpoints), {name} (serve it under this model name), {port} (a free port) "
+                                  "and {python}; e.g. \"vllm serve {model} --served-model-name {name} --port "
+                                  "{port} -tp 8\"")
+    server_startup_s: float = opt(1800.0, "backend server: how long server_command may take until it lists the "
+                                          "student under /v1/models", gt=0)
 
     def check(self, key: str) -> None:
         if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
             raise ConfigError(f"{key}.dtype: must be auto, float16, bfloat16 or float32, got {self.dtype!r}")
         _check_fields(self, key)
+        if self.backend == "server" and not (self.server_lora or self.server_command):
+            raise ConfigError(f"{key}.backend: 'server' needs {key}.server_lora (a running vLLM with --enable-lora "
+                              f"at llm.student.base_url) or {key}.server_command (a server started per round)")
+        if self.server_lora and self.server_command:
+            raise ConfigError(f"{key}.server_lora: choose one of {key}.server_lora and {key}.server_command")
 
 
 @dataclass
@@ -234,7 +258,7 @@ class StudentConfig:
                                  "(the loop's node runs one agent)")
     rdzv_id: str = opt("", "torchrun_multinode: the job id the agents meet under; empty = one per training")
     worker_command: str = opt("", "torchrun_multinode: starts one agent on each other node, run by the shell with "
-                                  "{cmd} (the agent's command line, quoted), {node} (1 .. nnodes-1) and {spec}, "
+                                  "{cmd} (the agent's command line as shell words), {node} (1 .. nnodes-1) and {spec}, "
                                   "e.g. \"ssh gpu{node} {cmd}\"; empty = print the command and wait for the "
                                   "agents you start")
     accelerate_config: str | None = opt(None, "accelerate: a config file from `accelerate config`, passed as "
@@ -514,6 +538,11 @@ def _merge_roles(data: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"llm.{role}: expected a mapping")
         # role-specific built-in defaults (e.g. referee temperature 0) apply unless default or role sets them
         llm[role] = {**role_defaults[role], **default, **own}
+    if llm.get("student") is not None:  # the student's endpoint: its own built-in defaults, not llm.default
+        if not isinstance(llm["student"], dict):
+            raise ConfigError("llm.student: expected a mapping")
+        base, student = dataclasses.asdict(RoleConfig()), dataclasses.asdict(LLMConfig().student)
+        llm["student"] = {**{k: v for k, v in student.items() if v != base[k]}, **llm["student"]}
     return data
 
 
@@ -663,28 +692,32 @@ def config_reference() -> str:
            "`llm.referee`, `llm.generator` and `llm.judge` take the keys of `llm.default`, and inherit every key "
            "they do not set from it.", ""]
 
-    def section(cls: type, prefix: str) -> None:
+    def section(cls: type, prefix: str, defaults: Any = None) -> None:
         hints = typing.get_type_hints(cls)
-        defaults = cls()
+        defaults = cls() if defaults is None else defaults
         rows = []
         nested = []
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
             if dataclasses.is_dataclass(tp):
-                if tp is not RoleConfig or f.name == "default":  # the roles take llm.default's keys
-                    nested.append((tp, f"{prefix}{f.name}."))
+                if tp is not RoleConfig or f.name in ("default", "student"):  # the roles take llm.default's keys
+                    nested.append((tp, f"{prefix}{f.name}.", getattr(defaults, f.name)))
                 continue
             default = getattr(defaults, f.name)
             rows.append(f"| `{prefix}{f.name}` | `{_type_text(tp)}` | `{_show(default)}` | {_meaning(cls, f)} |")
             if get_origin(tp) is dict and dataclasses.is_dataclass(item := get_args(tp)[1]):
-                nested.append((item, f"{prefix}{f.name}.<{f.metadata.get('key_name', 'name')}>."))
+                nested.append((item, f"{prefix}{f.name}.<{f.metadata.get('key_name', 'name')}>.", None))
         intro = [(cls.__doc__ or "").strip(), ""]
-        if cls is RoleConfig:
+        if cls is RoleConfig and prefix == "llm.student.":
+            intro += ["The endpoint serving the student (`student.infer.backend: server`); it does not inherit from "
+                      "`llm.default`. Sampling comes from `student.infer` (temperature, top_p, max_new_tokens), the "
+                      "model name from the round (the adapter or served name).", ""]
+        elif cls is RoleConfig:
             intro += [_role_defaults_note(), ""]
         title = prefix.rstrip(".").replace("<", "\\<") or "top level"  # `\<`: not an HTML tag in the heading
         out.extend([f"## {title}", "", *intro, "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
-        for sub, sub_prefix in nested:
-            section(sub, sub_prefix)
+        for sub, sub_prefix, sub_defaults in nested:
+            section(sub, sub_prefix, sub_defaults)
 
     section(LionConfig, "")
     return "\n".join(out)

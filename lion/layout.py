@@ -195,6 +195,11 @@ class RunLayout:
         return self.root / "sim_requests.jsonl"
 
     @property
+    def student_server_log(self) -> Path:
+        """Output of the servers student.infer.server_command starts (appended, one header line per start)."""
+        return self.root / "student_server.log"
+
+    @property
     def report_html(self) -> Path:
         return self.root / "report.html"
 

@@ -220,3 +220,73 @@ def test_seeds_read_from_the_pool_file_draw_what_the_list_draws(tmp_path: Path) 
             draws = 2 * len(as_list) + 3  # past a reshuffle
             assert [a.next() for _ in range(draws)] == [b.next() for _ in range(draws)]
             lazy.close()
+
+
+# --------------------------------------------------------------------------------------------- chunked discrimination
+
+
+def _loop_cfg(run_dir: Path, url: str, **discrimination) -> dict:
+    root = Path(__file__).resolve().parents[1]
+    return {
+        "run_dir": str(run_dir), "seed": 3, "rounds": 1, "final_imitation": False,
+        "llm": {"default": {"base_url": url, "model": "scripted", "api_key_env": "LION_TEST_KEY", "rpm": 60000,
+                            "tpm": 1e8, "max_in_flight": 4, "max_attempts": 3, "backoff_initial_s": 0.05,
+                            "backoff_max_s": 0.2, "timeout_s": 10}},
+        "student": {"model": "tiny", "tiny": {"vocab": "char", "hidden": 32, "layers": 1, "heads": 2},
+                    "max_length": 256, "max_steps": 2, "per_device_batch_size": 8, "grad_accum": 1,
+                    "infer": {"backend": "transformers", "max_new_tokens": 8, "batch_size": 16}},
+        "pools": {"train_seed": str(root / "data" / "smoke_seed.jsonl"), "limit": 20},
+        "discrimination": discrimination,
+    }
+
+
+def test_chunked_discrimination_equals_one_chunk_and_resumes_at_the_last_whole_chunk(tmp_path: Path, sim_server,
+                                                                                       monkeypatch) -> None:
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from loop_world import LoopResponder
+
+    import lion.discrimination as disc
+    from lion.config import config_from_dict
+    from lion.context import RunContext
+    from lion.imitation import imitation
+
+    monkeypatch.setenv("LION_TEST_KEY", "sk-test")
+    server = sim_server(LoopResponder())
+    one = config_from_dict(_loop_cfg(tmp_path / "one", server.base_url))
+    with RunContext(one, progress=False) as ctx:
+        imitation(ctx, 1)
+    shutil.copytree(tmp_path / "one", tmp_path / "chunked")  # the same student and teacher answers
+    with RunContext(one, progress=False) as ctx:
+        m_one = disc.discrimination(ctx, 1)
+
+    chunked = config_from_dict(_loop_cfg(tmp_path / "chunked", server.base_url, chunk_size=3))
+    real_judge, calls = disc.judge_pairs, []
+
+    def interrupted(*a, **kw):  # the process dies while judging the third chunk
+        calls.append(len(a[3]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_judge(*a, **kw)
+
+    monkeypatch.setattr(disc, "judge_pairs", interrupted)
+    with pytest.raises(KeyboardInterrupt), RunContext(chunked, progress=False) as ctx:
+        disc.discrimination(ctx, 1)
+    rd = tmp_path / "chunked" / "round_01"
+    progress = json.loads((rd / "discrimination.progress.json").read_text())
+    assert progress["rows"] == 6 and not (rd / "discrimination.done").exists()
+    with (rd / "judgements.jsonl").open("a") as f:  # half a chunk's rows written when the process died
+        f.write('{"id": "torn", "order": "ref_first"}\n{"id": "torn", "ord')
+    monkeypatch.setattr(disc, "judge_pairs", real_judge)
+    with RunContext(chunked, progress=False) as ctx:
+        m_chunked = disc.discrimination(ctx, 1)
+    assert m_chunked == m_one and m_one["n"] == 20
+    a, b = tmp_path / "one" / "round_01", rd
+    for name in ("split.jsonl", "judgements.jsonl"):
+        assert (a / name).read_text() == (b / name).read_text(), name
+    answers = {n: sorted((a if n == "one" else b).joinpath("student_answers.jsonl").read_text().splitlines())
+               for n in ("one", "chunked")}
+    assert answers["one"] == answers["chunked"]  # the same answers, each once, though the run was interrupted
+    assert not (rd / "discrimination.progress.json").exists()

@@ -13,7 +13,8 @@ the SQLite call cache must stay local, see lion.fscheck). ``student.launcher``:
   static rendezvous from ``MASTER_ADDR``, ``MASTER_PORT`` and ``NODE_RANK`` in the environment.
 - ``torchrun_multinode``: one torchrun agent per node meeting at a c10d rendezvous (``student.rdzv_endpoint``,
   ``--rdzv_id``): this node runs one agent, and ``student.worker_command`` starts each other node's (e.g.
-  ``ssh gpu{node} {cmd}``); without it the command is printed for you or your scheduler to start.
+  ``ssh gpu{node} {cmd}``, {cmd} being the agent's command line as shell words); without it the command is
+  printed for you or your scheduler to start.
 - ``accelerate``: ``accelerate launch`` (``--config_file student.accelerate_config`` when set).
 - ``command``: ``student.launch_command`` run by the shell with ``{spec}`` (e.g. ``srun ... torchrun ...
   -m lion.student.train {spec}``); lion waits for it to exit and checks the checkpoint.
@@ -31,6 +32,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -133,7 +135,7 @@ def launch_training(cfg: StudentConfig, examples: list[dict[str, Any]], init_fro
         cmd = training_command(cfg, spec, rdzv_id=rdzv_id)
         if cfg.launcher == "torchrun_multinode":
             workers = _start_workers(cfg, cmd, spec, env)
-    rc, last = _run_logged(cmd, env, work / "train.log")
+    rc, last = _run_logged(cmd, env, work / "train.log", watch=workers)
     failed_workers = _wait_workers(workers, ok=rc == 0)
     log_path = work / "train.log"
     if rc != 0 or failed_workers:
@@ -146,19 +148,33 @@ def launch_training(cfg: StudentConfig, examples: list[dict[str, Any]], init_fro
     return TrainResult(out_dir, json.loads(meta_path.read_text())["metrics"])
 
 
-def _run_logged(cmd: list[str] | str, env: dict[str, str], log_path: Path) -> tuple[int, collections.deque[str]]:
-    """Run `cmd` (a string: through the shell), streaming its output to stderr and `log_path`."""
+def _run_logged(cmd: list[str] | str, env: dict[str, str], log_path: Path,
+                watch: list[tuple[int, subprocess.Popen[bytes], IO[bytes], Path]] | None = None,
+                ) -> tuple[int, collections.deque[str]]:
+    """Run `cmd` (a string: through the shell), streaming its output to stderr and `log_path`. If one of the
+    `watch` processes (the other nodes' agents) fails first, `cmd` is stopped instead of waiting at the
+    rendezvous until it times out."""
     last: collections.deque[str] = collections.deque(maxlen=30)
     with open(log_path, "w") as log, subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         shell=isinstance(cmd, str),
     ) as proc:
         assert proc.stdout is not None
+        if watch:
+            threading.Thread(target=_stop_on_failure, args=(proc, [w[1] for w in watch]), daemon=True).start()
         for line in proc.stdout:
             log.write(line)
             last.append(line.rstrip("\n"))
             sys.stderr.write(line)
         return proc.wait(), last
+
+
+def _stop_on_failure(main: subprocess.Popen[str], others: list[subprocess.Popen[bytes]]) -> None:
+    while main.poll() is None:
+        if any(p.poll() not in (None, 0) for p in others):
+            main.terminate()
+            return
+        time.sleep(0.5)
 
 
 def _start_workers(cfg: StudentConfig, cmd: list[str], spec: Path,
@@ -173,7 +189,7 @@ def _start_workers(cfg: StudentConfig, cmd: list[str], spec: Path,
     for node in range(1, cfg.nnodes):
         log_path = spec.parent / f"node{node}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed by _wait_workers
-        shell = _fill(cfg.worker_command, cmd=shlex.quote(line), node=str(node), spec=shlex.quote(str(spec)))
+        shell = _fill(cfg.worker_command, cmd=line, node=str(node), spec=shlex.quote(str(spec)))
         proc = subprocess.Popen(shell, shell=True, env=env, stdout=log, stderr=subprocess.STDOUT)
         started.append((node, proc, log, log_path))
     return started

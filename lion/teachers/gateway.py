@@ -185,6 +185,15 @@ class Gateway:
             self._providers[role] = load_provider(rc, key=f"llm.{role}.provider")
         return self._providers[role]
 
+    def use_role(self, role: str, rc: RoleConfig) -> RoleConfig:
+        """Point `role` at `rc` from the next call on (e.g. the student served for this round, under its own model
+        name); its client and limiter are rebuilt. Returns the config it replaces."""
+        old = self.llm.role(role)
+        setattr(self.llm, role, rc)
+        self._providers.pop(role, None)
+        self._limiters.pop(role, None)
+        return old
+
     def _limiter(self, role: str, rc: RoleConfig) -> RoleLimiter:
         if role not in self._limiters:
             self._limiters[role] = RoleLimiter(rc.rpm, rc.tpm, BURST_S)
