@@ -2,7 +2,10 @@
 
     python -m lion.sim.server --responder echo --port 8000 --latency-ms 200 --rpm 600 --tpm 100000 --fault-rate 0.1
 
-Endpoints: POST /v1/chat/completions (with `usage`), GET /v1/models. On 127.0.0.1 only.
+Endpoints: POST /v1/chat/completions and /v1/completions (with `usage`), GET /v1/models, and vLLM's dynamic LoRA
+endpoints POST /v1/load_lora_adapter / /v1/unload_lora_adapter (loaded adapters are listed and served as models;
+a responder with `load_adapter(name, path)` / `unload_adapter(name)` / `complete(body)` methods takes part, e.g.
+lion.sim.model:StudentModelResponder, which answers with a real checkpoint). On 127.0.0.1 only.
 - latency: every answered request (and injected 5xx) takes `latency_ms`.
 - limits: RPM and TPM token buckets holding `burst_s` seconds of their rate. TPM counts, as OpenAI does, the
   prompt estimate + max_tokens of each request (tokens: lion.teachers.tokens heuristic, 4 chars per token
@@ -139,6 +142,8 @@ class SimServer:
         self._conns: set[asyncio.Task[Any]] = set()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._n = 0
+        self.adapters: dict[str, str] = {}  # LoRA adapters loaded through /v1/load_lora_adapter: name -> path
+        self._lora_used = False  # once adapters are in use, an unknown model name is a 404, as in vLLM
         self.base_url = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -304,20 +309,34 @@ class SimServer:
                 msg = f"Incorrect API key provided: {got}. You can find your API key at https://example.invalid."
                 await self._send(writer, 401, _error(msg, "invalid_request_error", "invalid_api_key"))
                 return
-        if method == "GET" and path.rstrip("/") == "/v1/models":
+        route = path.rstrip("/")
+        if method == "GET" and route == "/v1/models":
             entry.update(status=200, kind="models")
             self._record(entry)
             names = [self.model_name, *(m for m in (self.known_models or []) if m != self.model_name)]
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "lion-sim"} for m in names]
+            data += [{"id": name, "object": "model", "created": 0, "owned_by": "lion-sim", "root": lora_path,
+                      "parent": self.model_name} for name, lora_path in self.adapters.items()]
             await self._send(writer, 200, {"object": "list", "data": data})
             return
-        if method != "POST" or path.rstrip("/") != "/v1/chat/completions":
+        if method == "POST" and route in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            await self._lora(route.endswith("/load_lora_adapter"), raw, entry, writer)
+            return
+        completion = route == "/v1/completions"
+        if method != "POST" or route not in ("/v1/chat/completions", "/v1/completions"):
             entry.update(status=404, kind="no_route")
             self._record(entry)
             await self._send(writer, 404, _error(f"no route {method} {path}", "invalid_request_error", None))
             return
         try:
             body = json.loads(raw)
+            if completion and isinstance(body, dict):  # /v1/completions: the prompt, as one user message
+                prompt = body.get("prompt")
+                if isinstance(prompt, list) and len(prompt) == 1:
+                    prompt = prompt[0]
+                if not isinstance(prompt, str):
+                    raise ValueError("'prompt' must be a string")
+                body["messages"] = [{"role": "user", "content": prompt}]
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
                 raise ValueError("'messages' must be a non-empty list")
         except ValueError as e:
@@ -336,7 +355,7 @@ class SimServer:
             await self._send(writer, 400, _error("streaming is not supported by the sim server",
                                                  "invalid_request_error", None))
             return
-        if self.known_models is not None and model not in self.known_models:
+        if (self.known_models is not None or self._lora_used) and model not in self._served():
             entry.update(status=404, kind="not_found")
             self._record(entry)
             await self._send(writer, 404, _error(f"The model `{model}` does not exist", "invalid_request_error",
@@ -364,7 +383,9 @@ class SimServer:
             return
         try:
             assert self._pool is not None
-            text = await asyncio.get_running_loop().run_in_executor(self._pool, self.responder.respond, body)
+            complete = getattr(self.responder, "complete", None) if completion else None
+            answer = complete if callable(complete) else self.responder.respond
+            text = await asyncio.get_running_loop().run_in_executor(self._pool, answer, body)
             if not isinstance(text, str):
                 raise TypeError(f"responder returned {type(text).__name__}, not str")
         except LionError as e:  # the responder refuses this request (e.g. the oracle cannot read it): a 400
@@ -386,16 +407,69 @@ class SimServer:
         with self._lock:
             self._n += 1
             n = self._n
-        payload = {
-            "id": f"chatcmpl-sim{n}", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                         "logprobs": None}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        if completion:
+            payload = {"id": f"cmpl-sim{n}", "object": "text_completion", "created": int(time.time()), "model": model,
+                       "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+                       "usage": usage}
+        else:
+            payload = {
+                "id": f"chatcmpl-sim{n}", "object": "chat.completion", "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                             "logprobs": None}],
+                "usage": usage,
+            }
         entry.update(status=200, kind="ok", completion_tokens=completion_tokens)
         await self._send(writer, 200, payload)
         self._record(entry)
+
+    def _served(self) -> set[str]:
+        return {self.model_name, *(self.known_models or []), *self.adapters}
+
+    async def _lora(self, load: bool, raw: bytes, entry: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        """vLLM's dynamic LoRA endpoints: POST /v1/load_lora_adapter {"lora_name", "lora_path"} and
+        /v1/unload_lora_adapter {"lora_name"}; a responder with load_adapter / unload_adapter is told."""
+        entry["kind"] = "load_lora" if load else "unload_lora"
+        try:
+            body = json.loads(raw)
+            name = body.get("lora_name") if isinstance(body, dict) else None
+            lora_path = body.get("lora_path") if isinstance(body, dict) else None
+            if not isinstance(name, str) or not name or (load and not isinstance(lora_path, str)):
+                raise ValueError("expected lora_name" + (" and lora_path" if load else ""))
+        except ValueError as e:
+            entry["status"] = 400
+            self._record(entry)
+            await self._send(writer, 400, _error(f"invalid body: {e}", "BadRequestError", None))
+            return
+        hook = getattr(self.responder, "load_adapter" if load else "unload_adapter", None)
+        if load and name in self.adapters:
+            status, message = 400, f"The lora adapter '{name}' has already been loaded."
+        elif not load and name not in self.adapters:
+            status, message = 404, f"The lora adapter '{name}' cannot be found."
+        else:
+            try:
+                if callable(hook):
+                    assert self._pool is not None
+                    args = (name, lora_path) if load else (name,)
+                    await asyncio.get_running_loop().run_in_executor(self._pool, hook, *args)
+                status = 200
+                message = f"Success: LoRA adapter '{name}' {'added' if load else 'removed'} successfully."
+            except Exception as e:  # noqa: BLE001 - the responder could not load it: like vLLM, a 400
+                status, message = 400, f"Loading lora {name} failed: {type(e).__name__}: {e}"
+        if status == 200:
+            self._lora_used = True
+            if load:
+                self.adapters[name] = str(lora_path)
+            else:
+                self.adapters.pop(name, None)
+        entry["status"] = status
+        self._record(entry)
+        if status == 200:
+            await self._send(writer, 200, message.encode("utf-8"), content_type="text/plain")
+        else:
+            await self._send(writer, status, _error(message, "BadRequestError" if status == 400 else "NotFoundError",
+                                                    None))
 
     def _draw_fault(self, h: str) -> tuple[str | None, int]:
         """Fault for the k-th arrival of this request content: seeded by (seed, messages hash, k), so which
