@@ -158,8 +158,12 @@ class AnswerStore:
             return tid is not None and self._db.execute(
                 "SELECT 1 FROM answers WHERE id=? AND tid=?", (id, tid)).fetchone() is not None
 
-    def put(self, id: str, teacher: str, answer: str, finish_reason: str | None) -> None:
+    def put(self, id: str, teacher: str, answer: str, finish_reason: str | None, *, source: str | None = None) -> None:
+        """Record an answer; `source="seed"` marks one taken from the seed file (pools.seed_answers: teacher),
+        never bought."""
         row = {"id": id, "teacher": teacher, "answer": answer, "finish_reason": finish_reason}
+        if source is not None:
+            row["source"] = source
         data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
             offset = self._writer.tell()
@@ -189,6 +193,17 @@ class AnswerStore:
             self._writer.close()
             self._reader.close()
             self._db.close()
+
+    def seed(self, answers: dict[str, str] | Iterable[tuple[str, str]], teacher: str) -> int:
+        """Record seed-file answers (a dict or (id, answer) pairs, streamed) as `teacher`'s, those it does not hold
+        yet; returns how many were added."""
+        added = 0
+        for id, answer in answers.items() if isinstance(answers, dict) else answers:
+            if not self.has(id, teacher):
+                self.put(id, teacher, answer, None, source="seed")
+                added += 1
+        self.commit()
+        return added
 
 
 def teacher_identity(cfg: LionConfig) -> str:
@@ -268,7 +283,7 @@ class LocalStudent:
         from .student.infer import StudentSession
 
         self.sc = ctx.cfg.student
-        self.session = StudentSession(model, self.sc.infer, progress=ctx.progress)
+        self.session = StudentSession(model, self.sc.infer, progress=ctx.progress, max_length=self.sc.max_length)
         self.tokenizer = self.session.tokenizer if self.sc.prompt_format == "chat_template" else None
 
     def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, str], None]) -> None:

@@ -62,6 +62,13 @@ class Price:
 
     input: float = opt(0.0, "USD per million prompt (input) tokens", ge=0)
     output: float = opt(0.0, "USD per million completion (output) tokens", ge=0)
+    cached_input: float | None = opt(None, "USD per million prompt tokens read from the provider's prompt cache "
+                                           "(OpenAI usage.prompt_tokens_details.cached_tokens, Anthropic "
+                                           "cache_read_input_tokens); None: 10% of input", ge=0)
+    cache_write: float | None = opt(None, "USD per million prompt tokens written to the prompt cache (Anthropic "
+                                          "cache_creation_input_tokens); None: 125% of input", ge=0)
+    batch_discount: float = opt(0.5, "a batch-mode call (llm.<role>.mode: batch) costs this fraction of the online "
+                                     "price (OpenAI Batch API and Anthropic Message Batches: 0.5)", range=(0.0, 1.0))
 
     def check(self, key: str) -> None:
         _check_fields(self, key)
@@ -72,15 +79,19 @@ class RoleConfig:
     """How one role (teacher, referee, generator, judge) reaches its LLM."""
 
     provider: str = opt("openai", '"openai" (any OpenAI-compatible server), "openai_completions" (its /v1/completions, '
-                                  'the prompt sent as written), "module:Class", or an entry-point name')
+                                  'the prompt sent as written), "anthropic" (Anthropic\'s messages API), "module:Class", '
+                                  'or an entry-point name')
     base_url: str | None = opt(None, "e.g. https://api.openai.com/v1, http://127.0.0.1:8000/v1")
-    api_key_env: str = opt("OPENAI_API_KEY", "name of the environment variable holding the key (never the key)")
+    api_key_env: str | None = opt(None, "name of the environment variable holding the key (never the key); None: "
+                                        "OPENAI_API_KEY (provider openai) or ANTHROPIC_API_KEY (provider anthropic)")
     model: str = opt("gpt-3.5-turbo", "model name sent with each call; also its key in llm.prices and part of the "
                                       "call-cache key")
-    temperature: float = opt(0.7, "sampling temperature of a call that does not set its own (part of the call-cache "
-                                  "key)", range=(0.0, 2.0))
-    top_p: float = opt(1.0, "nucleus sampling of a call that does not set its own (part of the call-cache key)",
-                       range=(0.0, 1.0))
+    temperature: float | None = opt(None, "sampling temperature of a call that does not set its own; None: not sent "
+                                          "(the model's default; gpt-5 and o-series models accept no other) (part of "
+                                          "the call-cache key)", range=(0.0, 2.0))
+    top_p: float | None = opt(None, "nucleus sampling of a call that does not set its own; None: not sent (Claude "
+                                    "4.5+ refuses temperature and top_p together) (part of the call-cache key)",
+                              range=(0.0, 1.0))
     max_tokens: int = opt(1024, "completion tokens per call that does not set its own; counted in full by tpm and "
                                 "the budget pre-checks", gt=0)
     timeout_s: float = opt(120.0, "per HTTP request; a timeout is a transient error (retried)", gt=0)
@@ -93,10 +104,38 @@ class RoleConfig:
                                         "Retry-After", gt=0)
     backoff_max_s: float = opt(60.0, "longest backoff wait or 429 cool-down (a longer Retry-After from the server is "
                                      "still honoured)", gt=0)
-    options: dict[str, Any] = opt_factory(dict, "extra kwargs passed to a plugin provider")
+    options: dict[str, Any] = opt_factory(dict, "a plugin provider's own settings; the openai and anthropic "
+                                                "providers add them to every request body, like extra_body")
     cache_namespace: str | None = opt(None, 'replaces base_url in the call-cache key when set (e.g. "sim" for a '
                                             "local server on a random port, or to keep a cache valid after moving "
                                             "to another endpoint that serves the same model)")
+    token_param: Literal["auto", "max_tokens", "max_completion_tokens"] = opt(
+        "auto", "the request field that carries max_tokens: auto = max_completion_tokens for the o-series and gpt-5 "
+                "families (they refuse max_tokens), max_tokens for other models (the anthropic provider always sends "
+                "max_tokens)")
+    reasoning_effort: str | None = opt(None, "sent as reasoning_effort (openai: minimal, low, medium, high) or "
+                                             "output_config.effort (anthropic); None: not sent (part of the "
+                                             "call-cache key)")
+    extra_body: dict[str, Any] = opt_factory(dict, "fields added as they are to every request body, e.g. "
+                                                   "{service_tier: flex} (part of the call-cache key)")
+    mode: Literal["online", "batch"] = opt(
+        "online", "online: one HTTP call per request; batch: a phase's calls go out through the provider's batch "
+                  "API (OpenAI Batch, Anthropic Message Batches: half price, results within 24 h; see "
+                  "docs/teachers.md)")
+    outage_s: float = opt(1800.0, "an item whose transient errors continue with no successful call of the role in "
+                                  "between keeps backing off (beyond max_attempts) for up to this many seconds of "
+                                  "continuous failure before it counts as failed", ge=0)
+    batch_poll_s: float = opt(30.0, "batch mode: seconds between two polls of a pending batch", gt=0)
+    batch_max_items: int = opt(0, "batch mode: most requests per batch; 0 = the provider's limit (OpenAI 50,000, "
+                                  "Anthropic 100,000)", ge=0)
+    batch_attempts: int = opt(3, "batch mode: batches an item may go out in; items that a batch fails or expires "
+                                 "go in the next one", gt=0)
+    batch_fallback_online: bool = opt(False, "batch mode: items still failed after batch_attempts batches are tried "
+                                             "online (full price) instead of counting as failed")
+
+    def __post_init__(self) -> None:
+        if self.api_key_env is None:  # the provider's own variable
+            self.api_key_env = "ANTHROPIC_API_KEY" if self.provider == "anthropic" else "OPENAI_API_KEY"
 
     def check(self, key: str) -> None:
         if not self.provider:
@@ -117,15 +156,18 @@ class LLMConfig:
 
     default: RoleConfig = field(default_factory=RoleConfig)
     teacher: RoleConfig = field(default_factory=RoleConfig)
-    referee: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=512))
-    generator: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=1.0, max_tokens=256))
-    judge: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=512))
+    referee: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=512))
+    generator: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=256))
+    judge: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=512))
     prices: dict[str, Price] = opt_factory(dict, "model name -> USD per 1M tokens", key_name="model")
     budget_usd: float | None = opt(None, "stop cleanly before spending more than this (whole run)", ge=0)
     budget_tokens: int | None = opt(None, "stop cleanly before using more tokens than this (in + out)", ge=0)
     chars_per_token: float = opt(4.0, "offline token estimate for rate limiting / budget pre-checks", gt=0)
     tokenizer: str | None = opt(None, "optional local HF tokenizer dir for exact-ish token estimates")
     cache: bool = opt(True, "SQLite call cache in the run dir (turning it off means paying again on resume)")
+    max_failure_rate: float = opt(0.01, "a phase whose share of failed calls exceeds this stops without its .done "
+                                        "marker (re-run to retry them; nothing is trained on a partial Train Pool)",
+                                  range=(0.0, 1.0))
     student: RoleConfig = field(default_factory=lambda: RoleConfig(
         provider="openai_completions", api_key_env="LION_STUDENT_API_KEY", model="student", temperature=0.0,
         max_tokens=512, rpm=1e6, tpm=1e9, max_in_flight=256, cache_namespace="student"))
@@ -184,7 +226,8 @@ class InferConfig:
     seed: int = opt(0, "sampling seed (temperature > 0)")
     cpu_threads: int = opt(0, "transformers backend on CPU: torch threads; 0 = auto (1 for models under 20M "
                               "parameters)", ge=0)
-    max_model_len: int = opt(0, "vLLM: context length of the engine; 0 = the model's own", ge=0)
+    max_model_len: int = opt(0, "vLLM: context length of the engine; 0 = student.max_length (or the longest "
+                                "prompt) + max_new_tokens, capped at the model's own", ge=0)
     server_lora: bool = opt(False, "backend server: load each round's LoRA adapter into the server at "
                                    "llm.student.base_url (vLLM serve --enable-lora, "
                                    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) through /v1/load_lora_adapter, ask "
@@ -249,11 +292,25 @@ class StudentConfig:
                     "MASTER_ADDR / NODE_RANK), torchrun_multinode (c10d rendezvous at rdzv_endpoint; the other "
                     "nodes' agents through worker_command), accelerate (optionally --config_file "
                     "accelerate_config), or command (launch_command, e.g. srun); docs/scaling.md")
-    report_to: Literal["none", "tensorboard", "wandb"] = opt("none", "training logs destination (Trainer report_to)")
+    report_to: Literal["none", "tensorboard", "wandb"] | list[Literal["tensorboard", "wandb"]] = opt(
+        "none", "where figures go: the Trainer's loss (Trainer report_to) and the loop's per-round figures "
+                "(lion.trackers: hard ratio, scores, flips, parse failures, accepted/rejected, evaluation, spend); "
+                'one name or a list, e.g. [tensorboard, wandb]')
     logging_steps: int = opt(10, "record the training loss every N optimizer steps", gt=0)
     seed: int = opt(42, "training seed; round r trains with seed + run seed + r")
     continue_from_previous: bool = opt(True, "round r>1 starts from round r-1's student")
     infer: InferConfig = field(default_factory=InferConfig)
+    training_args: dict[str, Any] = opt_factory(dict, "more transformers.TrainingArguments keys, passed as they are "
+                                                      "(checked against its fields on load: an unknown key is named), "
+                                                      "e.g. {optim: adamw_torch_fused, max_grad_norm: 0.5}; a key lion "
+                                                      "sets from its own (learning_rate = student.lr, ...) is refused, "
+                                                      "naming the student key to set instead")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = opt(
+        "auto", 'attention kernel of the student (from_pretrained attn_implementation); "auto" = the model\'s '
+                "default (sdpa where supported); flash_attention_2 needs CUDA and the flash-attn package")
+    cpu_ram_efficient_loading: bool = opt(True, "FSDP only: rank 0 alone reads the weights and broadcasts them "
+                                                "(fsdp_config cpu_ram_efficient_loading + sync_module_states), "
+                                                "so 8 processes do not each hold a full copy in CPU memory")
     rdzv_endpoint: str = opt("", 'torchrun_multinode: "host:port" of the c10d rendezvous, reachable from every node '
                                  "(the loop's node runs one agent)")
     rdzv_id: str = opt("", "torchrun_multinode: the job id the agents meet under; empty = one per training")
@@ -269,6 +326,11 @@ class StudentConfig:
                                   "exit when training ends, e.g. \"srun -N4 torchrun ... -m lion.student.train "
                                   "{spec}\"")
 
+    def report_targets(self) -> list[str]:
+        """`report_to` as a list of tracker names ([] for "none")."""
+        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        return [n for n in names if n != "none"]
+
     def check(self, key: str) -> None:
         if not self.model:
             raise ConfigError(f"{key}.model: must be set (a local model dir, a hub id, or 'tiny')")
@@ -281,6 +343,10 @@ class StudentConfig:
             raise ConfigError(f"{key}.deepspeed: cannot be combined with {key}.fsdp; choose one")
         if self.mode == "qlora" and self.fsdp:
             raise ConfigError(f"{key}.mode: qlora is not supported together with {key}.fsdp")
+        if self.training_args:
+            from .student.train import check_training_args  # imports transformers: only when the key is used
+
+            check_training_args(self.training_args, f"{key}.training_args")
         if self.launcher == "torchrun_multinode" and not self.rdzv_endpoint:
             raise ConfigError(f'{key}.rdzv_endpoint: must be "host:port" with {key}.launcher: torchrun_multinode')
         if self.rdzv_endpoint and ":" not in self.rdzv_endpoint:
@@ -300,6 +366,10 @@ class PoolsConfig:
     cache_seed: str | None = opt(None, "initial Cache Pool; default: same as train_seed")
     limit: int | None = opt(None, "use only the first N seed instructions (quick trials)", gt=0)
     train_pool: Literal["replace", "accumulate"] = opt("replace", "next Train Pool = new, or old ∪ new")
+    seed_answers: Literal["ignore", "teacher"] = opt(
+        "ignore", "answers already in the seed files (Alpaca output, ShareGPT gpt turn, OpenAI assistant message): "
+                  '"teacher" = they become the teacher\'s answers to those instructions (recorded as seeded in the '
+                  'answer store, never bought); "ignore" = the teacher answers every seed instruction')
 
     def check(self, key: str) -> None:
         if not self.train_seed:
@@ -316,6 +386,23 @@ class DiscriminationConfig:
     referee_retry_temperature: float | None = opt(None, "temperature of those retries (None: the referee's own); a "
                                                         "temperature-0 referee may repeat itself")
     both_orders: bool = opt(True, "judge (teacher, student) and (student, teacher); off only for experiments")
+    selector: Literal["referee", "student_loss", "learnable", "none"] = opt(
+        "referee", "how the Cache Pool is split (lion.selectors): referee (the paper's LLM referee), student_loss (the "
+        "student's per-token loss on the teacher's answer; no referee call), learnable (learnable_base minus items "
+        "stuck for stuck_rounds rounds), none (Self-Instruct: every item seeds both the hard and the easy prompt)")
+    learnable_base: Literal["referee", "student_loss"] = opt(
+        "referee", "selector=learnable: the signal it starts from (the referee's gap, or the student's loss)")
+    stuck_rounds: int = opt(2, "selector=learnable: an item hard for this many rounds (its own, or its lineage's) "
+                               "without its signal shrinking is 'stuck' and seeds neither branch", gt=0)
+    hard_fraction: float = opt(0.5, "selector=student_loss (or learnable on it): the share of the Cache Pool, by "
+                                    "highest loss, labelled hard", range=(0.0, 1.0))
+    only_unseen: bool = opt(False, "judge only Cache Pool items that were in no Train Pool (what the student does not "
+                                   "know, rather than what it did not memorise); needs pools.cache_seed beyond the "
+                                   "Train Pool's seeds")
+    referee_prompts: str | None = opt(None, "FastChat-style judge prompt.jsonl to use instead of prompts_dir's "
+                                            "referee template (verdict format fastchat); each instruction gets the "
+                                            "prompt of its category (from its seed row), else the general one, else "
+                                            "the first (docs/judging.md)")
     chunk_size: int = opt(4096, "Cache Pool instructions the student answers and the referee judges at a time; "
                                 "each chunk's rows are appended as it finishes (memory holds one chunk; an "
                                 "interrupted phase resumes at the last whole chunk)", gt=0)
@@ -342,6 +429,10 @@ class GenerationConfig:
     decontaminate: list[str] = opt_factory(list, "eval question files or folders (FastChat or JSONL)")
     decontam_ngram: int = opt(8, "reject when a word n-gram of this length occurs in an eval question", gt=0)
     seed: int = opt(0, "with the run seed and the round, seeds which hard and easy seeds the generator is shown")
+    max_category_share: float | None = opt(
+        None, "cap per category: at most this share of each kind's new instructions may grow from seeds of one "
+              "category (a seed's meta category or family, or the offline world's task family); None: no cap",
+        range=(0.0, 1.0))
 
     def check(self, key: str) -> None:
         _check_fields(self, key)
@@ -367,6 +458,10 @@ class EvalConfig:
                                  "scored)", gt=0)
     oracle_per_family: int = opt(8, 'questions="oracle": held-out questions per task family', gt=0)
     oracle_seed: int = opt(1234, 'questions="oracle": seed of the held-out set')
+    judge_prompts: str | None = opt(None, "FastChat-style judge prompt.jsonl (system prompt, template, defaults, "
+                                          "category) to use instead of judge_template: each question gets the "
+                                          "prompt of its category (coding, math), else the general one, else the "
+                                          "first; verdict format fastchat (docs/judging.md)")
 
     def check(self, key: str) -> None:
         if self.every_round and not self.questions:
@@ -386,6 +481,30 @@ class SimConfig:
     latency_ms: float = opt(0.0, "each answer is sent no sooner than this many ms after its request arrived "
                                  "(a slow API)")
     port: int = opt(0, "port of the server on 127.0.0.1; 0 = any free port")
+    strict: bool = opt(False, "the server refuses request parameters as 2026 APIs do (gpt-5 and o-series: "
+                              "max_tokens, temperature/top_p other than 1; Claude 4.5+: temperature with top_p)")
+    batch_delay_s: float = opt(0.0, "batch APIs: seconds from a batch's creation to its end", ge=0)
+    batch_fail_rate: float = opt(0.0, "batch APIs: share of a batch's items that end errored (a 500)",
+                                 range=(0.0, 1.0))
+    batch_expire_rate: float = opt(0.0, "batch APIs: share of a batch's items that expire unprocessed",
+                                   range=(0.0, 1.0))
+
+
+@dataclass
+class LogConfig:
+    """Logging of the `lion.*` loggers (console and RUN/lion.log), the heartbeat, and the loop's trackers."""
+
+    level: Literal["debug", "info", "warning", "error"] = opt("info", "console level of the lion.* loggers "
+                                                                       "(--log-level); the log file keeps debug too")
+    file: bool = opt(True, "also write every lion.* log line (debug and up) to RUN/lion.log")
+    heartbeat_s: float = opt(60.0, "one status line every this many seconds for each long step (phase, "
+                                   "done/total, rate, spend, ETA): on stderr with --no-progress, else in the log "
+                                   "file only; 0 = none", ge=0)
+    wandb_project: str = opt("lion", "wandb project of the loop's per-round figures (student.report_to: wandb); "
+                                     "WANDB_MODE=offline keeps them on disk")
+
+    def check(self, key: str) -> None:
+        _check_fields(self, key)
 
 
 @dataclass
@@ -404,6 +523,7 @@ class LionConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def check(self) -> None:
         _check_fields(self, "")
@@ -413,6 +533,7 @@ class LionConfig:
         self.discrimination.check("discrimination")
         self.generation.check("generation")
         self.eval.check("eval")
+        self.log.check("log")
 
     @property
     def run_path(self) -> Path:
@@ -462,7 +583,10 @@ def _convert(key: str, tp: Any, value: Any) -> Any:
             try:
                 return _convert(key, opt, value)
             except ConfigError as e:
-                errors.append(e)
+                errors.append((opt, e))
+        shaped = [e for opt, e in errors if get_origin(opt) is type(value) and type(value) in (list, dict)]
+        if len(shaped) == 1:  # a list given where a list is allowed: its own error names the bad item
+            raise shaped[0]
         names = " or ".join(_type_name(o) for o in options if o is not type(None))
         raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
     if origin is Literal:
@@ -623,13 +747,26 @@ def save_resolved(cfg: LionConfig, path: str | os.PathLike[str]) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+class _LogLevel(argparse.Action):
+    """`--log-level L` is `--set log.level=L` (so every entry point that takes a config has it)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        overrides = list(getattr(namespace, "overrides", None) or [])
+        overrides.append(f"log.level={str(values).lower()}")
+        namespace.overrides = overrides
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """The `--config` / `--set` arguments every entry point shares."""
+    """The `--config` / `--set` / `--log-level` arguments every entry point shares."""
     parser.add_argument("--config", "-c", required=True, help="YAML config file")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set student.lr=1e-4 (repeatable; value parsed as YAML)",
     )
+    parser.add_argument("--log-level", action=_LogLevel, metavar="LEVEL", type=str.lower,
+                        choices=["debug", "info", "warning", "error"],
+                        help="console level of the lion.* loggers (same as --set log.level=LEVEL)")
 
 
 # --------------------------------------------------------------------------------------------- reference

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import ROLES, LionConfig, add_config_args, load_config, save_resolved
 from .errors import LionError
 from .prompts import Template, load_template
 from .rundir import RunDir
-from .world import World
+from .world import HeldOutQuestion, World
 
 if TYPE_CHECKING:
     from .answers import AnswerStore
@@ -37,10 +38,15 @@ class RunContext:
         self._gateway: Any = None
         self._templates: dict[str, Template] = {}
         self.world: World | None = None
+        self._heldout: list[HeldOutQuestion] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> RunContext:
+        from .logs import setup_logging
+
         self.run.root.mkdir(parents=True, exist_ok=True)
+        lc = self.cfg.log
+        setup_logging(lc.level, self.run.log if lc.file else None, heartbeat_s=lc.heartbeat_s, progress=self.progress)
         self.run.check_or_init_state(self.cfg)
         save_resolved(self.cfg, self.run.config)
         if self.cfg.sim.enabled:
@@ -61,16 +67,14 @@ class RunContext:
             self._server = None
 
     def _start_sim(self) -> None:
-        from .sim.server import SimServer, make_responder
+        from .sim.server import SimServer
 
         sim = self.cfg.sim
-        options = dict(sim.options)
-        if self.cfg.prompts_dir and "prompts_dir" not in options and sim.responder == "oracle":
-            options["prompts_dir"] = self.cfg.prompts_dir
-        responder = make_responder(sim.responder, options)
-        offered = getattr(responder, "world", None)
-        self.world = offered if isinstance(offered, World) else None
-        self._server = SimServer(responder, latency_ms=sim.latency_ms, port=sim.port, log_path=self.run.sim_log)
+        responder = sim_responder(self.cfg)
+        self.world = world_of(responder)
+        self._server = SimServer(responder, latency_ms=sim.latency_ms, port=sim.port, log_path=self.run.sim_log,
+                                 strict=sim.strict, batch_delay_s=sim.batch_delay_s,
+                                 batch_fail_rate=sim.batch_fail_rate, batch_expire_rate=sim.batch_expire_rate)
         url = self._server.start()
         # every role talks to the local server; the cache key uses the namespace "sim", not the port,
         # so a resumed run (new port) replays the same calls
@@ -94,6 +98,27 @@ class RunContext:
             self._templates[name] = load_template(name, self.cfg.prompts_dir)
         return self._templates[name]
 
+    def heldout(self) -> list[HeldOutQuestion]:
+        """The offline world's held-out questions (`eval.questions: oracle`): drawn apart from the seed pool, and
+        rejected by generation, so that no pool ever holds one. Empty without a world."""
+        if self.world is None:
+            return []
+        if self._heldout is None:
+            from .pools import seed_cache_pool
+            from .records import iter_pool
+
+            # drawn apart from the seed pool: round 1's Cache Pool, or the seed files before the run starts
+            first = self.run.round(1).cache_pool
+            if first.exists():
+                seeds = [i.instruction for i in iter_pool(first)]
+            elif Path(self.cfg.pools.train_seed).exists():
+                seeds = [i.instruction for i in seed_cache_pool(self)]
+            else:
+                seeds = []
+            ec = self.cfg.eval
+            self._heldout = self.world.heldout(ec.oracle_per_family, ec.oracle_seed, exclude=seeds)
+        return self._heldout
+
     @cached_property
     def answers(self) -> AnswerStore:
         """The teacher-answer store (lion.answers)."""
@@ -102,6 +127,31 @@ class RunContext:
         llm = self.cfg.llm
         return AnswerStore(self.run.teacher_answers, self.run.answer_index(llm.cache_path),
                            allow_network_fs=llm.allow_network_fs)
+
+
+def sim_responder(cfg: LionConfig) -> Any:
+    """The offline world's responder, as `sim.responder` / `sim.options` describe it."""
+    from .sim.server import make_responder
+
+    options = dict(cfg.sim.options)
+    if cfg.prompts_dir and "prompts_dir" not in options and cfg.sim.responder == "oracle":
+        options["prompts_dir"] = cfg.prompts_dir
+    judge_files = [  # a missing file is reported, naming its key, by the phase that uses it
+        f for f in (cfg.eval.judge_prompts, cfg.discrimination.referee_prompts) if f and Path(f).is_file()
+    ]
+    if judge_files and "judge_prompts" not in options and cfg.sim.responder == "oracle":
+        options["judge_prompts"] = judge_files  # the oracle referee also reads FastChat-style judge prompts
+    return make_responder(cfg.sim.responder, options)
+
+
+def world_of(responder: Any) -> World | None:
+    offered = getattr(responder, "world", None)
+    return offered if isinstance(offered, World) else None
+
+
+def offline_world(cfg: LionConfig) -> World | None:
+    """The world a run of `cfg` would offer (None unless sim.enabled), without starting any server."""
+    return world_of(sim_responder(cfg)) if cfg.sim.enabled else None
 
 
 def make_phase_parser(phase: str, doc: str | None) -> argparse.ArgumentParser:

@@ -4,14 +4,20 @@
 
 Teacher answers come from the answer store (bought once, ever, streamed through the gateway); then the Cache
 Pool is taken `discrimination.chunk_size` instructions at a time: the round's student answers the chunk (saved
-as they come, lion.answers), the referee scores both answers in both orders
-(`lion.referee.judge_pairs`: the teacher's answer is the pair's reference, the student's the candidate). The gap
-is the teacher's mean score minus the student's, over the two orders; an instruction is hard when
-gap >= discrimination.tau, easy otherwise. A pair whose verdict could not be parsed after the retries, or
-that has no teacher answer, is excluded and counted: it is never given a number. Each chunk's judgements and
-split rows are appended as it finishes and `discrimination.progress.json` records where the files end, so memory
-holds one chunk whatever the pool's size, and an interrupted phase resumes at its last whole chunk (the calls of
-the half-done one replay from the cache). The figures are computed from the files at the end.
+as they come, lion.answers) and the selector (`discrimination.selector`, lion.selectors) labels it. The paper's
+`referee` scores both answers in both orders (`lion.referee.judge_pairs`: the teacher's answer is the pair's
+reference, the student's the candidate), with the prompts/ referee template or, when
+`discrimination.referee_prompts` names a FastChat-style prompt file, the prompt of each instruction's category,
+each read in the verdict format it declares; the gap is the teacher's mean score minus the student's, over the
+two orders; an instruction is hard when gap >= discrimination.tau, easy otherwise. A pair whose verdict could not
+be parsed after the retries, or that has no teacher answer, is excluded and counted: it is never given a number.
+With `discrimination.only_unseen`, only Cache Pool items the student was never trained on are judged.
+
+Each chunk's judgements and split rows are appended as it finishes and `discrimination.progress.json` records
+where the files end, so memory holds one chunk whatever the pool's size, and an interrupted phase resumes at
+its last whole chunk (the calls of the half-done one replay from the cache). The figures are computed from the
+files at the end. `student_loss` and `learnable` label by a ranking or a history over the whole pool, so they
+take the pool as one chunk.
 """
 
 from __future__ import annotations
@@ -22,50 +28,30 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
-from typing import Any, Literal
+from typing import Any
 
 from .answers import StudentAnswerer, buy_teacher_answers, teacher_identity
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
+from .failures import check_failures
+from .judge_prompts import load_judge_prompts
 from .layout import RoundPaths
 from .pools import prepare_round
-from .records import Instruction, append_jsonl_rows, count_rows, iter_jsonl, iter_pool, read_json_or_empty, write_json
-from .referee import Pair, PairJudgement, judge_pairs
+from .records import (
+    IdSet,
+    Instruction,
+    append_jsonl_rows,
+    count_rows,
+    iter_jsonl,
+    iter_pool,
+    read_json_or_empty,
+    write_json,
+)
+from .referee import PairJudgement
+from .selectors import SplitRow, excluded, make_selector
 from .world import family_accuracy
 
-Label = Literal["hard", "easy", "excluded"]
-
-
-@dataclass
-class SplitRow:
-    """One Cache Pool instruction's fate this round (a row of split.jsonl)."""
-
-    id: str
-    label: Label
-    teacher_score: float | None  # mean over both orders; None when excluded
-    student_score: float | None
-    gap: float | None  # teacher_score - student_score
-    flipped: bool | None  # the referee's preference changed when the order was swapped
-    reason: str | None  # why it was excluded
-    instruction: str
-    kind: str  # seed | hard | easy (lineage of the instruction)
-    round_created: int
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def split_row(inst: Instruction, judged: PairJudgement | None, tau: float) -> SplitRow:
-    """hard / easy / excluded for one instruction, from its judgement (None: it has no teacher answer)."""
-    lineage = {"instruction": inst.instruction, "kind": inst.kind, "round_created": inst.round, "meta": inst.meta}
-    if judged is None or not judged.ok:
-        reason = "no teacher answer" if judged is None else "referee verdict unparseable"
-        return SplitRow(inst.id, "excluded", None, None, None, None, reason, **lineage)
-    t, s = judged.reference_score, judged.candidate_score
-    assert t is not None and s is not None
-    gap = t - s
-    return SplitRow(inst.id, "hard" if gap >= tau else "easy", t, s, gap, judged.flipped, None, **lineage)
+CHUNKED_SELECTORS = ("referee", "none")  # label each item on its own; the others need the whole pool
 
 
 def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
@@ -74,42 +60,48 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
     if ctx.run.is_done(r, "discrimination"):
         return read_json_or_empty(rp.phase_metrics("discrimination"))
     prepare_round(ctx, r)
+    dc = ctx.cfg.discrimination
+    judge = load_judge_prompts(dc.referee_prompts, "discrimination.referee_prompts") if dc.referee_prompts else None
+    n_pool = count_rows(rp.cache_pool)
+    bought = buy_teacher_answers(ctx, iter_pool(rp.cache_pool), "discrimination", total=n_pool,
+                                 desc=f"round {r} teacher answers")
+    check_failures(ctx.cfg, r, "discrimination", "teacher answers to the Cache Pool", bought["failed"], n_pool)
     if not rp.student.is_dir():
         raise LionError(f"{rp.student}: round {r}'s student is missing; run round {r}'s imitation first")
-    n_pool = count_rows(rp.cache_pool)
-    buy_teacher_answers(ctx, iter_pool(rp.cache_pool), "discrimination", total=n_pool,
-                        desc=f"round {r} teacher answers")
+
+    selector = make_selector(dc.selector, learnable_base=dc.learnable_base, stuck_rounds=dc.stuck_rounds, judge=judge)
+    trained = trained_on(ctx, r) if dc.only_unseen else IdSet()
+    chunk_size = dc.chunk_size if selector.name in CHUNKED_SELECTORS else max(n_pool, 1)
     progress = _Progress.resume(rp)
-    dc = ctx.cfg.discrimination
     who = teacher_identity(ctx.cfg)
     pool = iter_pool(rp.cache_pool)
     for _ in range(progress.rows):  # the chunks judged before an interruption
         next(pool)
     with StudentAnswerer(ctx, rp.student, rp.student_answers, phase="discrimination",
                          resume_from=progress.student_answers) as answerer:
-        for chunk in _chunks(pool, dc.chunk_size):
+        for chunk in _chunks(pool, chunk_size):
             t_ans = {i.id: (row["answer"] if (row := ctx.answers.get(i.id, who)) else None) for i in chunk}
             s_ans = answerer.answer(chunk)
-            pairs = [Pair(i.id, _shown(i), t, s_ans[i.id]) for i in chunk if (t := t_ans[i.id]) is not None]
-            judged = judge_pairs(
-                ctx.gateway,
-                "referee",
-                "discrimination",
-                pairs,
-                ctx.template("referee"),
-                attempts=dc.referee_attempts,
-                both_orders=dc.both_orders,
-                desc=f"round {r} referee ({progress.rows + len(chunk)}/{n_pool})" if n_pool > len(chunk) else
-                f"round {r} referee",
-                retry_temperature=dc.referee_retry_temperature,
-            )
-            by_id = {j.id: j for j in judged}
-            append_jsonl_rows(rp.judgements, (v.to_row(j.id, "teacher", "student") for j in judged for v in j.verdicts))
-            append_jsonl_rows(rp.split, (split_row(i, by_id.get(i.id), dc.tau).to_json() for i in chunk))
+            candidates = [i for i in chunk if i.id not in trained]
+            sel = selector.select(ctx, r, candidates, t_ans, s_ans)
+            verdicts = [v for j in sel.judged for v in j.verdicts]
+            failed = sum(1 for v in verdicts if (v.error or "").startswith("call failed"))
+            check_failures(ctx.cfg, r, "discrimination", "referee calls", failed, len(verdicts))  # this chunk
+            by_id = {row.id: row for row in sel.rows}
+            split = [by_id.get(i.id) or excluded(i, "in a Train Pool (discrimination.only_unseen)") for i in chunk]
+            if sel.judged:
+                append_jsonl_rows(rp.judgements, (v.to_row(j.id, "teacher", "student") for j in sel.judged
+                                                  for v in j.verdicts))
+            append_jsonl_rows(rp.split, (row.to_json() for row in split))
             if ctx.world is not None:  # offline world: the student's exact accuracy on the Cache Pool
                 progress.add_oracle(family_accuracy(ctx.world, ((i.instruction, s_ans[i.id]) for i in chunk)))
-            progress.advance(rp, len(chunk), answerer.end_offset())
-    metrics = metrics_from_files(rp)
+            progress.advance(rp, len(chunk), answerer.end_offset(), failed, len(verdicts))
+    try:  # the whole pool's share (each chunk passed on its own)
+        check_failures(ctx.cfg, r, "discrimination", "referee calls", progress.call_failures, progress.verdicts)
+    except LionError:
+        rp.discrimination_progress.unlink(missing_ok=True)  # a re-run judges every chunk again (cache replays)
+        raise
+    metrics = {"selector": selector.name, **metrics_from_files(rp)}
     if ctx.world is not None:
         metrics["oracle"] = progress.oracle()
     write_json(rp.phase_metrics("discrimination"), metrics)
@@ -127,12 +119,14 @@ def _chunks(items: Iterator[Instruction], n: int) -> Iterator[list[Instruction]]
 class _Progress:
     """Where an interrupted discrimination stands (round_XX/discrimination.progress.json, rewritten after each
     chunk): Cache Pool rows judged, the byte lengths of judgements.jsonl, split.jsonl and student_answers.jsonl
-    at that point, and the offline world's per-family counts so far."""
+    at that point, referee call failures so far, and the offline world's per-family counts so far."""
 
     rows: int = 0
     judgements: int = 0
     split: int = 0
     student_answers: int = 0
+    call_failures: int = 0
+    verdicts: int = 0
     correct: dict[str, int] = field(default_factory=dict)
     graded: dict[str, int] = field(default_factory=dict)
 
@@ -149,11 +143,13 @@ class _Progress:
                     f.truncate(length)
         return progress
 
-    def advance(self, rp: RoundPaths, rows: int, student_answers: int) -> None:
+    def advance(self, rp: RoundPaths, rows: int, student_answers: int, call_failures: int, verdicts: int) -> None:
         self.rows += rows
         self.judgements = rp.judgements.stat().st_size if rp.judgements.exists() else 0
         self.split = rp.split.stat().st_size if rp.split.exists() else 0
         self.student_answers = student_answers
+        self.call_failures += call_failures
+        self.verdicts += verdicts
         write_json(rp.discrimination_progress, asdict(self))
 
     def add_oracle(self, acc: dict[str, Any]) -> None:
@@ -169,9 +165,9 @@ class _Progress:
                 "overall": sum(self.correct.values()) / n if n else None}
 
 
-def _shown(inst: Instruction) -> str:
-    """The instruction as the referee sees it (its input below it)."""
-    return inst.instruction + (f"\n\n{inst.input}" if inst.input else "")
+def trained_on(ctx: RunContext, r: int) -> IdSet:
+    """Ids of every instruction in a Train Pool of rounds 1 .. r (what the round's student was trained on)."""
+    return IdSet(i.id for q in range(1, r + 1) for i in iter_pool(ctx.run.round(q).train_pool))
 
 
 def discrimination_metrics(split: Sequence[SplitRow], judged: Sequence[PairJudgement]) -> dict[str, Any]:
@@ -180,21 +176,25 @@ def discrimination_metrics(split: Sequence[SplitRow], judged: Sequence[PairJudge
 
 def metrics_from_files(rp: RoundPaths) -> dict[str, Any]:
     """The phase's figures from split.jsonl and judgements.jsonl, streamed (one row in memory at a time)."""
-    return _metrics((row for _, row in iter_jsonl(rp.split)), (bool(row.get("ok")) for _, row in iter_jsonl(rp.judgements)))
+    verdicts = (bool(row.get("ok")) for _, row in iter_jsonl(rp.judgements)) if rp.judgements.exists() else ()
+    return _metrics((row for _, row in iter_jsonl(rp.split)), verdicts)
 
 
 def _metrics(split_rows: Iterable[dict[str, Any]], verdict_ok: Iterable[bool]) -> dict[str, Any]:
-    n = hard = flips = flip_n = 0
-    sums = {"teacher_score": 0.0, "student_score": 0.0, "gap": 0.0}
-    kept = 0
+    n = 0
+    labels = {"hard": 0, "easy": 0, "stuck": 0, "unjudged": 0, "excluded": 0}
+    sums = {"teacher_score": [0.0, 0], "student_score": [0.0, 0], "gap": [0.0, 0], "loss": [0.0, 0]}
+    flips = flip_n = 0
     for row in split_rows:
         n += 1
-        if row["label"] == "excluded":
+        label = row["label"]
+        labels[label] = labels.get(label, 0) + 1
+        if label not in ("hard", "easy", "stuck"):
             continue
-        kept += 1
-        hard += row["label"] == "hard"
-        for k in sums:
-            sums[k] += row[k]
+        for k, acc in sums.items():
+            if row.get(k) is not None:
+                acc[0] += row[k]
+                acc[1] += 1
         if row.get("flipped") is not None:
             flip_n += 1
             flips += bool(row["flipped"])
@@ -202,16 +202,20 @@ def _metrics(split_rows: Iterable[dict[str, Any]], verdict_ok: Iterable[bool]) -
     for ok in verdict_ok:
         verdicts += 1
         failed += not ok
-    mean = (lambda k: sums[k] / kept if kept else None)  # noqa: E731
+    kept = labels["hard"] + labels["easy"] + labels["stuck"]
+    mean = (lambda k: sums[k][0] / sums[k][1] if sums[k][1] else None)  # noqa: E731
     return {
         "n": n,
-        "hard": hard,
-        "easy": kept - hard,
-        "excluded": n - kept,
-        "hard_ratio": hard / kept if kept else None,
+        "hard": labels["hard"],
+        "easy": labels["easy"],
+        "stuck": labels["stuck"],
+        "unjudged": labels["unjudged"],
+        "excluded": labels["excluded"],
+        "hard_ratio": labels["hard"] / kept if kept else None,
         "teacher_mean": mean("teacher_score"),
         "student_mean": mean("student_score"),
         "gap_mean": mean("gap"),
+        "loss_mean": mean("loss"),
         "parse_failures": failed,
         "parse_failure_rate": failed / verdicts if verdicts else 0.0,
         "swap_flip_rate": flips / flip_n if flip_n else None,

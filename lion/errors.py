@@ -2,7 +2,8 @@
 
 Every entry point (`python -m lion.run`, `lion.imitation`, ...) calls `cli_main(main, argv)`:
 a `LionError` prints `error: <message>` on stderr and exits with status 2, no traceback;
-a `BudgetExceeded` (subclass) exits with status 3 so scripts can tell "raise the cap" apart.
+a `BudgetExceeded` (subclass) exits with status 3 so scripts can tell "raise the cap" apart, and a
+`TooManyFailures` (a phase had more failed calls than llm.max_failure_rate) with status 4.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ class BudgetExceeded(LionError):
 
 class ProviderError(LionError):
     """A permanent error from an LLM service (bad request, bad key, unknown model)."""
+
+
+class TooManyFailures(LionError):
+    """A phase's share of failed LLM calls exceeds llm.max_failure_rate: it stops without its .done marker."""
+
+    exit_code = 4
 
 
 def cli_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:

@@ -5,14 +5,21 @@
     python -m lion.evaluate --config C --base                         # the configured base model (baseline)
         [--questions ../shared/data/vicuna80/question.jsonl | oracle]
         [--answers ../shared/data/vicuna80/answer_gpt35.jsonl] [--max-questions N]
+    python -m lion.evaluate --reviews REVIEWS.jsonl [--answers REF.jsonl CAND.jsonl] [--questions Q.jsonl]
+        [--format fastchat|lion]                                      # replay existing reviews: no model call
 
 Questions: FastChat question.jsonl (the first turn; category from the row), our JSONL, or "oracle" (the offline
 world's held-out synthetic questions; the default when sim.enabled). Reference answers: an answers file
 (FastChat answer rows {"question_id", "text"}, or {"id", "answer"}), else the teacher's answers (lion.answers:
 bought once, kept in the run's answer store).
-The judge (role llm.judge, template eval.judge_template) scores every (reference, candidate) pair in both
-orders with the referee's parser, retries and failure rules (lion.referee.judge_pairs); a pair whose verdict
+The judge (role llm.judge) scores every (reference, candidate) pair in both orders with the referee's retries
+and failure rules (lion.referee.judge_pairs), prompted with the template eval.judge_template or, when
+eval.judge_prompts names a FastChat-style prompt.jsonl, with the prompt of each question's category (coding,
+math, else general), and read in the verdict format that prompt declares (lion.verdicts); a pair whose verdict
 cannot be parsed is excluded and counted, never scored. Arithmetic: lion.evalscore.
+
+--reviews replays a file of judge reviews that already exist (FastChat's review files, or our judgements.jsonl)
+through the verdict parser and recomputes the relative score from them, calling no model (lion.reviews).
 
 Python: `evaluate(ctx, model, out)` inside a `RunContext`, in four steps: prepare (questions, fingerprint), answer
 (candidate and reference), judge (both orders), tabulate, then write; `evaluate_round(ctx, r)` is the loop's hook.
@@ -22,7 +29,7 @@ Output directory (lion.layout.EvalPaths): round_XX/eval/ (--round) or RUN/eval/<
     candidate_answers.jsonl   the candidate's answers {"id", "answer"}, appended per batch (resume point)
     answers.jsonl             {"id", "question_id", "category", "question", "candidate", "reference", "reference_source"}
     judgements.jsonl          per question and order {"id", "order": ref_first|cand_first, "raw", "reference_score",
-                              "candidate_score", "ok", "error", "attempts", "rejected"}
+                              "candidate_score", "ok", "error", "attempts", "rejected", "prompt"}
     table.jsonl, table.md     the per-question table (scores per order, means, win/tie/loss, flip, correctness)
     summary.json, summary.txt relative score per order and mean, overall and per category; W/T/L; judge health;
                               in the offline world also the oracle's exact accuracy per task family
@@ -46,8 +53,9 @@ from .config import add_config_args, load_config
 from .context import RunContext
 from .errors import ConfigError, DataError, LionError
 from .evalscore import ORDERS, QuestionScores, format_summary, summarize
+from .judge_prompts import JudgePrompts, TemplateJudge, load_judge_prompts
 from .layout import EvalPaths, RunLayout
-from .prompts import teacher_request
+from .prompts import Template, teacher_request
 from .records import (
     atomic_write_text,
     instruction_id,
@@ -59,7 +67,8 @@ from .records import (
     write_jsonl,
 )
 from .referee import Pair, PairJudgement, judge_pairs
-from .world import World, family_accuracy
+from .verdicts import FORMATS
+from .world import HeldOutQuestion, World, family_accuracy
 
 ORACLE = "oracle"
 PHASE = "eval"
@@ -83,16 +92,16 @@ class EvalQuestion:
 
 
 def load_questions(
-    spec: str, *, world: World | None = None, limit: int | None = None, per_family: int = 8, seed: int = 1234
+    spec: str, *, heldout: Sequence[HeldOutQuestion] = (), limit: int | None = None
 ) -> list[EvalQuestion]:
     """FastChat question.jsonl (first turn), our JSONL, or "oracle": the offline world's held-out questions
-    (`per_family` of each family, drawn with `seed`)."""
+    (`RunContext.heldout()`)."""
     if spec == ORACLE:
-        if world is None:
+        if not heldout:
             raise ConfigError('eval.questions: "oracle" needs the offline world (sim.enabled: true)')
         qs = [
             EvalQuestion(id=instruction_id(h.instruction), instruction=h.instruction, category=h.family, truth=h.answer)
-            for h in world.heldout(per_family, seed)
+            for h in heldout
         ]
     else:
         insts, _ = load_instructions(spec)
@@ -174,6 +183,7 @@ class EvalPlan:
     out: EvalPaths
     fingerprint: str
     finished: dict[str, Any] | None = None  # the saved summary, when this very evaluation is already done
+    judge: Template | JudgePrompts | None = None  # the judge's template, or its FastChat prompt file
 
 
 @dataclass
@@ -221,8 +231,8 @@ def prepare(
     if not model.exists() and not _hub_id(str(model)):
         raise LionError(f"{model}: the model to evaluate does not exist")
     model_ref = str(model.resolve()) if model.exists() else str(model)
-    qs = load_questions(spec, world=ctx.world, limit=ec.max_questions, per_family=ec.oracle_per_family,
-                        seed=ec.oracle_seed)
+    qs = load_questions(spec, heldout=ctx.heldout() if spec == ORACLE else (), limit=ec.max_questions)
+    judge_prompt, judge_fp = judge_prompts(ctx)
     fp = _fingerprint(
         {
             "model": model_ref,
@@ -234,9 +244,10 @@ def prepare(
             "attempts": ec.judge_attempts,
             "infer": asdict(cfg.student.infer),
             "format": cfg.student.prompt_format,
+            **judge_fp,
         }
     )
-    plan = EvalPlan(model, model_ref, name or model.name, spec, qs, answers, out, fp)
+    plan = EvalPlan(model, model_ref, name or model.name, spec, qs, answers, out, fp, judge=judge_prompt)
     out.dir.mkdir(parents=True, exist_ok=True)
     if out.summary.exists():
         old = json.loads(out.summary.read_text(encoding="utf-8"))
@@ -259,6 +270,18 @@ def prepare(
     return plan
 
 
+def judge_prompts(ctx: RunContext) -> tuple[Template | JudgePrompts, dict[str, str]]:
+    """The judge's prompt (eval.judge_prompts, else eval.judge_template), checked before anything is spent, and
+    what of it enters the evaluation's fingerprint beyond the template name."""
+    ec = ctx.cfg.eval
+    if ec.judge_prompts:
+        prompts = load_judge_prompts(ec.judge_prompts, "eval.judge_prompts")
+        return prompts, {"judge_prompts": hashlib.sha256(prompts.path.read_bytes()).hexdigest()[:16]}
+    tpl = ctx.template(ec.judge_template)
+    TemplateJudge(tpl)  # checks its placeholders
+    return tpl, ({"verdict_format": tpl.verdict_format} if tpl.verdict_format not in (None, "lion") else {})
+
+
 def answer(ctx: RunContext, plan: EvalPlan) -> tuple[dict[str, str], dict[str, str | None], str]:
     """The candidate's answers (saved as they come), the reference answers and where the references came from."""
     cand = student_answers(ctx, plan.model, plan.questions, plan.out.candidate_answers, phase=PHASE)
@@ -272,13 +295,15 @@ def judge(
 ) -> dict[str, PairJudgement]:
     """The judge's verdicts in both orders for every question that has a reference answer."""
     ec = ctx.cfg.eval
-    pairs = [Pair(q.id, q.text, ref, cand[q.id]) for q in plan.questions if (ref := refs[q.id]) is not None]
+    pairs = [
+        Pair(q.id, q.text, ref, cand[q.id], q.category) for q in plan.questions if (ref := refs[q.id]) is not None
+    ]
     judged = judge_pairs(
         ctx.gateway,
         "judge",
         PHASE,
         pairs,
-        ctx.template(ec.judge_template),
+        plan.judge if plan.judge is not None else ctx.template(ec.judge_template),
         attempts=ec.judge_attempts,
         both_orders=True,
         desc=f"judge ({plan.name})",
@@ -354,10 +379,17 @@ def write(
         "n_questions": len(qs),
         "reference": ref_source,
         "judge_model": judge_model,
+        "judge_prompt": ctx.cfg.eval.judge_prompts or ctx.cfg.eval.judge_template,
         **summarize(scored.rows),
     }
     summary["overall"]["n_no_reference"] = sum(1 for q in qs if refs[q.id] is None)
     summary["seen_in_training"] = seen_in_training(ctx.run, qs)
+    summary["pool_overlap"] = overlap = pool_overlap(ctx.run, qs)
+    if plan.spec == ORACLE and overlap:
+        raise LionError(
+            f"{overlap} of the {len(qs)} held-out questions occur in a pool of {ctx.run.root}: the held-out set must "
+            "be disjoint from every pool (drawn apart from the seeds, rejected by generation); this is a bug"
+        )
     if plan.spec == ORACLE and ctx.world is not None:
         summary["oracle"] = oracle_accuracy(ctx.world, qs, cand, refs)
     summary["fingerprint"] = plan.fingerprint
@@ -389,6 +421,7 @@ def write(
             if o["overall"] is not None and o["reference_overall"] is not None
             else ""
         )
+    text += f"\nquestions also in a pool of this run: {overlap} (Train Pools: {summary['seen_in_training']})"
     if summary["seen_in_training"]:
         text += (
             f"\nwarning: {summary['seen_in_training']} of the {len(qs)} questions occur in a Train Pool of "
@@ -406,6 +439,17 @@ def seen_in_training(run: RunLayout, qs: Sequence[EvalQuestion]) -> int:
     for rp in run.rounds():
         if rp.train_pool.exists():
             seen |= {str(r.get("id")) for r in read_jsonl(rp.train_pool)} & ids
+    return len(seen)
+
+
+def pool_overlap(run: RunLayout, qs: Sequence[EvalQuestion]) -> int:
+    """How many evaluated questions occur (same content id) in any Train or Cache Pool of the run."""
+    ids = {q.id for q in qs}
+    seen: set[str] = set()
+    for rp in run.rounds():
+        for pool in (rp.train_pool, rp.cache_pool):
+            if pool.exists():
+                seen |= {str(r.get("id")) for r in read_jsonl(pool)} & ids
     return len(seen)
 
 
@@ -473,26 +517,54 @@ def make_parser() -> argparse.ArgumentParser:
         description="Relative score of a student vs reference answers, judged in both orders.",
     )
     add_config_args(p)
+    for action in p._actions:  # --reviews calls no model and reads no config
+        if action.dest == "config":
+            action.required = False
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--round", "-r", type=int, help="evaluate this round's student (RUN/round_XX/student)")
     who.add_argument("--model", help="evaluate any local model directory (or a hub id in the local cache)")
     who.add_argument(
         "--base", action="store_true", help="evaluate the configured base model (student.model) as a baseline"
     )
+    who.add_argument(
+        "--reviews", default=None, metavar="FILE",
+        help="recompute the relative score from existing judge reviews (FastChat review rows or our "
+             "judgements.jsonl); no model is called and no config is needed",
+    )
     p.add_argument("--name", default=None, help="with --model: results go to RUN/eval/NAME (default: the dir name)")
     p.add_argument(
-        "--questions", default=None, help="question file (FastChat or JSONL) or 'oracle' (default: eval.questions)"
+        "--questions", default=None, help="question file (FastChat or JSONL) or 'oracle' (default: eval.questions); "
+                                          "with --reviews: only the categories of the questions"
     )
     p.add_argument(
-        "--answers", default=None, help="reference answers file (default: eval.reference_answers, else the teacher)"
+        "--answers", default=None, nargs="+", metavar="FILE",
+        help="reference answers file (default: eval.reference_answers, else the teacher); with --reviews: "
+             "REF.jsonl CAND.jsonl, the reference's and the candidate's answers (their answer ids tell each "
+             "review's order)",
     )
+    p.add_argument("--format", default="fastchat", choices=sorted(FORMATS),
+                   help="with --reviews: the verdict format of the reviews (default fastchat)")
     p.add_argument("--max-questions", type=int, default=None, help="evaluate only the first N questions")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.reviews is not None:
+        from .reviews import replay_report
+
+        if args.answers is not None and len(args.answers) != 2:
+            parser.error("--answers with --reviews: give two files, the reference's and the candidate's answers")
+        result, text = replay_report(args.reviews, args.answers, args.questions, args.format)
+        print(text)
+        return 0 if result["parsed"] else 1
+    if args.config is None:
+        parser.error("the following arguments are required: --config/-c")
+    if args.answers is not None and len(args.answers) != 1:
+        parser.error("--answers: give one reference answers file (two only with --reviews)")
+    answers_file = args.answers[0] if args.answers else None
     overrides = list(args.overrides)
     if args.max_questions is not None:
         overrides.append(f"eval.max_questions={args.max_questions}")
@@ -515,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             model = Path(resolve_base_model(ctx.cfg.student, run.base_model))
             name = args.name or "base"
             out = run.eval(name)
-        summary = evaluate(ctx, model, out, questions=args.questions, answers=args.answers, name=name)
+        summary = evaluate(ctx, model, out, questions=args.questions, answers=answers_file, name=name)
         write_json(run.usage, ctx.gateway.usage_summary())
     print(out.summary_txt.read_text(encoding="utf-8"), end="")
     print(f"saved under {out.dir}")

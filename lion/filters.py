@@ -75,8 +75,17 @@ def _meta_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
 
 
 class CandidateFilter:
-    def __init__(self, cfg: GenerationConfig, existing: Iterable[str], eval_questions: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        cfg: GenerationConfig,
+        existing: Iterable[str],
+        eval_questions: Iterable[str] = (),
+        held_out: Iterable[str] = (),
+    ) -> None:
+        """`existing`: the Cache Pool (near-duplicates); `eval_questions`: n-gram decontamination; `held_out`:
+        questions that must never enter a pool, rejected when a candidate is one of them (words normalised)."""
         self.cfg = cfg
+        self._held_out = {" ".join(normalise_words(q)) for q in held_out}
         self.index = RougeIndex(existing, threshold=cfg.rouge_threshold)
         self._meta = _meta_pattern(cfg.meta_words)
         n = cfg.decontam_ngram
@@ -117,6 +126,8 @@ class CandidateFilter:
             return FilterDecision(False, "too_long", f"{n_words} words > {self.cfg.max_words}")
         if self._meta is not None and (m := self._meta.search(" ".join(text.lower().split()))):
             return FilterDecision(False, "meta_word", m.group(0))
+        if " ".join(normalise_words(text)) in self._held_out:
+            return FilterDecision(False, "held_out", "a held-out evaluation question")
         if (why := self._contamination(text)) is not None:
             return FilterDecision(False, "contaminated", why)
         hit = self.index.find_near_duplicate(text)

@@ -25,12 +25,13 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import DataError, LionError
+from .failures import check_failures
 from .prompts import reply_marker
 from .records import Instruction, iter_jsonl, read_json_or_empty, read_jsonl, write_json, write_jsonl
 from .teachers.base import ChatRequest
@@ -64,22 +65,38 @@ def parse_task(reply: str | None, marker: str = "TASK:") -> str | None:
 class SeedSampler:
     """Seeds without replacement while they last; then a fresh shuffle. Counts uses per seed.
 
-    `seeds` may be any sequence (a list, or `PoolRows` reading rows from the pool file on demand): the shuffle
-    permutes positions (an array of 8-byte ints), which draws exactly the seeds shuffling the list would."""
+    `full(seed)` (the category cap) makes the sampler pass over seeds whose category has had its share; when
+    every seed is full, `next` returns None. `seeds` may be any sequence (a list, or `PoolRows` reading rows
+    from the pool file on demand): the shuffle permutes positions (an array of 8-byte ints), which draws exactly
+    the seeds shuffling the list would."""
 
-    def __init__(self, seeds: Sequence[Instruction], rng: random.Random):
-        self.seeds, self.rng = seeds, rng
+    def __init__(self, seeds: Sequence[Instruction], rng: random.Random,
+                 full: Callable[[Instruction], bool] = lambda s: False):
+        self.seeds, self.rng, self.full = seeds, rng, full
         self.order: array.array[int] = array.array("q")
         self.uses: Counter[str] = Counter()
 
-    def next(self) -> tuple[Instruction, int]:
-        if not self.order:
-            self.order = array.array("q", range(len(self.seeds)))
-            self.rng.shuffle(self.order)
-        seed = self.seeds[self.order.pop()]
-        sample = self.uses[seed.id]
-        self.uses[seed.id] += 1
-        return seed, sample
+    def next(self) -> tuple[Instruction, int] | None:
+        for _ in range(2):
+            if not self.order:
+                self.order = array.array("q", range(len(self.seeds)))
+                self.rng.shuffle(self.order)
+            while self.order:
+                seed = self.seeds[self.order.pop()]
+                if self.full(seed):
+                    continue
+                sample = self.uses[seed.id]
+                self.uses[seed.id] += 1
+                return seed, sample
+        return None
+
+
+def category(ctx: RunContext, inst: Instruction) -> str | None:
+    """A seed's category for the cap: its meta category or family, else the offline world's task family."""
+    c = inst.meta.get("category") or inst.meta.get("family")
+    if c is None and ctx.world is not None:
+        c = ctx.world.family(inst.instruction)
+    return None if c is None else str(c)
 
 
 class PoolRows(Sequence[Instruction]):
@@ -130,8 +147,9 @@ def scan_pool(pool: Path, split: Path, offsets: dict[str, array.array[int]]) -> 
                     labels = {str(r["id"]): r["label"] for r in read_jsonl(split)}
             if labels is not None:
                 label = labels.get(row.get("id"))
-            if label in offsets:
-                offsets[label].append(here)
+            # an unjudged item (selector none: Self-Instruct) seeds both branches; stuck and excluded ones neither
+            for kind in (KINDS if label == "unjudged" else (label,) if label in offsets else ()):
+                offsets[kind].append(here)
             yield row["instruction"]
 
 
@@ -148,19 +166,28 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         )
     gc = ctx.cfg.generation
     offsets: dict[str, array.array[int]] = {k: array.array("q") for k in KINDS}
+    held_out = [q.instruction for q in ctx.heldout()] if ctx.cfg.eval.questions == "oracle" else []
     # one pass over the Cache Pool: its texts go into the near-duplicate index, its hard/easy rows' offsets kept
-    filt = CandidateFilter(gc, scan_pool(rp.cache_pool, rp.split, offsets), load_eval_questions(gc.decontaminate))
+    filt = CandidateFilter(gc, scan_pool(rp.cache_pool, rp.split, offsets), load_eval_questions(gc.decontaminate),
+                           held_out)
     seeds = {k: PoolRows(rp.cache_pool, offsets[k]) for k in KINDS}
     wanted = {"hard": gc.n_hard, "easy": gc.n_easy}
     budget = {k: math.ceil(wanted[k] * gc.max_attempts_factor) if seeds[k] else 0 for k in KINDS}
     rng = random.Random(f"{ctx.cfg.seed}/{gc.seed}/{r}")
-    samplers = {k: SeedSampler(seeds[k], rng) for k in KINDS}
+    accepted: dict[str, list[Instruction]] = {k: [] for k in KINDS}
+    grown = {k: Counter[str]() for k in KINDS}  # accepted per seed category (generation.max_category_share)
+
+    def full(k: str) -> Callable[[Instruction], bool]:
+        cap = None if gc.max_category_share is None else max(1, math.floor(gc.max_category_share * wanted[k]))
+        return lambda s: cap is not None and (c := category(ctx, s)) is not None and grown[k][c] >= cap
+
+    samplers = {k: SeedSampler(seeds[k], rng, full(k)) for k in KINDS}
     templates = {k: ctx.template(f"generate_{k}") for k in KINDS}
     markers = {k: reply_marker(templates[k]) for k in KINDS}
 
-    accepted: dict[str, list[Instruction]] = {k: [] for k in KINDS}
     rejected: list[dict[str, Any]] = []
     sent = Counter[str]()
+    capped: set[str] = set()
     wave = 0
     while True:
         plan: list[tuple[str, Instruction, int]] = []
@@ -168,7 +195,12 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             need = wanted[k] - len(accepted[k])
             room = budget[k] - sent[k]
             n = min(need + need // 4 + 1, room, gc.batch_size) if need > 0 else 0
-            plan += [(k, *samplers[k].next()) for _ in range(max(n, 0))]
+            for _ in range(max(n, 0)):
+                drawn = samplers[k].next()
+                if drawn is None:  # every seed's category has had its share
+                    capped.add(k)
+                    break
+                plan.append((k, *drawn))
         if not plan:
             break
         wave += 1
@@ -183,6 +215,9 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             sent[k] += 1
             if len(accepted[k]) >= wanted[k]:  # the wave over-asked a little to absorb rejections
                 rejected.append({"text": res.text, "kind": k, "parent": seed.id, "reason": "surplus"})
+                continue
+            if full(k)(seed):  # the seed's category reached its share during this wave
+                rejected.append({"text": res.text, "kind": k, "parent": seed.id, "reason": "category_cap"})
                 continue
             if not res.ok:
                 rejected.append(
@@ -204,15 +239,22 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
                 continue
             assert text is not None
             filt.accept(text)
+            if (c := category(ctx, seed)) is not None:
+                grown[k][c] += 1
             new = Instruction(instruction=text, round=r, kind=k, parent=seed.id, meta={"parent_kind": seed.kind})
             accepted[k].append(new)
 
     for rows in seeds.values():
         rows.close()
+    check_failures(ctx.cfg, r, "generation", "generator calls",
+                   sum(1 for x in rejected if x["reason"] == "call_failed"), sum(sent.values()))
     met = all(len(accepted[k]) >= wanted[k] for k in KINDS)
-    stopped = (
-        "targets_met" if met else ("no_seeds" if any(wanted[k] and not seeds[k] for k in KINDS) else "max_attempts")
-    )
+    if met:
+        stopped = "targets_met"
+    elif any(wanted[k] and not seeds[k] for k in KINDS):
+        stopped = "no_seeds"
+    else:
+        stopped = "category_cap" if capped else "max_attempts"
     write_jsonl(rp.generated, (i.to_json() for k in KINDS for i in accepted[k]))
     write_jsonl(rp.rejected, rejected)
     metrics = {

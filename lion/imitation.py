@@ -17,6 +17,7 @@ from typing import Any
 from .answers import buy_teacher_answers, teacher_identity
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
+from .failures import check_failures
 from .pools import prepare_round
 from .records import count_rows, iter_pool, read_json_or_empty, write_json
 
@@ -55,11 +56,15 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
             f"round {r}: the teacher answered none of the {n_pool} Train Pool instructions; "
             "see the gateway errors above"
         )
+    check_failures(ctx.cfg, r, "imitation", "teacher answers to the Train Pool",
+                   n_failed, n_pool,
+                   "; nothing was trained on the partial Train Pool")
     from .student.train import train_student
 
     init_from = previous_student(ctx, r)
     result = train_student(
-        ctx.cfg.student, examples, init_from, rp.student, seed=ctx.cfg.seed + r, progress=ctx.progress
+        ctx.cfg.student, examples, init_from, rp.student, seed=ctx.cfg.seed + r, progress=ctx.progress,
+        logging_dir=ctx.run.trainer_logs(r) if "tensorboard" in ctx.cfg.student.report_targets() else None,
     )
     metrics = {
         "n_train_pool": n_pool,

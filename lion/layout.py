@@ -65,6 +65,27 @@ class EvalPaths:
 
 
 @dataclass(frozen=True)
+class ExportPaths:
+    """The files of one export (`lion export RUN --format F`, default RUN/export/<F>/); see lion.export."""
+
+    dir: Path
+
+    @property
+    def jsonl(self) -> Path:
+        return self.dir / "data.jsonl"
+
+    @property
+    def dataset(self) -> Path:
+        """The same rows as a `datasets` folder (`datasets.load_from_disk`)."""
+        return self.dir / "dataset"
+
+    @property
+    def card(self) -> Path:
+        """The dataset card (how it was made, counts, models, spend, config)."""
+        return self.dir / "README.md"
+
+
+@dataclass(frozen=True)
 class RoundPaths:
     """The files of one round (round_XX/)."""
 
@@ -185,6 +206,12 @@ class RunLayout:
         return self.root / "teacher_answers.jsonl"
 
     @property
+    def gateway_log(self) -> Path:
+        """One line per batch of calls that had failures (by reason, one example), per submitted or re-polled
+        provider batch (batch mode), and per stop (quota, auth, unknown model, refused parameter)."""
+        return self.root / "gateway.log"
+
+    @property
     def base_model(self) -> Path:
         """The tiny student built on the fly (student.model: tiny)."""
         return self.root / "base_model"
@@ -202,6 +229,34 @@ class RunLayout:
     @property
     def report_html(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def log(self) -> Path:
+        """Every lion.* log line of every command run on this directory (appended; lion.logs)."""
+        return self.root / "lion.log"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files: the loop's per-round figures here, each training's loss in a sub-folder."""
+        return self.root / "tensorboard"
+
+    def trainer_logs(self, r: int) -> Path:
+        """Round r's Trainer loss curves (TensorBoard)."""
+        return self.tensorboard / f"train_round_{r:02d}"
+
+    @property
+    def wandb(self) -> Path:
+        """wandb's own folder (runs, offline runs) for the loop's figures."""
+        return self.root / "wandb"
+
+    @property
+    def trackers(self) -> Path:
+        """Which rounds each tracker has received (so a resumed run never logs a round twice), and run ids."""
+        return self.root / "trackers.json"
+
+    def export(self, fmt: str, r: int | None = None) -> ExportPaths:
+        """Where `lion export RUN --format fmt [--round r]` writes by default (export/<fmt>, export/<fmt>_round_XX)."""
+        return ExportPaths(self.root / "export" / (fmt if r is None else f"{fmt}_round_{r:02d}"))
 
     def eval(self, name: str) -> EvalPaths:
         """An evaluation outside the rounds (`python -m lion.evaluate --model PATH | --base`)."""

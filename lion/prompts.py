@@ -11,7 +11,11 @@ placeholders are capture groups and returns the values. The offline oracle uses 
 prompts the way a model would; if someone edits a template, the oracle follows automatically, and a
 render/extract round-trip test catches templates that can no longer be read back unambiguously.
 The parsers for what models write in reply live next to the code that renders each template
-(referee verdicts in `lion.referee`, new tasks in `lion.generation`).
+(referee verdicts in `lion.verdicts`, new tasks in `lion.generation`).
+
+Declarations: a template file may begin with lines `{# key: value #}`; they are not part of the text that is
+sent. The one key is `verdict_format` (a judge template's reply format, a name in `lion.verdicts.FORMATS`:
+`lion` or `fastchat`; a judge template that declares none speaks `lion`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+DECLARATION = re.compile(r"^\{#\s*([A-Za-z_][\w-]*)\s*:\s*(.*?)\s*#\}[ \t]*(?:\r?\n|$)")
 
 # template name -> the placeholders it must use (documented in prompts/README.md)
 TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -48,6 +53,7 @@ def default_prompts_dir() -> Path:
 class Template:
     name: str
     text: str
+    verdict_format: str | None = None  # declared by the file (`{# verdict_format: NAME #}`); None: not declared
 
     @cached_property
     def placeholders(self) -> tuple[str, ...]:
@@ -92,7 +98,8 @@ def load_template(name: str, prompts_dir: str | Path | None = None) -> Template:
     path = d / f"{name}.txt"
     if not path.is_file():
         raise ConfigError(f"prompts_dir: template {name!r} not found at {path}")
-    tpl = Template(name, path.read_text(encoding="utf-8"))
+    text, declared = _declarations(path.read_text(encoding="utf-8"), path)
+    tpl = Template(name, text, **declared)
     want = TEMPLATES.get(name)
     if want is not None and set(tpl.placeholders) != set(want):
         raise ConfigError(
@@ -100,6 +107,26 @@ def load_template(name: str, prompts_dir: str | Path | None = None) -> Template:
             f"found {sorted(tpl.placeholders)}"
         )
     return tpl
+
+
+def _declarations(text: str, path: Path) -> tuple[str, dict[str, str]]:
+    """Split the leading `{# key: value #}` lines off a template file; check the keys and values."""
+    from .verdicts import FORMATS
+
+    declared: dict[str, str] = {}
+    lineno = 0
+    while m := DECLARATION.match(text):
+        lineno += 1
+        key, value = m.group(1), m.group(2)
+        if key != "verdict_format":
+            raise ConfigError(f"prompts_dir: {path}:{lineno}: unknown declaration {key!r} (known: verdict_format)")
+        if value not in FORMATS:
+            raise ConfigError(
+                f"prompts_dir: {path}:{lineno}: unknown verdict_format {value!r} (known: {', '.join(sorted(FORMATS))})"
+            )
+        declared[key] = value
+        text = text[m.end() :]
+    return text, declared
 
 
 def reply_marker(tpl: Template) -> str:
@@ -126,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     for name in TEMPLATES:
         t = load_template(name, args.dir)
-        print(f"{name:16s} placeholders: {', '.join(t.placeholders) or '-'}")
+        fmt = f"; verdict format {t.verdict_format}" if t.verdict_format else ""
+        print(f"{name:16s} placeholders: {', '.join(t.placeholders) or '-'}{fmt}")
     return 0
 
 

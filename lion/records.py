@@ -9,7 +9,12 @@ crash leaves either the old or the new file, never half of one.
 
 `load_instructions` accepts JSONL, a JSON array (or {"data"/"instances"/"rows": [...]}), Alpaca rows
 (instruction/input/output), Self-Instruct rows (instruction + instances), FastChat question rows (turns),
-plain-text prompt rows (prompt/question/text), CSV/TSV/Parquet and datasets hub ids through `datasets`.
+ShareGPT rows (`conversations`: [{"from": "human"|"gpt"|"system", "value"}]), OpenAI chat rows (`messages`:
+[{"role": "user"|"assistant"|"system", "content"}]), plain-text prompt rows (prompt/question/text),
+CSV/TSV/Parquet and datasets hub ids through `datasets`. A chat row gives its first user turn as the
+instruction; the answers a seed file already holds (Alpaca `output`, the first assistant reply of a chat) are
+collected in `LoadReport.answers` (used with `pools.seed_answers: teacher`); later turns of a multi-turn chat
+are not used, and such rows are counted (`LoadReport.multi_turn`).
 A bad row raises `DataError` naming the file and line; no row is silently dropped (exact duplicates are
 merged and counted, and the count is reported). `iter_instructions` is the same loader as a stream (JSONL line
 by line, only the ids seen kept), and `iter_pool` / `union_pools` / `write_jsonl` stream pools, so a
@@ -23,7 +28,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -300,6 +305,67 @@ def union_pools(*parts: Iterable[Instruction]) -> Iterator[Instruction]:
 # --------------------------------------------------------------------------------------------- loaders
 
 _TEXT_KEYS = ("instruction", "prompt", "question", "text", "query")
+_ANSWER_KEYS = ("output", "response")  # Alpaca, Dolly
+# (list key, speaker key, text key, user names, assistant names, names skipped before the first user turn)
+_CHATS = {
+    "conversations": ("from", "value", {"human", "user"}, {"gpt", "assistant", "chatgpt", "bard", "bing", "model"},
+                      {"system"}),
+    "messages": ("role", "content", {"user"}, {"assistant"}, {"system", "developer"}),
+}
+
+
+def _turn_text(value: Any, where: str) -> str:
+    """A turn's text: a string, or OpenAI content parts [{"type": "text", "text": ...}] joined."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        if any(p.get("type") != "text" or not isinstance(p.get("text"), str) for p in value):
+            raise DataError(f"{where}: only text content parts are supported (got {[p.get('type') for p in value]})")
+        return "\n".join(p["text"] for p in value)
+    raise DataError(f"{where}: the turn's text must be a string, got {type(value).__name__}")
+
+
+def _first_exchange(row: dict[str, Any], where: str) -> tuple[str, str | None, bool] | None:
+    """(first user turn, the assistant reply after it or None, more turns follow) of a ShareGPT / OpenAI chat row;
+    None when the row is not a chat."""
+    list_key = next((k for k in _CHATS if k in row), None)
+    if list_key is None:
+        return None
+    who_key, text_key, users, assistants, skipped = _CHATS[list_key]
+    turns = row[list_key]
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: '{list_key}' must be a non-empty list of turns")
+    i = 0
+    while i < len(turns) and isinstance(turns[i], dict) and str(turns[i].get(who_key, "")).lower() in skipped:
+        i += 1
+    for j, t in enumerate(turns):
+        if not isinstance(t, dict) or who_key not in t or text_key not in t:
+            raise DataError(f"{where}: {list_key}[{j}] must be an object with '{who_key}' and '{text_key}'")
+    if i >= len(turns):
+        raise DataError(f"{where}: '{list_key}' has no user turn")
+    first = str(turns[i][who_key]).lower()
+    if first not in users:
+        raise DataError(f"{where}: {list_key}[{i}] is from {turns[i][who_key]!r}; the first turn after any system "
+                        f"turn must be the user's ({', '.join(sorted(users))})")
+    prompt = _turn_text(turns[i][text_key], f"{where}: {list_key}[{i}]")
+    answer = None
+    if i + 1 < len(turns) and str(turns[i + 1][who_key]).lower() in assistants:
+        answer = _turn_text(turns[i + 1][text_key], f"{where}: {list_key}[{i + 1}]").strip() or None
+    return prompt, answer, len(turns) > i + 2
+
+
+def row_answer(row: Any, where: str) -> str | None:
+    """The answer a seed row already holds (Alpaca `output`, a chat's first assistant reply), or None."""
+    if not isinstance(row, dict):
+        return None
+    chat = _first_exchange(row, where)
+    if chat is not None:
+        return chat[1]
+    for k in _ANSWER_KEYS:
+        v = row.get(k)
+        if isinstance(v, str) and v.strip():
+            return v.strip()
+    return None
 
 
 def _row_to_instruction(row: Any, where: str) -> Instruction:
@@ -307,7 +373,10 @@ def _row_to_instruction(row: Any, where: str) -> Instruction:
         text = row
         row = {}
     elif isinstance(row, dict):
-        if "turns" in row:  # FastChat question: first turn
+        chat = _first_exchange(row, where)
+        if chat is not None:  # ShareGPT / OpenAI messages: the first user turn
+            text = chat[0]
+        elif "turns" in row:  # FastChat question: first turn
             turns = row["turns"]
             if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
                 raise DataError(f"{where}: 'turns' must be a non-empty list of strings")
@@ -316,7 +385,8 @@ def _row_to_instruction(row: Any, where: str) -> Instruction:
             key = next((k for k in _TEXT_KEYS if k in row), None)
             if key is None:
                 raise DataError(
-                    f"{where}: no instruction field (expected one of: {', '.join(_TEXT_KEYS)}, turns); "
+                    f"{where}: no instruction field (expected one of: {', '.join(_TEXT_KEYS)}, turns, "
+                    f"conversations, messages); "
                     f"keys present: {', '.join(map(str, row)) or 'none'}"
                 )
             text = row[key]
@@ -405,6 +475,9 @@ class LoadReport:
     source: str
     rows: int = 0
     duplicates: int = 0
+    answers: dict[str, str] = field(default_factory=dict)  # instruction id -> the answer the seed row holds
+    multi_turn: int = 0  # chat rows with turns after the first exchange (only the first exchange is used)
+    n_answers: int = 0  # rows that hold an answer (in `answers`, or handed to `on_answer` when streaming)
 
 
 def load_instructions(spec: str | os.PathLike[str], limit: int | None = None) -> tuple[list[Instruction], LoadReport]:
@@ -413,11 +486,12 @@ def load_instructions(spec: str | os.PathLike[str], limit: int | None = None) ->
     return list(iter_instructions(spec, limit, report)), report
 
 
-def iter_instructions(spec: str | os.PathLike[str], limit: int | None = None,
-                      report: LoadReport | None = None) -> Iterator[Instruction]:
+def iter_instructions(spec: str | os.PathLike[str], limit: int | None = None, report: LoadReport | None = None,
+                      on_answer: Callable[[str, str], None] | None = None) -> Iterator[Instruction]:
     """The unique Instructions of a seed file (or datasets id), in file order, streamed: JSONL is read line by
     line and only the ids seen so far are kept (`IdSet`), so a million-row seed file never sits in memory.
-    `report` (if given) counts rows and merged duplicates as the stream goes."""
+    `report` (if given) counts rows and merged duplicates as the stream goes; the answers seed rows hold go to
+    `on_answer(id, answer)` as they pass (else into `report.answers`)."""
     spec = str(spec)
     p = Path(spec)
     if p.is_dir():
@@ -440,6 +514,16 @@ def iter_instructions(spec: str | os.PathLike[str], limit: int | None = None,
             report.duplicates += 1
             continue
         n += 1
+        if isinstance(row, dict):
+            chat = _first_exchange(row, where)
+            report.multi_turn += bool(chat and chat[2])
+            answer = row_answer(row, where)
+            if answer is not None:
+                report.n_answers += 1
+                if on_answer is not None:
+                    on_answer(inst.id, answer)
+                else:
+                    report.answers[inst.id] = answer
         yield inst
         if limit is not None and n >= limit:
             break
@@ -454,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("file")
     args = ap.parse_args(argv)
     pool, rep = load_instructions(args.file)
-    print(f"{rep.source}: {rep.rows} rows, {len(pool)} unique instructions, {rep.duplicates} exact duplicates merged")
+    print(f"{rep.source}: {rep.rows} rows, {len(pool)} unique instructions, {rep.duplicates} exact duplicates merged, "
+          f"{len(rep.answers)} with an answer" + (f", {rep.multi_turn} multi-turn (first exchange used)"
+                                                  if rep.multi_turn else ""))
     return 0
 
 

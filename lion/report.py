@@ -407,7 +407,8 @@ def _table_text(rows: list[dict[str, str]]) -> str:
 
 def usage_total(run: RunData) -> dict[str, float]:
     rows = _usage_rows(run)
-    tot = {k: sum(float(u.get(k) or 0) for u in rows) for k in ("calls", "cached", "tokens_in", "tokens_out", "usd")}
+    tot = {k: sum(float(u.get(k) or 0) for u in rows)
+           for k in ("calls", "cached", "tokens_in", "tokens_out", "tokens_cache_read", "usd")}
     t = (run.usage or {}).get("total")
     if isinstance(t, dict):  # trust the ledger's own total when it has one
         tot.update({k: float(t[k]) for k in tot if isinstance(t.get(k), (int, float))})
@@ -430,7 +431,8 @@ def text_summary(run: RunData) -> str:
     t = usage_total(run)
     lines.append(
         f"LLM usage: {t['calls']:.0f} calls ({t['cached']:.0f} replayed from cache), "
-        f"{t['tokens_in']:.0f} tokens in, {t['tokens_out']:.0f} out, ${t['usd']:.4f}"
+        f"{t['tokens_in']:.0f} tokens in ({t['tokens_cache_read'] / t['tokens_in'] if t['tokens_in'] else 0:.0%} "
+        f"read from the provider's prompt cache), {t['tokens_out']:.0f} out, ${t['usd']:.4f}"
     )
     evals = [(r.no, r.eval) for r in run.rounds if r.eval]
     if evals:

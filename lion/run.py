@@ -1,6 +1,7 @@
 """The Lion loop (Algorithm 1 of Jiang et al., 2023), resumable at any moment.
 
     python -m lion.run --config configs/smoke.yaml [--rounds N] [--set key=value ...]
+    python -m lion.run --config configs/smoke.yaml --dry-run      # the plan (lion.plan): calls, USD, hours, GPU memory
 
     for round r = 1 .. N:
         Train Pool(r), Cache Pool(r)   <- seeds (r = 1), or round r-1's new instructions   (lion.pools)
@@ -10,8 +11,10 @@
         generation(r):     new instructions from hard and easy seeds, filtered             (lion.generation)
     final imitation on the last Train Pool (= imitation of round N+1)
 
-Every phase writes its files atomically and a completion marker last; every LLM call is cached in the run
-directory. Re-running the same command therefore resumes where the run stopped, redoes no finished phase
+Status goes to the `lion.*` loggers (stderr and RUN/lion.log; `--log-level`, lion.logs); the per-round lines and
+the summary table go to stdout. The per-round figures also go to the trackers of `student.report_to`
+(TensorBoard, wandb; lion.trackers). Every phase writes its files atomically and a completion marker last;
+every LLM call is cached in the run directory. Re-running the same command therefore resumes where the run stopped, redoes no finished phase
 and pays for no call twice. Raising --rounds continues a finished run (round N+1's imitation, if it was
 done as the final imitation, is not repeated).
 """
@@ -19,6 +22,7 @@ done as the final imitation, is not repeated).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
@@ -29,38 +33,47 @@ from .errors import BudgetExceeded, LionError
 from .generation import generation
 from .imitation import imitation
 from .layout import RunLayout
+from .plan import add_plan_args, print_plan
 from .pools import prepare_round
 from .records import write_json
 from .roundtable import collect_round, family_table, round_line, summary_table
+from .trackers import Trackers, open_trackers
+
+log = logging.getLogger("lion.run")
 
 
 def lion_loop(cfg: LionConfig, *, progress: bool = True, echo: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) `cfg.rounds` rounds; return each round's metrics."""
     rounds = cfg.rounds
     summaries: list[dict[str, Any]] = []
-    with RunContext(cfg, progress=progress) as ctx:
+    with RunContext(cfg, progress=progress) as ctx, open_trackers(cfg, ctx.run) as trackers:
+        log.info("run %s: %d round(s)%s", cfg.run_dir, rounds, " + final imitation" if cfg.final_imitation else "")
         try:
             for r in range(1, rounds + 1):
                 prepare_round(ctx, r)
-                imitation(ctx, r)
-                evaluate_student(ctx, r)
-                discrimination(ctx, r)
-                generation(ctx, r)
-                summaries.append(round_metrics(ctx, r))
+                for name, phase in (("imitation", imitation), ("evaluation", evaluate_student),
+                                    ("discrimination", discrimination), ("generation", generation)):
+                    log.info("round %d: %s", r, name)
+                    phase(ctx, r)
+                summaries.append(round_metrics(ctx, r, trackers))
                 ctx.run.set_rounds_completed(r)
                 if echo:
                     print(round_line(summaries[-1]), flush=True)
             if cfg.final_imitation and rounds > 0:
+                log.info("round %d: final imitation", rounds + 1)
                 prepare_round(ctx, rounds + 1)
                 imitation(ctx, rounds + 1)
                 evaluate_student(ctx, rounds + 1)
-                summaries.append(round_metrics(ctx, rounds + 1))  # the final student's row
+                summaries.append(round_metrics(ctx, rounds + 1, trackers))  # the final student's row
                 if echo:
                     print(round_line(summaries[-1]), flush=True)
-        except BudgetExceeded:
+        except BudgetExceeded as e:
+            log.warning("run %s stopped by the budget: %s", cfg.run_dir, e)
             if echo and summaries:
                 print(summary_table(summaries))
             raise
+        log.info("run %s finished: %d round(s)%s", cfg.run_dir, rounds,
+                 " + final imitation" if cfg.final_imitation and rounds > 0 else "")
     if echo:
         print(summary_table(summaries))
         families = family_table(summaries)
@@ -78,11 +91,14 @@ def evaluate_student(ctx: RunContext, r: int) -> None:
         evaluate_round(ctx, r)
 
 
-def round_metrics(ctx: RunContext, r: int) -> dict[str, Any]:
-    """Collect round r's figures (and the spend so far) into round_XX/metrics.json."""
+def round_metrics(ctx: RunContext, r: int, trackers: Trackers | None = None) -> dict[str, Any]:
+    """Collect round r's figures (and the spend so far) into round_XX/metrics.json, and send them to the trackers
+    (once per round: a resumed run does not send a finished round again)."""
     m = collect_round(ctx.run.round(r))
     m["usage"] = ctx.gateway.usage_summary()
     write_json(ctx.run.round(r).metrics, m)
+    if trackers is not None:
+        trackers.log_round(m)
     return m
 
 
@@ -98,6 +114,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="refuse to continue an existing run directory (default: resume it)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (python -m lion.plan: calls, tokens, USD online and in batch mode, hours, "
+                        "GPU memory) and exit without calling anything or writing the run directory")
+    add_plan_args(p)
     return p
 
 
@@ -109,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_dir is not None:
         overrides.append(f"run_dir={args.run_dir}")
     cfg = load_config(args.config, overrides)
+    if args.dry_run:
+        print_plan(cfg, args.config, args)
+        return 0
     if not args.resume and RunLayout(cfg.run_dir).state.exists():
         raise LionError(
             f"run_dir: {cfg.run_dir} already holds a run and --no-resume was given; "

@@ -10,7 +10,7 @@ import the simulator. `family_accuracy` is the one implementation of "exact accu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,8 +37,9 @@ class HeldOutQuestion:
 class World(Grader, Protocol):
     name: str
 
-    def heldout(self, per_family: int, seed: int) -> list[HeldOutQuestion]:
-        """`per_family` questions of every family, drawn from a stream no pool is drawn from."""
+    def heldout(self, per_family: int, seed: int, exclude: Collection[str] = ()) -> list[HeldOutQuestion]:
+        """`per_family` questions of every family, none of them in `exclude` (the seed pool): with generation
+        rejecting held-out questions, no pool ever holds one."""
         ...
 
 

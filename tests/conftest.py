@@ -119,3 +119,39 @@ def facts_student(tmp_path_factory: pytest.TempPathFactory) -> Any:
     cfg = StudentConfig(model=str(base), lr=3e-3, per_device_batch_size=4, grad_accum=1, max_steps=200,
                         warmup_ratio=0.05, max_length=64, packing=True, pack_length=256, logging_steps=50)
     return train_student(cfg, student_fact_examples(), base, root / "facts_student", progress=False).path
+
+
+# ----------------------------------------------------------------------------- a finished run (tests/test_export.py, ...)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-round run + final imitation of the scripted loop world (tests/loop_world.py) on a local server,
+    with student.report_to: tensorboard; ~10 s. Read-only for the tests that share it (copy it to change it)."""
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from loop_world import LoopResponder
+    from test_loop import loop_config
+
+    from lion.config import config_from_dict
+    from lion.run import lion_loop
+    from lion.sim.server import SimServer
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    server = SimServer(LoopResponder(), latency_ms=2)
+    url = server.start()
+    old = os.environ.get("LION_TEST_KEY")
+    os.environ["LION_TEST_KEY"] = "sk-test-finished-run"
+    try:
+        cfg = loop_config(run, url, rounds=1, final_imitation=True)
+        cfg["student"]["report_to"] = ["tensorboard"]
+        lion_loop(config_from_dict(cfg), progress=False, echo=False)
+    finally:
+        server.stop()
+        if old is None:
+            os.environ.pop("LION_TEST_KEY", None)
+        else:
+            os.environ["LION_TEST_KEY"] = old
+    return run

@@ -25,8 +25,9 @@ def test_roles_inherit_default_and_keep_their_own_overrides():
     cfg = cfg_with(llm={"default": {"model": "m-default", "rpm": 100}, "referee": {"model": "judge-x"}})
     assert cfg.llm.teacher.model == "m-default" and cfg.llm.teacher.rpm == 100
     assert cfg.llm.referee.model == "judge-x" and cfg.llm.referee.rpm == 100
-    assert cfg.llm.referee.temperature == 0.0  # role-specific built-in default survives
-    assert cfg.llm.generator.temperature == 1.0
+    assert cfg.llm.referee.max_tokens == 512  # role-specific built-in default survives
+    assert cfg.llm.generator.max_tokens == 256
+    assert cfg.llm.referee.temperature is None  # sampling keys nobody set are not sent
 
 
 @pytest.mark.parametrize(

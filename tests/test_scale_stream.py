@@ -1,5 +1,5 @@
-"""Bounded memory for big pools: streamed seed/pool reading, the on-disk answer index, the gateway's window over
-an iterator, torn-tail repair, and the network-filesystem guard for the SQLite files.
+"""Bounded memory for big pools: streamed seed/pool reading, the on-disk answer index, the gateway reading
+requests from an iterator a window at a time, torn-tail repair, and the network-filesystem guard for SQLite.
 
     python -m pytest -q tests/test_scale_stream.py
 """
@@ -131,7 +131,7 @@ def echo_llm(sim_server, sim_llm):
     return make
 
 
-def test_chat_iter_pulls_requests_only_as_the_window_frees(tmp_path: Path, echo_llm) -> None:
+def test_chat_iter_reads_requests_one_window_at_a_time(tmp_path: Path, echo_llm) -> None:
     server, llm = echo_llm(max_in_flight=4, latency_ms=5)
     seen_completed: list[tuple[int, int]] = []
 
@@ -141,11 +141,12 @@ def test_chat_iter_pulls_requests_only_as_the_window_frees(tmp_path: Path, echo_
             yield ChatRequest(messages=[{"role": "user", "content": f"question {k}"}])
 
     with Gateway(llm, tmp_path, progress=False) as gw:
-        got = dict(gw.chat_iter("teacher", "t", requests()))
+        got = dict(gw.chat_iter("teacher", "t", requests(), window=8))
         assert sorted(got) == list(range(120)) and all(r.ok for r in got.values())
         assert got[17].text.endswith("question 17")
-        # request k is read only once all but max_in_flight of the earlier ones have completed
-        assert all(done >= k - 4 for k, done in seen_completed), seen_completed[:20]
+        # request k is read only once every window before its own has completed
+        assert all(done >= (k // 8) * 8 for k, done in seen_completed), seen_completed[:20]
+        assert any(done > 0 for _, done in seen_completed), "everything was read before the first call"
         # a replay is all cache hits, in input order for chat_many, from a generator as from a list
         again = gw.chat_many("teacher", "t", (ChatRequest(messages=[{"role": "user", "content": f"question {k}"}])
                                               for k in range(120)))
@@ -158,17 +159,18 @@ def test_chat_iter_stops_cleanly_when_the_consumer_stops_and_raises_budget_after
     server, llm = echo_llm(max_in_flight=2)
     with Gateway(llm, tmp_path, progress=False) as gw:
         reqs = ([{"role": "user", "content": f"q{k}"}] for k in range(10_000))
-        for n, _ in enumerate(gw.chat_iter("teacher", "t", reqs), 1):
+        for n, _ in enumerate(gw.chat_iter("teacher", "t", reqs, window=8), 1):
             if n == 5:
                 break
-    assert server.stats.completed < 5 + 2 + 1100, "the stream kept calling after its consumer stopped"
+    assert server.stats.completed == 8, "the stream kept calling after its consumer stopped"
     server2, llm2 = echo_llm(max_in_flight=2, llm={"budget_tokens": 40 * 30, "chars_per_token": 4.0},
                              max_tokens=20)
     got = []
     with Gateway(llm2, tmp_path / "b", progress=False) as gw, pytest.raises(BudgetExceeded):
-        for item in gw.chat_iter("teacher", "t", ([{"role": "user", "content": f"q{k}"}] for k in range(500))):
+        for item in gw.chat_iter("teacher", "t", ([{"role": "user", "content": f"q{k}"}] for k in range(500)),
+                                 window=16):
             got.append(item)
-    assert 0 < len(got) < 500  # the results before the cap were handed out before the error
+    assert 0 < len(got) < 500 and len(got) % 16 == 0  # the windows before the cap were handed out before the error
 
 
 # --------------------------------------------------------------------------------------------- network filesystems
@@ -249,6 +251,7 @@ def test_chunked_discrimination_equals_one_chunk_and_resumes_at_the_last_whole_c
     from loop_world import LoopResponder
 
     import lion.discrimination as disc
+    import lion.selectors as selectors
     from lion.config import config_from_dict
     from lion.context import RunContext
     from lion.imitation import imitation
@@ -263,7 +266,7 @@ def test_chunked_discrimination_equals_one_chunk_and_resumes_at_the_last_whole_c
         m_one = disc.discrimination(ctx, 1)
 
     chunked = config_from_dict(_loop_cfg(tmp_path / "chunked", server.base_url, chunk_size=3))
-    real_judge, calls = disc.judge_pairs, []
+    real_judge, calls = selectors.judge_pairs, []
 
     def interrupted(*a, **kw):  # the process dies while judging the third chunk
         calls.append(len(a[3]))
@@ -271,7 +274,7 @@ def test_chunked_discrimination_equals_one_chunk_and_resumes_at_the_last_whole_c
             raise KeyboardInterrupt
         return real_judge(*a, **kw)
 
-    monkeypatch.setattr(disc, "judge_pairs", interrupted)
+    monkeypatch.setattr(selectors, "judge_pairs", interrupted)
     with pytest.raises(KeyboardInterrupt), RunContext(chunked, progress=False) as ctx:
         disc.discrimination(ctx, 1)
     rd = tmp_path / "chunked" / "round_01"
@@ -279,7 +282,7 @@ def test_chunked_discrimination_equals_one_chunk_and_resumes_at_the_last_whole_c
     assert progress["rows"] == 6 and not (rd / "discrimination.done").exists()
     with (rd / "judgements.jsonl").open("a") as f:  # half a chunk's rows written when the process died
         f.write('{"id": "torn", "order": "ref_first"}\n{"id": "torn", "ord')
-    monkeypatch.setattr(disc, "judge_pairs", real_judge)
+    monkeypatch.setattr(selectors, "judge_pairs", real_judge)
     with RunContext(chunked, progress=False) as ctx:
         m_chunked = disc.discrimination(ctx, 1)
     assert m_chunked == m_one and m_one["n"] == 20

@@ -13,14 +13,16 @@ and a request that no template explains is refused loudly with an error that nam
 - referee (user = referee): scores both responses by correctness against the truth (`correct_score` /
   `wrong_score`, plus partial credit by character similarity), adds gaussian noise (`referee_noise`, the std)
   and a first-position bias (`position_bias`, points added to response A), clips to 1..10 and ends with the
-  verdict line in the format the referee template asks for.
+  verdict in the format the referee template declares (`fastchat`: the two scores on the first line; `lion`: the
+  template's own verdict line, filled in).
 - generator (user = generate_hard / generate_easy): hard -> a new instance of the seed's family at difficulty
   ±1; easy -> the same domain, a different and rarer family. Replies with the marker the template asks for
   (`TASK: ...`).
 
 Every reply is a pure function of (seed, request body), so cache replay and resume are reproducible.
 Options (config `sim.options`): seed, prompts_dir, referee_noise, position_bias, correct_score, wrong_score,
-partial_credit.
+partial_credit, judge_prompts (FastChat-style prompt files the referee also answers, in their verdict format;
+the run passes eval.judge_prompts and discrimination.referee_prompts).
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, LionError
+from ..judge_prompts import load_judge_prompts
 from ..prompts import PLACEHOLDER, Template, load_template, reply_marker, teacher_request
 from . import tasks as world
 from .tasks import TaskWorld
 
 GENERATOR_KINDS = ("generate_hard", "generate_easy")
-KNOWN_OPTIONS = ("seed", "prompts_dir", "referee_noise", "position_bias", "correct_score", "wrong_score", "partial_credit")
+KNOWN_OPTIONS = ("seed", "prompts_dir", "referee_noise", "position_bias", "correct_score", "wrong_score", "partial_credit",
+                 "judge_prompts")
 
 
 class PromptMismatch(LionError):
@@ -80,7 +84,9 @@ class OracleResponder:
         self.prompts_dir = Path(pd) if pd else None
         names = ("teacher_system", "teacher", "referee", *GENERATOR_KINDS)
         self.templates: dict[str, Template] = {n: load_template(n, self.prompts_dir) for n in names}
-        self._verdict_line = _verdict_format(self.templates["referee"])
+        self._verdict = _verdict_writer(self.templates["referee"])
+        jp = options.get("judge_prompts") or []
+        self.judge_prompts = [p for f in ([jp] if isinstance(jp, str) else jp) for p in load_judge_prompts(f).prompts]
         self._task_marker = {k: reply_marker(self.templates[k]) for k in GENERATOR_KINDS}
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()  # requests served per kind
@@ -100,6 +106,11 @@ class OracleResponder:
             fields = self.templates[kind].extract(user)
             if fields is not None:
                 return kind, fields
+        for jp in self.judge_prompts:  # a FastChat-style judge prompt (eval.judge_prompts / referee_prompts)
+            fields = jp.template.extract(user) if (system or "") == jp.system else None
+            if fields is not None and all(fields.get(k) == v for k, v in jp.defaults.items()):
+                return "referee", {"instruction": fields["question"], "answer_a": fields["answer_1"],
+                                   "answer_b": fields["answer_2"], "verdict_format": jp.verdict_format}
         if system is not None:
             if self.templates["teacher_system"].extract(system) is None:
                 raise PromptMismatch(self._explain(system + "\n" + user, "the system message is not the teacher_system template"))
@@ -120,7 +131,8 @@ class OracleResponder:
         if kind == "teacher":
             return self._teacher(fields["instruction"], rng)
         if kind == "referee":
-            return self._referee(fields["instruction"], fields["answer_a"], fields["answer_b"], rng)
+            return self._referee(fields["instruction"], fields["answer_a"], fields["answer_b"], rng,
+                                 fields.get("verdict_format"))
         return self._generate(kind, fields["instruction"], rng)
 
     def _digest(self, body: dict[str, Any]) -> str:
@@ -183,21 +195,19 @@ class OracleResponder:
                 return s, "is close to the requested output but not correct"
         return s, "does not give the requested output"
 
-    def _referee(self, instruction: str, answer_a: str, answer_b: str, rng: random.Random) -> str:
+    def _referee(
+        self, instruction: str, answer_a: str, answer_b: str, rng: random.Random, verdict_format: str | None = None
+    ) -> str:
+        """Scores by correctness; the reply in the referee template's verdict format, or in `verdict_format`
+        (a FastChat-style judge prompt's)."""
         sa, why_a = self.score(instruction, answer_a)
         sb, why_b = self.score(instruction, answer_b)
         noise_a, noise_b = (rng.gauss(0.0, self.referee_noise), rng.gauss(0.0, self.referee_noise))
         sa += self.position_bias + noise_a
         sb += noise_b
         a, b = (max(1, min(10, round(x))) for x in (sa, sb))
-        if a > b:
-            summary = "Response A is the better of the two."
-        elif b > a:
-            summary = "Response B is the better of the two."
-        else:
-            summary = "The two responses are about equally good."
-        expl = f"Response A {why_a}. Response B {why_b}. {summary}"
-        return f"{expl}\n\n{self._verdict_line(a, b)}"
+        write = self._verdict if verdict_format is None else _verdict_writer(None, verdict_format)
+        return write(a, b, why_a, why_b)
 
     def _generate(self, kind: str, seed_instruction: str, rng: random.Random) -> str:
         seed = world.parse_task(seed_instruction)
@@ -240,7 +250,29 @@ def _split_request(request: str) -> tuple[str, str]:
 _SCORE_SLOT = re.compile(r"<[^<>\n]*>")
 
 
-def _verdict_format(tpl: Template) -> Callable[[int, int], str]:
+def _reasons(a: int, b: int, why_a: str, why_b: str, first: str, second: str) -> str:
+    if a > b:
+        summary = f"{first} is the better of the two."
+    elif b > a:
+        summary = f"{second} is the better of the two."
+    else:
+        summary = "The two responses are about equally good."
+    return f"{first} {why_a}. {second} {why_b}. {summary}"
+
+
+def _verdict_writer(tpl: Template | None, verdict_format: str | None = None) -> Callable[[int, int, str, str], str]:
+    """(a, b, why_a, why_b) -> the reply, in the verdict format the referee template declares (or
+    `verdict_format`): `fastchat`, the two scores alone on the first line and the explanation below; `lion` (or
+    none declared), the explanation and then the template's own verdict line filled in (no template: the
+    standard `SCORES: A=<a>, B=<b>`)."""
+    fmt = verdict_format or (tpl.verdict_format if tpl is not None else None)
+    if fmt == "fastchat":
+        return lambda a, b, wa, wb: f"{a} {b}\n{_reasons(a, b, wa, wb, 'Assistant 1', 'Assistant 2')}"
+    line = _verdict_line(tpl) if tpl is not None else (lambda a, b: f"SCORES: A={a}, B={b}")
+    return lambda a, b, wa, wb: f"{_reasons(a, b, wa, wb, 'Response A', 'Response B')}\n\n{line(a, b)}"
+
+
+def _verdict_line(tpl: Template) -> Callable[[int, int], str]:
     """The line of the referee template that shows the verdict format, with its two score slots."""
     for line in reversed(tpl.text.splitlines()):
         slots = list(_SCORE_SLOT.finditer(line))

@@ -1,22 +1,30 @@
-"""A local OpenAI-compatible chat server (asyncio, HTTP/1.1 keep-alive) for tests, benchmarks and offline runs.
+"""A local OpenAI- and Anthropic-compatible chat server (asyncio, HTTP/1.1 keep-alive) for tests, benchmarks and
+offline runs.
 
     python -m lion.sim.server --responder echo --port 8000 --latency-ms 200 --rpm 600 --tpm 100000 --fault-rate 0.1
 
-Endpoints: POST /v1/chat/completions and /v1/completions (with `usage`), GET /v1/models, and vLLM's dynamic LoRA
-endpoints POST /v1/load_lora_adapter / /v1/unload_lora_adapter (loaded adapters are listed and served as models;
-a responder with `load_adapter(name, path)` / `unload_adapter(name)` / `complete(body)` methods takes part, e.g.
-lion.sim.model:StudentModelResponder, which answers with a real checkpoint). On 127.0.0.1 only.
+Endpoints: POST /v1/chat/completions (with `usage`, incl. `prompt_tokens_details.cached_tokens`), POST /v1/messages
+(Anthropic's messages API: system prompt, content blocks, `usage` with cache read/write tokens; the key may come as
+`x-api-key`), GET /v1/models, and both batch APIs (lion.sim.batches: /v1/files + /v1/batches, /v1/messages/batches).
+Also POST /v1/completions (the prompt as one user message to the responder, or its `complete(body)`) and vLLM's
+dynamic LoRA endpoints POST /v1/load_lora_adapter / /v1/unload_lora_adapter: loaded adapters are listed and
+served as models, and a responder with `load_adapter(name, path)` / `unload_adapter(name)` takes part (e.g.
+lion.sim.model:StudentModelResponder, which answers with a real checkpoint). On 127.0.0.1 only. Wire formats and the emulated prompt cache: lion.sim.wire.
+- strict (off by default): refuse request parameters exactly as the 2026 APIs do (lion.sim.strict).
 - latency: every answered request (and injected 5xx) takes `latency_ms`.
 - limits: RPM and TPM token buckets holding `burst_s` seconds of their rate. TPM counts, as OpenAI does, the
   prompt estimate + max_tokens of each request (tokens: lion.teachers.tokens heuristic, 4 chars per token
   + 4 per message + 3). The RPM bucket admits a request when it holds 1; the TPM bucket while its balance
   is positive (it may go into debt, so large requests pass at the right average rate). Over the limit:
   429 with `Retry-After` (whole seconds) and `retry-after-ms`.
-- faults, at `fault_rate`, drawn from `faults`: "500", "503", "timeout" (never answers; the connection is
+- faults, at `fault_rate`, drawn from `faults`: "500", "503" (529 overloaded_error on /v1/messages), "timeout"
+  (never answers; the connection is
   held until the client gives up), "drop" (connection closed without a response), "malformed" (a 200 whose
   body is truncated JSON, HTML, or JSON without choices). Drawn from (seed, request messages, how many
   times this request arrived before), so the k-th attempt of a given request always meets the same fate,
   whatever the arrival order.
+- `quota_calls`: after that many answered calls the account is out of credit (OpenAI: 429 insufficient_quota;
+  Anthropic: 400 "Your credit balance is too low").
 - optional checks: `api_key` (401 otherwise, echoing the key it got like some real services do),
   `known_models` (404 otherwise), `context_tokens` (400 context_length_exceeded above it).
 - counters (`stats`) and a per-request log (`log`, and JSONL at `log_path`) with a hash of the request
@@ -30,6 +38,8 @@ import argparse
 import asyncio
 import collections
 import concurrent.futures
+import email.parser
+import email.policy
 import hashlib
 import importlib
 import json
@@ -47,6 +57,18 @@ from typing import IO, Any, Protocol
 from ..errors import ConfigError, LionError
 from ..teachers.ratelimit import TokenBucket
 from ..teachers.tokens import estimate_prompt_tokens, estimate_text_tokens
+from .batches import Answer, BatchStore
+from .strict import strict_refusal
+from .wire import (
+    MIN_CACHED,
+    PrefixCache,
+    anthropic_error,
+    anthropic_message,
+    anthropic_to_chat,
+    openai_completion,
+    openai_error,
+    wants_cache,
+)
 
 FAULTS = ("500", "503", "timeout", "drop", "malformed")
 
@@ -108,7 +130,9 @@ class SimServer:
                  tpm: float | None = None, fault_rate: float = 0.0, faults: Sequence[str] = FAULTS,
                  seed: int = 0, port: int = 0, log_path: Path | None = None, model_name: str = "sim",
                  burst_s: float = 2.0, api_key: str | None = None, known_models: Sequence[str] | None = None,
-                 context_tokens: int | None = None, hang_s: float = 60.0, default_max_tokens: int = 256) -> None:
+                 context_tokens: int | None = None, hang_s: float = 60.0, default_max_tokens: int = 256,
+                 strict: bool = False, batch_delay_s: float = 0.0, batch_fail_rate: float = 0.0,
+                 batch_expire_rate: float = 0.0, quota_calls: int | None = None) -> None:
         bad = [f for f in faults if f not in FAULTS]
         if bad:
             raise ValueError(f"unknown fault kinds {bad}; choose from {', '.join(FAULTS)}")
@@ -127,6 +151,12 @@ class SimServer:
         self.hang_s = hang_s
         self.default_max_tokens = default_max_tokens
         self.seed = seed
+        self.strict = strict
+        self.quota_calls = quota_calls
+        self.batches = BatchStore(self._batch_answer, delay_s=batch_delay_s, fail_rate=batch_fail_rate,
+                                  expire_rate=batch_expire_rate, seed=seed,
+                                  root_url=lambda: self.base_url.removesuffix("/v1"))
+        self._prompt_cache = {"openai": PrefixCache(), "anthropic": PrefixCache()}
         self._seen: collections.Counter[str] = collections.Counter()  # arrivals per messages hash
         self._rpm = TokenBucket(rpm, burst_s) if rpm else None
         self._tpm = TokenBucket(tpm, burst_s) if tpm else None
@@ -186,6 +216,7 @@ class SimServer:
     async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
+        self.batches.cancel_all()
         for task in list(self._conns):
             task.cancel()
         await asyncio.gather(*self._conns, return_exceptions=True)
@@ -291,7 +322,8 @@ class SimServer:
                     headers: dict[str, str] | None = None, content_type: str = "application/json",
                     close: bool = False) -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
-        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {content_type}",
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Overloaded"
+        lines = [f"HTTP/1.1 {status} {phrase}", f"Content-Type: {content_type}",
                  f"Content-Length: {len(body)}", "Connection: close" if close else "Connection: keep-alive"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
@@ -301,11 +333,15 @@ class SimServer:
                         reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         t0 = time.monotonic()
         entry: dict[str, Any] = {"t": t0, "path": path, "status": 0, "kind": "", "hash": None}
+        api = "anthropic" if path.startswith("/v1/messages") else "openai"
         if self.api_key is not None:
-            got = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            got = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
             if got != self.api_key:
                 entry.update(status=401, kind="auth")
                 self._record(entry)
+                if api == "anthropic":
+                    await self._send(writer, 401, anthropic_error(401, "invalid x-api-key"))
+                    return
                 msg = f"Incorrect API key provided: {got}. You can find your API key at https://example.invalid."
                 await self._send(writer, 401, _error(msg, "invalid_request_error", "invalid_api_key"))
                 return
@@ -319,117 +355,172 @@ class SimServer:
                       "parent": self.model_name} for name, lora_path in self.adapters.items()]
             await self._send(writer, 200, {"object": "list", "data": data})
             return
+        if method == "POST" and route in ("/v1/chat/completions", "/v1/messages", "/v1/completions"):
+            await self._online("completions" if route == "/v1/completions" else api, raw, entry, reader, writer, t0)
+            return
         if method == "POST" and route in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
             await self._lora(route.endswith("/load_lora_adapter"), raw, entry, writer)
             return
-        completion = route == "/v1/completions"
-        if method != "POST" or route not in ("/v1/chat/completions", "/v1/completions"):
-            entry.update(status=404, kind="no_route")
-            self._record(entry)
-            await self._send(writer, 404, _error(f"no route {method} {path}", "invalid_request_error", None))
+        if await self._batch_route(method, route, headers, raw, entry, writer):
             return
+        entry.update(status=404, kind="no_route")
+        self._record(entry)
+        await self._send(writer, 404, self._err(api, 404, f"no route {method} {path}", None))
+
+    # ------------------------------------------------------------------ one request, either API
+    def _err(self, api: str, status: int, message: str, code: str | None, param: str | None = None,
+             type_: str = "invalid_request_error") -> dict[str, Any]:
+        return anthropic_error(status, message) if api == "anthropic" else openai_error(message, type_, code, param)
+
+    def _chat_body(self, api: str, body: Any) -> dict[str, Any]:
+        """The request as the chat-completions body responders read; ValueError when it is not a valid request."""
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        if api == "anthropic":
+            return anthropic_to_chat(body)
+        if api == "completions":  # /v1/completions: the prompt, as one user message
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1:
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                raise ValueError("'prompt' must be a string")
+            return {**body, "messages": [{"role": "user", "content": prompt}]}
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise ValueError("'messages' must be a non-empty list")
+        return body
+
+    def _measure(self, chat: dict[str, Any], entry: dict[str, Any]) -> tuple[str, int, int]:
+        model = str(chat.get("model") or self.model_name)
+        max_tokens = int(chat.get("max_tokens") or chat.get("max_completion_tokens") or self.default_max_tokens)
+        prompt_tokens = estimate_prompt_tokens(chat["messages"])
+        entry.update(hash=messages_hash(chat["messages"]), model=model, prompt_tokens=prompt_tokens,
+                     tpm_tokens=prompt_tokens + max_tokens)
+        return model, max_tokens, prompt_tokens
+
+    def _refusal(self, api: str, body: dict[str, Any], model: str, entry: dict[str, Any]) -> Answer | None:
+        """What is refused before any limit applies: streaming, an unknown model, a parameter (strict mode)."""
+        if body.get("stream"):
+            entry.update(status=400, kind="bad_request")
+            return Answer(400, self._err(api, 400, "streaming is not supported by the sim server", None))
+        if (self.known_models is not None or self._lora_used) and model not in self._served():
+            entry.update(status=404, kind="not_found")
+            msg = f"model: {model}" if api == "anthropic" else f"The model `{model}` does not exist"
+            return Answer(404, self._err(api, 404, msg, "model_not_found"))
+        refused = strict_refusal(body) if self.strict else None
+        if refused is not None:
+            entry.update(status=400, kind="strict", error=refused.message)
+            return Answer(400, self._err(api, 400, refused.message, refused.code, refused.param))
+        return None
+
+    def _context_refusal(self, api: str, need: int, entry: dict[str, Any]) -> Answer | None:
+        if self.context_tokens is None or need <= self.context_tokens:
+            return None
+        entry.update(status=400, kind="context")
+        return Answer(400, self._err(api, 400, f"This model's maximum context length is {self.context_tokens} tokens. "
+                                               f"However, you requested {need} tokens.", "context_length_exceeded"))
+
+    async def _respond(self, api: str, body: dict[str, Any], chat: dict[str, Any], model: str, max_tokens: int,
+                       prompt_tokens: int, entry: dict[str, Any]) -> Answer:
+        """Run the responder and shape its reply (usage, prompt cache) in the API's format."""
+        try:
+            assert self._pool is not None
+            complete = getattr(self.responder, "complete", None) if api == "completions" else None
+            answer = complete if callable(complete) else self.responder.respond
+            text = await asyncio.get_running_loop().run_in_executor(self._pool, answer, chat)
+            if not isinstance(text, str):
+                raise TypeError(f"responder returned {type(text).__name__}, not str")
+        except LionError as e:  # the responder refuses this request (e.g. the oracle cannot read it): a 400
+            entry.update(status=400, kind="responder_refused", error=str(e))
+            return Answer(400, self._err(api, 400, str(e), None))
+        except Exception as e:  # noqa: BLE001 - a responder bug is a 500, visible in the log
+            entry.update(status=500, kind="responder_error", error=f"{type(e).__name__}: {e}")
+            return Answer(500, self._err(api, 500, f"responder failed: {type(e).__name__}", None, type_="server_error"))
+        finish = "stop"
+        completion_tokens = estimate_text_tokens(text)
+        if completion_tokens > max_tokens:
+            text, finish = text[: max_tokens * 4], "length"
+            completion_tokens = estimate_text_tokens(text)
+        with self._lock:
+            self._n += 1
+            n = self._n
+        if api == "completions":
+            read = write = 0
+            payload = {"id": f"cmpl-sim{n}", "object": "text_completion", "created": int(time.time()), "model": model,
+                       "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+                       "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                 "total_tokens": prompt_tokens + completion_tokens}}
+        elif api == "anthropic":
+            read = self._prompt_cache[api].lookup(chat["messages"], prompt_tokens) if wants_cache(body) else 0
+            write = prompt_tokens - read if wants_cache(body) and prompt_tokens >= MIN_CACHED and not read else 0
+            payload = anthropic_message(n, model, text, finish, prompt_tokens, completion_tokens, read, write)
+        else:
+            read, write = self._prompt_cache[api].lookup(chat["messages"], prompt_tokens), 0
+            payload = openai_completion(n, model, text, finish, prompt_tokens, completion_tokens, read)
+        entry.update(status=200, kind="ok", completion_tokens=completion_tokens, cached_tokens=read,
+                     cache_write_tokens=write)
+        return Answer(200, payload)
+
+    async def _online(self, api: str, raw: bytes, entry: dict[str, Any], reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, t0: float) -> None:
         try:
             body = json.loads(raw)
-            if completion and isinstance(body, dict):  # /v1/completions: the prompt, as one user message
-                prompt = body.get("prompt")
-                if isinstance(prompt, list) and len(prompt) == 1:
-                    prompt = prompt[0]
-                if not isinstance(prompt, str):
-                    raise ValueError("'prompt' must be a string")
-                body["messages"] = [{"role": "user", "content": prompt}]
-            if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
-                raise ValueError("'messages' must be a non-empty list")
+            chat = self._chat_body(api, body)
         except ValueError as e:
             entry.update(status=400, kind="bad_request")
             self._record(entry)
-            await self._send(writer, 400, _error(f"invalid body: {e}", "invalid_request_error", None))
+            await self._send(writer, 400, self._err(api, 400, f"invalid body: {e}", None))
             return
-        model = str(body.get("model") or self.model_name)
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or self.default_max_tokens
-        prompt_tokens = estimate_prompt_tokens(body["messages"])
-        entry.update(hash=messages_hash(body["messages"]), model=model, prompt_tokens=prompt_tokens,
-                     tpm_tokens=prompt_tokens + int(max_tokens))
-        if body.get("stream"):
-            entry.update(status=400, kind="bad_request")
+        model, max_tokens, prompt_tokens = self._measure(chat, entry)
+        refused = self._refusal(api, body, model, entry)
+        if refused is not None:
             self._record(entry)
-            await self._send(writer, 400, _error("streaming is not supported by the sim server",
-                                                 "invalid_request_error", None))
+            await self._send(writer, refused.status, refused.payload)
             return
-        if (self.known_models is not None or self._lora_used) and model not in self._served():
-            entry.update(status=404, kind="not_found")
+        if self.quota_calls is not None and self.stats.completed >= self.quota_calls:
+            entry.update(status=429 if api != "anthropic" else 400, kind="quota")
             self._record(entry)
-            await self._send(writer, 404, _error(f"The model `{model}` does not exist", "invalid_request_error",
-                                                 "model_not_found"))
+            if api == "anthropic":
+                await self._send(writer, 400, anthropic_error(400, "Your credit balance is too low to access the "
+                                                                   "Anthropic API. Please go to Plans & Billing."))
+            else:
+                await self._send(writer, 429, openai_error("You exceeded your current quota, please check your plan "
+                                                           "and billing details.", "insufficient_quota",
+                                                           "insufficient_quota"))
             return
         wait = self._admit(entry["tpm_tokens"])
         if wait > 0:
             entry.update(status=429, kind="rate_limited", retry_after=wait)
             self._record(entry)
-            await self._send(writer, 429, _error(f"Rate limit reached for {model}; try again in {wait:.3f}s",
-                                                 "requests", "rate_limit_exceeded"),
+            await self._send(writer, 429, self._err(api, 429, f"Rate limit reached for {model}; try again in "
+                                                              f"{wait:.3f}s", "rate_limit_exceeded", type_="requests"),
                              headers={"retry-after": str(max(1, math.ceil(wait))),
                                       "retry-after-ms": str(max(1, math.ceil(wait * 1000)))})
             return
-        if self.context_tokens is not None and prompt_tokens + int(max_tokens) > self.context_tokens:
-            entry.update(status=400, kind="context")
+        refused = self._context_refusal(api, entry["tpm_tokens"], entry)
+        if refused is not None:
             self._record(entry)
-            await self._send(writer, 400, _error(
-                f"This model's maximum context length is {self.context_tokens} tokens. However, you requested "
-                f"{prompt_tokens + int(max_tokens)} tokens.", "invalid_request_error", "context_length_exceeded"))
+            await self._send(writer, refused.status, refused.payload)
             return
         fault, variant = self._draw_fault(entry["hash"])
         if fault is not None:
-            await self._fault(fault, variant, entry, reader, writer, t0)
+            await self._fault(api, fault, variant, entry, reader, writer, t0)
             return
-        try:
-            assert self._pool is not None
-            complete = getattr(self.responder, "complete", None) if completion else None
-            answer = complete if callable(complete) else self.responder.respond
-            text = await asyncio.get_running_loop().run_in_executor(self._pool, answer, body)
-            if not isinstance(text, str):
-                raise TypeError(f"responder returned {type(text).__name__}, not str")
-        except LionError as e:  # the responder refuses this request (e.g. the oracle cannot read it): a 400
-            entry.update(status=400, kind="responder_refused", error=str(e))
+        answer = await self._respond(api, body, chat, model, max_tokens, prompt_tokens, entry)
+        if answer.status != 200:
             self._record(entry)
-            await self._send(writer, 400, _error(str(e), "invalid_request_error", None))
+            await self._send(writer, answer.status, answer.payload)
             return
-        except Exception as e:  # noqa: BLE001 - a responder bug is a 500, visible in the log
-            entry.update(status=500, kind="responder_error", error=f"{type(e).__name__}: {e}")
-            self._record(entry)
-            await self._send(writer, 500, _error(f"responder failed: {type(e).__name__}", "server_error", None))
-            return
-        finish = "stop"
-        completion_tokens = estimate_text_tokens(text)
-        if completion_tokens > int(max_tokens):
-            text, finish = text[: int(max_tokens) * 4], "length"
-            completion_tokens = estimate_text_tokens(text)
         await self._sleep_until(t0 + self.latency_s)
-        with self._lock:
-            self._n += 1
-            n = self._n
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
-        if completion:
-            payload = {"id": f"cmpl-sim{n}", "object": "text_completion", "created": int(time.time()), "model": model,
-                       "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-                       "usage": usage}
-        else:
-            payload = {
-                "id": f"chatcmpl-sim{n}", "object": "chat.completion", "created": int(time.time()), "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                             "logprobs": None}],
-                "usage": usage,
-            }
-        entry.update(status=200, kind="ok", completion_tokens=completion_tokens)
-        await self._send(writer, 200, payload)
+        await self._send(writer, 200, answer.payload)
         self._record(entry)
 
+    # ------------------------------------------------------------------ vLLM's dynamic LoRA endpoints
     def _served(self) -> set[str]:
         return {self.model_name, *(self.known_models or []), *self.adapters}
 
     async def _lora(self, load: bool, raw: bytes, entry: dict[str, Any], writer: asyncio.StreamWriter) -> None:
-        """vLLM's dynamic LoRA endpoints: POST /v1/load_lora_adapter {"lora_name", "lora_path"} and
-        /v1/unload_lora_adapter {"lora_name"}; a responder with load_adapter / unload_adapter is told."""
+        """POST /v1/load_lora_adapter {"lora_name", "lora_path"} and /v1/unload_lora_adapter {"lora_name"}, as vLLM
+        answers them; a responder with load_adapter / unload_adapter is told."""
         entry["kind"] = "load_lora" if load else "unload_lora"
         try:
             body = json.loads(raw)
@@ -471,6 +562,68 @@ class SimServer:
             await self._send(writer, status, _error(message, "BadRequestError" if status == 400 else "NotFoundError",
                                                     None))
 
+    # ------------------------------------------------------------------ batch APIs (lion.sim.batches)
+    async def _batch_answer(self, api: str, body: dict[str, Any], batch_id: str) -> Answer:
+        """One batch item through the request path (no rate limit, no injected fault), logged like a request."""
+        path = "/v1/messages/batches" if api == "anthropic" else "/v1/batches"
+        entry: dict[str, Any] = {"t": time.monotonic(), "path": path, "status": 0, "kind": "", "hash": None,
+                                 "batch": batch_id}
+        try:
+            chat = self._chat_body(api, body)
+        except ValueError as e:
+            entry.update(status=400, kind="bad_request")
+            self._record(entry)
+            return Answer(400, self._err(api, 400, f"invalid body: {e}", None))
+        model, max_tokens, prompt_tokens = self._measure(chat, entry)
+        answer = self._refusal(api, body, model, entry) or self._context_refusal(api, entry["tpm_tokens"], entry)
+        if answer is None:
+            answer = await self._respond(api, body, chat, model, max_tokens, prompt_tokens, entry)
+        self._record(entry)
+        return answer
+
+    async def _batch_route(self, method: str, route: str, headers: dict[str, str], raw: bytes,
+                           entry: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
+        """The files / batches / message-batches endpoints; False when `route` is none of them."""
+        store = self.batches
+        parts = route.split("/")[1:]  # ["v1", ...]
+        result: tuple[int, Any] | None = None
+        content_type = "application/json"
+        try:
+            if method == "POST" and route == "/v1/files":
+                fields = _multipart(headers.get("content-type", ""), raw)
+                filename, data = fields.get("file", (None, None))
+                purpose = (fields.get("purpose", (None, b""))[1] or b"").decode("utf-8")
+                result = (400, _error("file: required", "invalid_request_error", None)) if data is None else \
+                    store.upload(filename or "upload.jsonl", data, purpose)
+            elif method == "GET" and len(parts) == 4 and parts[1] == "files" and parts[3] == "content":
+                data = store.file_content(parts[2])
+                result = (404, _error(f"No such File object: {parts[2]}", "invalid_request_error", None)) \
+                    if data is None else (200, data)
+                content_type = "application/octet-stream"
+            elif method == "GET" and len(parts) == 3 and parts[1] == "files":
+                result = store.file_info(parts[2])
+            elif method == "POST" and route == "/v1/batches":
+                result = store.create_openai(json.loads(raw))
+            elif method == "GET" and len(parts) == 3 and parts[1] == "batches":
+                result = store.get_openai(parts[2])
+            elif method == "POST" and route == "/v1/messages/batches":
+                result = store.create_anthropic(json.loads(raw))
+            elif method == "GET" and len(parts) == 4 and parts[1:3] == ["messages", "batches"]:
+                result = store.get_anthropic(parts[3])
+            elif method == "GET" and len(parts) == 5 and parts[1:3] == ["messages", "batches"] and parts[4] == "results":
+                result = store.anthropic_results(parts[3])
+                content_type = "application/binary"
+        except (ValueError, AttributeError) as e:
+            api = "anthropic" if route.startswith("/v1/messages") else "openai"
+            result = (400, self._err(api, 400, f"invalid body: {e}", None))
+        if result is None:
+            return False
+        status, payload = result
+        entry.update(status=status, kind="batch_api")
+        self._record(entry)
+        await self._send(writer, status, payload, content_type=content_type if status == 200 else "application/json")
+        return True
+
     def _draw_fault(self, h: str) -> tuple[str | None, int]:
         """Fault for the k-th arrival of this request content: seeded by (seed, messages hash, k), so which
         attempt of which item fails does not depend on arrival order or concurrency."""
@@ -508,16 +661,18 @@ class SimServer:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def _fault(self, fault: str, variant: int, entry: dict[str, Any], reader: asyncio.StreamReader,
+    async def _fault(self, api: str, fault: str, variant: int, entry: dict[str, Any], reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, t0: float) -> None:
         entry["kind"] = f"fault:{fault}"
         if fault in ("500", "503"):
             await self._sleep_until(t0 + self.latency_s)
-            entry["status"] = int(fault)
+            # Anthropic's API answers an overload with 529 overloaded_error, OpenAI's with 503
+            status = 529 if fault == "503" and api == "anthropic" else int(fault)
+            entry["status"] = status
             self._record(entry)
             msg = "The server had an error while processing your request." if fault == "500" else \
                 "The engine is currently overloaded, please try again later."
-            await self._send(writer, int(fault), _error(msg, "server_error", None))
+            await self._send(writer, status, self._err(api, status, msg, None, type_="server_error"))
             return
         if fault == "drop":
             await self._sleep_until(t0 + self.latency_s / 2)
@@ -546,6 +701,21 @@ def _error(message: str, type_: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
+def _multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None, bytes | None]]:
+    """The fields of a multipart/form-data body: name -> (filename, bytes)."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise ValueError("expected multipart/form-data")
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw)
+    out: dict[str, tuple[str | None, bytes | None]] = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            payload = part.get_payload(decode=True)
+            out[name] = (part.get_filename(), payload if isinstance(payload, bytes) else None)
+    return out
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 
@@ -564,6 +734,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-name", default="sim")
     p.add_argument("--log", type=Path, default=None, help="append one JSON line per request here")
+    p.add_argument("--strict", action="store_true", help="refuse parameters as 2026 APIs do (lion.sim.strict)")
+    p.add_argument("--batch-delay-s", type=float, default=0.0, help="batch APIs: seconds until a batch ends")
+    p.add_argument("--batch-fail-rate", type=float, default=0.0, help="batch APIs: share of items that error")
+    p.add_argument("--batch-expire-rate", type=float, default=0.0, help="batch APIs: share of items that expire")
     return p
 
 
@@ -582,7 +756,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"--fault-rate: must be between 0 and 1, got {args.fault_rate}")
     server = SimServer(make_responder(args.responder, options), latency_ms=args.latency_ms, rpm=args.rpm,
                        tpm=args.tpm, burst_s=args.burst_s, fault_rate=args.fault_rate, faults=faults,
-                       seed=args.seed, port=args.port, log_path=args.log, model_name=args.model_name)
+                       seed=args.seed, port=args.port, log_path=args.log, model_name=args.model_name,
+                       strict=args.strict, batch_delay_s=args.batch_delay_s, batch_fail_rate=args.batch_fail_rate,
+                       batch_expire_rate=args.batch_expire_rate)
     try:
         url = server.start()
     except OSError as e:

@@ -23,7 +23,7 @@ import json
 import random
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -385,10 +385,10 @@ class TaskWorld:
     def grade(self, instruction: str, answer: str) -> bool | None:
         return grade(instruction, answer)
 
-    def heldout(self, per_family: int, seed: int) -> list[HeldOutQuestion]:
+    def heldout(self, per_family: int, seed: int, exclude: Collection[str] = ()) -> list[HeldOutQuestion]:
         return [
             HeldOutQuestion(str(r["instruction"]), str(r["meta"]["family"]), str(r["answer"]))  # type: ignore[index]
-            for r in heldout_set(per_family, seed)
+            for r in heldout_set(per_family, seed, exclude)
         ]
 
 
@@ -413,9 +413,11 @@ def seed_pool(n: int, seed: int) -> list[dict[str, object]]:
     return _rows(out)
 
 
-def heldout_set(n_per_family: int, seed: int) -> list[dict[str, object]]:
-    """`n_per_family` distinct instances of every family, difficulties cycling 1..5; rows carry the answer too."""
+def heldout_set(n_per_family: int, seed: int, exclude: Collection[str] = ()) -> list[dict[str, object]]:
+    """`n_per_family` distinct instances of every family, difficulties cycling 1..5, none in `exclude` (compared
+    with whitespace normalised); rows carry the answer too."""
     rng = random.Random(f"heldout:{seed}")
+    skip = {_normalise_instruction(x) for x in exclude}
     rows: list[dict[str, object]] = []
     for fam in FAMILIES:
         seen: set[str] = set()
@@ -423,7 +425,7 @@ def heldout_set(n_per_family: int, seed: int) -> list[dict[str, object]]:
         while len(seen) < n_per_family:
             t = fam.render(rng, MIN_DIFFICULTY + i % (MAX_DIFFICULTY - MIN_DIFFICULTY + 1))
             i += 1
-            if t.instruction in seen:
+            if t.instruction in seen or t.instruction in skip:
                 continue
             seen.add(t.instruction)
             rows.append({"instruction": t.instruction, "answer": t.answer, "meta": t.meta})

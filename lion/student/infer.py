@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,25 @@ from ..errors import ConfigError, DataError
 from .checkpoint import checkpoint_info
 from .data import encode_prompt
 
+log = logging.getLogger("lion.student")
+
 
 def pick_backend(cfg: InferConfig) -> str:
+    """The backend to use; with `auto`, vLLM when it imports and CUDA is present (the choice and why is logged)."""
     if cfg.backend != "auto":
         return cfg.backend
     import torch
 
-    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
+    has_vllm, has_cuda = importlib.util.find_spec("vllm") is not None, torch.cuda.is_available()
+    backend = "vllm" if has_vllm and has_cuda else "transformers"
+    if backend == "vllm":
+        why = "vllm is installed and CUDA is available"
+    elif not has_vllm:
+        why = "vllm is not installed" + ("" if has_cuda else " and no CUDA GPU is visible")
+    else:
+        why = "no CUDA GPU is visible"
+    log.info("student.infer.backend auto: %s (%s)", backend, why)
+    return backend
 
 
 def _has_tokenizer(path: Path) -> bool:
@@ -66,14 +79,16 @@ def generate(
     adapter: str | Path | None = None,
     progress: bool = True,
     on_answer: Callable[[int, str], None] | None = None,
+    max_length: int | None = None,
 ) -> list[str]:
     """Completions of `prompts` (prompt stripped, stopped at EOS) by the model at `model_path` (+ `adapter`).
 
     `on_answer(i, text)` is called for each prompt as soon as its answer exists (per batch with transformers,
-    at the end with vLLM), so a caller can save answers as they come and resume after a crash."""
+    at the end with vLLM), so a caller can save answers as they come and resume after a crash. `max_length`
+    (student.max_length) sizes vLLM's max_model_len when student.infer.max_model_len is 0."""
     if not prompts:
         return []
-    with StudentSession(model_path, cfg, adapter=adapter, progress=progress) as session:
+    with StudentSession(model_path, cfg, adapter=adapter, progress=progress, max_length=max_length) as session:
         return session.generate(prompts, on_answer=on_answer)
 
 
@@ -83,9 +98,9 @@ class StudentSession:
     (or serve the student: `backend: server`, lion.student.serve)."""
 
     def __init__(self, model_path: str | Path, cfg: InferConfig, *, adapter: str | Path | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, max_length: int | None = None) -> None:
         info = checkpoint_info(model_path)
-        self.model_path, self.cfg, self.progress = model_path, cfg, progress
+        self.model_path, self.cfg, self.progress, self.max_length = model_path, cfg, progress, max_length
         self.base = info.base
         self.adapter = info.adapter if adapter is None else adapter
         self.backend = pick_backend(cfg)
@@ -109,7 +124,7 @@ class StudentSession:
 
             tok_dir = self._tok_dir if _has_tokenizer(Path(self._tok_dir)) else self.base
             outs = generate_vllm(self.base, ids, self.cfg, adapter=self.adapter, tokenizer=tok_dir,
-                                 progress=self.progress)
+                                 progress=self.progress, max_length=self.max_length)
             for i, text in enumerate(outs):
                 if on_answer is not None:
                     on_answer(i, text)
@@ -198,7 +213,9 @@ def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConf
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    with torch.inference_mode():
+    from ..logs import heartbeat
+
+    with torch.inference_mode(), heartbeat("student answers", len(ids), progress=progress, unit=" answers") as beat:
         for batch in tqdm(batches, desc="student answers", unit="batch", disable=not progress):
             width = max(len(ids[i]) for i in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -217,6 +234,7 @@ def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConf
                 text = out[i] = tokenizer.decode(toks, skip_special_tokens=True)
                 if on_answer is not None:
                     on_answer(i, text)
+            beat.update(len(batch))
     return [o if o is not None else "" for o in out]
 
 

@@ -20,6 +20,12 @@ and the progress bar are the Trainer's own). The seed used is ``student.seed + s
 - More than one GPU (``num_gpus > 1``), several nodes, FSDP or DeepSpeed: the training runs as a separate job
   (``student.launcher``: torchrun, torchrun_multinode, accelerate or a command such as srun) whose every process
   runs this module with the spec file written by launch.py; only rank 0 writes the checkpoint.
+- Knobs that reach the Trainer: ``student.training_args`` (any other ``TrainingArguments`` key, checked against
+  its fields), ``student.attn_implementation``; under FSDP the wrapped layer class comes from the model's
+  ``_no_split_modules`` unless ``fsdp_config.transformer_layer_cls_to_wrap`` is set, activation checkpointing is
+  FSDP's own (``fsdp_config.activation_checkpointing``, no redundant AllGather) and ``cpu_ram_efficient_loading``
+  lets rank 0 alone read the weights. A full fine-tuning with ``bf16`` saves its checkpoint in bf16 (half the
+  disk of fp32; the fp32 master weights exist only while training).
 """
 
 from __future__ import annotations
@@ -59,14 +65,19 @@ def train_student(
     seed: int = 0,
     progress: bool = True,
     keep_model: bool = False,
+    logging_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Fine-tune the model at `init_from` on `examples` ([{"instruction", "input", "output"}]); save into `out_dir`."""
+    """Fine-tune the model at `init_from` on `examples` ([{"instruction", "input", "output"}]); save into `out_dir`.
+
+    `logging_dir`: where the Trainer's TensorBoard events go (student.report_to: tensorboard); default: inside
+    the checkpoint's `_trainer` folder."""
     out = Path(out_dir)
     if needs_launch(cfg):
         from .launch import launch_training
 
-        return launch_training(cfg, examples, init_from, out, seed=seed)
-    return _train_here(cfg, examples, init_from, out, seed=seed, progress=progress, keep_model=keep_model)
+        return launch_training(cfg, examples, init_from, out, seed=seed, logging_dir=logging_dir)
+    return _train_here(cfg, examples, init_from, out, seed=seed, progress=progress, keep_model=keep_model,
+                       logging_dir=logging_dir)
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -96,11 +107,90 @@ def _all_sum(values: list[float]) -> list[float]:
     return t.cpu().tolist()
 
 
+# TrainingArguments keys that lion sets from its own student keys: set those instead
+OWN_ARGS = {
+    "output_dir": "run_dir (each round's student folder)", "per_device_train_batch_size": "student.per_device_batch_size",
+    "gradient_accumulation_steps": "student.grad_accum", "learning_rate": "student.lr",
+    "num_train_epochs": "student.epochs", "max_steps": "student.max_steps", "lr_scheduler_type": "student.lr_scheduler",
+    "weight_decay": "student.weight_decay", "bf16": "student.bf16", "torch_compile": "student.torch_compile",
+    "fsdp": "student.fsdp", "fsdp_config": "student.fsdp_config", "deepspeed": "student.deepspeed",
+    "report_to": "student.report_to", "logging_steps": "student.logging_steps", "seed": "student.seed",
+    "data_seed": "student.seed", "warmup_ratio": "student.warmup_ratio", "warmup_steps": "student.warmup_ratio",
+    "gradient_checkpointing": "student.gradient_checkpointing",
+    "activation_checkpointing": "student.gradient_checkpointing", "save_strategy": "(lion saves each round itself)",
+    "use_cpu": "(lion uses the GPU when there is one)", "disable_tqdm": "--no-progress",
+}
+
+
+def check_training_args(args: dict[str, Any], key: str = "student.training_args") -> None:
+    """Every key of `student.training_args` must be a TrainingArguments field that lion does not set itself."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    for name in args:
+        if name in OWN_ARGS:
+            raise ConfigError(f"{key}.{name}: lion sets this itself; use {OWN_ARGS[name]}")
+        if name not in fields or not fields[name].init:
+            close = sorted(f for f in fields if f.startswith(name[:4]))[:6]
+            hint = f" (similar: {', '.join(close)})" if close else ""
+            raise ConfigError(f"{key}.{name}: not a transformers.TrainingArguments field{hint}")
+
+
+def _attn_kwargs(cfg: StudentConfig) -> dict[str, Any]:
+    """from_pretrained's attn_implementation, checked where it cannot work (flash-attn without CUDA or package)."""
+    if cfg.attn_implementation == "auto":
+        return {}
+    if cfg.attn_implementation == "flash_attention_2":
+        import importlib.util
+
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("student.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa here")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("student.attn_implementation: flash_attention_2 needs the flash-attn package "
+                              "(pip install flash-attn --no-build-isolation), or use sdpa")
+    return {"attn_implementation": cfg.attn_implementation}
+
+
+def wrap_classes(model_path: str) -> list[str]:
+    """The decoder-layer classes FSDP should wrap: the model class's `_no_split_modules` (read from its config,
+    no weights loaded), e.g. ["Qwen2DecoderLayer"] for Qwen2.5, ["LlamaDecoderLayer"] for Llama."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+        cls = AutoModelForCausalLM._model_mapping[type(config)]
+    except (OSError, KeyError, ValueError) as e:
+        raise ConfigError(f"student.fsdp_config.transformer_layer_cls_to_wrap: cannot tell the layer class of "
+                          f"{model_path!r} ({type(e).__name__}: {e}); set it") from None
+    names = list(getattr(cls, "_no_split_modules", None) or [])
+    if not names:
+        raise ConfigError(f"student.fsdp_config.transformer_layer_cls_to_wrap: {cls.__name__} names no "
+                          "_no_split_modules; set the decoder-layer class to wrap")
+    return names
+
+
+def fsdp_config(cfg: StudentConfig, model_path: str) -> dict[str, Any] | None:
+    """TrainingArguments.fsdp_config: the user's, plus the wrap class, FSDP's activation checkpointing and
+    cpu_ram_efficient_loading where the user left them unset. None without FSDP."""
+    if not cfg.fsdp:
+        return dict(cfg.fsdp_config) or None
+    fc = dict(cfg.fsdp_config)
+    if "min_num_params" not in fc and "transformer_layer_cls_to_wrap" not in fc:
+        fc["transformer_layer_cls_to_wrap"] = wrap_classes(model_path)
+    if cfg.gradient_checkpointing:
+        fc.setdefault("activation_checkpointing", True)
+    if cfg.cpu_ram_efficient_loading:
+        fc.setdefault("cpu_ram_efficient_loading", True)
+    return fc
+
+
 def _load_model(cfg: StudentConfig, path: str, *, quantize: bool):
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = _attn_kwargs(cfg)
     if quantize:
         if not torch.cuda.is_available():
             raise ConfigError("student.mode: qlora needs a CUDA GPU and bitsandbytes; use 'lora' on this machine")
@@ -167,11 +257,13 @@ def _load_tokenizer(init_from: str | Path, base: str):
     return tok
 
 
-def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
+def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool, model_path: str = ""):
     import torch
     from transformers import TrainingArguments
 
     fields = TrainingArguments.__dataclass_fields__
+    check_training_args(cfg.training_args)
+    fsdp_cfg = fsdp_config(cfg, model_path)
     sdt = str(cfg.fsdp_config.get("state_dict_type", "FULL_STATE_DICT"))
     if cfg.fsdp and "FULL_STATE_DICT" not in sdt:
         raise ConfigError(f"student.fsdp_config.state_dict_type: must be FULL_STATE_DICT (got {sdt}) so that each "
@@ -182,8 +274,8 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
     else:
         warm = {"warmup_ratio": cfg.warmup_ratio}
     ckpt = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    if cfg.gradient_checkpointing:
-        warm[ckpt] = True
+    if cfg.gradient_checkpointing and not (fsdp_cfg or {}).get("activation_checkpointing"):
+        warm[ckpt] = True  # under FSDP, fsdp_config.activation_checkpointing does it without a redundant AllGather
         warm[ckpt + "_kwargs"] = {"use_reentrant": False}
     return TrainingArguments(
         output_dir=str(out / "_trainer"),
@@ -197,9 +289,9 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
         bf16=cfg.bf16,
         torch_compile=cfg.torch_compile,
         fsdp=cfg.fsdp or "",
-        fsdp_config=dict(cfg.fsdp_config) or None,
+        fsdp_config=fsdp_cfg,
         deepspeed=cfg.deepspeed,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        report_to=cfg.report_targets(),
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         seed=seed,
@@ -210,6 +302,10 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool):
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not progress,
         **warm,
+        # wandb: each training its own run, named after its checkpoint (e.g. round_01-student)
+        **({"run_name": f"{out.parent.name}-{out.name.removesuffix('.tmp')}"}
+           if "wandb" in cfg.report_targets() and "run_name" not in cfg.training_args else {}),
+        **cfg.training_args,
     )
 
 
@@ -248,9 +344,36 @@ def _meter(collator: Any):
     return Meter()
 
 
+def _heartbeat_callback(progress: bool):
+    """A Trainer callback that beats (lion.logs) with the optimizer steps when progress bars are off."""
+    from transformers import TrainerCallback
+
+    from ..logs import heartbeat
+
+    class Beat(TrainerCallback):
+        def __init__(self) -> None:
+            self.hb: Any = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                self.hb = heartbeat("student training", state.max_steps or None, progress=progress,
+                                    unit=" steps").start()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.hb is not None:
+                self.hb.update(1)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.hb is not None:
+                self.hb.close()
+                self.hb = None
+
+    return Beat()
+
+
 def _train_here(
     cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, out: Path, *, seed: int, progress: bool,
-    keep_model: bool = False,
+    keep_model: bool = False, logging_dir: str | Path | None = None,
 ) -> TrainResult:
     from transformers import Trainer
 
@@ -276,12 +399,18 @@ def _train_here(
         tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length,
         pad_id=tokenizer.pad_token_id, seed=the_seed,
     )
+    if cfg.fsdp and cfg.cpu_ram_efficient_loading:
+        os.environ.setdefault("ACCELERATE_USE_FSDP", "true")  # from_pretrained loads on rank 0 only (meta elsewhere)
+    # the arguments first: under FSDP they set what from_pretrained reads (cpu_ram_efficient_loading)
+    args = _training_args(cfg, tmp, the_seed, progress, info.base)
+    if cfg.fsdp:
+        _ = args.device  # sets up the process group, which from_pretrained's rank-0-only loading checks for
     model, info = _prepare_model(cfg, init_from)
     model.config.use_cache = False  # training: no KV cache (also lets packed position ids take effect)
-    args = _training_args(cfg, tmp, the_seed, progress)
     meter = _meter(collator)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                      processing_class=tokenizer, callbacks=[meter])
+    with _env("TENSORBOARD_LOGGING_DIR", str(logging_dir) if logging_dir is not None else None):
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                          processing_class=tokenizer, callbacks=[meter, _heartbeat_callback(progress)])
     if not progress:
         from transformers.trainer_callback import PrinterCallback
 
@@ -290,6 +419,11 @@ def _train_here(
 
     with cpu_threads(model, cfg.cpu_threads):
         out_train = trainer.train()
+    if "wandb" in cfg.report_targets() and rank0:
+        import wandb
+
+        if wandb.run is not None:  # the Trainer's run of this round: the next round's training gets its own
+            wandb.finish()
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     seconds = time.perf_counter() - t_start
     train_s = sum(meter.step_s)
@@ -322,13 +456,69 @@ def _train_here(
     }
     _save(cfg, trainer, tokenizer, info, tmp, metrics, init_from)
     if rank0:
-        if cfg.report_to == "none":
+        if not cfg.report_targets() or logging_dir is not None:
             shutil.rmtree(tmp / "_trainer", ignore_errors=True)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     _barrier()
     return TrainResult(out, metrics, trainer.model if keep_model else None)
+
+
+class _env:
+    """Set (or, with None, leave alone) one environment variable for the duration of a `with` block."""
+
+    def __init__(self, name: str, value: str | None) -> None:
+        self.name, self.value, self.old = name, value, os.environ.get(name)
+
+    def __enter__(self) -> None:
+        if self.value is not None:
+            os.environ[self.name] = self.value
+
+    def __exit__(self, *exc: object) -> None:
+        if self.value is None:
+            return
+        if self.old is None:
+            os.environ.pop(self.name, None)
+        else:
+            os.environ[self.name] = self.old
+
+
+def cast_checkpoint(path: Path, dtype: str = "bfloat16") -> int:
+    """Rewrite the floating-point weights of the safetensors checkpoint at `path` in `dtype` (one shard at a time);
+    fix config.json's dtype and the shard index's total size. Returns the bytes saved."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    target = getattr(torch, dtype)
+    saved = 0
+    for shard in sorted(path.glob("*.safetensors")):
+        tensors = load_file(str(shard))
+        if all(not t.is_floating_point() or t.dtype == target for t in tensors.values()):
+            continue
+        before = sum(t.numel() * t.element_size() for t in tensors.values())
+        cast = {k: (t.to(target) if t.is_floating_point() else t).contiguous() for k, t in tensors.items()}
+        saved += before - sum(t.numel() * t.element_size() for t in cast.values())
+        del tensors
+        tmp = shard.with_name(shard.name + ".tmp")
+        save_file(cast, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, shard)
+    if not saved:
+        return 0
+    config = path / "config.json"
+    if config.is_file():
+        c = json.loads(config.read_text())
+        for k in ("dtype", "torch_dtype"):
+            if k in c or k == "dtype":
+                c[k] = dtype
+        config.write_text(json.dumps(c, indent=2) + "\n")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        idx = json.loads(index.read_text())
+        if isinstance(idx.get("metadata", {}).get("total_size"), int):
+            idx["metadata"]["total_size"] -= saved
+        index.write_text(json.dumps(idx, indent=2) + "\n")
+    return saved
 
 
 def _warm(step_s: list[float]) -> int:
@@ -374,6 +564,10 @@ def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path
             tokenizer.save_pretrained(str(tmp))
             shutil.rmtree(adapter_dir)
         meta["kind"] = "full"
+    if rank0 and cfg.bf16 and meta["kind"] == "full":
+        # full fine-tuning trains fp32 master weights under bf16 autocast; the round's student is kept in bf16
+        meta["saved_dtype"] = "bfloat16"
+        cast_checkpoint(tmp, "bfloat16")
     if rank0:
         (tmp / META).write_text(json.dumps(meta, indent=1))
     _barrier()
@@ -416,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = student_config_from_dict(spec["cfg"])
         examples = list(read_jsonl(Path(spec["examples"])))
         _train_here(cfg, examples, spec["init_from"], Path(spec["out_dir"]), seed=spec["seed"],
-                    progress=_rank() == 0)
+                    progress=_rank() == 0, logging_dir=spec.get("logging_dir"))
         return 0
     if not (args.config and args.data and args.init_from and args.out):
         raise ConfigError("give --config, --data, --init-from and --out (or --spec)")

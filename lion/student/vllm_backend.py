@@ -9,8 +9,15 @@ student was trained on). vLLM strips the prompt and stops at EOS itself.
 - ``data_parallel`` engines: prompts are dealt round-robin to the engines; each engine runs in its own process
   with ``CUDA_VISIBLE_DEVICES`` set to its own group of ``tensor_parallel`` GPUs; results come back in the
   original order. With ``data_parallel: 1`` the engine runs in this process.
-- A LoRA adapter is served without merging: ``enable_lora=True``, ``max_lora_rank`` from the adapter's
-  ``adapter_config.json``, and a ``LoRARequest("student", 1, path)`` on every request.
+- A LoRA adapter is served without merging: ``enable_lora=True``, ``max_lora_rank`` = the adapter's rank
+  (``adapter_config.json``) rounded up to a rank vLLM accepts (``VLLM_LORA_RANKS``: r = 12 is served as 16), and a
+  ``LoRARequest("student", 1, path)`` on every request.
+- ``max_model_len``: ``student.infer.max_model_len``, else ``student.max_length`` (or the longest prompt, if
+  longer) + ``max_new_tokens``, capped at the model's ``max_position_embeddings``: a 7B model with a 32K or
+  128K context would otherwise reserve KV-cache memory for a length no prompt here has.
+- A fresh process: when this process has already used CUDA (e.g. it has just trained the student in-process),
+  the engine runs in a worker process even with one engine, since the memory the training left in this
+  process's CUDA caching allocator would fail vLLM's free-memory check at ``gpu_memory_utilization``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -28,6 +36,11 @@ from typing import Any
 
 from ..config import InferConfig
 from ..errors import ConfigError, LionError
+
+logger = logging.getLogger("lion.student")
+
+# the LoRA ranks vLLM's engine accepts for max_lora_rank
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def sampling_kwargs(cfg: InferConfig) -> dict[str, Any]:
@@ -50,8 +63,40 @@ def lora_rank(adapter: str | Path) -> int:
     return int(json.loads(cfg_path.read_text()).get("r", 16))
 
 
-def engine_kwargs(model: str, cfg: InferConfig, *, tokenizer: str | None, adapter: str | Path | None) -> dict[str, Any]:
-    """Our InferConfig -> vllm.LLM keyword arguments for one engine."""
+def vllm_lora_rank(r: int) -> int:
+    """The smallest rank vLLM accepts as max_lora_rank that can serve an adapter of rank r."""
+    for allowed in VLLM_LORA_RANKS:
+        if r <= allowed:
+            return allowed
+    raise ConfigError(f"student.lora.r: {r} is above the largest LoRA rank vLLM serves ({VLLM_LORA_RANKS[-1]}); "
+                      "use a smaller rank, lora.between_rounds: merge, or student.infer.backend: transformers")
+
+
+def model_max_positions(model: str) -> int | None:
+    """The model's own context length (config.json max_position_embeddings), None when it cannot be read."""
+    try:
+        from transformers import AutoConfig
+
+        return int(getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", 0)) or None
+    except Exception:  # noqa: BLE001 - only a cap: vLLM reads the config itself and says what is wrong
+        return None
+
+
+def default_max_model_len(model: str, cfg: InferConfig, *, max_length: int | None, longest_prompt: int) -> int | None:
+    """max_model_len when student.infer.max_model_len is 0: the training length (or the longest prompt) plus the
+    answer budget, capped at the model's own context; None when nothing is known (vLLM then uses the model's)."""
+    if cfg.max_model_len:
+        return cfg.max_model_len
+    if max_length is None and not longest_prompt:
+        return None
+    need = max(max_length or 0, longest_prompt) + cfg.max_new_tokens
+    cap = model_max_positions(model)
+    return min(need, cap) if cap else need
+
+
+def engine_kwargs(model: str, cfg: InferConfig, *, tokenizer: str | None, adapter: str | Path | None,
+                  max_model_len: int | None = None) -> dict[str, Any]:
+    """Our InferConfig -> vllm.LLM keyword arguments for one engine (`max_model_len`: see default_max_model_len)."""
     kw: dict[str, Any] = {
         "model": model,
         "tokenizer": tokenizer or model,
@@ -60,19 +105,19 @@ def engine_kwargs(model: str, cfg: InferConfig, *, tokenizer: str | None, adapte
         "dtype": cfg.dtype,
         "seed": cfg.seed,
     }
-    if cfg.max_model_len:
-        kw["max_model_len"] = cfg.max_model_len
+    if cfg.max_model_len or max_model_len:
+        kw["max_model_len"] = cfg.max_model_len or max_model_len
     if adapter is not None:
-        kw.update(enable_lora=True, max_lora_rank=max(8, lora_rank(adapter)), max_loras=1)
+        kw.update(enable_lora=True, max_lora_rank=vllm_lora_rank(lora_rank(adapter)), max_loras=1)
     return kw
 
 
 def run_engine(model: str, ids: list[list[int]], cfg: InferConfig, *, tokenizer: str | None,
-               adapter: str | Path | None, progress: bool) -> list[str]:
+               adapter: str | Path | None, progress: bool, max_model_len: int | None = None) -> list[str]:
     """One vLLM engine in this process answers every prompt (token ids) in order."""
     import vllm
 
-    llm = vllm.LLM(**engine_kwargs(model, cfg, tokenizer=tokenizer, adapter=adapter))
+    llm = vllm.LLM(**engine_kwargs(model, cfg, tokenizer=tokenizer, adapter=adapter, max_model_len=max_model_len))
     params = vllm.SamplingParams(**sampling_kwargs(cfg))
     lora = None
     if adapter is not None:
@@ -107,11 +152,30 @@ def shard(n: int, parts: int) -> list[list[int]]:
     return [list(range(k, n, parts)) for k in range(parts)]
 
 
+def cuda_in_use() -> bool:
+    """Has this process initialised CUDA (trained or run a model on the GPU)? Then its caching allocator may hold
+    memory that vLLM's start-up check would count as taken."""
+    import sys as _sys
+
+    torch = _sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
+
+
 def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter: str | Path | None = None,
-                  tokenizer: str | None = None, progress: bool = True) -> list[str]:
+                  tokenizer: str | None = None, progress: bool = True, max_length: int | None = None) -> list[str]:
+    """Answers for token-id prompts with vLLM: one engine here, or `data_parallel` worker processes (also one worker
+    when this process already holds CUDA memory). `max_length`: the student's training length (max_model_len)."""
+    longest = max((len(p) for p in ids), default=0)
+    max_model_len = default_max_model_len(model, cfg, max_length=max_length, longest_prompt=longest)
+    if cfg.data_parallel == 1 and not cuda_in_use():
+        return run_engine(model, ids, cfg, tokenizer=tokenizer, adapter=adapter, progress=progress,
+                          max_model_len=max_model_len)
     if cfg.data_parallel == 1:
-        return run_engine(model, ids, cfg, tokenizer=tokenizer, adapter=adapter, progress=progress)
-    groups = gpu_groups(cfg.data_parallel, cfg.tensor_parallel, visible_gpus())
+        logger.info("vLLM engine in a fresh process: this one has used CUDA (training), and the memory its allocator "
+                 "keeps would fail vLLM's gpu_memory_utilization check")
+    # one engine: it sees the GPUs this process sees; several: each its own group of tensor_parallel GPUs
+    groups: list[list[str] | None] = ([None] if cfg.data_parallel == 1 else
+                                      list(gpu_groups(cfg.data_parallel, cfg.tensor_parallel, visible_gpus())))
     parts = shard(len(ids), cfg.data_parallel)
     out: list[str | None] = [None] * len(ids)
     root = str(Path(__file__).resolve().parents[2])
@@ -125,8 +189,8 @@ def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter
             one = {**cfg.__dict__, "data_parallel": 1}
             spec.write_text(json.dumps({"model": model, "tokenizer": tokenizer, "adapter": str(adapter) if adapter else None,
                                         "cfg": one, "ids": [ids[i] for i in part], "result": str(result),
-                                        "progress": progress and k == 0}))
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(group))
+                                        "progress": progress and k == 0, "max_model_len": max_model_len}))
+            env = dict(os.environ) if group is None else dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(group))
             env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
             log = open(Path(work) / f"engine{k}.log", "w+")
             p = subprocess.Popen([sys.executable, "-m", "lion.student.vllm_backend", "--worker", str(spec)],
@@ -139,7 +203,8 @@ def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter
             tail = "".join(collections.deque(log, maxlen=20))
             log.close()
             if rc != 0 or not result.is_file():
-                failures.append(f"engine {k} (GPUs {','.join(groups[k])}) exit status {rc}:\n{tail}")
+                gpus = "visible" if groups[k] is None else ",".join(groups[k] or [])
+                failures.append(f"engine {k} (GPUs {gpus}) exit status {rc}:\n{tail}")
                 continue
             texts = json.loads(result.read_text())
             for i, t in zip(part, texts, strict=True):
@@ -160,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = json.loads(args.worker.read_text())
     cfg = InferConfig(**spec["cfg"])
     texts = run_engine(spec["model"], spec["ids"], cfg, tokenizer=spec["tokenizer"], adapter=spec["adapter"],
-                       progress=spec["progress"])
+                       progress=spec["progress"], max_model_len=spec.get("max_model_len"))
     tmp = Path(spec["result"] + ".tmp")
     tmp.write_text(json.dumps(texts))
     tmp.rename(spec["result"])

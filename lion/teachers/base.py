@@ -10,14 +10,19 @@ limits, retries, cost and progress bars live in the gateway and work for every p
 A plugin is any class with an `identity` string and an async `chat(request, params)` method, constructed
 as `Class(role_cfg)` (a `lion.config.RoleConfig`; plugin-specific settings go in `role_cfg.options`).
 Optional hooks the gateway calls when present: `prepare()` (sync, before a batch: check credentials and
-raise `ConfigError` early) and `async aclose()` (after a batch, on the batch's event loop).
+raise `ConfigError` early), `async aclose()` (after a batch, on the batch's event loop), and
+`batch_api()` (a `lion.teachers.batch.BatchAPI`, for `llm.<role>.mode: batch`).
+
+Only the sampling parameters that are set are sent: `ResolvedParams.temperature` / `top_p` are None when neither
+the request nor the role sets them, `token_param` names the field that carries max_tokens (`max_completion_tokens`
+for the o-series and gpt-5 families), and `extra` holds fields added to the request body as they are.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 Messages = tuple[tuple[str, str], ...]
@@ -70,27 +75,53 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class ResolvedParams:
-    """The sampling parameters actually sent (request values overlaid on the role's config)."""
+    """The parameters actually sent (request values overlaid on the role's config); None = not sent."""
 
     model: str
-    temperature: float
-    top_p: float
+    temperature: float | None
+    top_p: float | None
     max_tokens: int
     sample: int = 0
     timeout_s: float = 120.0
+    token_param: str = "max_tokens"  # the request field that carries max_tokens
+    reasoning_effort: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # request-body fields sent as they are
 
     def key_fields(self) -> dict[str, Any]:
-        """The fields that change the answer (part of the cache key); the timeout does not."""
-        return {"model": self.model, "temperature": self.temperature, "top_p": self.top_p,
-                "max_tokens": self.max_tokens, "sample": self.sample}
+        """The fields that change the answer (part of the cache key); the timeout, the name of the max-tokens
+        field and the mode (online or batch) do not, so the same call made either way replays the other."""
+        out = {"model": self.model, "temperature": self.temperature, "top_p": self.top_p,
+               "max_tokens": self.max_tokens, "sample": self.sample}
+        if self.reasoning_effort is not None:
+            out["reasoning_effort"] = self.reasoning_effort
+        if self.extra:
+            out["extra"] = dict(self.extra)
+        return out
+
+    def sampling(self) -> dict[str, float]:
+        """The sampling fields that are set (the only ones sent)."""
+        return {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p)) if v is not None}
+
+
+_COMPLETION_TOKENS_FAMILY = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
+
+
+def resolve_token_param(token_param: str, model: str) -> str:
+    """`auto` -> max_completion_tokens for the o-series and gpt-5 families (they refuse max_tokens; the name may
+    carry a router prefix such as `openai/gpt-5-mini`), max_tokens otherwise; an explicit choice is kept."""
+    if token_param != "auto":
+        return token_param
+    return "max_completion_tokens" if _COMPLETION_TOKENS_FAMILY.match(model.rsplit("/", 1)[-1]) else "max_tokens"
 
 
 @dataclass
 class ChatResponse:
     text: str
     finish_reason: str
-    prompt_tokens: int
+    prompt_tokens: int  # every prompt token, cached ones included
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens read from the provider's prompt cache (priced at Price.cached_input)
+    cache_write_tokens: int = 0  # prompt tokens written to the cache (Anthropic; priced at Price.cache_write)
 
 
 @runtime_checkable
@@ -103,18 +134,48 @@ class ChatProvider(Protocol):
 class TransientError(Exception):
     """Worth retrying (rate limit, overload, timeout, dropped connection, malformed body)."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.reason = reason  # e.g. "batch_expired"; None: derived from status and message (failure_reason)
 
 
 class PermanentError(Exception):
-    """Not worth retrying. status 401/403/404 make the whole batch hopeless; 400 fails one item."""
+    """Not worth retrying. status 401/403/404, and a `kind` of auth / quota / model / param, make the whole batch
+    hopeless (every call would fail the same way: the run stops naming the key to change); else it fails one item.
+    `param` is the request parameter a server refused (kind "param")."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, kind: str | None = None,
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.kind = kind
+        self.param = param
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A short name for why a call failed, for the per-batch failure summary (timeout, http_503, quota, ...)."""
+    if isinstance(exc, TransientError):
+        if exc.reason:
+            return exc.reason
+        if exc.status == 429:
+            return "rate_limited"
+        if exc.status is not None:
+            return f"http_{exc.status}"
+        text = str(exc)
+        for prefix, name in (("timed out", "timeout"), ("connection", "connection"), ("malformed", "malformed")):
+            if text.startswith(prefix):
+                return name
+        return "transient"
+    if isinstance(exc, PermanentError):
+        if exc.kind:
+            return exc.kind
+        if str(exc).startswith("the model refused"):
+            return "refused"
+        return f"http_{exc.status}" if exc.status is not None else "permanent"
+    return "provider_bug"
 
 
 # Anything that looks like an API key: OpenAI style (sk-..., incl. partially masked echoes), bearer tokens.

@@ -7,22 +7,30 @@
 
 What it guarantees, for any provider (lion.teachers.base):
 - no paid call twice: a completed call is committed to the SQLite cache before the next one is counted, under
-  hash(provider identity, model, messages, sampling params, sample index); re-runs replay it for free.
-  With `llm.<role>.cache_namespace` set, "<provider>:ns=<namespace>" replaces the identity (which holds the
-  base_url), so a local server on a new port, or a move to another endpoint serving the same model, replays.
-  Identical requests in flight together are sent once (a later one is a cache hit). Failures are recorded apart
-  and never served as answers.
-- rate limits per role (RPM and TPM token buckets, max in flight), one shared cool-down after a 429 that
+  hash(provider identity, model, messages, sampling params, sample index) — not the mode, so online and batch
+  results replay each other. With `llm.<role>.cache_namespace` set, "<provider>:ns=<namespace>" replaces the
+  identity (which holds the base_url), so a local server on a new port, or a move to another endpoint serving
+  the same model, replays. Identical requests inside one batch are sent once. Failures are recorded apart and
+  never served as answers.
+- two paths, one per `llm.<role>.mode`: online (below) and batch (lion.teachers.batch: the provider's batch API,
+  every batch id recorded before waiting, re-polled on resume, never resubmitted).
+- online: rate limits per role (RPM and TPM token buckets, max in flight), one shared cool-down after a 429 that
   honours Retry-After, tenacity retries with exponential backoff + jitter for transient errors (the SDK's own
-  retries are off); permanent errors fail fast: 401/403/404 stop the batch with ProviderError, a 400 (e.g.
-  context too long) fails only its item.
-- a usage ledger (tokens in/out, USD, calls, cached replays per role, model and phase; RUN/usage.json) and a
-  budget cap: before each call the worst case (estimated prompt + max_tokens at the model's price) is
-  reserved; a call that could push spend over `llm.budget_usd` / `llm.budget_tokens` is not started, the
-  calls in flight finish, and BudgetExceeded is raised. Raise the cap and re-run: the cache replays the rest.
-- `chat_many` returns the results in input order; `chat_iter` yields (position, result) as calls complete. Both
-  read `requests` lazily (any iterable): only the calls in flight are held, so a million-request phase takes
-  the memory of `max_in_flight` calls. A progress bar shows done/total, rate, tokens and spend.
+  retries are off). An item gives up after `max_attempts` unless the whole role is failing (no successful call
+  since the item's first failure: an outage), where it keeps backing off for up to `outage_s`.
+- permanent errors fail fast: auth (401/403), unknown model (404), exhausted quota and a refused request
+  parameter stop the batch at once with ProviderError naming the role and the key to change; any other 400
+  (e.g. context too long) fails only its item.
+- failures you can see: after every batch of calls with failures, one line (failures by reason, one redacted
+  example) is printed on stderr, logged, and appended to RUN/gateway.log.
+- a usage ledger (tokens in/out, prompt-cache tokens read/written, USD, calls, cached replays per role, model,
+  phase and mode; RUN/usage.json) and a budget cap: before each call the worst case (estimated prompt +
+  max_tokens at the model's price, batch discount applied) is reserved; a call that could push spend over
+  `llm.budget_usd` / `llm.budget_tokens` is not started, the calls in flight finish, and BudgetExceeded is
+  raised. Raise the cap and re-run: the cache replays the rest.
+- results come back in input order; a progress bar shows done/total, rate, tokens and spend. `chat_iter` takes
+  any iterable of requests and sends it a window at a time (yielding (position, result)), so a million-request
+  phase holds one window, not the million.
 """
 
 from __future__ import annotations
@@ -31,21 +39,23 @@ import asyncio
 import collections
 import concurrent.futures
 import hashlib
+import itertools
 import json
 import logging
-import queue
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sized
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 from tqdm import tqdm
 
-from ..config import LLMConfig, RoleConfig
+from ..config import LLMConfig, Price, RoleConfig
 from ..errors import BudgetExceeded, ConfigError, LionError, ProviderError
 from ..layout import RunLayout
+from ..logs import heartbeat
 from .base import (
     ChatProvider,
     ChatRequest,
@@ -53,8 +63,10 @@ from .base import (
     PermanentError,
     ResolvedParams,
     TransientError,
+    failure_reason,
     messages_as_dicts,
     redact,
+    resolve_token_param,
 )
 from .plugins import load_provider
 from .ratelimit import RoleLimiter
@@ -67,6 +79,7 @@ log = logging.getLogger("lion.teachers")
 
 BURST_S = 1.0  # client token buckets hold one second of their rate
 HOPELESS = (401, 403, 404)  # auth / unknown model: every call of the batch would fail the same way
+FATAL_KINDS = ("auth", "quota", "model", "param")  # PermanentError kinds that stop the run at once
 
 
 @dataclass
@@ -78,7 +91,8 @@ class CallResult:
     prompt_tokens: int
     completion_tokens: int
     cached: bool  # replayed from the cache (no HTTP call, no cost)
-    attempts: int  # HTTP attempts made in this batch (0 when cached)
+    attempts: int  # HTTP attempts made in this batch (0 when cached; batches the item went in, in batch mode)
+    reason: str | None = None  # short failure reason (timeout, http_503, batch_expired, ...), None when ok
 
 
 @dataclass
@@ -87,11 +101,7 @@ class _Item:
     params: ResolvedParams
     key: str
     need_tokens: int  # estimated prompt + max_tokens (TPM reservation, token budget)
-    worst_usd: float
-
-
-class _Closed(Exception):
-    """The consumer of `chat_iter` stopped reading: the calls in flight finish, nothing new starts."""
+    worst_usd: float  # at the online price
 
 
 @dataclass
@@ -153,6 +163,57 @@ class _Wait:
         return backoff
 
 
+def price_usd(price: Price | None, resp: ChatResponse, mode: str = "online") -> float:
+    """USD of one answered call: plain prompt tokens, prompt-cache reads and writes and completion tokens at their
+    own rates (cache reads default to 10% of input, writes to 125%), times `batch_discount` in batch mode."""
+    if price is None:
+        return 0.0
+    read = max(0, min(resp.cached_tokens, resp.prompt_tokens))
+    write = max(0, min(resp.cache_write_tokens, resp.prompt_tokens - read))
+    plain = resp.prompt_tokens - read - write
+    cached_in = price.cached_input if price.cached_input is not None else 0.1 * price.input
+    cache_write = price.cache_write if price.cache_write is not None else 1.25 * price.input
+    usd = (plain * price.input + read * cached_in + write * cache_write + resp.completion_tokens * price.output) / 1e6
+    return usd * (price.batch_discount if mode == "batch" else 1.0)
+
+
+def param_hint(role: str, rc: RoleConfig, param: str | None) -> str:
+    """Which config key to change when a server refuses request parameter `param`."""
+    k = f"llm.{role}"
+    if param in ("max_tokens", "max_completion_tokens"):
+        other = "max_completion_tokens" if param == "max_tokens" else "max_tokens"
+        return f"set {k}.token_param: {other} (now {rc.token_param!r}; auto picks max_completion_tokens only for " \
+               "the o-series and gpt-5 families)"
+    also = " (discrimination.referee_retry_temperature sets the referee's retries)" if role == "referee" else ""
+    if param == "temperature+top_p":
+        return f"set only one of {k}.temperature and {k}.top_p, the other to null (not sent){also}"
+    if param in ("temperature", "top_p"):
+        return f"set {k}.{param}: null (not sent: the model's default; now {getattr(rc, param)!r}){also}"
+    if param == "reasoning_effort":
+        return f"change or unset {k}.reasoning_effort (now {rc.reasoning_effort!r})"
+    if param:
+        return f"remove {param!r} from {k}.extra_body / {k}.options"
+    return f"check the request parameters of {k} (temperature, top_p, token_param, reasoning_effort, extra_body)"
+
+
+class _Progress:
+    """The progress bar and the heartbeat (shown when bars are off) moving together."""
+
+    def __init__(self, bar: Any, beat: Any) -> None:
+        self.bar, self.beat = bar, beat
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.beat.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.beat.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bar, name)
+
+
 class Gateway:
     def __init__(self, llm: LLMConfig, run_dir: Path | None, *, progress: bool = True) -> None:
         self.llm = llm
@@ -163,9 +224,12 @@ class Gateway:
         self._providers: dict[str, ChatProvider] = {}
         self._limiters: dict[str, RoleLimiter] = {}
         self._budget = _Budget(llm, *self.store.spent())
+        self._last_ok: dict[str, float] = {}  # role -> monotonic time of its last successful call (outages)
         self.stats: collections.Counter[str] = collections.Counter()  # attempts, retries, rate_limited, ...
+        self.last_failures: dict[tuple[str, str], collections.Counter[str]] = {}  # (role, phase) -> by reason
         self._closed = False
 
+    # ------------------------------------------------------------------ setup per role
     def _cache_file(self) -> Path | None:
         """RUN/calls.sqlite or `llm.cache_path`, refused on a network filesystem (lion.fscheck); None: in memory."""
         from ..fscheck import check_sqlite_home
@@ -178,7 +242,6 @@ class Gateway:
             check_sqlite_home(path, what="the call cache", allow_network=self.llm.allow_network_fs)
         return path
 
-    # ------------------------------------------------------------------ setup per role
     def provider(self, role: str) -> ChatProvider:
         if role not in self._providers:
             rc = self.llm.role(role)
@@ -203,25 +266,39 @@ class Gateway:
         p = self.llm.prices.get(model)
         return (p.input, p.output) if p is not None else (0.0, 0.0)
 
+    def usd(self, model: str, resp: ChatResponse, mode: str = "online") -> float:
+        return price_usd(self.llm.prices.get(model), resp, mode)
+
+    def batch_factor(self, model: str) -> float:
+        p = self.llm.prices.get(model)
+        return p.batch_discount if p is not None else 0.5
+
     def _check_prices(self, role: str, rc: RoleConfig) -> None:
         if self.llm.budget_usd is not None and rc.model not in self.llm.prices:
             raise ConfigError(f"llm.prices: no price for model {rc.model!r} (llm.{role}.model); one is needed to "
                               f"enforce llm.budget_usd (add llm.prices.{rc.model}: {{input: ..., output: ...}}, "
                               "USD per million tokens)")
 
-    def _item(self, rc: RoleConfig, provider: ChatProvider, req: ChatRequest | Any, index: int) -> _Item:
-        try:
-            request = req if isinstance(req, ChatRequest) else ChatRequest(messages=req)
-        except ValueError as e:
-            raise ValueError(f"request {index}: {e}") from None
-        params = ResolvedParams(
+    def resolve(self, rc: RoleConfig, request: ChatRequest) -> ResolvedParams:
+        """The parameters one request is sent with: its own values over the role's; None = not sent."""
+        return ResolvedParams(
             model=rc.model,
             temperature=rc.temperature if request.temperature is None else float(request.temperature),
             top_p=rc.top_p if request.top_p is None else float(request.top_p),
             max_tokens=rc.max_tokens if request.max_tokens is None else int(request.max_tokens),
             sample=request.sample,
             timeout_s=rc.timeout_s,
+            token_param=resolve_token_param(rc.token_param, rc.model),
+            reasoning_effort=rc.reasoning_effort,
+            extra={**rc.options, **rc.extra_body} if rc.provider in ("openai", "anthropic") else dict(rc.extra_body),
         )
+
+    def _item(self, rc: RoleConfig, provider: ChatProvider, req: ChatRequest | Any, index: int) -> _Item:
+        try:
+            request = req if isinstance(req, ChatRequest) else ChatRequest(messages=req)
+        except ValueError as e:
+            raise ValueError(f"request {index}: {e}") from None
+        params = self.resolve(rc, request)
         # llm.<role>.cache_namespace stands in for the endpoint (e.g. a local server on a random port)
         ident = f"{rc.provider}:ns={rc.cache_namespace}" if rc.cache_namespace else provider.identity
         blob = json.dumps({"provider": ident, **params.key_fields(),
@@ -237,6 +314,7 @@ class Gateway:
     def chat_many(self, role: str, phase: str, requests: Iterable[ChatRequest | list[dict[str, str]]],
                   desc: str = "") -> list[CallResult]:
         """Sync wrapper: runs its own event loop (in a helper thread if this thread already runs one)."""
+        requests = requests if isinstance(requests, Sequence) else list(requests)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -244,108 +322,110 @@ class Gateway:
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lion-gateway") as ex:
             return ex.submit(asyncio.run, self.achat_many(role, phase, requests, desc)).result()
 
-    async def achat_many(self, role: str, phase: str, requests: Iterable[ChatRequest | list[dict[str, str]]],
-                         desc: str = "") -> list[CallResult]:
-        """Every request's result, in input order."""
-        results: dict[int, CallResult] = {}
-        await self._astream(role, phase, requests, desc, results.__setitem__)
-        return [results[i] for i in sorted(results)]
-
     def chat_iter(self, role: str, phase: str, requests: Iterable[ChatRequest | list[dict[str, str]]],
-                  desc: str = "", total: int | None = None) -> Iterator[tuple[int, CallResult]]:
-        """(position in `requests`, result) as each call completes: `requests` is read lazily, only the calls in
-        flight (`llm.<role>.max_in_flight`) and a short queue of results are held, so a million requests take
-        the memory of a few hundred. The calls run on a helper thread's event loop; BudgetExceeded and fatal
-        provider errors are raised here after the results before them were yielded."""
-        out: queue.Queue[tuple[int, CallResult] | BaseException | None] = queue.Queue(maxsize=1024)
-        closed = threading.Event()
+                  desc: str = "", total: int | None = None, window: int | None = None,
+                  ) -> Iterator[tuple[int, CallResult]]:
+        """(position in `requests`, result) for every request, window by window: `requests` is read lazily,
+        `window` at a time (default: 16 x max_in_flight, at least 2048; batch mode: batch_max_items or 50,000),
+        and each window goes through `chat_many` (cache, limits, batch mode, failure lines all apply), so a
+        million requests take the memory of one window. BudgetExceeded and fatal errors are raised after the
+        results of the windows before were handed out; a consumer that stops reading stops the calls."""
+        rc = self.llm.role(role)
+        if window is None:
+            window = (rc.batch_max_items or 50_000) if rc.mode == "batch" else max(16 * rc.max_in_flight, 2048)
+        it = iter(requests)
+        start, n_windows = 0, None if total is None else max(1, -(-total // window))
+        for k in itertools.count():
+            chunk = list(itertools.islice(it, window))
+            if not chunk:
+                return
+            label = desc if n_windows == 1 else f"{desc} [{k + 1}/{n_windows or '?'}]".strip()
+            for i, res in enumerate(self.chat_many(role, phase, chunk, label)):
+                yield start + i, res
+            start += len(chunk)
 
-        def emit(i: int, res: CallResult) -> None:
-            while not closed.is_set():  # back-pressure: the loop waits while the consumer is behind
-                try:
-                    out.put((i, res), timeout=0.2)
-                    return
-                except queue.Full:
-                    continue
-            raise _Closed
-
-        def run() -> None:
-            try:
-                asyncio.run(self._astream(role, phase, requests, desc, emit, total=total))
-                item: BaseException | None = None
-            except _Closed:
-                item = None
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer's thread
-                item = e
-            while not closed.is_set():
-                try:
-                    out.put(item, timeout=0.2)
-                    return
-                except queue.Full:
-                    continue
-
-        worker = threading.Thread(target=run, name="lion-gateway-stream", daemon=True)
-        worker.start()
-        try:
-            while True:
-                got = out.get()
-                if got is None:
-                    return
-                if isinstance(got, BaseException):
-                    raise got
-                yield got
-        finally:
-            closed.set()
-            worker.join()
-
-    async def _astream(self, role: str, phase: str, requests: Iterable[ChatRequest | list[dict[str, str]]],
-                       desc: str, emit: Callable[[int, CallResult], None], total: int | None = None) -> None:
-        """Send `requests` with at most `max_in_flight` calls at once, pulling the next request only when a worker
-        is free; `emit(i, result)` as each completes (cache hits at once). Identical requests inside the window
-        are sent once (a later identical one is a cache hit anyway)."""
+    async def achat_many(self, role: str, phase: str, requests: Sequence[ChatRequest | list[dict[str, str]]],
+                         desc: str = "") -> list[CallResult]:
         rc = self.llm.role(role)
         provider = self.provider(role)
         self._check_prices(role, rc)
+        batch_api = self._batch_api(role, rc, provider) if rc.mode == "batch" else None
         prepare = getattr(provider, "prepare", None)
         if callable(prepare):
             prepare()
-        if total is None and isinstance(requests, Sized):
-            total = len(requests)
-        source = enumerate(requests)
-        waiting: dict[str, list[int]] = {}  # key -> positions of the identical requests in flight
-        replayed = 0  # cache hits and in-window duplicates: counted in the ledger as cached
+        items = [self._item(rc, provider, r, i) for i, r in enumerate(requests)]
+        results: list[CallResult | None] = [None] * len(items)
+        pending: dict[str, list[int]] = {}
+        n_cached = 0
+        for i, it in enumerate(items):
+            if it.key in pending:  # same call twice in one batch: send once
+                pending[it.key].append(i)
+                continue
+            hit = self.store.get(it.key) if self.llm.cache else None
+            if hit is not None:
+                results[i] = CallResult(True, hit.text, None, hit.finish_reason, hit.prompt_tokens,
+                                        hit.completion_tokens, cached=True, attempts=0)
+                n_cached += 1
+            else:
+                pending[it.key] = [i]
+        self.store.record_cached(role, rc.model, phase, n_cached + sum(len(v) - 1 for v in pending.values()),
+                                 mode=rc.mode)
+
         state = _BatchState()
+        bar = tqdm(total=len(items), initial=len(items) - sum(len(v) for v in pending.values()),
+                   desc=f"{role}/{phase}" + (f" {desc}" if desc else ""), unit="call",
+                   disable=not self.progress, dynamic_ncols=True)
+        beat = heartbeat(f"{role}/{phase}" + (f" {desc}" if desc else ""), len(items), progress=self.progress,
+                         done=bar.n, spend=lambda: self._budget.spent_usd, unit=" calls").start()
+        bar = _Progress(bar, beat)
+        try:
+            if batch_api is not None and pending:
+                from .batch import BatchRunner
+
+                await BatchRunner(self, role, phase, rc, provider, batch_api, items, pending, results, bar,
+                                  state).run()
+            else:
+                await self.run_online(role, phase, rc, provider, items, pending, list(pending), results, bar, state)
+        finally:
+            bar.close()
+            aclose = getattr(provider, "aclose", None)
+            if callable(aclose):
+                try:
+                    await aclose()
+                except Exception:  # noqa: BLE001 - closing a client must not hide the batch's outcome
+                    log.debug("closing the %s provider failed", role, exc_info=True)
+            self._write_usage()
+        self.stats.update(state.stats)
+        self._report_failures(role, phase, rc, items, results)
+        if state.stop == "fatal" and state.fatal is not None:
+            self.note(f"stopped: {state.fatal}")
+            raise state.fatal
+        if state.stop == "budget":
+            raise BudgetExceeded(self._budget.message())
+        return [r for r in results if r is not None]
+
+    def _batch_api(self, role: str, rc: RoleConfig, provider: ChatProvider) -> Any:
+        make = getattr(provider, "batch_api", None)
+        if not callable(make):
+            raise ConfigError(f"llm.{role}.mode: batch needs a provider with a batch API (openai, anthropic); "
+                              f"{rc.provider!r} has none: set llm.{role}.mode: online")
+        return make()
+
+    # ------------------------------------------------------------------ the online path
+    async def run_online(self, role: str, phase: str, rc: RoleConfig, provider: ChatProvider, items: list[_Item],
+                         pending: dict[str, list[int]], keys: list[str], results: list[CallResult | None],
+                         bar: Any, state: _BatchState) -> None:
+        """Send the calls of `keys` one HTTP request each (max_in_flight workers), filling `results`."""
+        queue = collections.deque(keys)
         order = asyncio.Lock()
         limiter = self._limiter(role, rc)
         wait = _Wait(rc)
-        bar = tqdm(total=total, desc=f"{role}/{phase}" + (f" {desc}" if desc else ""), unit="call",
-                   disable=not self.progress, dynamic_ncols=True)
-
-        def take() -> _Item | None:
-            """The next request that needs a call (emitting cache hits on the way), or None when none is left."""
-            nonlocal replayed
-            for i, req in source:
-                it = self._item(rc, provider, req, i)
-                if it.key in waiting:  # same call twice in the window: send once
-                    waiting[it.key].append(i)
-                    replayed += 1
-                    continue
-                hit = self.store.get(it.key) if self.llm.cache else None
-                if hit is not None:
-                    replayed += 1
-                    bar.update(1)
-                    emit(i, CallResult(True, hit.text, None, hit.finish_reason, hit.prompt_tokens,
-                                       hit.completion_tokens, cached=True, attempts=0))
-                    continue
-                waiting[it.key] = [i]
-                return it
-            return None
 
         async def worker() -> None:
-            while state.stop is None:
-                it = take()
-                if it is None:
-                    return
+            while queue and state.stop is None:
+                key = queue.popleft()
+                idxs = pending[key]
+                it = items[idxs[0]]
                 if not self._budget.reserve(it.worst_usd, it.need_tokens):
                     state.stop = "budget"
                     return
@@ -355,38 +435,39 @@ class Gateway:
                     self._budget.release(it.worst_usd, it.need_tokens)
                 if res is None:
                     return  # fatal: state.stop is set
-                idxs = waiting.pop(it.key)
-                for n, i in enumerate(idxs):
-                    emit(i, res if n == 0 else CallResult(**{**res.__dict__, "cached": res.ok, "attempts": 0}))
+                self.fill(results, idxs, res)
                 bar.update(len(idxs))
                 bar.set_postfix_str(f"tok={state.tokens} ${state.usd:.4f} failed={state.failed}", refresh=False)
 
-        try:
-            await asyncio.gather(*(worker() for _ in range(rc.max_in_flight)))
-        finally:
-            bar.close()
-            self.store.record_cached(role, rc.model, phase, replayed)
-            aclose = getattr(provider, "aclose", None)
-            if callable(aclose):
-                try:
-                    await aclose()
-                except Exception:  # noqa: BLE001 - closing a client must not hide the batch's outcome
-                    log.debug("closing the %s provider failed", role, exc_info=True)
-            self._write_usage()
-        self.stats.update(state.stats)
-        if state.stop == "fatal" and state.fatal is not None:
-            raise state.fatal
-        if state.stop == "budget":
-            raise BudgetExceeded(self._budget.message())
+        n_workers = min(rc.max_in_flight, len(queue))
+        await asyncio.gather(*(worker() for _ in range(n_workers)))
+
+    @staticmethod
+    def fill(results: list[CallResult | None], idxs: list[int], res: CallResult) -> None:
+        """One call's result for every request that asked for it (the duplicates count as cached)."""
+        for n, i in enumerate(idxs):
+            results[i] = res if n == 0 else CallResult(**{**res.__dict__, "cached": res.ok, "attempts": 0})
 
     async def _one(self, role: str, phase: str, rc: RoleConfig, provider: ChatProvider, limiter: RoleLimiter,
                    order: asyncio.Lock, wait: _Wait, it: _Item, state: _BatchState) -> CallResult | None:
         attempts = 0
         resp: ChatResponse | None = None
-        error: str | None = None
-        status: int | None = None
+        first_failure: float | None = None
+
+        def give_up(rs: RetryCallState) -> bool:
+            """After max_attempts, unless the role is in an outage (no success since this item first failed):
+            then keep backing off until outage_s of continuous failure."""
+            if rs.attempt_number < rc.max_attempts:
+                return False
+            if first_failure is None or self._last_ok.get(role, float("-inf")) > first_failure:
+                return True
+            if time.monotonic() - first_failure >= rc.outage_s:
+                return True
+            state.stats["outage_retries"] += 1
+            return False
+
         try:
-            retrying = AsyncRetrying(stop=stop_after_attempt(rc.max_attempts), wait=wait, reraise=True,
+            retrying = AsyncRetrying(stop=give_up, wait=wait, reraise=True,
                                      retry=retry_if_exception_type(TransientError))
             async for attempt in retrying:
                 with attempt:
@@ -400,6 +481,8 @@ class Gateway:
                     try:
                         resp = await provider.chat(it.request, it.params)
                     except TransientError as e:
+                        if first_failure is None:
+                            first_failure = time.monotonic()
                         state.stats["rate_limited" if e.status == 429 else "transient_errors"] += 1
                         if e.status == 429:
                             limiter.cool_down(e.retry_after if e.retry_after is not None
@@ -407,35 +490,46 @@ class Gateway:
                         log.debug("%s call attempt %d failed: %s", role, attempts, e)
                         raise
         except TransientError as e:
-            error, status = f"gave up after {attempts} attempts: {e}", e.status
+            return self.record_failure(role, phase, provider, it, f"gave up after {attempts} attempts: {e}",
+                                       e.status, attempts, failure_reason(e), state)
         except PermanentError as e:
-            status = e.status
-            if status in HOPELESS:
-                if state.stop != "fatal":
-                    state.stop = "fatal"
-                    state.fatal = ProviderError(self._hopeless_message(role, rc, provider, e))
+            if self.is_fatal(e):
+                self.set_fatal(state, role, rc, provider, e)
                 return None
-            error = f"permanent error: {e}"
+            return self.record_failure(role, phase, provider, it, f"permanent error: {e}", e.status, attempts,
+                                       failure_reason(e), state)
         except LionError as e:  # e.g. a plugin's ConfigError: the whole batch is hopeless
             state.stop, state.fatal = "fatal", e
             return None
         except Exception as e:  # noqa: BLE001 - a provider bug fails its item, with the reason, never as text
-            error = f"{type(e).__name__}: {e}"
-        key_fields = it.params.key_fields()
-        if resp is None:
-            error = redact(error or "no response", [])
-            state.failed += 1
-            state.stats["failed"] += 1
-            self.store.record_failure(it.key, role=role, phase=phase, provider=provider.identity,
-                                      model=it.params.model, error=error, status=status, attempts=attempts)
-            return CallResult(False, None, error, None, 0, 0, cached=False, attempts=attempts)
-        pin, pout = self._price(it.params.model)
-        usd = (resp.prompt_tokens * pin + resp.completion_tokens * pout) / 1e6
-        self.store.record_call(it.key, role=role, phase=phase, provider=provider.identity, model=it.params.model,
-                               params=key_fields, messages=messages_as_dicts(it.request.messages), text=resp.text,
+            return self.record_failure(role, phase, provider, it, f"{type(e).__name__}: {e}", None, attempts,
+                                       "provider_bug", state)
+        assert resp is not None
+        return self.record_success(role, phase, provider, it.key, it.params.model, it.params.key_fields(),
+                                   messages_as_dicts(it.request.messages), resp, attempts, "online", state)
+
+    # ------------------------------------------------------------------ outcomes (both paths)
+    @staticmethod
+    def is_fatal(e: PermanentError) -> bool:
+        return e.status in HOPELESS or e.kind in FATAL_KINDS
+
+    def set_fatal(self, state: _BatchState, role: str, rc: RoleConfig, provider: ChatProvider,
+                  e: PermanentError) -> None:
+        if state.stop != "fatal":
+            state.stop = "fatal"
+            state.fatal = ProviderError(self._hopeless_message(role, rc, provider, e))
+
+    def record_success(self, role: str, phase: str, provider: ChatProvider, key: str, model: str,
+                       key_fields: dict[str, Any], messages: list[dict[str, str]], resp: ChatResponse, attempts: int,
+                       mode: str, state: _BatchState) -> CallResult:
+        usd = self.usd(model, resp, mode)
+        self.store.record_call(key, role=role, phase=phase, provider=provider.identity, model=model,
+                               params=key_fields, messages=messages, text=resp.text,
                                finish_reason=resp.finish_reason, prompt_tokens=resp.prompt_tokens,
                                completion_tokens=resp.completion_tokens, usd=usd, attempts=attempts,
-                               cache=self.llm.cache)
+                               cache=self.llm.cache, mode=mode, cached_tokens=resp.cached_tokens,
+                               cache_write_tokens=resp.cache_write_tokens)
+        self._last_ok[role] = time.monotonic()
         self._budget.spent_usd += usd
         self._budget.spent_tokens += resp.prompt_tokens + resp.completion_tokens
         state.tokens += resp.prompt_tokens + resp.completion_tokens
@@ -444,22 +538,68 @@ class Gateway:
         return CallResult(True, resp.text, None, resp.finish_reason, resp.prompt_tokens, resp.completion_tokens,
                           cached=False, attempts=attempts)
 
+    def record_failure(self, role: str, phase: str, provider: ChatProvider, it: _Item, error: str,
+                       status: int | None, attempts: int, reason: str, state: _BatchState,
+                       mode: str = "online") -> CallResult:
+        error = redact(error or "no response", [])
+        state.failed += 1
+        state.stats["failed"] += 1
+        self.store.record_failure(it.key, role=role, phase=phase, provider=provider.identity,
+                                  model=it.params.model, error=error, status=status, attempts=attempts, mode=mode)
+        return CallResult(False, None, error, None, 0, 0, cached=False, attempts=attempts, reason=reason)
+
     def _hopeless_message(self, role: str, rc: RoleConfig, provider: ChatProvider, e: PermanentError) -> str:
-        hint = {401: f"check the key in ${rc.api_key_env} (llm.{role}.api_key_env)",
-                403: f"the key in ${rc.api_key_env} may not access this model or endpoint",
-                404: f"check llm.{role}.model ({rc.model!r}) and llm.{role}.base_url"}.get(e.status or 0, "")
+        env = rc.api_key_env or getattr(provider, "key_env", None) or "the key variable"
+        kind = e.kind or {401: "auth", 403: "auth", 404: "model"}.get(e.status or 0)
+        hint = {
+            "auth": f"check the key in ${env} (llm.{role}.api_key_env); it may not access this model or endpoint",
+            "model": f"check llm.{role}.model ({rc.model!r}) and llm.{role}.base_url",
+            "quota": f"the account behind ${env} has no quota or credit left: add some at the provider, or point "
+                     f"llm.{role}.api_key_env at another key",
+            "param": param_hint(role, rc, e.param),
+        }.get(kind or "", "")
         where = rc.base_url or provider.identity
-        return redact(f"llm.{role}: {where} answered {e} — {hint}; calls completed so far are cached", [])
+        return redact(f"llm.{role}: {where} answered {e} — {hint}; calls completed so far are cached, so re-running "
+                      "after the fix pays for none of them again", [])
+
+    # ------------------------------------------------------------------ failures you can see
+    def note(self, line: str) -> None:
+        """Log a gateway line (level info) and append it to RUN/gateway.log."""
+        log.info("%s", line)
+        if self.layout is not None:
+            self.layout.root.mkdir(parents=True, exist_ok=True)
+            with open(self.layout.gateway_log, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+
+    def say(self, line: str) -> None:
+        """Print a gateway line on stderr (above any progress bar) and note it."""
+        tqdm.write(line, file=sys.stderr)
+        self.note(line)
+
+    def _report_failures(self, role: str, phase: str, rc: RoleConfig, items: list[_Item],
+                         results: list[CallResult | None]) -> None:
+        failed = [r for r in results if r is not None and not r.ok]
+        self.last_failures[(role, phase)] = collections.Counter(r.reason or "unknown" for r in failed)
+        if not failed:
+            return
+        by = self.last_failures[(role, phase)]
+        reasons = ", ".join(f"{n} {reason}" for reason, n in by.most_common())
+        example = redact((failed[0].error or "")[:200], [])
+        self.say(f"llm.{role} ({phase}, {rc.model}, {rc.mode}): {len(failed)} of {len(items)} calls failed — "
+                 f"{reasons}; e.g. {example}")
 
     # ------------------------------------------------------------------ ledger
     def usage_summary(self) -> dict[str, Any]:
         rows = self.store.usage_rows()
-        total: dict[str, Any] = {k: 0 for k in ("calls", "cached", "failed", "tokens_in", "tokens_out")}
+        total: dict[str, Any] = {k: 0 for k in ("calls", "cached", "failed", "tokens_in", "tokens_out",
+                                                "tokens_cache_read", "tokens_cache_write")}
         total["usd"] = 0.0
         for r in rows:
             for k in total:
                 total[k] += r[k]
         total["usd"] = round(total["usd"], 6)
+        total["batch_calls"] = sum(r["calls"] for r in rows if r["mode"] == "batch")
+        total["cached_share"] = round(total["tokens_cache_read"] / total["tokens_in"], 4) if total["tokens_in"] else 0.0
         if self.llm.budget_usd is not None:
             total["budget_usd"] = self.llm.budget_usd
         if self.llm.budget_tokens is not None:

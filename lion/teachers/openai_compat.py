@@ -1,13 +1,19 @@
 """OpenAI-compatible chat provider on `openai.AsyncOpenAI` (OpenAI, Azure's v1 endpoint, vLLM, Ollama,
-llama.cpp, SGLang, TGI, DeepSeek, Together, lion's own sim server ...).
+llama.cpp, SGLang, TGI, DeepSeek, Together, Anthropic's OpenAI-compatible endpoint, lion's own sim server ...).
 
     llm: {teacher: {provider: openai, base_url: http://127.0.0.1:8000/v1, model: sim, api_key_env: MY_KEY}}
 
-The SDK's own retries are off (`max_retries=0`): the gateway's tenacity layer owns retries, so the two do
-not multiply. SDK exceptions map to `TransientError` (429 unless the quota is exhausted, 408/409/5xx,
-timeouts, dropped connections, malformed bodies) or `PermanentError` (other 4xx, empty answers). The API
-key is read from `os.environ[api_key_env]` when a batch starts; servers on 127.0.0.1/localhost may run
-without one. Error messages are redacted so no key-shaped string leaves this module.
+Requests are shaped for the model (`request_body`): only the sampling keys that are set are sent, max_tokens goes
+in the field `token_param` names (`auto`: max_completion_tokens for the o-series and gpt-5 families),
+`reasoning_effort` when set, then `extra_body` / `options` as they are. The same body goes online
+(`chat.completions.create`) and into the Batch API's JSONL (`batch_api()`, lion.teachers.openai_batch).
+
+The SDK's own retries are off (`max_retries=0`): the gateway owns retries, so the two do not multiply. SDK
+exceptions map to `TransientError` (429 unless the quota is exhausted, 408/409/5xx, timeouts, dropped
+connections, malformed bodies) or `PermanentError` with a `kind` the gateway stops the run on: `quota`
+(insufficient_quota), `auth` (401/403), `model` (404), `param` (a 400 refusing a parameter; `param` names it).
+The API key is read from `os.environ[api_key_env]` (default OPENAI_API_KEY) when a batch starts; servers on
+127.0.0.1/localhost may run without one. Error messages are redacted so no key-shaped string leaves this module.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import os
+import re
 import time
 from typing import Any
 from urllib.parse import urlparse
@@ -23,12 +30,29 @@ import openai
 
 from ..config import RoleConfig
 from ..errors import ConfigError
-from .base import ChatRequest, ChatResponse, PermanentError, ResolvedParams, TransientError, messages_as_dicts, redact
+from .base import (
+    ChatRequest,
+    ChatResponse,
+    PermanentError,
+    ResolvedParams,
+    TransientError,
+    messages_as_dicts,
+    redact,
+    resolve_token_param,
+)
 from .tokens import estimate_prompt_tokens, estimate_text_tokens
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 NO_KEY = "sk-no-key"
+
+# a 400 that refuses a request parameter: OpenAI's codes and messages, and Claude's on its compatible endpoint
+_PARAM_CODES = ("unsupported_parameter", "unsupported_value", "unknown_parameter", "invalid_parameter")
+_PARAM_TEXT = re.compile(r"Unsupported (?:parameter|value): '([\w.]+)'|Unrecognized request argument supplied: "
+                         r"([\w.]+)|Unknown parameter: '([\w.]+)'")
+_BOTH_SAMPLING = re.compile(r"temperature.{0,4} and .{0,4}top_p.{0,4} cannot both be specified", re.IGNORECASE)
+_QUOTA_TEXT = re.compile(r"insufficient_quota|exceeded your current quota|credit balance is too low", re.IGNORECASE)
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -53,10 +77,59 @@ def parse_retry_after(headers: Any) -> float | None:
         return max(0.0, email.utils.mktime_tz(parsed) - time.time())
 
 
+def refused_param(message: str, code: str | None = None, param: str | None = None) -> str | None:
+    """The request parameter a 400 refuses ("temperature+top_p" for Claude's both-at-once refusal), or None when
+    the 400 is about something else (context length, content ...)."""
+    if _BOTH_SAMPLING.search(message):
+        return "temperature+top_p"
+    m = _PARAM_TEXT.search(message)
+    if m:
+        return next(g for g in m.groups() if g)
+    if code in _PARAM_CODES and param:
+        return param
+    return None
+
+
+def classify_status(status: int, message: str, *, code: str | None = None, param: str | None = None,
+                    retry_after: float | None = None) -> Exception:
+    """An HTTP error (online, or one item of a batch) as TransientError or PermanentError (with its kind)."""
+    if _QUOTA_TEXT.search(message) or code == "insufficient_quota":
+        return PermanentError(message, status=status, kind="quota")
+    if status == 429 or status in (408, 409) or status >= 500:
+        return TransientError(message, status=status, retry_after=retry_after)
+    if status in (401, 403):
+        return PermanentError(message, status=status, kind="auth")
+    if status == 404:
+        return PermanentError(message, status=status, kind="model")
+    if status == 402:
+        return PermanentError(message, status=status, kind="quota")
+    refused = refused_param(message, code, param) if status in (400, 422) else None
+    if refused is not None:
+        return PermanentError(message, status=status, kind="param", param=refused)
+    return PermanentError(message, status=status)
+
+
+def local_or_key(base_url: str, env_name: str, key: str) -> str:
+    """The API key from `env_name`; a local server may go without one; else ConfigError naming `key`.api_key_env."""
+    value = os.environ.get(env_name, "") if env_name else ""
+    if value:
+        return value
+    host = urlparse(base_url).hostname or ""
+    if host in LOCAL_HOSTS or f"[{host}]" in LOCAL_HOSTS:
+        return NO_KEY
+    raise ConfigError(
+        f"{key}.api_key_env: environment variable {env_name!r} is not set (it must hold the API key for "
+        f"{base_url}); export it, or point {key}.api_key_env at the variable that holds the key"
+    )
+
+
 class OpenAICompatProvider:
+    batch_endpoint = "/v1/chat/completions"
+
     def __init__(self, cfg: RoleConfig, key: str = "llm.<role>") -> None:
         self.cfg = cfg
         self.key = key
+        self.key_env = cfg.api_key_env or DEFAULT_KEY_ENV
         self.base_url = (cfg.base_url or DEFAULT_BASE_URL).rstrip("/")
         self.identity = f"openai:{self.base_url}:{cfg.model}"
         self._client: openai.AsyncOpenAI | None = None
@@ -65,23 +138,14 @@ class OpenAICompatProvider:
 
     # ------------------------------------------------------------------ credentials
     def _api_key(self) -> str:
-        name = self.cfg.api_key_env
-        value = os.environ.get(name, "") if name else ""
-        if value:
-            return value
-        host = urlparse(self.base_url).hostname or ""
-        if host in LOCAL_HOSTS or f"[{host}]" in LOCAL_HOSTS:
-            return NO_KEY
-        raise ConfigError(
-            f"{self.key}.api_key_env: environment variable {name!r} is not set (it must hold the API key for "
-            f"{self.base_url}); export it, or point {self.key}.api_key_env at the variable that holds the key"
-        )
+        return local_or_key(self.base_url, self.key_env, self.key)
 
     def prepare(self) -> None:
         """Fail early (before any call) when the key is missing."""
         self._secret = self._api_key()
 
-    def _get_client(self) -> openai.AsyncOpenAI:
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client of the running event loop (one per loop: a batch of calls runs on its own loop)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
             self._secret = self._api_key()
@@ -95,24 +159,31 @@ class OpenAICompatProvider:
         if client is not None:
             await client.close()
 
-    def _clean(self, text: str) -> str:
+    def clean(self, text: str) -> str:
         return redact(text, [self._secret])
 
-    # ------------------------------------------------------------------ the call
+    # ------------------------------------------------------------------ the request
+    def request_body(self, request: ChatRequest, params: ResolvedParams) -> dict[str, Any]:
+        """The JSON body of one chat completion, shaped for the model (only what is set is sent)."""
+        body: dict[str, Any] = {"model": params.model, "messages": messages_as_dicts(request.messages)}
+        body[resolve_token_param(params.token_param, params.model)] = params.max_tokens
+        body.update(params.sampling())
+        if params.reasoning_effort is not None:
+            body["reasoning_effort"] = params.reasoning_effort
+        # the n-th sample of a prompt asks for seed n, so servers that honour `seed` (OpenAI, vLLM, the sim
+        # server) return a distinct, reproducible sample; sample 0 sends no seed at all
+        if params.sample:
+            body["seed"] = params.sample
+        body.update(params.extra)
+        return body
+
     async def chat(self, request: ChatRequest, params: ResolvedParams) -> ChatResponse:
-        client = self._get_client()
+        client = self.client()
+        body = self.request_body(request, params)
+        model, messages = body.pop("model"), body.pop("messages")
         try:
-            resp = await client.chat.completions.create(
-                model=params.model,
-                messages=messages_as_dicts(request.messages),  # type: ignore[arg-type]
-                temperature=params.temperature,
-                top_p=params.top_p,
-                max_tokens=params.max_tokens,
-                timeout=params.timeout_s,
-                # the n-th sample of a prompt asks for seed n, so servers that honour `seed` (OpenAI, vLLM,
-                # the sim server) return a distinct, reproducible sample; sample 0 sends no seed at all
-                **({"seed": params.sample} if params.sample else {}),
-            )
+            resp = await client.chat.completions.create(model=model, messages=messages, extra_body=body,
+                                                        timeout=params.timeout_s)
         except openai.APIStatusError as e:
             raise self._status_error(e) from None
         except openai.APITimeoutError:
@@ -122,19 +193,24 @@ class OpenAICompatProvider:
             raise TransientError(f"connection failed ({cause})") from None
         except (openai.APIResponseValidationError, ValueError, TypeError, KeyError, AttributeError) as e:
             raise TransientError(f"malformed response ({type(e).__name__})") from None
-        return self._parse(resp, request)
+        return self.parse(resp, request)
 
     def _status_error(self, e: openai.APIStatusError) -> Exception:
         status = e.status_code
-        msg = self._clean(f"{status} {getattr(e, 'message', '') or e}")[:500]
-        code = getattr(e, "code", None)
-        if status == 429 and code != "insufficient_quota":
-            return TransientError(msg, status=429, retry_after=parse_retry_after(e.response.headers))
-        if status in (408, 409) or status >= 500:
-            return TransientError(msg, status=status, retry_after=parse_retry_after(e.response.headers))
-        return PermanentError(msg, status=status)
+        body = e.body.get("error", e.body) if isinstance(e.body, dict) else None  # OpenAI: the "error" object
+        text = body.get("message") if isinstance(body, dict) else None
+        msg = self.clean(f"{status} {text or getattr(e, 'message', '') or e}")[:500]
+        return classify_status(status, msg, code=getattr(e, "code", None), param=getattr(e, "param", None),
+                               retry_after=parse_retry_after(e.response.headers))
 
-    def _parse(self, resp: Any, request: ChatRequest) -> ChatResponse:
+    def error_from_body(self, status: int, body: Any) -> Exception:
+        """One failed batch item (its status code and error body) as the same errors as online."""
+        err = body.get("error") if isinstance(body, dict) else None
+        err = err if isinstance(err, dict) else {}
+        msg = self.clean(f"{status} {err.get('message') or body}")[:500]
+        return classify_status(status, msg, code=err.get("code"), param=err.get("param"))
+
+    def parse(self, resp: Any, request: ChatRequest | None) -> ChatResponse:
         """Validate the body field by field: a malformed body is an error, never an answer."""
         choices = getattr(resp, "choices", None)
         if not isinstance(choices, list) or not choices:
@@ -145,7 +221,7 @@ class OpenAICompatProvider:
         if not isinstance(text, str):
             refusal = getattr(message, "refusal", None)
             if isinstance(refusal, str) and refusal:
-                raise PermanentError(self._clean(f"the model refused: {refusal}")[:300])
+                raise PermanentError(self.clean(f"the model refused: {refusal}")[:300])
             raise TransientError("malformed response (no message content)")
         finish = getattr(choice, "finish_reason", None)
         finish = finish if isinstance(finish, str) else "unknown"
@@ -153,9 +229,18 @@ class OpenAICompatProvider:
         pt = getattr(usage, "prompt_tokens", None)
         ct = getattr(usage, "completion_tokens", None)
         if not isinstance(pt, int) or not isinstance(ct, int):  # some servers omit usage: estimate it
-            pt = estimate_prompt_tokens(request.messages)
+            pt = estimate_prompt_tokens(request.messages) if request is not None else 0
             ct = estimate_text_tokens(text)
-        return ChatResponse(text=text, finish_reason=finish, prompt_tokens=pt, completion_tokens=ct)
+        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+        cached = cached if isinstance(cached, int) and 0 <= cached <= pt else 0
+        return ChatResponse(text=text, finish_reason=finish, prompt_tokens=pt, completion_tokens=ct,
+                            cached_tokens=cached)
+
+    # ------------------------------------------------------------------ batch mode
+    def batch_api(self) -> Any:
+        from .openai_batch import OpenAIBatchAPI
+
+        return OpenAIBatchAPI(self)
 
 
 class OpenAICompletionsProvider(OpenAICompatProvider):
@@ -165,18 +250,20 @@ class OpenAICompletionsProvider(OpenAICompatProvider):
         llm: {student: {provider: openai_completions, base_url: http://gpu7:8000/v1}}
     """
 
+    batch_api = None  # no batch mode for raw completions (llm.<role>.mode: batch is refused, naming the key)
+
     def __init__(self, cfg: RoleConfig, key: str = "llm.<role>") -> None:
         super().__init__(cfg, key)
         self.identity = f"openai_completions:{self.base_url}:{cfg.model}"
 
     async def chat(self, request: ChatRequest, params: ResolvedParams) -> ChatResponse:
-        client = self._get_client()
+        client = self.client()
         prompt = messages_as_dicts(request.messages)[-1]["content"]
         try:
             resp = await client.completions.create(
-                model=params.model, prompt=prompt, temperature=params.temperature, top_p=params.top_p,
-                max_tokens=params.max_tokens, timeout=params.timeout_s,
-                **({"seed": params.sample} if params.sample else {}),
+                model=params.model, prompt=prompt, max_tokens=params.max_tokens, timeout=params.timeout_s,
+                **params.sampling(), **({"seed": params.sample} if params.sample else {}),
+                **({"extra_body": dict(params.extra)} if params.extra else {}),
             )
         except openai.APIStatusError as e:
             raise self._status_error(e) from None

@@ -4,10 +4,16 @@
 
 Tables:
   calls     one row per completed call, keyed by the cache key (provider identity, model, messages,
-            sampling params, sample index): the answer, finish reason, tokens, USD, attempts.
+            sampling params, sample index; not the mode): the answer, finish reason, tokens (with the
+            provider's prompt-cache reads and writes), USD, attempts, mode (online | batch).
   failures  calls that ended in an error (for reporting only; never served as an answer, so a re-run
             tries them again).
-  usage     ledger per (role, model, phase): paid calls, cached replays, failures, tokens in/out, USD.
+  usage     ledger per (role, model, phase, mode): paid calls, cached replays, failures, tokens in/out,
+            prompt-cache tokens read / written, USD.
+  batches, batch_items
+            every batch submitted in batch mode (id, role, phase, provider, model, items, status), recorded
+            before the run waits on it, with each item's params and messages: a killed run re-polls the
+            same batches on resume (never resubmits them) and can file any result in the cache.
 
 WAL mode and a commit after every call: a SIGKILL loses at most the calls in flight. Run-dir None gives an
 in-memory database (tests, one-off use). Nothing secret is ever written here: no keys, no headers.
@@ -33,11 +39,26 @@ CREATE TABLE IF NOT EXISTS calls(
 CREATE TABLE IF NOT EXISTS failures(
   key TEXT, role TEXT, phase TEXT, provider TEXT, model TEXT, error TEXT, status INTEGER, attempts INTEGER,
   created REAL);
-CREATE TABLE IF NOT EXISTS usage(
-  role TEXT, model TEXT, phase TEXT, calls INTEGER DEFAULT 0, cached INTEGER DEFAULT 0, failed INTEGER DEFAULT 0,
-  tokens_in INTEGER DEFAULT 0, tokens_out INTEGER DEFAULT 0, usd REAL DEFAULT 0,
-  PRIMARY KEY(role, model, phase));
+CREATE TABLE IF NOT EXISTS batches(
+  id TEXT PRIMARY KEY, role TEXT, phase TEXT, provider TEXT, model TEXT, n INTEGER, attempt INTEGER, status TEXT,
+  created REAL, ended REAL);
+CREATE TABLE IF NOT EXISTS batch_items(
+  batch_id TEXT, key TEXT, params TEXT, messages TEXT, PRIMARY KEY(batch_id, key));
 """
+
+USAGE = """
+CREATE TABLE IF NOT EXISTS usage(
+  role TEXT, model TEXT, phase TEXT, mode TEXT DEFAULT 'online', calls INTEGER DEFAULT 0, cached INTEGER DEFAULT 0,
+  failed INTEGER DEFAULT 0, tokens_in INTEGER DEFAULT 0, tokens_out INTEGER DEFAULT 0,
+  tokens_cache_read INTEGER DEFAULT 0, tokens_cache_write INTEGER DEFAULT 0, usd REAL DEFAULT 0,
+  PRIMARY KEY(role, model, phase, mode));
+"""
+
+# columns added to `calls` since the first schema (a cache from an older lion gains them, with these defaults)
+CALL_COLUMNS = {"mode": "TEXT DEFAULT 'online'", "cached_tokens": "INTEGER DEFAULT 0",
+                "cache_write_tokens": "INTEGER DEFAULT 0"}
+USAGE_KEYS = ("role", "model", "phase", "mode", "calls", "cached", "failed", "tokens_in", "tokens_out",
+              "tokens_cache_read", "tokens_cache_write", "usd")
 
 
 @dataclass
@@ -63,9 +84,27 @@ class CallStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: survives a process kill
             self._db.executescript(SCHEMA)
+            self._migrate()
             self._db.commit()
         except sqlite3.DatabaseError as e:
             raise LionError(f"{path}: cannot open the call cache ({e}); move it away to start a fresh cache") from None
+
+    def _migrate(self) -> None:
+        """Bring a cache written by an older lion to this schema (nothing is lost: old usage rows are online)."""
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(calls)")}
+        for col, decl in CALL_COLUMNS.items():
+            if col not in have:
+                self._db.execute(f"ALTER TABLE calls ADD COLUMN {col} {decl}")
+        usage_cols = {r[1] for r in self._db.execute("PRAGMA table_info(usage)")}
+        if usage_cols and "mode" not in usage_cols:
+            self._db.execute("ALTER TABLE usage RENAME TO usage_v1")
+            self._db.executescript(USAGE)
+            self._db.execute("INSERT INTO usage(role, model, phase, mode, calls, cached, failed, tokens_in, "
+                             "tokens_out, usd) SELECT role, model, phase, 'online', calls, cached, failed, "
+                             "tokens_in, tokens_out, usd FROM usage_v1")
+            self._db.execute("DROP TABLE usage_v1")
+        else:
+            self._db.executescript(USAGE)
 
     # ------------------------------------------------------------------ cache
     def get(self, key: str) -> CachedCall | None:
@@ -77,41 +116,89 @@ class CallStore:
 
     def record_call(self, key: str, *, role: str, phase: str, provider: str, model: str, params: dict[str, Any],
                     messages: list[dict[str, str]], text: str, finish_reason: str, prompt_tokens: int,
-                    completion_tokens: int, usd: float, attempts: int, cache: bool = True) -> None:
+                    completion_tokens: int, usd: float, attempts: int, cache: bool = True, mode: str = "online",
+                    cached_tokens: int = 0, cache_write_tokens: int = 0) -> None:
         """Store one completed call (if `cache`) and add it to the ledger, in one committed transaction."""
         with self._lock:
             if cache:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO calls(key, role, phase, provider, model, params, messages, text, "
+                    "finish_reason, prompt_tokens, completion_tokens, usd, attempts, created, mode, cached_tokens, "
+                    "cache_write_tokens) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (key, role, phase, provider, model, json.dumps(params, sort_keys=True),
                      json.dumps(messages, ensure_ascii=False), text, finish_reason, prompt_tokens,
-                     completion_tokens, usd, attempts, time.time()),
+                     completion_tokens, usd, attempts, time.time(), mode, cached_tokens, cache_write_tokens),
                 )
-            self._bump(role, model, phase, calls=1, tokens_in=prompt_tokens, tokens_out=completion_tokens, usd=usd)
+            self._bump(role, model, phase, mode, calls=1, tokens_in=prompt_tokens, tokens_out=completion_tokens,
+                       tokens_cache_read=cached_tokens, tokens_cache_write=cache_write_tokens, usd=usd)
             self._db.commit()
 
     def record_failure(self, key: str, *, role: str, phase: str, provider: str, model: str, error: str,
-                       status: int | None, attempts: int) -> None:
+                       status: int | None, attempts: int, mode: str = "online") -> None:
         with self._lock:
             self._db.execute("INSERT INTO failures VALUES (?,?,?,?,?,?,?,?,?)",
                              (key, role, phase, provider, model, error, status, attempts, time.time()))
-            self._bump(role, model, phase, failed=1)
+            self._bump(role, model, phase, mode, failed=1)
             self._db.commit()
 
-    def record_cached(self, role: str, model: str, phase: str, n: int) -> None:
+    def record_cached(self, role: str, model: str, phase: str, n: int, mode: str = "online") -> None:
         if n:
             with self._lock:
-                self._bump(role, model, phase, cached=n)
+                self._bump(role, model, phase, mode, cached=n)
                 self._db.commit()
 
-    def _bump(self, role: str, model: str, phase: str, **inc: float) -> None:
+    def _bump(self, role: str, model: str, phase: str, mode: str, **inc: float) -> None:
         cols = ", ".join(inc)
         sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in inc)
         self._db.execute(
-            f"INSERT INTO usage(role, model, phase, {cols}) VALUES (?,?,?,{','.join('?' * len(inc))}) "
-            f"ON CONFLICT(role, model, phase) DO UPDATE SET {sets}",
-            (role, model, phase, *inc.values()),
+            f"INSERT INTO usage(role, model, phase, mode, {cols}) VALUES (?,?,?,?,{','.join('?' * len(inc))}) "
+            f"ON CONFLICT(role, model, phase, mode) DO UPDATE SET {sets}",
+            (role, model, phase, mode, *inc.values()),
         )
+
+    # ------------------------------------------------------------------ batches (batch mode)
+    def record_batch(self, batch_id: str, *, role: str, phase: str, provider: str, model: str, attempt: int,
+                     items: list[tuple[str, dict[str, Any], list[dict[str, str]]]]) -> None:
+        """A submitted batch and its items (key, params, messages), committed before anyone waits on it."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             (batch_id, role, phase, provider, model, len(items), attempt, "submitted", time.time(),
+                              None))
+            self._db.executemany("INSERT OR REPLACE INTO batch_items VALUES (?,?,?,?)",
+                                 [(batch_id, k, json.dumps(p, sort_keys=True), json.dumps(m, ensure_ascii=False))
+                                  for k, p, m in items])
+            self._db.commit()
+
+    def open_batches(self, role: str) -> list[dict[str, Any]]:
+        """The role's batches submitted and not ended yet (oldest first), each with its item keys."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, phase, provider, model, attempt FROM batches WHERE role=? AND "
+                                    "status='submitted' ORDER BY created", (role,)).fetchall()
+            out = []
+            for bid, phase, provider, model, attempt in rows:
+                keys = [k for (k,) in self._db.execute("SELECT key FROM batch_items WHERE batch_id=?", (bid,))]
+                out.append({"id": bid, "phase": phase, "provider": provider, "model": model, "attempt": attempt,
+                            "keys": keys})
+        return out
+
+    def batch_item(self, batch_id: str, key: str) -> tuple[dict[str, Any], list[dict[str, str]]] | None:
+        with self._lock:
+            row = self._db.execute("SELECT params, messages FROM batch_items WHERE batch_id=? AND key=?",
+                                   (batch_id, key)).fetchone()
+        return None if row is None else (json.loads(row[0]), json.loads(row[1]))
+
+    def end_batch(self, batch_id: str, status: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE batches SET status=?, ended=? WHERE id=?", (status, time.time(), batch_id))
+            self._db.commit()
+
+    def batches(self) -> list[dict[str, Any]]:
+        """Every batch this run directory submitted (for reports and tests)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, role, phase, model, n, attempt, status FROM batches "
+                                    "ORDER BY created").fetchall()
+        keys = ("id", "role", "phase", "model", "n", "attempt", "status")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     # ------------------------------------------------------------------ ledger
     def spent(self) -> tuple[float, int]:
@@ -124,10 +211,8 @@ class CallStore:
     def usage_rows(self) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT role, model, phase, calls, cached, failed, tokens_in, tokens_out, usd FROM usage "
-                "ORDER BY role, model, phase").fetchall()
-        keys = ("role", "model", "phase", "calls", "cached", "failed", "tokens_in", "tokens_out", "usd")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+                f"SELECT {', '.join(USAGE_KEYS)} FROM usage ORDER BY role, model, phase, mode").fetchall()
+        return [dict(zip(USAGE_KEYS, r, strict=True)) for r in rows]
 
     def close(self) -> None:
         with self._lock:
