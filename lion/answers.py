@@ -225,8 +225,9 @@ def _stored(res: Any) -> bool:
 
 def buy_teacher_answers(ctx: RunContext, items: Iterable[Prompted], phase: str, *, total: int | None = None,
                         desc: str = "") -> dict[str, int]:
-    """Buy the teacher's answer to every item the store lacks, streaming: items are read as the gateway's window
-    frees up and each answer is stored as it arrives, so neither the items nor the answers are held in memory.
+    """Buy the teacher's answer to every item the store lacks, streaming: items are read a gateway window at a
+    time (chat_iter) and each answer is stored as its window completes, so neither the items nor the answers are
+    held in memory.
     Returns {"asked", "stored", "failed"} (failed: no usable answer; counted, never stored)."""
     who = teacher_identity(ctx.cfg)
     store = ctx.answers
