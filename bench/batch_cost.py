@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from lion.answers import teacher_messages  # noqa: E402
 from lion.config import LionConfig, load_config  # noqa: E402
 from lion.context import sim_responder  # noqa: E402
+from lion.layout import RunLayout  # noqa: E402
 from lion.prompts import Template, load_template  # noqa: E402
 from lion.records import load_instructions  # noqa: E402
 from lion.referee import referee_messages  # noqa: E402
@@ -132,9 +133,9 @@ def kill_test(config: str, run_dir: Path, delay_s: float, poll_s: float, batch_i
             if time.monotonic() > deadline:
                 child.kill()
                 raise SystemExit("the child submitted no batch in 300 s")
-            if (run_dir / "calls.sqlite").exists():
+            if RunLayout(run_dir).calls.exists():
                 try:
-                    with sqlite3.connect(run_dir / "calls.sqlite") as db:
+                    with sqlite3.connect(RunLayout(run_dir).calls) as db:
                         recorded = [r[0] for r in db.execute("select id from batches")]
                 except sqlite3.OperationalError:
                     pass
@@ -142,7 +143,7 @@ def kill_test(config: str, run_dir: Path, delay_s: float, poll_s: float, batch_i
         time.sleep(0.2)  # let the child submit the rest of the phase's batches, all still pending
         child.kill()
         child.communicate(timeout=60)
-        with sqlite3.connect(run_dir / "calls.sqlite") as db:
+        with sqlite3.connect(RunLayout(run_dir).calls) as db:
             recorded = [r[0] for r in db.execute("select id from batches")]
         created_before = list(server.batches.created)
         answered_before = sum(server.completed_by_hash().values())

@@ -92,7 +92,7 @@ def evaluate(cfg: LionConfig, student: Path, rows: list[dict[str, Any]]) -> dict
     outs = generate(student, prompts, cfg.student.infer, progress=False)
     per: dict[str, list[int]] = {}
     for r, o in zip(rows, outs):
-        per.setdefault(r["meta"]["family"], []).append(1 if W.grade(r["instruction"], o) else 0)
+        per.setdefault(r["meta"]["family"], []).append(1 if W.grade(r["instruction"], o or "") else 0)
     acc = {f: sum(v) / len(v) for f, v in per.items()}
     return {"overall": sum(sum(v) for v in per.values()) / sum(len(v) for v in per.values()), "family": acc}
 

@@ -107,7 +107,7 @@ class FastStudent:
     def __init__(self, *args: Any) -> None:
         pass
 
-    def generate(self, items: Any, on_answer: Any) -> None:
+    def generate(self, items: Any, on_answer: Any, on_skip: Any = None) -> None:
         from lion.sim.tasks import parse_task
 
         for k, it in enumerate(items):

@@ -15,6 +15,7 @@ An empty or failed teacher answer is never stored: it is None, and every caller 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -270,9 +271,11 @@ def teacher_answers(ctx: RunContext, items: Sequence[Prompted], phase: str) -> d
 
 
 class StudentBackend(Protocol):
-    """How a student answers: `generate(items, on_answer)` calls `on_answer(k, text)` for each item k."""
+    """How a student answers: `generate(items, on_answer, on_skip)` calls `on_answer(k, text)` for each item k it
+    answers and `on_skip(k, why)` for each it cannot (its prompt does not fit the student's context)."""
 
-    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, str], None]) -> None: ...
+    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, str], None],
+                 on_skip: Callable[[int, str], None]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -287,12 +290,13 @@ class LocalStudent:
         self.session = StudentSession(model, self.sc.infer, progress=ctx.progress, max_length=self.sc.max_length)
         self.tokenizer = self.session.tokenizer if self.sc.prompt_format == "chat_template" else None
 
-    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, str], None]) -> None:
+    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, str], None],
+                 on_skip: Callable[[int, str], None]) -> None:
         from .student.data import format_prompt
 
         prompts = [format_prompt(it.instruction, it.input, fmt=self.sc.prompt_format, tokenizer=self.tokenizer)
                    for it in items]
-        self.session.generate(prompts, on_answer=on_answer)
+        self.session.generate(prompts, on_answer=on_answer, on_skip=on_skip)
 
     def close(self) -> None:
         self.session.close()
@@ -312,7 +316,9 @@ def open_student(ctx: RunContext, model: str | Path, phase: str) -> StudentBacke
 class StudentAnswerer:
     """The answers of the student at `model`, appended to `path` ({"id", "answer"} rows) as they are produced.
 
-    Rows already in `path` from byte `resume_from` on are the answers of an interrupted run: they are used
+    An item whose prompt does not fit the student's context is recorded as {"id", "answer": null, "skipped": why}
+    and answered None. Rows already in `path` from byte `resume_from` on are the answers of an interrupted run:
+    they are used
     instead of generating again (a caller that consumed the file's earlier rows passes where they end, so only
     the rows since are read back). The backend opens on the first item that needs generating and stays open
     until `close`, so the model loads once however many chunks are asked."""
@@ -320,29 +326,41 @@ class StudentAnswerer:
     def __init__(self, ctx: RunContext, model: str | Path, path: Path, *, phase: str, resume_from: int = 0) -> None:
         self.ctx, self.model, self.path, self.phase = ctx, model, Path(path), phase
         self.backend: StudentBackend | None = None
-        self.pending: dict[str, str] = {}
+        self.pending: dict[str, str | None] = {}
         repair_torn_tail(self.path)
         if self.path.exists():
             for offset, row in iter_jsonl_tolerant(self.path, start=resume_from):
-                if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("answer"), str):
-                    raise DataError(f"{self.path} (byte {offset}): a student answer row needs an id and a string answer")
+                if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("answer"), (str, type(None))):
+                    raise DataError(f"{self.path} (byte {offset}): a student answer row needs an id and an answer")
                 self.pending[str(row["id"])] = row["answer"]
         self.generated = 0
 
-    def answer(self, items: Sequence[Prompted]) -> dict[str, str]:
-        """Every item's answer (generated now, or read back from `path`); they leave the answerer's memory."""
+    def answer(self, items: Sequence[Prompted]) -> dict[str, str | None]:
+        """Every item's answer (generated now, or read back from `path`; None: skipped); they leave the answerer's
+        memory."""
         todo = [it for it in items if it.id not in self.pending]
         if todo:
             if self.backend is None:
                 self.backend = open_student(self.ctx, self.model, self.phase)
+            skipped: list[str] = []
             with self.path.open("a", encoding="utf-8") as f:
-                def keep(k: int, answer: str) -> None:
-                    f.write(json.dumps({"id": todo[k].id, "answer": answer}, ensure_ascii=False) + "\n")
+                def write(row: dict[str, Any]) -> None:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
                     f.flush()
-                    self.pending[todo[k].id] = answer
+                    self.pending[row["id"]] = row["answer"]
 
-                self.backend.generate(todo, keep)
+                def keep(k: int, answer: str) -> None:
+                    write({"id": todo[k].id, "answer": answer})
+
+                def skip(k: int, why: str) -> None:
+                    write({"id": todo[k].id, "answer": None, "skipped": why})
+                    skipped.append(f"{todo[k].id} ({why})")
+
+                self.backend.generate(todo, keep, skip)
             self.generated += len(todo)
+            if skipped:
+                print(f"warning: the student skipped {len(skipped)} of {len(todo)} prompts that do not fit its "
+                      f"context, e.g. {skipped[0]}; recorded in {self.path}", file=sys.stderr, flush=True)
         missing = [it.id for it in items if it.id not in self.pending]
         if missing:
             raise LionError(f"the student at {self.model} gave no answer for {len(missing)} items "
@@ -366,8 +384,9 @@ class StudentAnswerer:
 
 
 def student_answers(ctx: RunContext, model: str | Path, items: Sequence[Prompted], path: Path, *,
-                    phase: str = "student") -> dict[str, str]:
+                    phase: str = "student") -> dict[str, str | None]:
     """The answers of the student at `model` to every item, resumable: `path` holds {"id", "answer"} rows,
-    appended as they are produced; only the items not in it yet are generated."""
+    appended as they are produced; only the items not in it yet are generated. An item whose prompt does not
+    fit the student's context is recorded as {"id", "answer": null, "skipped": why} and answered None."""
     with StudentAnswerer(ctx, model, path, phase=phase) as sa:
         return sa.answer(items)

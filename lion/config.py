@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -228,6 +229,8 @@ class InferConfig:
                               "parameters)", ge=0)
     max_model_len: int = opt(0, "vLLM: context length of the engine; 0 = student.max_length (or the longest "
                                 "prompt) + max_new_tokens, capped at the model's own", ge=0)
+    chunk_size: int = opt(1024, "vLLM: prompts per generate() call; each chunk's answers are saved before the next "
+                                "starts, so a crash loses at most one chunk", gt=0)
     server_lora: bool = opt(False, "backend server: load each round's LoRA adapter into the server at "
                                    "llm.student.base_url (vLLM serve --enable-lora, "
                                    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) through /v1/load_lora_adapter, ask "
@@ -326,6 +329,13 @@ class StudentConfig:
                                   "exit when training ends, e.g. \"srun -N4 torchrun ... -m lion.student.train "
                                   "{spec}\"")
 
+    save_steps: int = opt(0, "write a resumable checkpoint (weights, optimizer, scheduler, RNG, data position) every "
+                             "N optimizer steps; 0 = every save_minutes instead", ge=0)
+    save_minutes: float = opt(10.0, "with save_steps 0: a checkpoint after each this many minutes of training; 0 = "
+                                    "no mid-training checkpoints (a crash restarts the training from step 0)", ge=0)
+    save_total_limit: int = opt(1, "checkpoints kept (the newest; an older one is deleted only once a newer one is "
+                                   "complete)", gt=0)
+
     def report_targets(self) -> list[str]:
         """`report_to` as a list of tracker names ([] for "none")."""
         names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
@@ -370,6 +380,12 @@ class PoolsConfig:
         "ignore", "answers already in the seed files (Alpaca output, ShareGPT gpt turn, OpenAI assistant message): "
                   '"teacher" = they become the teacher\'s answers to those instructions (recorded as seeded in the '
                   'answer store, never bought); "ignore" = the teacher answers every seed instruction')
+    max_instruction_tokens: int | None = opt(None, "seed rows whose instruction + input is longer than this many "
+                                                   "tokens of the student's tokenizer are rejected at load (file:line, "
+                                                   "counted in RUN/seed_report.json); None = student.max_length, "
+                                                   "0 = no limit", ge=0)
+    too_long: Literal["skip", "error"] = opt("skip", "a seed row over max_instruction_tokens: skip it (counted and "
+                                                     "reported) or stop with an error naming file:line")
 
     def check(self, key: str) -> None:
         if not self.train_seed:
@@ -505,6 +521,18 @@ class LogConfig:
 
     def check(self, key: str) -> None:
         _check_fields(self, key)
+    url: str | None = opt(None, "use this already running sim server (`python -m lion.sim.server`, e.g. "
+                                "http://127.0.0.1:8000/v1) instead of starting one; its responder and options must "
+                                "be the ones configured here, which still give the run its world (grading)")
+
+
+@dataclass
+class ImitationConfig:
+    """Which teacher answers become training targets (phase 1, `python -m lion.imitation`)."""
+
+    truncated: Literal["drop", "keep"] = opt("drop", 'a teacher answer cut at max_tokens (finish_reason "length"): '
+                                                     '"drop" = not a training target (counted per round), "keep" = '
+                                                     "train on it anyway")
 
 
 @dataclass
@@ -524,6 +552,7 @@ class LionConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    imitation: ImitationConfig = field(default_factory=ImitationConfig)
 
     def check(self) -> None:
         _check_fields(self, "")
@@ -619,11 +648,13 @@ def _convert(key: str, tp: Any, value: Any) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads `2e-5` (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -722,11 +753,22 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            text = p.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = e.object[: e.start].count(b"\n") + 1
+            raise ConfigError(f"{p}:{line}: not UTF-8 (byte 0x{e.object[e.start]:02x}); save the config as "
+                              "UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"config file {p}: cannot read it ({e.strerror})") from None
+        try:
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+            ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+            started = f"; {ctx} at line {cmark.line + 1}" if ctx and cmark is not None and mark is not None \
+                and cmark.line != mark.line else ""
+            raise ConfigError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)}{started})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys")
     try:

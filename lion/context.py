@@ -5,6 +5,8 @@ Used as a context manager by the driver and by each phase's own entry point:
     with RunContext(cfg) as ctx:
         imitation(ctx, 1)
 
+Entering takes the run directory's one-writer lock (lion.lock: a second process on the same directory exits
+at once with status 2, naming the holder); leaving releases it.
 When `sim.enabled` is set (the offline world), entering the context starts the local OpenAI-compatible
 server with the configured responder and points every LLM role at it; leaving stops it. This is the one place
 that knows the simulator: a responder that offers a world (lion.world.World: exact grading, held-out
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import ROLES, LionConfig, add_config_args, load_config, save_resolved
 from .errors import LionError
+from .lock import RunLock
 from .prompts import Template, load_template
 from .rundir import RunDir
 from .world import HeldOutQuestion, World
@@ -39,18 +42,25 @@ class RunContext:
         self._templates: dict[str, Template] = {}
         self.world: World | None = None
         self._heldout: list[HeldOutQuestion] | None = None
+        self._lock = RunLock(self.run.root)
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> RunContext:
         from .logs import setup_logging
 
         self.run.root.mkdir(parents=True, exist_ok=True)
-        lc = self.cfg.log
-        setup_logging(lc.level, self.run.log if lc.file else None, heartbeat_s=lc.heartbeat_s, progress=self.progress)
-        self.run.check_or_init_state(self.cfg)
-        save_resolved(self.cfg, self.run.config)
-        if self.cfg.sim.enabled:
-            self._start_sim()
+        self._lock.acquire()  # first: a second writer leaves before touching anything (lion.lock)
+        try:
+            lc = self.cfg.log
+            setup_logging(lc.level, self.run.log if lc.file else None, heartbeat_s=lc.heartbeat_s,
+                          progress=self.progress)
+            self.run.check_or_init_state(self.cfg)
+            save_resolved(self.cfg, self.run.config)
+            if self.cfg.sim.enabled:
+                self._start_sim()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -65,6 +75,7 @@ class RunContext:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        self._lock.release()
 
     def _start_sim(self) -> None:
         from .sim.server import SimServer
@@ -72,10 +83,13 @@ class RunContext:
         sim = self.cfg.sim
         responder = sim_responder(self.cfg)
         self.world = world_of(responder)
-        self._server = SimServer(responder, latency_ms=sim.latency_ms, port=sim.port, log_path=self.run.sim_log,
-                                 strict=sim.strict, batch_delay_s=sim.batch_delay_s,
-                                 batch_fail_rate=sim.batch_fail_rate, batch_expire_rate=sim.batch_expire_rate)
-        url = self._server.start()
+        if sim.url:  # a server started apart (it outlives this process: benchmarks that kill runs)
+            url = sim.url
+        else:
+            self._server = SimServer(responder, latency_ms=sim.latency_ms, port=sim.port, log_path=self.run.sim_log,
+                                     strict=sim.strict, batch_delay_s=sim.batch_delay_s,
+                                     batch_fail_rate=sim.batch_fail_rate, batch_expire_rate=sim.batch_expire_rate)
+            url = self._server.start()
         # every role talks to the local server; the cache key uses the namespace "sim", not the port,
         # so a resumed run (new port) replays the same calls
         for role in ("default", *ROLES):

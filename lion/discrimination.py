@@ -10,7 +10,8 @@ reference, the student's the candidate), with the prompts/ referee template or, 
 `discrimination.referee_prompts` names a FastChat-style prompt file, the prompt of each instruction's category,
 each read in the verdict format it declares; the gap is the teacher's mean score minus the student's, over the
 two orders; an instruction is hard when gap >= discrimination.tau, easy otherwise. A pair whose verdict could not
-be parsed after the retries, or that has no teacher answer, is excluded and counted: it is never given a number.
+be parsed after the retries, that has no teacher answer, or whose prompt the student skipped (longer than its
+context, lion.student.infer), is excluded and counted: it is never given a number.
 With `discrimination.only_unseen`, only Cache Pool items the student was never trained on are judged.
 
 Each chunk's judgements and split rows are appended as it finishes and `discrimination.progress.json` records
@@ -94,7 +95,7 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
                                                   for v in j.verdicts))
             append_jsonl_rows(rp.split, (row.to_json() for row in split))
             if ctx.world is not None:  # offline world: the student's exact accuracy on the Cache Pool
-                progress.add_oracle(family_accuracy(ctx.world, ((i.instruction, s_ans[i.id]) for i in chunk)))
+                progress.add_oracle(family_accuracy(ctx.world, ((i.instruction, s_ans[i.id] or "") for i in chunk)))
             progress.advance(rp, len(chunk), answerer.end_offset(), failed, len(verdicts))
     try:  # the whole pool's share (each chunk passed on its own)
         check_failures(ctx.cfg, r, "discrimination", "referee calls", progress.call_failures, progress.verdicts)

@@ -282,7 +282,7 @@ def judge_prompts(ctx: RunContext) -> tuple[Template | JudgePrompts, dict[str, s
     return tpl, ({"verdict_format": tpl.verdict_format} if tpl.verdict_format not in (None, "lion") else {})
 
 
-def answer(ctx: RunContext, plan: EvalPlan) -> tuple[dict[str, str], dict[str, str | None], str]:
+def answer(ctx: RunContext, plan: EvalPlan) -> tuple[dict[str, str | None], dict[str, str | None], str]:
     """The candidate's answers (saved as they come), the reference answers and where the references came from."""
     cand = student_answers(ctx, plan.model, plan.questions, plan.out.candidate_answers, phase=PHASE)
     if plan.answers_file:
@@ -291,12 +291,14 @@ def answer(ctx: RunContext, plan: EvalPlan) -> tuple[dict[str, str], dict[str, s
 
 
 def judge(
-    ctx: RunContext, plan: EvalPlan, cand: dict[str, str], refs: dict[str, str | None]
+    ctx: RunContext, plan: EvalPlan, cand: dict[str, str | None], refs: dict[str, str | None]
 ) -> dict[str, PairJudgement]:
     """The judge's verdicts in both orders for every question that has a reference answer."""
     ec = ctx.cfg.eval
     pairs = [
-        Pair(q.id, q.text, ref, cand[q.id], q.category) for q in plan.questions if (ref := refs[q.id]) is not None
+        Pair(q.id, q.text, ref, c, q.category)
+        for q in plan.questions
+        if (ref := refs[q.id]) is not None and (c := cand[q.id]) is not None
     ]
     judged = judge_pairs(
         ctx.gateway,
@@ -314,7 +316,7 @@ def judge(
 def tabulate(
     ctx: RunContext,
     plan: EvalPlan,
-    cand: dict[str, str],
+    cand: dict[str, str | None],
     refs: dict[str, str | None],
     judged: dict[str, PairJudgement],
 ) -> Scored:
@@ -331,12 +333,14 @@ def tabulate(
                 scores[v.order] = (float(v.candidate_score), float(v.reference_score))  # type: ignore[arg-type]
             out.judgements.append(v.to_row(q.id))
         qsc = QuestionScores(q.id, q.category, scores)
-        if refs[q.id] is not None:  # a question with no reference answer was never judged: not a judge failure
+        if refs[q.id] is not None and cand[q.id] is not None:  # never judged: not a judge failure
             out.rows.append(qsc)
         m = qsc.mean()
         reason = None
         if refs[q.id] is None:
             reason = "no reference answer"
+        elif cand[q.id] is None:
+            reason = "candidate skipped the prompt (longer than its context)"
         elif not qsc.ok:
             failed_call = any((v.error or "").startswith("call failed") for v in verdicts)
             reason = "judge call failed" if failed_call else "judge verdict unparseable"
@@ -356,7 +360,7 @@ def tabulate(
         )
         if world is not None:
             ref = refs[q.id]
-            trow["correct"] = world.grade(q.instruction, cand[q.id])
+            trow["correct"] = world.grade(q.instruction, cand[q.id] or "")
             trow["reference_correct"] = world.grade(q.instruction, ref) if ref is not None else None
         out.table.append(trow)
     return out
@@ -365,7 +369,7 @@ def tabulate(
 def write(
     ctx: RunContext,
     plan: EvalPlan,
-    cand: dict[str, str],
+    cand: dict[str, str | None],
     refs: dict[str, str | None],
     ref_source: str,
     scored: Scored,
@@ -383,6 +387,7 @@ def write(
         **summarize(scored.rows),
     }
     summary["overall"]["n_no_reference"] = sum(1 for q in qs if refs[q.id] is None)
+    summary["overall"]["n_candidate_skipped"] = sum(1 for q in qs if cand[q.id] is None)
     summary["seen_in_training"] = seen_in_training(ctx.run, qs)
     summary["pool_overlap"] = overlap = pool_overlap(ctx.run, qs)
     if plan.spec == ORACLE and overlap:
@@ -454,10 +459,10 @@ def pool_overlap(run: RunLayout, qs: Sequence[EvalQuestion]) -> int:
 
 
 def oracle_accuracy(
-    world: World, qs: Sequence[EvalQuestion], cand: dict[str, str], refs: dict[str, str | None]
+    world: World, qs: Sequence[EvalQuestion], cand: dict[str, str | None], refs: dict[str, str | None]
 ) -> dict[str, Any]:
     """Exact accuracy per task family of the candidate, and overall of the reference (offline world)."""
-    acc = family_accuracy(world, ((q.instruction, cand[q.id]) for q in qs))
+    acc = family_accuracy(world, ((q.instruction, cand[q.id] or "") for q in qs))
     ref = family_accuracy(world, ((q.instruction, r) for q in qs if (r := refs[q.id]) is not None))
     return {**acc, "reference_overall": ref["overall"]}
 

@@ -6,7 +6,8 @@ From each hard seed the generator writes a new instruction of the same domain an
 length and difficulty (prompts/generate_hard.txt); from each easy seed, one of the same domain on a rarer
 topic (prompts/generate_easy.txt). Seeds are drawn without replacement while they last (then the seed list
 is reshuffled; a seed's n-th use is the n-th sample of its prompt, so it is a new call, not a cache hit).
-Candidates go through the filters of `lion.filters` (parse, length, meta words, ROUGE-L near-duplicates
+A reply cut at the generator's max_tokens (finish_reason "length") is rejected as `truncated`; the others go
+through the filters of `lion.filters` (parse, length, meta words, ROUGE-L near-duplicates
 against the Cache Pool and everything accepted so far, decontamination against evaluation sets); each
 rejected candidate is kept with its reason. Requests go out in concurrent waves until both targets are met
 or `generation.max_attempts_factor` × target requests were made, and the phase reports which.
@@ -223,6 +224,10 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
                 rejected.append(
                     {"text": None, "kind": k, "parent": seed.id, "reason": "call_failed", "detail": res.error}
                 )
+                continue
+            if res.finish_reason == "length":  # cut at max_tokens, the task may be too (the original Lion rejects it)
+                rejected.append({"text": res.text, "kind": k, "parent": seed.id, "reason": "truncated",
+                                 "detail": "the generator's reply hit llm.generator.max_tokens"})
                 continue
             text = parse_task(res.text, markers[k])
             decision = filt.check(text)

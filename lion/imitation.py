@@ -4,7 +4,8 @@
 
 Teacher answers are kept per (instruction id, teacher identity) in the run's answer store and reused by
 discrimination and by later rounds, so no answer is ever bought twice. An empty, truncated-to-nothing or
-failed answer is never a training target: it is counted and left out.
+failed answer is never a training target: it is counted and left out. An answer cut at the teacher's max_tokens
+(finish_reason "length") is counted too, and left out unless `imitation.truncated: keep`.
 Round R's student starts from round R-1's student (`student.continue_from_previous`) or from the base model.
 """
 
@@ -45,19 +46,25 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
     n_pool = count_rows(rp.train_pool)
     buy_teacher_answers(ctx, iter_pool(rp.train_pool), "imitation", total=n_pool, desc=f"round {r} teacher answers")
     who = teacher_identity(ctx.cfg)
-    examples = [
-        {"instruction": i.instruction, "input": i.input, "output": row["answer"]}
-        for i in iter_pool(rp.train_pool)
-        if (row := ctx.answers.get(i.id, who)) is not None
-    ]
-    n_failed = n_pool - len(examples)
+    drop = ctx.cfg.imitation.truncated == "drop"
+    examples, n_failed, n_truncated = [], 0, 0
+    for i in iter_pool(rp.train_pool):  # streamed; the answers come from the store one by one
+        row = ctx.answers.get(i.id, who)
+        if row is None or not row["answer"]:
+            n_failed += 1
+            continue
+        cut = row.get("finish_reason") == "length"  # cut at llm.teacher.max_tokens
+        n_truncated += cut
+        if not (drop and cut):
+            examples.append({"instruction": i.instruction, "input": i.input, "output": row["answer"]})
     if not examples:
+        why = (f"{n_truncated} answers were cut at llm.teacher.max_tokens and imitation.truncated is drop; "
+               "raise llm.teacher.max_tokens" if n_truncated else "see the gateway errors above")
         raise LionError(
-            f"round {r}: the teacher answered none of the {n_pool} Train Pool instructions; "
-            "see the gateway errors above"
+            f"round {r}: none of the {n_pool} Train Pool instructions has a usable teacher answer ({n_failed} "
+            f"failed); {why}"
         )
-    check_failures(ctx.cfg, r, "imitation", "teacher answers to the Train Pool",
-                   n_failed, n_pool,
+    check_failures(ctx.cfg, r, "imitation", "teacher answers to the Train Pool", n_failed, n_pool,
                    "; nothing was trained on the partial Train Pool")
     from .student.train import train_student
 
@@ -70,6 +77,8 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
         "n_train_pool": n_pool,
         "n_train": len(examples),
         "n_failed_answers": n_failed,
+        "n_truncated_answers": n_truncated,
+        "truncated_policy": ctx.cfg.imitation.truncated,
         "init_from": init_from,
         "student": str(result.path),
         "train": result.metrics,
@@ -88,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         imitation,
         make_parser().parse_args(argv),
         lambda m: (
-            f"{m['n_train']} examples ({m['n_failed_answers']} without a usable teacher answer), "
+            f"{m['n_train']} examples ({m['n_failed_answers']} without a usable teacher answer, "
+            f"{m.get('n_truncated_answers', 0)} truncated ones "
+            f"{'kept' if m.get('truncated_policy') == 'keep' else 'dropped'}), "
             f"student at {m['student']}"
         ),
     )

@@ -19,6 +19,16 @@ PHASES = ("imitation", "discrimination", "generation")
 _ROUND = re.compile(r"^round_(\d+)$")
 
 
+def training_checkpoints(student_dir: Path) -> Path:
+    """Where the training that writes `student_dir` keeps its mid-training checkpoints (STUDENT.ckpt/)."""
+    student_dir = Path(student_dir)
+    return student_dir.with_name(student_dir.name + ".ckpt")
+
+
+CHECKPOINT_DONE = "lion_checkpoint.json"  # inside each checkpoint-N/ of a STUDENT.ckpt/: written last
+TRAINING_FINGERPRINT = "lion_training.json"  # in STUDENT.ckpt/: which training the checkpoints belong to
+
+
 @dataclass(frozen=True)
 class EvalPaths:
     """The files of one evaluation (round_XX/eval/ or RUN/eval/<name>/); see lion.evaluate."""
@@ -110,6 +120,11 @@ class RoundPaths:
     def student(self) -> Path:
         """This round's student checkpoint (a folder)."""
         return self.dir / "student"
+
+    @property
+    def student_ckpt(self) -> Path:
+        """Mid-training checkpoints of this round's training (a folder, removed once `student` is saved)."""
+        return training_checkpoints(self.student)
 
     # discrimination
     @property
@@ -257,6 +272,16 @@ class RunLayout:
     def export(self, fmt: str, r: int | None = None) -> ExportPaths:
         """Where `lion export RUN --format fmt [--round r]` writes by default (export/<fmt>, export/<fmt>_round_XX)."""
         return ExportPaths(self.root / "export" / (fmt if r is None else f"{fmt}_round_{r:02d}"))
+
+    @property
+    def lock(self) -> Path:
+        """The one-writer lock (lion.lock): flock'ed by the process writing the run, naming its host and PID."""
+        return self.root / "run.lock"
+
+    @property
+    def seed_report(self) -> Path:
+        """Round 1's seed load report: rows read, duplicates merged, rows rejected (file:line and why)."""
+        return self.root / "seed_report.json"
 
     def eval(self, name: str) -> EvalPaths:
         """An evaluation outside the rounds (`python -m lion.evaluate --model PATH | --base`)."""

@@ -363,8 +363,9 @@ class _Planner:
         from .context import offline_world
         from .evaluate import load_questions
 
-        qs = load_questions(ec.questions or "oracle", world=offline_world(self.cfg), limit=ec.max_questions,
-                            per_family=ec.oracle_per_family, seed=ec.oracle_seed)
+        spec, world = ec.questions or "oracle", offline_world(self.cfg)
+        heldout = world.heldout(ec.oracle_per_family, ec.oracle_seed) if spec == "oracle" and world else ()
+        qs = load_questions(spec, heldout=heldout, limit=ec.max_questions)
         assumptions.append(f"{len(qs)} evaluation questions judged in both orders after every imitation")
         prompts = [self.counter.prompt(tuple((m["role"], m["content"]) for m in teacher_messages(self.tpl, q)))  # type: ignore[arg-type]
                    for q in qs]

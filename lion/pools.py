@@ -7,6 +7,9 @@ Round 1's pools come from the seed files (`pools.train_seed`, `pools.cache_seed`
                     = Train Pool(r) ∪ N_r      (pools.train_pool: accumulate)
     Cache Pool(r+1) = Cache Pool(r) ∪ N_r
 
+Seed rows longer than `pools.max_instruction_tokens` tokens of the student's tokenizer (default:
+student.max_length) are left out and counted (`pools.too_long: skip`), or stop the run naming file:line
+(`error`); RUN/seed_report.json holds what was read, merged and rejected.
 Each round's pools are written into its folder before any phase of it runs, so every phase (and a
 resumed run) reads exactly the pools the round started with. Pools are streamed from file to file (only the
 ids seen are kept, `lion.records.IdSet`), so a million-instruction pool never sits in memory.
@@ -20,14 +23,63 @@ asked for those instructions (the train seed's answer wins when both seed files 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .context import RunContext
-from .errors import LionError
-from .records import Instruction, LoadReport, count_rows, iter_instructions, iter_pool, union_pools, write_pool
+from .errors import ConfigError, LionError
+from .records import (
+    Instruction,
+    LoadReport,
+    RowCheck,
+    count_rows,
+    iter_instructions,
+    iter_pool,
+    union_pools,
+    write_json,
+    write_pool,
+)
 
 log = logging.getLogger("lion.pools")
+
+
+def token_check(ctx: RunContext) -> RowCheck | None:
+    """The seed-row check of `pools.max_instruction_tokens` (None = student.max_length; 0 = no limit), counted with
+    the student's own tokenizer: a row over it would be dropped by training, and could not be answered by the
+    student within its context; the teacher and the referee never see it either."""
+    pc, sc = ctx.cfg.pools, ctx.cfg.student
+    limit = sc.max_length if pc.max_instruction_tokens is None else pc.max_instruction_tokens
+    if not limit:
+        return None
+    key = "pools.max_instruction_tokens" if pc.max_instruction_tokens is not None else "student.max_length"
+    tokenizer: list[Any] = []  # loaded on the first row long enough to need it
+
+    def count(text: str) -> int:
+        if not tokenizer:
+            from .student import resolve_base_model
+            from .student.infer import load_prompt_tokenizer
+
+            base = resolve_base_model(sc, ctx.run.base_model)
+            try:
+                tokenizer.append(load_prompt_tokenizer(base))
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"student.model: cannot load its tokenizer from {str(base)!r} to count seed tokens "
+                                  f"(pools.max_instruction_tokens; 0 turns the check off): {e}") from None
+        return len(tokenizer[0](text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def check(inst: Instruction) -> tuple[str, str] | None:
+        text = inst.instruction + ("\n\n" + inst.input if inst.input else "")
+        if 2 * len(text.encode("utf-8")) + 2 <= limit:
+            return None  # fits whatever the tokenizer: a token covers at least a byte (+ a word-start marker)
+        n = count(text)
+        if n <= limit:
+            return None
+        return "too_long", (f"instruction + input is {n} tokens, over the limit of {limit} ({key}); "
+                            "set pools.too_long: skip to leave such rows out, or raise the limit")
+
+    return check
 
 
 def write_seed_pools(ctx: RunContext, train_path: Path, cache_path: Path) -> None:
@@ -47,22 +99,31 @@ def write_seed_pools(ctx: RunContext, train_path: Path, cache_path: Path) -> Non
             ctx.answers.put(id, who, answer, None, source="seed")
             added += 1
 
+    check = token_check(ctx)
     train_report = LoadReport(source=pc.train_seed)
-    write_pool(train_path, iter_instructions(pc.train_seed, pc.limit, train_report, on_answer=keep))
-    reports = [train_report]
+    write_pool(train_path, iter_instructions(pc.train_seed, pc.limit, train_report, check=check,
+                                             on_reject=pc.too_long, on_answer=keep))
+    reports = {"train_seed": train_report}
     if pc.cache_seed and pc.cache_seed != pc.train_seed:
         cache_report = LoadReport(source=pc.cache_seed)
-        reports.append(cache_report)
+        reports["cache_seed"] = cache_report
         # the Train Pool is always part of the Cache Pool
-        n_cache = write_pool(cache_path, union_pools(iter_instructions(pc.cache_seed, pc.limit, cache_report,
-                                                                       on_answer=keep), iter_pool(train_path)))
+        cached = iter_instructions(pc.cache_seed, pc.limit, cache_report, check=check, on_reject=pc.too_long,
+                                   on_answer=keep)
+        n_cache = write_pool(cache_path, union_pools(cached, iter_pool(train_path)))
     else:
         n_cache = write_pool(cache_path, iter_pool(train_path))
     ctx.answers.commit()
-    for rep in reports:
+    write_json(ctx.run.seed_report, {k: rep.to_json() for k, rep in reports.items()})
+    for rep in reports.values():
+        if rep.rejected:
+            first = rep.examples[0]
+            print(f"warning: pools: {rep.rejected} of the {rep.rows} rows of {rep.source} left out "
+                  f"({', '.join(f'{n} {r}' for r, n in rep.reasons.items())}; first: {first['where']}: "
+                  f"{first['detail'].split(';')[0]}); see {ctx.run.seed_report}", file=sys.stderr, flush=True)
         if rep.multi_turn:
             log.info("%s: %d multi-turn rows; only their first exchange is used", rep.source, rep.multi_turn)
-    n_answers = sum(rep.n_answers for rep in reports)
+    n_answers = sum(rep.n_answers for rep in reports.values())
     if who is not None:
         log.info("seed answers: %d of %d seed instructions come with an answer; %d recorded as the teacher's "
                  "(never bought)", n_answers, n_cache, added)
@@ -75,9 +136,14 @@ def seed_cache_pool(ctx: RunContext) -> Iterator[Instruction]:
     """Round 1's Cache Pool as the seed files give it (cache seeds, then the train seeds it lacks), streamed,
     without writing anything or recording seed answers."""
     pc = ctx.cfg.pools
+    check = token_check(ctx)
+
+    def seeds(spec: str) -> Iterator[Instruction]:
+        return iter_instructions(spec, pc.limit, check=check, on_reject="skip")
+
     if pc.cache_seed and pc.cache_seed != pc.train_seed:
-        return union_pools(iter_instructions(pc.cache_seed, pc.limit), iter_instructions(pc.train_seed, pc.limit))
-    return iter_instructions(pc.train_seed, pc.limit)
+        return union_pools(seeds(pc.cache_seed), seeds(pc.train_seed))
+    return seeds(pc.train_seed)
 
 
 def prepare_round(ctx: RunContext, r: int) -> None:

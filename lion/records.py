@@ -15,7 +15,8 @@ CSV/TSV/Parquet and datasets hub ids through `datasets`. A chat row gives its fi
 instruction; the answers a seed file already holds (Alpaca `output`, the first assistant reply of a chat) are
 collected in `LoadReport.answers` (used with `pools.seed_answers: teacher`); later turns of a multi-turn chat
 are not used, and such rows are counted (`LoadReport.multi_turn`).
-A bad row raises `DataError` naming the file and line; no row is silently dropped (exact duplicates are
+Files are read as UTF-8 (a byte-order mark is accepted); undecodable bytes are a `DataError` naming file:line
+and the byte. A bad row raises `DataError` naming the file and line; no row is silently dropped (exact duplicates are
 merged and counted, and the count is reported). `iter_instructions` is the same loader as a stream (JSONL line
 by line, only the ids seen kept), and `iter_pool` / `union_pools` / `write_jsonl` stream pools, so a
 million-instruction pool is never held in memory.
@@ -23,6 +24,7 @@ million-instruction pool is never held in memory.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -124,17 +126,57 @@ def read_json_or_empty(path: Path) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+def not_utf8(path: Path | str, data: bytes, e: UnicodeDecodeError, first_line: int = 1) -> DataError:
+    """The DataError for bytes of `path` that are not UTF-8: file, line, column and the byte, with a hint."""
+    line = data.count(b"\n", 0, e.start) + first_line
+    col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    hint = "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8)"
+    if first_line == 1 and data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        hint = "it looks like UTF-16; re-encode it as UTF-8 (e.g. iconv -f utf-16 -t utf-8 FILE > FILE.utf8)"
+    return DataError(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} at column {col}); {hint}")
+
+
+def decode_utf8(data: bytes, path: Path | str) -> str:
+    """A whole file's bytes as text; a UTF-8 byte-order mark is dropped, other bytes that are not UTF-8 are a
+    DataError naming file:line and the byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, data, e) from None
+
+
+def iter_text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line, read as UTF-8 (a BOM on line 1 is dropped); bytes that are not UTF-8
+    are a DataError naming file:line and the byte."""
+    path = Path(path)
+    try:
+        f = path.open("rb")
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory; name a file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise not_utf8(path, raw, e, lineno) from None
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, value) for every non-blank line; a line that is not JSON is a DataError naming file:line."""
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, line in iter_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -213,12 +255,32 @@ def repair_torn_tail(path: Path) -> int:
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """Append one row and flush (for append-only logs; readers skip a torn last line)."""
+    """Append one row and flush (for append-only logs; readers skip a torn last line). A torn last line left by a
+    crash is cut off first, so it never ends up in the middle of the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with path.open("a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                f.truncate(_last_line_end(f, end))
+        f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
         f.flush()
+
+
+def _last_line_end(f: Any, end: int) -> int:
+    """Offset just past the last newline before `end` (0 when there is none)."""
+    pos = end
+    while pos > 0:
+        step = min(pos, 1 << 16)
+        f.seek(pos - step)
+        block = f.read(step)
+        k = block.rfind(b"\n")
+        if k >= 0:
+            return pos - step + k + 1
+        pos -= step
+    return 0
 
 
 def append_jsonl_rows(path: Path, rows: Iterable[dict[str, Any]]) -> int:
@@ -410,30 +472,45 @@ def _row_to_instruction(row: Any, where: str) -> Instruction:
     if isinstance(row.get("meta"), dict):
         meta.update(row["meta"])
     inst = Instruction(instruction=text.strip(), input=inp.strip(), meta=meta)
-    for k in ("round", "kind", "parent"):
+    for k, ok, want in _LINEAGE:
         if k in row:
+            if not ok(row[k]):
+                raise DataError(f"{where}: '{k}' must be {want}, got {type(row[k]).__name__} {str(row[k])[:40]!r}")
             setattr(inst, k, row[k])
     return inst
 
 
-def _first_char(path: Path) -> str:
-    """The first non-blank character of a text file ("" when it is blank), reading only as far as it."""
-    with path.open(encoding="utf-8") as f:
-        while chunk := f.read(4096):
+_LINEAGE: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("round", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    ("kind", lambda v: isinstance(v, str), "a string"),
+    ("parent", lambda v: v is None or isinstance(v, str), "a string or null"),
+]
+
+
+def _first_char(path: Path) -> bytes:
+    """The first non-blank byte of a file after any UTF-8 byte-order mark (b"" when blank), reading only as far."""
+    with path.open("rb") as f:
+        head = f.read(len(codecs.BOM_UTF8))
+        chunk = head[len(codecs.BOM_UTF8):] if head == codecs.BOM_UTF8 else head
+        while True:
             if stripped := chunk.lstrip():
-                return stripped[0]
-    return ""
+                return stripped[:1]
+            chunk = f.read(4096)
+            if not chunk:
+                return b""
 
 
 def _iter_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield (location, row) for JSONL or JSON files. JSONL streams line by line; a JSON array is parsed whole."""
     first = _first_char(path)
-    if first == "[" or (first == "{" and path.suffix == ".json"):
-        text = path.read_text(encoding="utf-8")
+    if first == b"[" or (first == b"{" and path.suffix == ".json"):
+        text = decode_utf8(path.read_bytes(), path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}: JSON nested too deeply") from None
         if isinstance(data, dict):
             key = next((k for k in ("data", "instances", "rows", "train") if isinstance(data.get(k), list)), None)
             if key is None:
@@ -452,20 +529,42 @@ def _iter_datasets(spec: str) -> Iterator[tuple[str, Any]]:
     except ImportError:
         raise DataError(f"{spec}: loading this needs the `datasets` package (pip install 'lion[train]')") from None
     p = Path(spec)
+    from datasets.utils import logging as ds_logging
+
+    verbosity = ds_logging.get_verbosity()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)  # its own log lines would repeat the error raised below
     try:
         if p.exists():
             fmt = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".arrow": "arrow"}.get(p.suffix)
             if fmt is None:
                 raise DataError(f"{spec}: unsupported file type {p.suffix!r} (use JSONL, JSON, CSV, TSV or Parquet)")
             kw = {"delimiter": "\t"} if p.suffix == ".tsv" else {}
-            ds = datasets.load_dataset(fmt, data_files=str(p), split="train", **kw)
+            if fmt == "csv":
+                for _ in iter_text_lines(p):  # undecodable bytes: file:line, before datasets sees them
+                    pass
+            bars = datasets.is_progress_bar_enabled()
+            datasets.disable_progress_bars()  # a local file: no "Generating train split" bar
+            try:
+                ds = datasets.load_dataset(fmt, data_files=str(p), split="train", **kw)
+            finally:
+                if bars:
+                    datasets.enable_progress_bars()
         else:
             name, _, split = spec.partition(":")
             ds = datasets.load_dataset(name, split=split or "train")
     except DataError:
         raise
     except Exception as e:  # datasets raises many types; the message is what the user needs
-        raise DataError(f"{spec}: could not load with datasets ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise DataError(f"{spec}: could not load with datasets ({type(e).__name__}: {first})") from None
+    finally:
+        ds_logging.set_verbosity(verbosity)
+    columns = list(getattr(ds, "column_names", None) or [])
+    if columns and not any(k in columns for k in (*_TEXT_KEYS, "turns")):
+        raise DataError(
+            f"{spec}: no instruction column (expected one of: {', '.join(_TEXT_KEYS)}, turns); "
+            f"columns: {', '.join(map(str, columns))}"
+        )
     for i, row in enumerate(ds):
         yield f"{spec}: row {i + 2 if p.suffix in ('.csv', '.tsv') else i}", row
 
@@ -478,20 +577,55 @@ class LoadReport:
     answers: dict[str, str] = field(default_factory=dict)  # instruction id -> the answer the seed row holds
     multi_turn: int = 0  # chat rows with turns after the first exchange (only the first exchange is used)
     n_answers: int = 0  # rows that hold an answer (in `answers`, or handed to `on_answer` when streaming)
+    rejected: int = 0  # rows `check` refused (policy skip): never part of a pool
+    reasons: dict[str, int] = field(default_factory=dict)  # rejected rows per reason
+    examples: list[dict[str, str]] = field(default_factory=list)  # the first rejected rows: {"where", "reason"}
+
+    def reject(self, where: str, reason: str, detail: str) -> None:
+        self.rejected += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if len(self.examples) < 100:
+            self.examples.append({"where": where, "reason": reason, "detail": detail})
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as seed_report.json keeps it (without the seed answers themselves)."""
+        d = asdict(self)
+        d.pop("answers", None)
+        return d
 
 
-def load_instructions(spec: str | os.PathLike[str], limit: int | None = None) -> tuple[list[Instruction], LoadReport]:
-    """Load a seed file (or datasets id) into unique Instructions, in file order."""
+RowCheck = Callable[[Instruction], "tuple[str, str] | None"]  # None = keep; else (reason, detail)
+
+
+def load_instructions(
+    spec: str | os.PathLike[str],
+    limit: int | None = None,
+    *,
+    check: RowCheck | None = None,
+    on_reject: str = "skip",
+) -> tuple[list[Instruction], LoadReport]:
+    """Load a seed file (or datasets id) into unique Instructions, in file order.
+
+    `check` may refuse a row ((reason, detail), e.g. too many tokens): with `on_reject="skip"` the row is left out
+    and counted in the report (with its file:line), with "error" it is a DataError naming file:line."""
     report = LoadReport(source=str(spec))
-    return list(iter_instructions(spec, limit, report)), report
+    return list(iter_instructions(spec, limit, report, check=check, on_reject=on_reject)), report
 
 
-def iter_instructions(spec: str | os.PathLike[str], limit: int | None = None, report: LoadReport | None = None,
-                      on_answer: Callable[[str, str], None] | None = None) -> Iterator[Instruction]:
+def iter_instructions(
+    spec: str | os.PathLike[str],
+    limit: int | None = None,
+    report: LoadReport | None = None,
+    *,
+    check: RowCheck | None = None,
+    on_reject: str = "skip",
+    on_answer: Callable[[str, str], None] | None = None,
+) -> Iterator[Instruction]:
     """The unique Instructions of a seed file (or datasets id), in file order, streamed: JSONL is read line by
     line and only the ids seen so far are kept (`IdSet`), so a million-row seed file never sits in memory.
-    `report` (if given) counts rows and merged duplicates as the stream goes; the answers seed rows hold go to
-    `on_answer(id, answer)` as they pass (else into `report.answers`)."""
+    `report` (if given) counts rows, merged duplicates and rejected rows as the stream goes; the answers seed
+    rows hold go to `on_answer(id, answer)` as they pass (else into `report.answers`). `check` / `on_reject`:
+    as for `load_instructions`."""
     spec = str(spec)
     p = Path(spec)
     if p.is_dir():
@@ -510,6 +644,12 @@ def iter_instructions(spec: str | os.PathLike[str], limit: int | None = None, re
     for where, row in rows:
         report.rows += 1
         inst = _row_to_instruction(row, where)
+        refused = check(inst) if check is not None else None
+        if refused is not None:
+            if on_reject == "error":
+                raise DataError(f"{where}: {refused[1]}")
+            report.reject(where, *refused)
+            continue
         if not seen.add(inst.id):
             report.duplicates += 1
             continue
@@ -528,6 +668,10 @@ def iter_instructions(spec: str | os.PathLike[str], limit: int | None = None, re
         if limit is not None and n >= limit:
             break
     if not n:
+        if report.rejected:
+            raise DataError(f"{spec}: every one of its {report.rows} rows was rejected "
+                            f"({', '.join(f'{k} {r}' for r, k in report.reasons.items())}; first: "
+                            f"{report.examples[0]['where']}: {report.examples[0]['detail']})")
         raise DataError(f"{spec}: no instructions found (the file is empty)")
 
 

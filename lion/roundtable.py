@@ -93,6 +93,9 @@ def round_line(m: dict[str, Any]) -> str:
     """One round in one line, printed as it finishes."""
     d, g, im = m.get("discrimination", {}), m.get("generation", {}), m.get("imitation", {})
     parts = [f"round {m['round']}:", f"train {im.get('n_train', '-')}"]
+    if im.get("n_truncated_answers"):
+        fate = "kept" if im.get("truncated_policy") == "keep" else "dropped"
+        parts[-1] += f" ({im['n_truncated_answers']} truncated answers {fate})"
     if d:
         parts += [
             f"cache {d['n']}",

@@ -73,7 +73,7 @@ class Selector(Protocol):
 
     def select(
         self, ctx: RunContext, r: int, pool: Sequence[Instruction], teacher: dict[str, str | None],
-        student: dict[str, str],
+        student: dict[str, str | None],
     ) -> Selection: ...  # fmt: skip
 
 
@@ -102,9 +102,9 @@ class RefereeSelector:
     def select(self, ctx, r, pool, teacher, student):  # type: ignore[no-untyped-def]
         dc = ctx.cfg.discrimination
         pairs = [
-            Pair(i.id, shown(i), t, student[i.id], str(i.meta.get("category") or ""))
+            Pair(i.id, shown(i), t, s, str(i.meta.get("category") or ""))
             for i in pool
-            if (t := teacher[i.id]) is not None
+            if (t := teacher[i.id]) is not None and (s := student[i.id]) is not None
         ]
         judged = judge_pairs(
             ctx.gateway, "referee", "discrimination", pairs, self.judge if self.judge is not None else ctx.template("referee"),
@@ -115,8 +115,10 @@ class RefereeSelector:
         rows = []
         for inst in pool:
             j = by_id.get(inst.id)
-            if j is None:
+            if j is None and teacher[inst.id] is None:
                 rows.append(excluded(inst, "no teacher answer"))
+            elif j is None:
+                rows.append(excluded(inst, "student skipped the prompt (longer than its context)"))
             elif not j.ok:
                 rows.append(excluded(inst, "referee verdict unparseable"))
             else:

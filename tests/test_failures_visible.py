@@ -69,7 +69,13 @@ def test_exhausted_quota_stops_at_once_naming_role_and_key(sim_server, sim_llm):
 def test_an_outage_keeps_items_backing_off_beyond_max_attempts(sim_server, sim_llm):
     server = sim_server(EchoResponder(), fault_rate=1.0, faults=["503"])
     llm = sim_llm(server.base_url, max_attempts=2, outage_s=30.0, backoff_initial_s=0.02, backoff_max_s=0.1)
-    threading.Timer(0.6, lambda: setattr(server, "fault_rate", 0.0)).start()  # the service comes back
+    def come_back() -> None:  # the service comes back once every item has failed 3 times (> max_attempts)
+        deadline = time.monotonic() + 15
+        while server.stats.faults < 3 * 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.fault_rate = 0.0
+
+    threading.Thread(target=come_back, daemon=True).start()
     t0 = time.monotonic()
     with Gateway(llm, None, progress=False) as gw:
         res = gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(6)])

@@ -25,17 +25,18 @@ ITEMS = [Instruction(q) for q, _ in STUDENT_FACTS] + [Instruction("Translate.", 
 
 
 @pytest.fixture(scope="module")
-def adapter_student(tmp_path_factory, tiny_char_base) -> Path:
-    """A LoRA adapter checkpoint (between_rounds: continue) on the tiny char base, trained a little."""
+def adapter_student(tmp_path_factory, facts_student) -> Path:
+    """A LoRA adapter checkpoint (between_rounds: continue) on the facts student, trained a little: it answers the
+    facts (distinct answers), so equal answers from two backends mean something."""
     from lion.student.train import train_student
 
-    cfg = StudentConfig(model=str(tiny_char_base), mode="lora", lr=1e-2, per_device_batch_size=8, grad_accum=1,
-                        max_steps=15, warmup_ratio=0.0, max_length=64, packing=True, pack_length=128,
+    cfg = StudentConfig(model=str(facts_student), mode="lora", lr=1e-3, per_device_batch_size=8, grad_accum=1,
+                        max_steps=5, warmup_ratio=0.0, max_length=64, packing=True, pack_length=128,
                         logging_steps=5)
     cfg.lora.between_rounds = "continue"
     cfg.lora.r = 4
     out = tmp_path_factory.mktemp("serve") / "round_01" / "student"
-    return train_student(cfg, student_fact_examples(4), tiny_char_base, out, progress=False).path
+    return train_student(cfg, student_fact_examples(4), facts_student, out, progress=False).path
 
 
 def _cfg(run_dir: Path, base: Path, **infer) -> object:
@@ -56,15 +57,15 @@ def _answers(cfg, model: Path, path: Path) -> dict[str, str]:
 
 
 def test_lora_adapter_loaded_into_the_server_answers_as_the_local_backend(tmp_path, sim_server, adapter_student,
-                                                                        tiny_char_base) -> None:
+                                                                        facts_student) -> None:
     meta = json.loads((adapter_student / "lion_student.json").read_text())
     assert meta["kind"] == "adapter"
-    local = _answers(_cfg(tmp_path / "local", tiny_char_base, backend="transformers"), adapter_student,
+    local = _answers(_cfg(tmp_path / "local", facts_student, backend="transformers"), adapter_student,
                      tmp_path / "local.jsonl")
 
     responder = StudentModelResponder()
-    server = sim_server(responder, model_name=str(tiny_char_base))
-    cfg = _cfg(tmp_path / "run", tiny_char_base, backend="server", server_lora=True, _url=server.base_url)
+    server = sim_server(responder, model_name=str(facts_student))
+    cfg = _cfg(tmp_path / "run", facts_student, backend="server", server_lora=True, _url=server.base_url)
     served = _answers(cfg, adapter_student, tmp_path / "served.jsonl")
     assert served == local and len(set(local.values())) > 1, local
     kinds = [e["kind"] for e in server.log]

@@ -6,7 +6,8 @@
 
 Importing this package is cheap (no torch); the modules import torch/transformers themselves:
 `lion.student.data`, `.train` (train_student), `.infer` (generate), `.tiny` (build_tiny),
-`.checkpoint` (resolve_base_model, checkpoint_info, TrainResult), `.vllm_backend`, `.launch`.
+`.checkpoint` (resolve_base_model, checkpoint_info, TrainResult), `.resume` (mid-training checkpoints), `.vllm_backend`,
+`.launch`.
 """
 
 from __future__ import annotations

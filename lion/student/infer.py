@@ -2,9 +2,9 @@
 
     python -m lion.student.infer --model RUN/round_01/student --data prompts.jsonl --out answers.jsonl [--config CFG]
 
-Python: ``generate(model_path, prompts, cfg.student.infer, adapter=None) -> list[str]`` (prompts already
-formatted with `lion.student.data.format_prompt`; one completion per prompt, in order), or a `StudentSession`
-that keeps the model loaded across batches (discrimination answers the Cache Pool chunk by chunk).
+Python: ``generate(model_path, prompts, cfg.student.infer, adapter=None) -> list[str | None]`` (prompts already
+formatted with `lion.student.data.format_prompt`; one completion per prompt, in order; None = skipped), or a
+`StudentSession` that keeps the model loaded across batches (discrimination answers the Cache Pool chunk by chunk).
 
 - ``backend: auto`` picks vLLM when ``import vllm`` works and CUDA is present, else transformers.
 - Both backends tokenise a prompt the same way as training does (`data.encode_prompt`: BOS + prompt), stop at EOS,
@@ -12,6 +12,9 @@ that keeps the model loaded across batches (discrimination answers the Cache Poo
 - transformers: prompts sorted by length (longest first), batches of ``batch_size``, left padding; its greedy
   output equals one-prompt-at-a-time greedy output. A LoRA adapter is attached with PEFT, not merged.
 - vLLM: see `lion.student.vllm_backend` (offline ``LLM``, ``LoRARequest``, tensor and data parallelism).
+- A prompt that does not fit the student's context with a full answer (prompt tokens + ``max_new_tokens`` over
+  the model's position limit, or vLLM's ``max_model_len``) is skipped, never truncated: its result is None and
+  the caller is told why (``on_skip``); `lion.answers` records it, and the pair is excluded from judging.
 - ``model_path`` may be an adapter checkpoint (``lion_student.json`` kind ``adapter``): its base is loaded and
   the adapter attached.
 """
@@ -71,6 +74,32 @@ def load_prompt_tokenizer(model_path: str | Path):
     return load_tokenizer(model_path, checkpoint_info(model_path).base)
 
 
+def context_length(base: str, cfg: InferConfig) -> int | None:
+    """How many tokens (prompt + answer) the student can attend to: vLLM's max_model_len when set, else the model
+    config's position limit (max_position_embeddings, n_positions, ...); None when the config names none."""
+    if cfg.max_model_len:
+        return cfg.max_model_len
+    from transformers import AutoConfig
+
+    try:
+        mc = AutoConfig.from_pretrained(base)
+    except (OSError, ValueError):
+        return None
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        n = getattr(mc, name, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def too_long(n_prompt: int, cfg: InferConfig, limit: int | None) -> str | None:
+    """Why a prompt of `n_prompt` tokens is not answered (None: it is): it and a full answer must fit the context."""
+    if limit is None or n_prompt + cfg.max_new_tokens <= limit:
+        return None
+    return (f"prompt of {n_prompt} tokens + max_new_tokens {cfg.max_new_tokens} exceeds the student's context of "
+            f"{limit} tokens")
+
+
 def generate(
     model_path: str | Path,
     prompts: list[str],
@@ -79,17 +108,20 @@ def generate(
     adapter: str | Path | None = None,
     progress: bool = True,
     on_answer: Callable[[int, str], None] | None = None,
+    on_skip: Callable[[int, str], None] | None = None,
     max_length: int | None = None,
-) -> list[str]:
+) -> list[str | None]:
     """Completions of `prompts` (prompt stripped, stopped at EOS) by the model at `model_path` (+ `adapter`).
 
     `on_answer(i, text)` is called for each prompt as soon as its answer exists (per batch with transformers,
-    at the end with vLLM), so a caller can save answers as they come and resume after a crash. `max_length`
-    (student.max_length) sizes vLLM's max_model_len when student.infer.max_model_len is 0."""
+    per `chunk_size` prompts with vLLM), so a caller can save answers as they come and resume after a crash.
+    A prompt that cannot be answered within the student's context (`too_long`) is not generated and never
+    truncated: its result is None and `on_skip(i, reason)` records why. `max_length` (student.max_length) sizes
+    vLLM's max_model_len when student.infer.max_model_len is 0."""
     if not prompts:
         return []
     with StudentSession(model_path, cfg, adapter=adapter, progress=progress, max_length=max_length) as session:
-        return session.generate(prompts, on_answer=on_answer)
+        return session.generate(prompts, on_answer=on_answer, on_skip=on_skip)
 
 
 class StudentSession:
@@ -112,30 +144,46 @@ class StudentSession:
         own = self.adapter is not None and _has_tokenizer(Path(self.adapter))
         self.tokenizer = load_tokenizer(self.adapter if own else model_path, self.base)
         self._tok_dir = str(self.adapter) if own else str(model_path)
+        self._limit = context_length(self.base, cfg)
         self._model: Any = None
         self._threads: Any = None
 
-    def generate(self, prompts: list[str], *, on_answer: Callable[[int, str], None] | None = None) -> list[str]:
-        if not prompts:
-            return []
-        ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+    def generate(self, prompts: list[str], *, on_answer: Callable[[int, str], None] | None = None,
+                 on_skip: Callable[[int, str], None] | None = None) -> list[str | None]:
+        """See `generate`: a prompt that does not fit the student's context is skipped (None, `on_skip`)."""
+        result: list[str | None] = [None] * len(prompts)
+        all_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        keep: list[int] = []
+        for i, x in enumerate(all_ids):
+            why = too_long(len(x), self.cfg, self._limit)
+            if why is None:
+                keep.append(i)
+            elif on_skip is not None:
+                on_skip(i, why)
+        if not keep:
+            return result
+        ids = [all_ids[i] for i in keep]
+
+        def got(j: int, text: str) -> None:
+            result[keep[j]] = text
+            if on_answer is not None:
+                on_answer(keep[j], text)
+
         if self.backend == "vllm":
             from .vllm_backend import generate_vllm
 
             tok_dir = self._tok_dir if _has_tokenizer(Path(self._tok_dir)) else self.base
-            outs = generate_vllm(self.base, ids, self.cfg, adapter=self.adapter, tokenizer=tok_dir,
-                                 progress=self.progress, max_length=self.max_length)
-            for i, text in enumerate(outs):
-                if on_answer is not None:
-                    on_answer(i, text)
-            return outs
+            generate_vllm(self.base, ids, self.cfg, adapter=self.adapter, tokenizer=tok_dir, progress=self.progress,
+                          on_answer=got, max_length=self.max_length)
+            return result
         if self._model is None:
             from .threads import cpu_threads
 
             self._model = load_model(self.base, self.cfg, adapter=self.adapter)
             self._threads = cpu_threads(self._model, self.cfg.cpu_threads)
             self._threads.__enter__()
-        return generate_hf(self._model, self.tokenizer, ids, self.cfg, progress=self.progress, on_answer=on_answer)
+        generate_hf(self._model, self.tokenizer, ids, self.cfg, progress=self.progress, on_answer=got)
+        return result
 
     def close(self) -> None:
         if self._threads is not None:
@@ -276,9 +324,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(row, dict) or not isinstance(row.get("instruction"), str):
             raise DataError(f"{args.data}:{n}: expected an object with a string 'instruction'")
         prompts.append(format_prompt(row["instruction"], row.get("input") or "", fmt=fmt, tokenizer=tok))
-    answers = generate(args.model, prompts, cfg, adapter=args.adapter)
-    write_jsonl(args.out, [{"id": row.get("id", i), "answer": a} for i, (row, a) in enumerate(zip(rows, answers, strict=True))])
-    print(json.dumps({"answers": len(answers), "out": str(args.out)}))
+    skipped: dict[int, str] = {}
+    answers = generate(args.model, prompts, cfg, adapter=args.adapter, on_skip=skipped.__setitem__)
+    out_rows = []
+    for i, (row, a) in enumerate(zip(rows, answers, strict=True)):
+        out_rows.append({"id": row.get("id", i), "answer": a, **({"skipped": skipped[i]} if i in skipped else {})})
+    write_jsonl(args.out, out_rows)
+    print(json.dumps({"answers": len(answers) - len(skipped), "skipped": len(skipped), "out": str(args.out)}))
     return 0
 
 

@@ -21,6 +21,9 @@ the SQLite call cache must stay local, see lion.fscheck). ``student.launcher``:
 
 Output streams through and is kept in ``OUT.launch/train.log`` (other nodes' agents: ``OUT.launch/node<k>.log``);
 a failure raises a `LionError` with the last lines of the log.
+The launcher is given the run directory's lock (lion.lock) and gets SIGTERM if this process dies
+(PR_SET_PDEATHSIG): a killed run leaves no training behind, and the directory stays locked until that training
+has stopped.
 """
 
 from __future__ import annotations
@@ -85,6 +88,18 @@ def launcher_command(cfg: StudentConfig, env: dict[str, str] | None = None, *, r
             cmd += ["--machine_rank", node_rank, "--main_process_ip", env["MASTER_ADDR"], "--main_process_port", port]
         return cmd + ["--module"]
     raise ConfigError(f"student.launcher: {cfg.launcher!r} has no launcher command line (use launch_command)")
+
+
+def _die_with_parent() -> None:
+    """In the launcher (Linux): SIGTERM when the process that started it dies, even by SIGKILL; torchrun then
+    stops its workers, so no orphaned training keeps writing checkpoints a restarted run also writes."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def training_command(cfg: StudentConfig, spec: Path, *, rdzv_id: str = "") -> list[str]:
@@ -155,9 +170,11 @@ def _run_logged(cmd: list[str] | str, env: dict[str, str], log_path: Path,
     `watch` processes (the other nodes' agents) fails first, `cmd` is stopped instead of waiting at the
     rendezvous until it times out."""
     last: collections.deque[str] = collections.deque(maxlen=30)
+    from ..lock import held_fds
+
     with open(log_path, "w") as log, subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        shell=isinstance(cmd, str),
+        shell=isinstance(cmd, str), pass_fds=held_fds(), preexec_fn=_die_with_parent,
     ) as proc:
         assert proc.stdout is not None
         if watch:
@@ -190,7 +207,8 @@ def _start_workers(cfg: StudentConfig, cmd: list[str], spec: Path,
         log_path = spec.parent / f"node{node}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed by _wait_workers
         shell = _fill(cfg.worker_command, cmd=line, node=str(node), spec=shlex.quote(str(spec)))
-        proc = subprocess.Popen(shell, shell=True, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(shell, shell=True, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent)
         started.append((node, proc, log, log_path))
     return started
 

@@ -194,12 +194,15 @@ class ServedStudent:
                            top_p=1.0 if greedy else ic.top_p, max_tokens=ic.max_new_tokens,
                            sample=0 if greedy else ic.seed)
 
-    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, str], None]) -> None:
+    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, str], None],
+                 on_skip: Callable[[int, str], None]) -> None:
         failed: list[str] = []
         for i, res in self.ctx.gateway.chat_iter(ROLE, self.phase, (self._request(it) for it in items),
                                                  desc=f"student answers ({self.name})", total=len(items)):
             if res.ok and res.text is not None:
                 on_answer(i, res.text)
+            elif res.reason == "http_400" and "context length" in (res.error or "").lower():
+                on_skip(i, "too_long (the server refused the prompt: longer than its context)")
             else:
                 failed.append(res.error or "no answer")
         if failed:

@@ -131,8 +131,16 @@ def build_tiny(
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar is only noise here
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     meta = {"builder": "lion.student.tiny", "vocab": vocab, "hidden": hidden, "layers": layers, "heads": heads,
             "intermediate": intermediate, "seed": seed, "params": sum(p.numel() for p in model.parameters())}
     (tmp / "lion_tiny.json").write_text(json.dumps(meta, indent=1))

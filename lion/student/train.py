@@ -16,7 +16,11 @@ and the progress bar are the Trainer's own). The seed used is ``student.seed + s
   (plus ``lion_student.json`` naming its base); the next round reloads it and keeps training the same adapter on
   the same frozen base (cheaper on disk; inference attaches it: PEFT for transformers, ``LoRARequest`` for vLLM).
 - The checkpoint is written to ``OUT.tmp`` and renamed to ``OUT`` only when complete: a crash never leaves a
-  half-written ``OUT``. It holds the tokenizer and ``lion_student.json`` (kind, base, metrics).
+  half-written ``OUT``. It holds the tokenizer and ``lion_student.json`` (kind, base, metrics, and the training's
+  fingerprint: a restart that finds this very training saved returns it without training again).
+- Mid-training checkpoints (``student.save_steps`` / ``save_minutes`` / ``save_total_limit``) go to ``OUT.ckpt/``
+  and a restarted training resumes from the last complete one (optimizer, scheduler, RNG, data position), in one
+  process or under torchrun; ``OUT.ckpt/`` is removed once ``OUT`` is saved. See `lion.student.resume`.
 - More than one GPU (``num_gpus > 1``), several nodes, FSDP or DeepSpeed: the training runs as a separate job
   (``student.launcher``: torchrun, torchrun_multinode, accelerate or a command such as srun) whose every process
   runs this module with the spec file written by launch.py; only rank 0 writes the checkpoint.
@@ -41,7 +45,17 @@ from typing import Any
 
 from ..config import StudentConfig
 from ..errors import ConfigError, DataError
+from ..layout import training_checkpoints
 from .checkpoint import META, TrainResult, checkpoint_info
+from .resume import (
+    Checkpoints,
+    TrainingTally,
+    counting_collator,
+    meter_callback,
+    save_arguments,
+    tallied_trainer,
+    training_fingerprint,
+)
 
 
 def in_distributed_launch() -> bool:
@@ -73,6 +87,10 @@ def train_student(
     the checkpoint's `_trainer` folder."""
     out = Path(out_dir)
     if needs_launch(cfg):
+        done = _finished(out, training_fingerprint(cfg, examples, init_from, seed))
+        if done is not None:  # saved before a crash that came before the caller noted it
+            Checkpoints(training_checkpoints(out), "").remove()
+            return TrainResult(out, done)
         from .launch import launch_training
 
         return launch_training(cfg, examples, init_from, out, seed=seed, logging_dir=logging_dir)
@@ -257,7 +275,9 @@ def _load_tokenizer(init_from: str | Path, base: str):
     return tok
 
 
-def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool, model_path: str = ""):
+def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool, model_path: str = "",
+                   ckpt_dir: Path | None = None):
+    """The Trainer's arguments; `out` names the wandb run, `ckpt_dir` holds the resumable checkpoints."""
     import torch
     from transformers import TrainingArguments
 
@@ -278,7 +298,7 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool, mod
         warm[ckpt] = True  # under FSDP, fsdp_config.activation_checkpointing does it without a redundant AllGather
         warm[ckpt + "_kwargs"] = {"use_reentrant": False}
     return TrainingArguments(
-        output_dir=str(out / "_trainer"),
+        output_dir=str(ckpt_dir if ckpt_dir is not None else out / "_trainer"),  # checkpoint-N (lion.student.resume)
         per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
@@ -296,7 +316,7 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool, mod
         logging_first_step=True,
         seed=seed,
         data_seed=seed,
-        save_strategy="no",
+        **save_arguments(cfg),
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
@@ -307,41 +327,6 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool, mod
            if "wandb" in cfg.report_targets() and "run_name" not in cfg.training_args else {}),
         **cfg.training_args,
     )
-
-
-def _meter(collator: Any):
-    """A Trainer callback that records logged losses and per-step wall time and tokens."""
-    import torch
-    from transformers import TrainerCallback
-
-    class Meter(TrainerCallback):
-        def __init__(self) -> None:
-            self.losses: list[float] = []
-            self.step_s: list[float] = []
-            self.step_tokens: list[int] = []
-            self._t = 0.0
-            self._n = 0
-
-        def _sync(self) -> None:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-
-        def on_train_begin(self, args, state, control, **kw):
-            self._sync()
-            self._t, self._n = time.perf_counter(), collator.tokens
-
-        def on_step_end(self, args, state, control, **kw):
-            self._sync()
-            now = time.perf_counter()
-            self.step_s.append(now - self._t)
-            self.step_tokens.append(collator.tokens - self._n)
-            self._t, self._n = now, collator.tokens
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                self.losses.append(float(logs["loss"]))
-
-    return Meter()
 
 
 def _heartbeat_callback(progress: bool):
@@ -375,11 +360,17 @@ def _train_here(
     cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, out: Path, *, seed: int, progress: bool,
     keep_model: bool = False, logging_dir: str | Path | None = None,
 ) -> TrainResult:
-    from transformers import Trainer
-
     from .data import build_dataset, tokenize_examples
 
     rank0 = _rank() == 0
+    fingerprint = training_fingerprint(cfg, examples, init_from, seed)
+    ckpts = Checkpoints(training_checkpoints(out), fingerprint, keep=cfg.save_total_limit)
+    done = _finished(out, fingerprint)
+    if done is not None:  # saved before a crash that came before the caller noted it: not trained again
+        _barrier()
+        if rank0:
+            ckpts.remove()
+        return TrainResult(out, done)
     tmp = out.with_name(out.name + ".tmp")
     if rank0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -402,15 +393,25 @@ def _train_here(
     if cfg.fsdp and cfg.cpu_ram_efficient_loading:
         os.environ.setdefault("ACCELERATE_USE_FSDP", "true")  # from_pretrained loads on rank 0 only (meta elsewhere)
     # the arguments first: under FSDP they set what from_pretrained reads (cpu_ram_efficient_loading)
-    args = _training_args(cfg, tmp, the_seed, progress, info.base)
+    args = _training_args(cfg, tmp, the_seed, progress, info.base, ckpt_dir=ckpts.dir)
     if cfg.fsdp:
         _ = args.device  # sets up the process group, which from_pretrained's rank-0-only loading checks for
+    from transformers import set_seed
+
+    set_seed(the_seed)  # a fresh LoRA adapter is initialised from the global RNG: the same seed, the same adapter
     model, info = _prepare_model(cfg, init_from)
     model.config.use_cache = False  # training: no KV cache (also lets packed position ids take effect)
-    meter = _meter(collator)
+    resume = ckpts.prepare() if cfg.save_steps or cfg.save_minutes else None
+    tally = TrainingTally.from_json(ckpts.tally_of(resume)) if resume is not None else TrainingTally()
+    if resume is not None:
+        tally.resumed_at.append(int(resume.name.rsplit("-", 1)[1]))
+        if rank0:
+            print(f"resuming the training from {resume}", flush=True)
+    meter = meter_callback(tally, ckpts if args.save_strategy != "no" else None, cfg)
     with _env("TENSORBOARD_LOGGING_DIR", str(logging_dir) if logging_dir is not None else None):
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                          processing_class=tokenizer, callbacks=[meter, _heartbeat_callback(progress)])
+        trainer = tallied_trainer(tally)(model=model, args=args, train_dataset=dataset,
+                                         data_collator=counting_collator(collator), processing_class=tokenizer,
+                                         callbacks=[meter, _heartbeat_callback(progress)])
     if not progress:
         from transformers.trainer_callback import PrinterCallback
 
@@ -418,7 +419,7 @@ def _train_here(
     from .threads import cpu_threads
 
     with cpu_threads(model, cfg.cpu_threads):
-        out_train = trainer.train()
+        out_train = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     if "wandb" in cfg.report_targets() and rank0:
         import wandb
 
@@ -426,10 +427,11 @@ def _train_here(
             wandb.finish()
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     seconds = time.perf_counter() - t_start
-    train_s = sum(meter.step_s)
+    train_s = sum(tally.step_s)
+    warm = _warm(tally.step_s)
     tokens, supervised, padded, steady_tok, steady_s = _all_sum([
-        float(collator.tokens), float(collator.supervised), float(collator.padded),
-        float(sum(meter.step_tokens[_warm(meter.step_s):])), float(sum(meter.step_s[_warm(meter.step_s):])),
+        float(tally.tokens), float(tally.supervised), float(tally.padded),
+        float(sum(tally.step_tokens[warm:])), float(sum(tally.step_s[warm:])),
     ])
     steady_s /= world  # each rank timed the same wall clock
     metrics: dict[str, Any] = {
@@ -440,10 +442,10 @@ def _train_here(
         "n_rows": len(dataset),
         "packing": cfg.packing,
         "steps": int(out_train.global_step),
-        "train_loss": float(out_train.training_loss),
-        "train_loss_first": meter.losses[0] if meter.losses else None,
-        "train_loss_last": meter.losses[-1] if meter.losses else None,
-        "losses": meter.losses,
+        "train_loss": tally.loss_sum / tally.loss_steps if tally.loss_steps else float(out_train.training_loss),
+        "train_loss_first": tally.losses[0] if tally.losses else None,
+        "train_loss_last": tally.losses[-1] if tally.losses else None,
+        "losses": tally.losses,
         "tokens": int(tokens),
         "supervised_tokens": int(supervised),
         "padded_tokens": int(padded),
@@ -453,14 +455,17 @@ def _train_here(
         "steady_tokens_per_s": round(steady_tok / steady_s, 1) if steady_s > 0 else None,
         "world_size": world,
         "seed": the_seed,
+        "resumed_at": tally.resumed_at,  # steps a restarted training continued from (its checkpoints)
+        "checkpoints": tally.checkpoints,  # mid-training checkpoints written
     }
-    _save(cfg, trainer, tokenizer, info, tmp, metrics, init_from)
+    _save(cfg, trainer, tokenizer, info, tmp, metrics, init_from, fingerprint)
     if rank0:
-        if not cfg.report_targets() or logging_dir is not None:
-            shutil.rmtree(tmp / "_trainer", ignore_errors=True)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+        # the Trainer's logs stay with the student when a tracker reads them from there
+        keep_logs = cfg.report_targets() and logging_dir is None
+        ckpts.remove(keep_logs_in=out / "_trainer" if keep_logs else None)
     _barrier()
     return TrainResult(out, metrics, trainer.model if keep_model else None)
 
@@ -521,13 +526,23 @@ def cast_checkpoint(path: Path, dtype: str = "bfloat16") -> int:
     return saved
 
 
+def _finished(out: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The metrics of `out` when it is this very training's saved student, else None."""
+    try:
+        meta = json.loads((out / META).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("metrics") if isinstance(meta, dict) and meta.get("fingerprint") == fingerprint else None
+
+
 def _warm(step_s: list[float]) -> int:
     """Steps left out of the steady-state figure (allocation, kernel selection, first-batch work)."""
     n = len(step_s)
     return 0 if n < 3 else min(3, n // 4 or 1)
 
 
-def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path, metrics: dict, init_from) -> None:
+def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path, metrics: dict, init_from,
+          fingerprint: str = "") -> None:
     import torch
     from peft import PeftModel
 
@@ -536,7 +551,8 @@ def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path
     model = trainer.model
     if hasattr(model, "config"):
         model.config.use_cache = True
-    meta: dict[str, Any] = {"mode": cfg.mode, "init_from": str(init_from), "metrics": metrics}
+    meta: dict[str, Any] = {"mode": cfg.mode, "init_from": str(init_from), "metrics": metrics,
+                            "fingerprint": fingerprint}
     if cfg.mode == "full":
         trainer.save_model(str(tmp))
         meta["kind"] = "full"

@@ -9,6 +9,9 @@ student was trained on). vLLM strips the prompt and stops at EOS itself.
 - ``data_parallel`` engines: prompts are dealt round-robin to the engines; each engine runs in its own process
   with ``CUDA_VISIBLE_DEVICES`` set to its own group of ``tensor_parallel`` GPUs; results come back in the
   original order. With ``data_parallel: 1`` the engine runs in this process.
+- Prompts go to an engine ``chunk_size`` at a time; each chunk's answers are handed to the caller (``on_answer``)
+  as soon as the chunk is done (a data-parallel engine appends them to a result file the parent reads as it
+  grows), so a caller that saves them loses at most a chunk per engine in a crash.
 - A LoRA adapter is served without merging: ``enable_lora=True``, ``max_lora_rank`` = the adapter's rank
   (``adapter_config.json``) rounded up to a rank vLLM accepts (``VLLM_LORA_RANKS``: r = 12 is served as 16), and a
   ``LoRARequest("student", 1, path)`` on every request.
@@ -30,7 +33,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,8 @@ from ..config import InferConfig
 from ..errors import ConfigError, LionError
 
 logger = logging.getLogger("lion.student")
+
+OnAnswer = Callable[[int, str], None]
 
 # the LoRA ranks vLLM's engine accepts for max_lora_rank
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -113,8 +119,10 @@ def engine_kwargs(model: str, cfg: InferConfig, *, tokenizer: str | None, adapte
 
 
 def run_engine(model: str, ids: list[list[int]], cfg: InferConfig, *, tokenizer: str | None,
-               adapter: str | Path | None, progress: bool, max_model_len: int | None = None) -> list[str]:
-    """One vLLM engine in this process answers every prompt (token ids) in order."""
+               adapter: str | Path | None, progress: bool, max_model_len: int | None = None,
+               on_answer: OnAnswer | None = None) -> list[str]:
+    """One vLLM engine in this process answers every prompt (token ids) in order, `cfg.chunk_size` prompts per
+    `generate` call; `on_answer(i, text)` is called for each answer of a chunk as soon as the chunk is done."""
     import vllm
 
     llm = vllm.LLM(**engine_kwargs(model, cfg, tokenizer=tokenizer, adapter=adapter, max_model_len=max_model_len))
@@ -124,8 +132,15 @@ def run_engine(model: str, ids: list[list[int]], cfg: InferConfig, *, tokenizer:
         from vllm.lora.request import LoRARequest
 
         lora = LoRARequest("student", 1, str(adapter))
-    outs = llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=progress, lora_request=lora)
-    return [o.outputs[0].text for o in outs]
+    texts: list[str] = []
+    for start in range(0, len(ids), cfg.chunk_size):
+        chunk = ids[start : start + cfg.chunk_size]
+        outs = llm.generate([{"prompt_token_ids": p} for p in chunk], params, use_tqdm=progress, lora_request=lora)
+        for k, o in enumerate(outs):
+            texts.append(o.outputs[0].text)
+            if on_answer is not None:
+                on_answer(start + k, texts[-1])
+    return texts
 
 
 def visible_gpus() -> list[str]:
@@ -161,15 +176,34 @@ def cuda_in_use() -> bool:
     return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
 
 
+class _Tail:
+    """Reads the complete lines an engine process appends to its result file, as they come."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.rest = path, 0, b""
+
+    def new_rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        *lines, self.rest = (self.rest + data).split(b"\n")
+        return [json.loads(x) for x in lines if x.strip()]
+
+
 def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter: str | Path | None = None,
-                  tokenizer: str | None = None, progress: bool = True, max_length: int | None = None) -> list[str]:
+                  tokenizer: str | None = None, progress: bool = True, max_length: int | None = None,
+                  on_answer: OnAnswer | None = None) -> list[str]:
     """Answers for token-id prompts with vLLM: one engine here, or `data_parallel` worker processes (also one worker
-    when this process already holds CUDA memory). `max_length`: the student's training length (max_model_len)."""
+    when this process already holds CUDA memory). `max_length`: the student's training length (max_model_len).
+    `on_answer(i, text)` as each chunk finishes, in whichever engine."""
     longest = max((len(p) for p in ids), default=0)
     max_model_len = default_max_model_len(model, cfg, max_length=max_length, longest_prompt=longest)
     if cfg.data_parallel == 1 and not cuda_in_use():
         return run_engine(model, ids, cfg, tokenizer=tokenizer, adapter=adapter, progress=progress,
-                          max_model_len=max_model_len)
+                          max_model_len=max_model_len, on_answer=on_answer)
     if cfg.data_parallel == 1:
         logger.info("vLLM engine in a fresh process: this one has used CUDA (training), and the memory its allocator "
                  "keeps would fail vLLM's gpu_memory_utilization check")
@@ -185,7 +219,7 @@ def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter
             if not part:
                 continue
             spec = Path(work) / f"engine{k}.json"
-            result = Path(work) / f"engine{k}.out.json"
+            result = Path(work) / f"engine{k}.out.jsonl"
             one = {**cfg.__dict__, "data_parallel": 1}
             spec.write_text(json.dumps({"model": model, "tokenizer": tokenizer, "adapter": str(adapter) if adapter else None,
                                         "cfg": one, "ids": [ids[i] for i in part], "result": str(result),
@@ -195,20 +229,40 @@ def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter
             log = open(Path(work) / f"engine{k}.log", "w+")
             p = subprocess.Popen([sys.executable, "-m", "lion.student.vllm_backend", "--worker", str(spec)],
                                  env=env, stdout=log, stderr=subprocess.STDOUT)
-            procs.append((k, part, p, log, result))
+            procs.append((k, part, p, log, _Tail(result)))
+
+        ended: set[int] = set()
+
+        def collect(k: int, part: list[int], tail: _Tail) -> None:
+            """Hand on the answers engine k wrote so far; note its end line."""
+            for row in tail.new_rows():
+                if "end" in row:
+                    ended.add(k)
+                    continue
+                i = part[row["i"]]
+                out[i] = row["text"]
+                if on_answer is not None:
+                    on_answer(i, row["text"])
+
+        running = list(procs)
+        while running:  # answers are handed on while the engines work, so a crash here loses at most a chunk
+            time.sleep(0.2)
+            for item in list(running):
+                k, part, p, _, tail = item
+                if p.poll() is not None:
+                    running.remove(item)
+                else:
+                    collect(k, part, tail)
         failures = []
-        for k, part, p, log, result in procs:
+        for k, part, p, log, tail in procs:
             rc = p.wait()
+            collect(k, part, tail)
             log.seek(0)
-            tail = "".join(collections.deque(log, maxlen=20))
+            last = "".join(collections.deque(log, maxlen=20))
             log.close()
-            if rc != 0 or not result.is_file():
+            if rc != 0 or k not in ended:
                 gpus = "visible" if groups[k] is None else ",".join(groups[k] or [])
-                failures.append(f"engine {k} (GPUs {gpus}) exit status {rc}:\n{tail}")
-                continue
-            texts = json.loads(result.read_text())
-            for i, t in zip(part, texts, strict=True):
-                out[i] = t
+                failures.append(f"engine {k} (GPUs {gpus}) exit status {rc}:\n{last}")
         if failures:
             raise LionError("vLLM data-parallel inference failed: " + "\n".join(failures))
     return [o if o is not None else "" for o in out]
@@ -224,11 +278,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     spec = json.loads(args.worker.read_text())
     cfg = InferConfig(**spec["cfg"])
-    texts = run_engine(spec["model"], spec["ids"], cfg, tokenizer=spec["tokenizer"], adapter=spec["adapter"],
-                       progress=spec["progress"], max_model_len=spec.get("max_model_len"))
-    tmp = Path(spec["result"] + ".tmp")
-    tmp.write_text(json.dumps(texts))
-    tmp.rename(spec["result"])
+    with open(spec["result"], "a", encoding="utf-8") as out:
+
+        def emit(i: int, text: str) -> None:  # one line per answer, flushed per chunk's last answer at the latest
+            out.write(json.dumps({"i": i, "text": text}, ensure_ascii=False) + "\n")
+            out.flush()
+
+        texts = run_engine(spec["model"], spec["ids"], cfg, tokenizer=spec["tokenizer"], adapter=spec["adapter"],
+                           progress=spec["progress"], max_model_len=spec.get("max_model_len"), on_answer=emit)
+        out.write(json.dumps({"end": len(texts)}) + "\n")
     return 0
 
 
