@@ -504,6 +504,9 @@ class SimConfig:
                                  range=(0.0, 1.0))
     batch_expire_rate: float = opt(0.0, "batch APIs: share of a batch's items that expire unprocessed",
                                    range=(0.0, 1.0))
+    url: str | None = opt(None, "use this already running sim server (`python -m lion.sim.server`, e.g. "
+                                "http://127.0.0.1:8000/v1) instead of starting one; its responder and options must "
+                                "be the ones configured here, which still give the run its world (grading)")
 
 
 @dataclass
@@ -521,9 +524,6 @@ class LogConfig:
 
     def check(self, key: str) -> None:
         _check_fields(self, key)
-    url: str | None = opt(None, "use this already running sim server (`python -m lion.sim.server`, e.g. "
-                                "http://127.0.0.1:8000/v1) instead of starting one; its responder and options must "
-                                "be the ones configured here, which still give the run its world (grading)")
 
 
 @dataclass
