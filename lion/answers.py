@@ -3,24 +3,28 @@
     from lion.answers import teacher_answers, student_answers
 
 - The teacher's answers are bought once per (instruction id, teacher identity) and kept in the run's answer
-  store (RUN/teacher_answers.jsonl), so a later phase, round or evaluation uses an answer without even asking
-  the gateway; the gateway's call cache would replay it anyway (same messages, same key).
+  store (RUN/teacher_answers.jsonl, indexed on disk by RUN/calls.answers.sqlite), so a later phase, round or
+  evaluation uses an answer without even asking the gateway; the gateway's call cache would replay it anyway
+  (same messages, same key). `buy_teacher_answers` streams a whole pool through the gateway's window.
 - The student's answers are generated in batches and appended to a resumable file as each batch finishes;
-  a restart generates only the missing ones.
+  a restart generates only the missing ones. The student answers in this process (`LocalStudent`: transformers
+  or vLLM) or through an inference server and the gateway (`student.infer.backend: server`, lion.student.serve).
 An empty or failed teacher answer is never stored: it is None, and every caller counts and leaves it out.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import LionConfig
-from .errors import LionError
+from .errors import DataError, LionError
 from .prompts import teacher_request
-from .records import append_jsonl, read_jsonl_tolerant
+from .records import iter_jsonl_tolerant, repair_torn_tail
 from .teachers.base import ChatRequest
 
 if TYPE_CHECKING:
@@ -35,18 +39,125 @@ class Prompted(Protocol):
     input: str
 
 
+_INDEX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS teachers(tid INTEGER PRIMARY KEY, teacher TEXT UNIQUE NOT NULL);
+CREATE TABLE IF NOT EXISTS answers(id TEXT NOT NULL, tid INTEGER NOT NULL, offset INTEGER NOT NULL,
+                                   PRIMARY KEY(id, tid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
+"""
+_HEAD = 4096  # bytes of the log whose hash tells the index which log it indexes
+COMMIT_EVERY = 2048  # index rows per commit (the log is the record; an uncommitted index tail is re-read on open)
+
+
 class AnswerStore:
-    """Teacher answers per (instruction id, teacher identity), append-only, shared by all phases and rounds."""
+    """Teacher answers per (instruction id, teacher identity), append-only, shared by all phases and rounds.
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._answers: dict[tuple[str, str], dict[str, Any]] = {}
-        if path.exists():
-            for row in read_jsonl_tolerant(path):
-                self._answers[(row["id"], row["teacher"])] = row
+    The record is `path` (RUN/teacher_answers.jsonl: one readable JSON row per answer, appended and flushed as it
+    is bought). A SQLite index beside the call cache (`index_path`: key -> byte offset of the row) answers `get`
+    with one lookup and one read, so memory does not grow with the number of answers. The index is derived: on
+    open it indexes whatever the log holds beyond what it has seen (rows appended before a crash), and it is
+    rebuilt from scratch when it is missing, belongs to another log, or the log shrank. `index_path=None` keeps
+    the index in memory (rebuilt on every open).
+    """
 
+    def __init__(self, path: Path, index_path: Path | None = None, *, allow_network_fs: bool = False):
+        import sqlite3
+
+        self.path = Path(path)
+        self.index_path = index_path
+        if index_path is not None:
+            from .fscheck import check_sqlite_home
+
+            check_sqlite_home(index_path, what="the answer index", allow_network=allow_network_fs)
+            index_path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_torn_tail(self.path)
+        self.path.touch()
+        try:
+            # used from the gateway's stream thread too (`has`, while its requests are read): one lock for all
+            self._db = sqlite3.connect(":memory:" if index_path is None else str(index_path), timeout=30.0,
+                                       check_same_thread=False)
+            if index_path is not None:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_INDEX_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise LionError(f"{index_path}: cannot open the answer index ({e}); delete it: it is rebuilt from "
+                            f"{self.path}") from None
+        self._tids: dict[str, int] = dict((t, i) for i, t in self._db.execute("SELECT tid, teacher FROM teachers"))
+        self._writer = self.path.open("ab")
+        self._reader = self.path.open("rb")
+        self._uncommitted = 0
+        self._lock = threading.RLock()
+        self._sync()
+
+    # ------------------------------------------------------------------ index upkeep
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: object) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, str(value)))
+
+    def _head(self, n: int) -> str:
+        import hashlib
+
+        with self.path.open("rb") as f:
+            return hashlib.sha256(f.read(n)).hexdigest()
+
+    def _tid(self, teacher: str) -> int:
+        tid = self._tids.get(teacher)
+        if tid is None:
+            cur = self._db.execute("INSERT INTO teachers(teacher) VALUES (?)", (teacher,))
+            tid = self._tids[teacher] = int(cur.lastrowid or 0)
+        return tid
+
+    def _sync(self) -> None:
+        """Bring the index up to the log: index the rows past the last offset seen, or rebuild it."""
+        size = self.path.stat().st_size
+        seen = int(self._meta("size") or 0)
+        head_len = int(self._meta("head_len") or 0)
+        log = str(self.path.resolve())
+        same_log = (seen <= size and self._meta("log") in (None, log)
+                    and self._meta("head") in (None, self._head(head_len)))
+        if not same_log:
+            self._db.execute("DELETE FROM answers")
+            seen = 0
+        for offset, row in iter_jsonl_tolerant(self.path, start=seen) if size > seen else ():
+            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("id", "teacher", "answer"))):
+                raise DataError(f"{self.path} (byte {offset}): an answer row needs string id, teacher and answer")
+            self._db.execute("INSERT OR REPLACE INTO answers VALUES (?,?,?)",
+                             (row["id"], self._tid(row["teacher"]), offset))
+        head_len = min(size, _HEAD)
+        for key, value in (("size", size), ("head_len", head_len), ("head", self._head(head_len)), ("log", log)):
+            self._set_meta(key, value)
+        self._db.commit()
+
+    # ------------------------------------------------------------------ API
     def get(self, id: str, teacher: str) -> dict[str, Any] | None:
-        return self._answers.get((id, teacher))
+        with self._lock:
+            tid = self._tids.get(teacher)
+            if tid is None:
+                return None
+            hit = self._db.execute("SELECT offset FROM answers WHERE id=? AND tid=?", (id, tid)).fetchone()
+            if hit is None:
+                return None
+            self._reader.seek(hit[0])
+            line = self._reader.readline()
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = None
+        if not isinstance(row, dict) or row.get("id") != id or row.get("teacher") != teacher:
+            raise DataError(f"{self.index_path}: the answer index is out of step with {self.path} (edited by hand?); "
+                            "delete the index: it is rebuilt from the log")
+        return row
+
+    def has(self, id: str, teacher: str) -> bool:
+        with self._lock:
+            tid = self._tids.get(teacher)
+            return tid is not None and self._db.execute(
+                "SELECT 1 FROM answers WHERE id=? AND tid=?", (id, tid)).fetchone() is not None
 
     def put(self, id: str, teacher: str, answer: str, finish_reason: str | None, *, source: str | None = None) -> None:
         """Record an answer; `source="seed"` marks one taken from the seed file (pools.seed_answers: teacher),
@@ -54,16 +165,45 @@ class AnswerStore:
         row = {"id": id, "teacher": teacher, "answer": answer, "finish_reason": finish_reason}
         if source is not None:
             row["source"] = source
-        self._answers[(id, teacher)] = row
-        append_jsonl(self.path, row)
+        data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._lock:
+            offset = self._writer.tell()
+            self._writer.write(data)
+            self._writer.flush()  # the log is the record: it is written before the index
+            self._db.execute("INSERT OR REPLACE INTO answers VALUES (?,?,?)", (id, self._tid(teacher), offset))
+            self._set_meta("size", offset + len(data))
+            self._uncommitted += 1
+            if self._uncommitted >= COMMIT_EVERY:
+                self.commit()
 
-    def seed(self, answers: dict[str, str], teacher: str) -> int:
-        """Record seed-file answers as `teacher`'s (those it does not hold yet); returns how many were added."""
+    def commit(self) -> None:
+        with self._lock:
+            if self._uncommitted:
+                self._db.commit()
+                self._uncommitted = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer.closed:
+                return
+            self.commit()
+            self._writer.close()
+            self._reader.close()
+            self._db.close()
+
+    def seed(self, answers: dict[str, str] | Iterable[tuple[str, str]], teacher: str) -> int:
+        """Record seed-file answers (a dict or (id, answer) pairs, streamed) as `teacher`'s, those it does not hold
+        yet; returns how many were added."""
         added = 0
-        for id, answer in answers.items():
-            if (id, teacher) not in self._answers:
+        for id, answer in answers.items() if isinstance(answers, dict) else answers:
+            if not self.has(id, teacher):
                 self.put(id, teacher, answer, None, source="seed")
                 added += 1
+        self.commit()
         return added
 
 
@@ -80,20 +220,49 @@ def teacher_messages(ctx: RunContext, item: Prompted) -> list[dict[str, str]]:
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def teacher_answers(ctx: RunContext, items: Sequence[Prompted], phase: str) -> dict[str, str | None]:
-    """The teacher's answer to every item (None where it failed), buying only the ones not in the store."""
+def _stored(res: Any) -> bool:
+    return bool(res.ok and res.text is not None and res.text.strip())
+
+
+def buy_teacher_answers(ctx: RunContext, items: Iterable[Prompted], phase: str, *, total: int | None = None,
+                        desc: str = "") -> dict[str, int]:
+    """Buy the teacher's answer to every item the store lacks, streaming: items are read a gateway window at a
+    time (chat_iter) and each answer is stored as its window completes, so neither the items nor the answers are
+    held in memory.
+    Returns {"asked", "stored", "failed"} (failed: no usable answer; counted, never stored)."""
     who = teacher_identity(ctx.cfg)
-    missing = [it for it in items if ctx.answers.get(it.id, who) is None]
-    if missing:
-        results = ctx.gateway.chat_many(
-            "teacher",
-            phase,
-            [ChatRequest(messages=teacher_messages(ctx, it)) for it in missing],
-            desc=f"teacher answers ({phase})",
-        )
-        for it, res in zip(missing, results, strict=True):
-            if res.ok and res.text is not None and res.text.strip():
-                ctx.answers.put(it.id, who, res.text.strip(), res.finish_reason)
+    store = ctx.answers
+    waiting: dict[int, Prompted] = {}  # the requests in the gateway's window, by position in the stream
+
+    def requests() -> Iterator[ChatRequest]:
+        n = 0
+        for it in items:
+            if not store.has(it.id, who):
+                waiting[n] = it
+                n += 1
+                yield ChatRequest(messages=teacher_messages(ctx, it))
+
+    counts = {"asked": 0, "stored": 0, "failed": 0}
+    try:
+        for i, res in ctx.gateway.chat_iter("teacher", phase, requests(), desc=desc or f"teacher answers ({phase})",
+                                            total=total):
+            it = waiting.pop(i)
+            counts["asked"] += 1
+            if _stored(res) and not store.has(it.id, who):
+                store.put(it.id, who, res.text.strip(), res.finish_reason)
+                counts["stored"] += 1
+            elif not _stored(res):
+                counts["failed"] += 1
+    finally:
+        store.commit()
+    return counts
+
+
+def teacher_answers(ctx: RunContext, items: Sequence[Prompted], phase: str) -> dict[str, str | None]:
+    """The teacher's answer to every item (None where it failed), buying only the ones not in the store.
+    Holds the answers of `items` in memory: for a whole pool, `buy_teacher_answers` then chunked reads."""
+    buy_teacher_answers(ctx, items, phase, total=None)
+    who = teacher_identity(ctx.cfg)
     out: dict[str, str | None] = {}
     for it in items:
         row = ctx.answers.get(it.id, who)
@@ -101,43 +270,123 @@ def teacher_answers(ctx: RunContext, items: Sequence[Prompted], phase: str) -> d
     return out
 
 
-def student_answers(
-    ctx: RunContext, model: str | Path, items: Sequence[Prompted], path: Path
-) -> dict[str, str | None]:
+class StudentBackend(Protocol):
+    """How a student answers: `generate(items, on_answer, on_skip)` calls `on_answer(k, text)` for each item k it
+    answers and `on_skip(k, why)` for each it cannot (its prompt does not fit the student's context)."""
+
+    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, str], None],
+                 on_skip: Callable[[int, str], None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalStudent:
+    """The student in this process (transformers, or vLLM's offline engine): lion.student.infer.StudentSession."""
+
+    def __init__(self, ctx: RunContext, model: str | Path) -> None:
+        from .student.infer import StudentSession
+
+        self.sc = ctx.cfg.student
+        self.session = StudentSession(model, self.sc.infer, progress=ctx.progress, max_length=self.sc.max_length)
+        self.tokenizer = self.session.tokenizer if self.sc.prompt_format == "chat_template" else None
+
+    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, str], None],
+                 on_skip: Callable[[int, str], None]) -> None:
+        from .student.data import format_prompt
+
+        prompts = [format_prompt(it.instruction, it.input, fmt=self.sc.prompt_format, tokenizer=self.tokenizer)
+                   for it in items]
+        self.session.generate(prompts, on_answer=on_answer, on_skip=on_skip)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def open_student(ctx: RunContext, model: str | Path, phase: str) -> StudentBackend:
+    """The backend `student.infer.backend` names, for the student at `model`."""
+    if not Path(model).exists():
+        raise LionError(f"{model}: the student to answer with does not exist")
+    if ctx.cfg.student.infer.backend == "server":
+        from .student.serve import ServedStudent
+
+        return ServedStudent(ctx, model, phase)
+    return LocalStudent(ctx, model)
+
+
+class StudentAnswerer:
+    """The answers of the student at `model`, appended to `path` ({"id", "answer"} rows) as they are produced.
+
+    An item whose prompt does not fit the student's context is recorded as {"id", "answer": null, "skipped": why}
+    and answered None. Rows already in `path` from byte `resume_from` on are the answers of an interrupted run:
+    they are used
+    instead of generating again (a caller that consumed the file's earlier rows passes where they end, so only
+    the rows since are read back). The backend opens on the first item that needs generating and stays open
+    until `close`, so the model loads once however many chunks are asked."""
+
+    def __init__(self, ctx: RunContext, model: str | Path, path: Path, *, phase: str, resume_from: int = 0) -> None:
+        self.ctx, self.model, self.path, self.phase = ctx, model, Path(path), phase
+        self.backend: StudentBackend | None = None
+        self.pending: dict[str, str | None] = {}
+        repair_torn_tail(self.path)
+        if self.path.exists():
+            for offset, row in iter_jsonl_tolerant(self.path, start=resume_from):
+                if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("answer"), (str, type(None))):
+                    raise DataError(f"{self.path} (byte {offset}): a student answer row needs an id and an answer")
+                self.pending[str(row["id"])] = row["answer"]
+        self.generated = 0
+
+    def answer(self, items: Sequence[Prompted]) -> dict[str, str | None]:
+        """Every item's answer (generated now, or read back from `path`; None: skipped); they leave the answerer's
+        memory."""
+        todo = [it for it in items if it.id not in self.pending]
+        if todo:
+            if self.backend is None:
+                self.backend = open_student(self.ctx, self.model, self.phase)
+            skipped: list[str] = []
+            with self.path.open("a", encoding="utf-8") as f:
+                def write(row: dict[str, Any]) -> None:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    f.flush()
+                    self.pending[row["id"]] = row["answer"]
+
+                def keep(k: int, answer: str) -> None:
+                    write({"id": todo[k].id, "answer": answer})
+
+                def skip(k: int, why: str) -> None:
+                    write({"id": todo[k].id, "answer": None, "skipped": why})
+                    skipped.append(f"{todo[k].id} ({why})")
+
+                self.backend.generate(todo, keep, skip)
+            self.generated += len(todo)
+            if skipped:
+                print(f"warning: the student skipped {len(skipped)} of {len(todo)} prompts that do not fit its "
+                      f"context, e.g. {skipped[0]}; recorded in {self.path}", file=sys.stderr, flush=True)
+        missing = [it.id for it in items if it.id not in self.pending]
+        if missing:
+            raise LionError(f"the student at {self.model} gave no answer for {len(missing)} items "
+                            f"(first: {missing[0]}); see the messages above")
+        return {it.id: self.pending.pop(it.id) for it in items}
+
+    def end_offset(self) -> int:
+        """Bytes of `path` so far: where the rows of a later chunk will start."""
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def __enter__(self) -> StudentAnswerer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def student_answers(ctx: RunContext, model: str | Path, items: Sequence[Prompted], path: Path, *,
+                    phase: str = "student") -> dict[str, str | None]:
     """The answers of the student at `model` to every item, resumable: `path` holds {"id", "answer"} rows,
     appended as they are produced; only the items not in it yet are generated. An item whose prompt does not
     fit the student's context is recorded as {"id", "answer": null, "skipped": why} and answered None."""
-    done: dict[str, str | None] = {}
-    if path.exists():
-        done = {
-            str(row["id"]): None if row.get("answer") is None else str(row["answer"])
-            for row in read_jsonl_tolerant(path)
-        }
-    todo = [it for it in items if it.id not in done]
-    if todo:
-        if not Path(model).exists():
-            raise LionError(f"{model}: the student to answer with does not exist")
-        from .student.data import format_prompt
-        from .student.infer import generate, load_prompt_tokenizer
-
-        sc = ctx.cfg.student
-        tokenizer = load_prompt_tokenizer(model) if sc.prompt_format == "chat_template" else None
-        prompts = [format_prompt(it.instruction, it.input, fmt=sc.prompt_format, tokenizer=tokenizer) for it in todo]
-
-        def keep(i: int, answer: str) -> None:
-            append_jsonl(path, {"id": todo[i].id, "answer": answer})
-            done[todo[i].id] = answer
-
-        skipped: list[str] = []
-
-        def skip(i: int, why: str) -> None:
-            append_jsonl(path, {"id": todo[i].id, "answer": None, "skipped": why})
-            done[todo[i].id] = None
-            skipped.append(f"{todo[i].id} ({why})")
-
-        generate(model, prompts, sc.infer, progress=ctx.progress, on_answer=keep, on_skip=skip,
-                 max_length=sc.max_length)
-        if skipped:
-            print(f"warning: the student skipped {len(skipped)} of {len(todo)} prompts that do not fit its context, "
-                  f"e.g. {skipped[0]}; recorded in {path}", file=sys.stderr, flush=True)
-    return {it.id: done[it.id] for it in items}
+    with StudentAnswerer(ctx, model, path, phase=phase) as sa:
+        return sa.answer(items)

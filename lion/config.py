@@ -79,8 +79,9 @@ class Price:
 class RoleConfig:
     """How one role (teacher, referee, generator, judge) reaches its LLM."""
 
-    provider: str = opt("openai", '"openai" (any OpenAI-compatible server), "anthropic" (Anthropic\'s messages '
-                                  'API), "module:Class", or an entry-point name')
+    provider: str = opt("openai", '"openai" (any OpenAI-compatible server), "openai_completions" (its /v1/completions, '
+                                  'the prompt sent as written), "anthropic" (Anthropic\'s messages API), "module:Class", '
+                                  'or an entry-point name')
     base_url: str | None = opt(None, "e.g. https://api.openai.com/v1, http://127.0.0.1:8000/v1")
     api_key_env: str | None = opt(None, "name of the environment variable holding the key (never the key); None: "
                                         "OPENAI_API_KEY (provider openai) or ANTHROPIC_API_KEY (provider anthropic)")
@@ -150,7 +151,9 @@ ROLES = ("teacher", "referee", "generator", "judge")
 
 @dataclass
 class LLMConfig:
-    """The LLM roles, the price table and the budget cap. Each role = `default` + its own overrides."""
+    """The LLM roles, the price table and the budget cap. Each role = `default` + its own overrides. `student` is not
+    a role of the loop's LLMs: it is the endpoint serving the student (`student.infer.backend: server`) and does not
+    inherit from `default`."""
 
     default: RoleConfig = field(default_factory=RoleConfig)
     teacher: RoleConfig = field(default_factory=RoleConfig)
@@ -166,17 +169,25 @@ class LLMConfig:
     max_failure_rate: float = opt(0.01, "a phase whose share of failed calls exceeds this stops without its .done "
                                         "marker (re-run to retry them; nothing is trained on a partial Train Pool)",
                                   range=(0.0, 1.0))
+    student: RoleConfig = field(default_factory=lambda: RoleConfig(
+        provider="openai_completions", api_key_env="LION_STUDENT_API_KEY", model="student", temperature=0.0,
+        max_tokens=512, rpm=1e6, tpm=1e9, max_in_flight=256, cache_namespace="student"))
+    cache_path: str | None = opt(None, "the call cache's SQLite file, when it must not be RUN/calls.sqlite: a local "
+                                       "disk when the run directory is on NFS/Lustre (the answer index goes beside "
+                                       "it); keep one per run")
+    allow_network_fs: bool = opt(False, "let the SQLite files (call cache, answer index) live on a network "
+                                        "filesystem anyway (safe only if one process on one host opens them)")
 
     def check(self, key: str) -> None:
-        for role in ("default", *ROLES):
+        for role in ("default", *ROLES, "student"):
             getattr(self, role).check(f"{key}.{role}")
         for model, price in self.prices.items():
             price.check(f"{key}.prices.{model}")
         _check_fields(self, key)
 
     def role(self, name: str) -> RoleConfig:
-        if name not in ROLES:
-            raise ConfigError(f"llm: unknown role {name!r} (roles: {', '.join(ROLES)})")
+        if name not in ROLES and name != "student":
+            raise ConfigError(f"llm: unknown role {name!r} (roles: {', '.join(ROLES)}, student)")
         return getattr(self, name)
 
 
@@ -201,7 +212,9 @@ class LoraConfig:
 class InferConfig:
     """How the student answers: the Cache Pool in discrimination, and the questions of `python -m lion.evaluate`."""
 
-    backend: Literal["auto", "transformers", "vllm"] = opt("auto", "auto = vllm when it imports and CUDA is present")
+    backend: Literal["auto", "transformers", "vllm", "server"] = opt(
+        "auto", "auto = vllm when it imports and CUDA is present; server = an OpenAI-compatible inference server "
+                "(llm.student) through the gateway, see server_lora / server_command")
     batch_size: int = opt(32, "transformers backend: prompts per generate() call", gt=0)
     max_new_tokens: int = opt(512, "answer length cap (generation also stops at EOS)", gt=0)
     temperature: float = opt(0.0, "0 = greedy; above 0, the sampling temperature", range=(0.0, 2.0))
@@ -218,11 +231,27 @@ class InferConfig:
                                 "prompt) + max_new_tokens, capped at the model's own", ge=0)
     chunk_size: int = opt(1024, "vLLM: prompts per generate() call; each chunk's answers are saved before the next "
                                 "starts, so a crash loses at most one chunk", gt=0)
+    server_lora: bool = opt(False, "backend server: load each round's LoRA adapter into the server at "
+                                   "llm.student.base_url (vLLM serve --enable-lora, "
+                                   "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) through /v1/load_lora_adapter, ask "
+                                   "it, unload it; needs adapter checkpoints (student.lora.between_rounds: continue)")
+    server_command: str = opt("", "backend server: a command (run by the shell) that serves the round's student "
+                                  "until stopped, with {model} (checkpoint dir), {base} / {adapter} (for adapter "
+                                  "checkpoints), {name} (serve it under this model name), {port} (a free port) "
+                                  "and {python}; e.g. \"vllm serve {model} --served-model-name {name} --port "
+                                  "{port} -tp 8\"")
+    server_startup_s: float = opt(1800.0, "backend server: how long server_command may take until it lists the "
+                                          "student under /v1/models", gt=0)
 
     def check(self, key: str) -> None:
         if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
             raise ConfigError(f"{key}.dtype: must be auto, float16, bfloat16 or float32, got {self.dtype!r}")
         _check_fields(self, key)
+        if self.backend == "server" and not (self.server_lora or self.server_command):
+            raise ConfigError(f"{key}.backend: 'server' needs {key}.server_lora (a running vLLM with --enable-lora "
+                              f"at llm.student.base_url) or {key}.server_command (a server started per round)")
+        if self.server_lora and self.server_command:
+            raise ConfigError(f"{key}.server_lora: choose one of {key}.server_lora and {key}.server_command")
 
 
 @dataclass
@@ -261,7 +290,11 @@ class StudentConfig:
     num_gpus: int = opt(0, "> 1: training runs under torchrun with this many processes per node", ge=0)
     nnodes: int = opt(1, "> 1: multi-node torchrun; MASTER_ADDR / MASTER_PORT / NODE_RANK come from the "
                          "environment", gt=0)
-    launcher: Literal["torchrun", "accelerate"] = opt("torchrun", "how a multi-process training is started")
+    launcher: Literal["torchrun", "torchrun_multinode", "accelerate", "command"] = opt(
+        "torchrun", "how a multi-process training job is started: torchrun (this node; nnodes > 1 reads "
+                    "MASTER_ADDR / NODE_RANK), torchrun_multinode (c10d rendezvous at rdzv_endpoint; the other "
+                    "nodes' agents through worker_command), accelerate (optionally --config_file "
+                    "accelerate_config), or command (launch_command, e.g. srun); docs/scaling.md")
     report_to: Literal["none", "tensorboard", "wandb"] | list[Literal["tensorboard", "wandb"]] = opt(
         "none", "where figures go: the Trainer's loss (Trainer report_to) and the loop's per-round figures "
                 "(lion.trackers: hard ratio, scores, flips, parse failures, accepted/rejected, evaluation, spend); "
@@ -281,6 +314,20 @@ class StudentConfig:
     cpu_ram_efficient_loading: bool = opt(True, "FSDP only: rank 0 alone reads the weights and broadcasts them "
                                                 "(fsdp_config cpu_ram_efficient_loading + sync_module_states), "
                                                 "so 8 processes do not each hold a full copy in CPU memory")
+    rdzv_endpoint: str = opt("", 'torchrun_multinode: "host:port" of the c10d rendezvous, reachable from every node '
+                                 "(the loop's node runs one agent)")
+    rdzv_id: str = opt("", "torchrun_multinode: the job id the agents meet under; empty = one per training")
+    worker_command: str = opt("", "torchrun_multinode: starts one agent on each other node, run by the shell with "
+                                  "{cmd} (the agent's command line as shell words), {node} (1 .. nnodes-1) and {spec}, "
+                                  "e.g. \"ssh gpu{node} {cmd}\"; empty = print the command and wait for the "
+                                  "agents you start")
+    accelerate_config: str | None = opt(None, "accelerate: a config file from `accelerate config`, passed as "
+                                              "--config_file (machines, ranks, main process, FSDP/DeepSpeed)")
+    launch_command: str = opt("", "command: the job that trains, run by the shell with {spec} (the training spec "
+                                  "in the run directory, shared with the nodes) and {python}; it must run "
+                                  "`python -m lion.student.train {spec}` under a launcher on every node and "
+                                  "exit when training ends, e.g. \"srun -N4 torchrun ... -m lion.student.train "
+                                  "{spec}\"")
 
     save_steps: int = opt(0, "write a resumable checkpoint (weights, optimizer, scheduler, RNG, data position) every "
                              "N optimizer steps; 0 = every save_minutes instead", ge=0)
@@ -310,6 +357,15 @@ class StudentConfig:
             from .student.train import check_training_args  # imports transformers: only when the key is used
 
             check_training_args(self.training_args, f"{key}.training_args")
+        if self.launcher == "torchrun_multinode" and not self.rdzv_endpoint:
+            raise ConfigError(f'{key}.rdzv_endpoint: must be "host:port" with {key}.launcher: torchrun_multinode')
+        if self.rdzv_endpoint and ":" not in self.rdzv_endpoint:
+            raise ConfigError(f'{key}.rdzv_endpoint: expected "host:port", got {self.rdzv_endpoint!r}')
+        if self.launcher == "command" and "{spec}" not in self.launch_command:
+            raise ConfigError(f"{key}.launch_command: must hold {{spec}} (the training spec path) with "
+                              f"{key}.launcher: command")
+        if self.worker_command and "{cmd}" not in self.worker_command:
+            raise ConfigError(f"{key}.worker_command: must hold {{cmd}} (the agent's command line)")
 
 
 @dataclass
@@ -363,6 +419,9 @@ class DiscriminationConfig:
                                             "referee template (verdict format fastchat); each instruction gets the "
                                             "prompt of its category (from its seed row), else the general one, else "
                                             "the first (docs/judging.md)")
+    chunk_size: int = opt(4096, "Cache Pool instructions the student answers and the referee judges at a time; "
+                                "each chunk's rows are appended as it finishes (memory holds one chunk; an "
+                                "interrupted phase resumes at the last whole chunk)", gt=0)
 
     def check(self, key: str) -> None:
         _check_fields(self, key)
@@ -638,6 +697,11 @@ def _merge_roles(data: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"llm.{role}: expected a mapping")
         # role-specific built-in defaults (e.g. referee temperature 0) apply unless default or role sets them
         llm[role] = {**role_defaults[role], **default, **own}
+    if llm.get("student") is not None:  # the student's endpoint: its own built-in defaults, not llm.default
+        if not isinstance(llm["student"], dict):
+            raise ConfigError("llm.student: expected a mapping")
+        base, student = dataclasses.asdict(RoleConfig()), dataclasses.asdict(LLMConfig().student)
+        llm["student"] = {**{k: v for k, v in student.items() if v != base[k]}, **llm["student"]}
     return data
 
 
@@ -811,28 +875,32 @@ def config_reference() -> str:
            "`llm.referee`, `llm.generator` and `llm.judge` take the keys of `llm.default`, and inherit every key "
            "they do not set from it.", ""]
 
-    def section(cls: type, prefix: str) -> None:
+    def section(cls: type, prefix: str, defaults: Any = None) -> None:
         hints = typing.get_type_hints(cls)
-        defaults = cls()
+        defaults = cls() if defaults is None else defaults
         rows = []
         nested = []
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
             if dataclasses.is_dataclass(tp):
-                if tp is not RoleConfig or f.name == "default":  # the roles take llm.default's keys
-                    nested.append((tp, f"{prefix}{f.name}."))
+                if tp is not RoleConfig or f.name in ("default", "student"):  # the roles take llm.default's keys
+                    nested.append((tp, f"{prefix}{f.name}.", getattr(defaults, f.name)))
                 continue
             default = getattr(defaults, f.name)
             rows.append(f"| `{prefix}{f.name}` | `{_type_text(tp)}` | `{_show(default)}` | {_meaning(cls, f)} |")
             if get_origin(tp) is dict and dataclasses.is_dataclass(item := get_args(tp)[1]):
-                nested.append((item, f"{prefix}{f.name}.<{f.metadata.get('key_name', 'name')}>."))
+                nested.append((item, f"{prefix}{f.name}.<{f.metadata.get('key_name', 'name')}>.", None))
         intro = [(cls.__doc__ or "").strip(), ""]
-        if cls is RoleConfig:
+        if cls is RoleConfig and prefix == "llm.student.":
+            intro += ["The endpoint serving the student (`student.infer.backend: server`); it does not inherit from "
+                      "`llm.default`. Sampling comes from `student.infer` (temperature, top_p, max_new_tokens), the "
+                      "model name from the round (the adapter or served name).", ""]
+        elif cls is RoleConfig:
             intro += [_role_defaults_note(), ""]
         title = prefix.rstrip(".").replace("<", "\\<") or "top level"  # `\<`: not an HTML tag in the heading
         out.extend([f"## {title}", "", *intro, "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
-        for sub, sub_prefix in nested:
-            section(sub, sub_prefix)
+        for sub, sub_prefix, sub_defaults in nested:
+            section(sub, sub_prefix, sub_defaults)
 
     section(LionConfig, "")
     return "\n".join(out)

@@ -67,6 +67,8 @@ class RunContext:
         self.close()
 
     def close(self) -> None:
+        if "answers" in self.__dict__:  # the answer store was opened (cached_property)
+            self.__dict__.pop("answers").close()
         if self._gateway is not None:
             self._gateway.close()
             self._gateway = None
@@ -116,15 +118,17 @@ class RunContext:
         if self.world is None:
             return []
         if self._heldout is None:
-            from .pools import seed_pools
-            from .records import read_pool
+            from .pools import seed_cache_pool
+            from .records import iter_pool
 
             # drawn apart from the seed pool: round 1's Cache Pool, or the seed files before the run starts
             first = self.run.round(1).cache_pool
             if first.exists():
-                seeds = [i.instruction for i in read_pool(first)]
+                seeds = [i.instruction for i in iter_pool(first)]
+            elif Path(self.cfg.pools.train_seed).exists():
+                seeds = [i.instruction for i in seed_cache_pool(self)]
             else:
-                seeds = [i.instruction for i in seed_pools(self)[1]] if Path(self.cfg.pools.train_seed).exists() else []
+                seeds = []
             ec = self.cfg.eval
             self._heldout = self.world.heldout(ec.oracle_per_family, ec.oracle_seed, exclude=seeds)
         return self._heldout
@@ -134,7 +138,9 @@ class RunContext:
         """The teacher-answer store (lion.answers)."""
         from .answers import AnswerStore
 
-        return AnswerStore(self.run.teacher_answers)
+        llm = self.cfg.llm
+        return AnswerStore(self.run.teacher_answers, self.run.answer_index(llm.cache_path),
+                           allow_network_fs=llm.allow_network_fs)
 
 
 def sim_responder(cfg: LionConfig) -> Any:

@@ -31,6 +31,7 @@ A text with no tokens scores 0 against everything; `best()` then returns `(0.0, 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -187,17 +188,27 @@ class RougeIndex:
         for fid in fids:
             self._postings.append(fid, doc)
 
-    def add_many(self, texts: Iterable[str]) -> None:
-        """Index many texts, in order (same result as `add` one by one, built in bulk with numpy)."""
+    def add_many(self, texts: Iterable[str], chunk: int = 65536) -> None:
+        """Index many texts, in order (same result as `add` one by one, built in bulk with numpy, `chunk` texts at
+        a time so the bulk buffers stay small however long the stream)."""
+        it = iter(texts)
+        while True:
+            n = self._add_chunk(itertools.islice(it, chunk))
+            if n < chunk:
+                return
+
+    def _add_chunk(self, texts: Iterable[str]) -> int:
         all_fids: list[int] = []
         all_docs: list[int] = []
+        n = 0
         for text in texts:
+            n += 1
             ids, fids = self._encode(text)
             doc = self._store(ids)
             all_fids += fids
             all_docs += [doc] * len(fids)
         if not all_fids:
-            return
+            return n
         f = np.asarray(all_fids, dtype=np.int64)
         d = np.asarray(all_docs, dtype=np.int32)
         order = np.argsort(f, kind="stable")  # stable: postings stay in document order
@@ -212,6 +223,7 @@ class RougeIndex:
                 new = np.concatenate([post.view(fid), new])
             post.bufs[fid] = new.copy() if not old else new
             post.sizes[fid] = len(new)
+        return n
 
     # ------------------------------------------------------------------------------------ queries
 

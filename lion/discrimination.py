@@ -2,101 +2,224 @@
 
     python -m lion.discrimination --config C --round R
 
-Teacher answers come from the answer store (bought once, ever); the round's student answers the whole
-Cache Pool in batches, saved as they come (lion.answers); then the selector (`discrimination.selector`,
-lion.selectors) labels every instruction. The paper's `referee` scores both answers in both orders
-(`lion.referee.judge_pairs`: the teacher's answer is the pair's reference, the student's the candidate), with the
-prompts/ referee template or, when `discrimination.referee_prompts` names a FastChat-style prompt file, the prompt
-of each instruction's category, each read in the verdict format it declares; the gap
-is the teacher's mean score minus the student's, over the two orders; an instruction is hard when
-gap >= discrimination.tau, easy otherwise. A pair whose verdict could not be parsed after the retries, that has
-no teacher answer, or whose prompt the student skipped (longer than its context, lion.student.infer), is excluded
-and counted: it is never given a number. With `discrimination.only_unseen`, only Cache Pool items the student was
-never trained on are judged.
+Teacher answers come from the answer store (bought once, ever, streamed through the gateway); then the Cache
+Pool is taken `discrimination.chunk_size` instructions at a time: the round's student answers the chunk (saved
+as they come, lion.answers) and the selector (`discrimination.selector`, lion.selectors) labels it. The paper's
+`referee` scores both answers in both orders (`lion.referee.judge_pairs`: the teacher's answer is the pair's
+reference, the student's the candidate), with the prompts/ referee template or, when
+`discrimination.referee_prompts` names a FastChat-style prompt file, the prompt of each instruction's category,
+each read in the verdict format it declares; the gap is the teacher's mean score minus the student's, over the
+two orders; an instruction is hard when gap >= discrimination.tau, easy otherwise. A pair whose verdict could not
+be parsed after the retries, that has no teacher answer, or whose prompt the student skipped (longer than its
+context, lion.student.infer), is excluded and counted: it is never given a number.
+With `discrimination.only_unseen`, only Cache Pool items the student was never trained on are judged.
+
+Each chunk's judgements and split rows are appended as it finishes and `discrimination.progress.json` records
+where the files end, so memory holds one chunk whatever the pool's size, and an interrupted phase resumes at
+its last whole chunk (the calls of the half-done one replay from the cache). The figures are computed from the
+files at the end. `student_loss` and `learnable` label by a ranking or a history over the whole pool, so they
+take the pool as one chunk.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
-from .answers import student_answers, teacher_answers
+from .answers import StudentAnswerer, buy_teacher_answers, teacher_identity
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
 from .failures import check_failures
 from .judge_prompts import load_judge_prompts
+from .layout import RoundPaths
 from .pools import prepare_round
-from .records import read_json_or_empty, read_pool, write_json, write_jsonl
+from .records import (
+    IdSet,
+    Instruction,
+    append_jsonl_rows,
+    count_rows,
+    iter_jsonl,
+    iter_pool,
+    read_json_or_empty,
+    write_json,
+)
 from .referee import PairJudgement
 from .selectors import SplitRow, excluded, make_selector
 from .world import family_accuracy
 
+CHUNKED_SELECTORS = ("referee", "none")  # label each item on its own; the others need the whole pool
+
 
 def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
-    """Run phase 2 of round r (idempotent)."""
+    """Run phase 2 of round r (idempotent; resumes a phase interrupted between chunks)."""
     rp = ctx.run.round(r)
     if ctx.run.is_done(r, "discrimination"):
         return read_json_or_empty(rp.phase_metrics("discrimination"))
     prepare_round(ctx, r)
     dc = ctx.cfg.discrimination
     judge = load_judge_prompts(dc.referee_prompts, "discrimination.referee_prompts") if dc.referee_prompts else None
-    pool = read_pool(rp.cache_pool)
-    t_ans = teacher_answers(ctx, pool, "discrimination")
-    check_failures(ctx.cfg, r, "discrimination", "teacher answers to the Cache Pool",
-                   sum(1 for i in pool if t_ans[i.id] is None), len(pool))
+    n_pool = count_rows(rp.cache_pool)
+    bought = buy_teacher_answers(ctx, iter_pool(rp.cache_pool), "discrimination", total=n_pool,
+                                 desc=f"round {r} teacher answers")
+    check_failures(ctx.cfg, r, "discrimination", "teacher answers to the Cache Pool", bought["failed"], n_pool)
     if not rp.student.is_dir():
         raise LionError(f"{rp.student}: round {r}'s student is missing; run round {r}'s imitation first")
-    s_ans = student_answers(ctx, rp.student, pool, rp.student_answers)
 
     selector = make_selector(dc.selector, learnable_base=dc.learnable_base, stuck_rounds=dc.stuck_rounds, judge=judge)
-    trained = trained_on(ctx, r) if dc.only_unseen else set()
-    candidates = [i for i in pool if i.id not in trained]
-    sel = selector.select(ctx, r, candidates, t_ans, s_ans)
-    verdicts = [v for j in sel.judged for v in j.verdicts]
-    check_failures(ctx.cfg, r, "discrimination", "referee calls",
-                   sum(1 for v in verdicts if (v.error or "").startswith("call failed")), len(verdicts))
-    by_id = {row.id: row for row in sel.rows}
-    split = [by_id.get(i.id) or excluded(i, "in a Train Pool (discrimination.only_unseen)") for i in pool]
-    if sel.judged:
-        write_jsonl(rp.judgements, (v.to_row(j.id, "teacher", "student") for j in sel.judged for v in j.verdicts))
-    write_jsonl(rp.split, (row.to_json() for row in split))
-    metrics = {"selector": selector.name, **discrimination_metrics(split, sel.judged)}
-    if ctx.world is not None:  # offline world: the student's exact accuracy on the Cache Pool
-        metrics["oracle"] = family_accuracy(ctx.world, ((i.instruction, s_ans.get(i.id) or "") for i in pool))
+    trained = trained_on(ctx, r) if dc.only_unseen else IdSet()
+    chunk_size = dc.chunk_size if selector.name in CHUNKED_SELECTORS else max(n_pool, 1)
+    progress = _Progress.resume(rp)
+    who = teacher_identity(ctx.cfg)
+    pool = iter_pool(rp.cache_pool)
+    for _ in range(progress.rows):  # the chunks judged before an interruption
+        next(pool)
+    with StudentAnswerer(ctx, rp.student, rp.student_answers, phase="discrimination",
+                         resume_from=progress.student_answers) as answerer:
+        for chunk in _chunks(pool, chunk_size):
+            t_ans = {i.id: (row["answer"] if (row := ctx.answers.get(i.id, who)) else None) for i in chunk}
+            s_ans = answerer.answer(chunk)
+            candidates = [i for i in chunk if i.id not in trained]
+            sel = selector.select(ctx, r, candidates, t_ans, s_ans)
+            verdicts = [v for j in sel.judged for v in j.verdicts]
+            failed = sum(1 for v in verdicts if (v.error or "").startswith("call failed"))
+            check_failures(ctx.cfg, r, "discrimination", "referee calls", failed, len(verdicts))  # this chunk
+            by_id = {row.id: row for row in sel.rows}
+            split = [by_id.get(i.id) or excluded(i, "in a Train Pool (discrimination.only_unseen)") for i in chunk]
+            if sel.judged:
+                append_jsonl_rows(rp.judgements, (v.to_row(j.id, "teacher", "student") for j in sel.judged
+                                                  for v in j.verdicts))
+            append_jsonl_rows(rp.split, (row.to_json() for row in split))
+            if ctx.world is not None:  # offline world: the student's exact accuracy on the Cache Pool
+                progress.add_oracle(family_accuracy(ctx.world, ((i.instruction, s_ans[i.id] or "") for i in chunk)))
+            progress.advance(rp, len(chunk), answerer.end_offset(), failed, len(verdicts))
+    try:  # the whole pool's share (each chunk passed on its own)
+        check_failures(ctx.cfg, r, "discrimination", "referee calls", progress.call_failures, progress.verdicts)
+    except LionError:
+        rp.discrimination_progress.unlink(missing_ok=True)  # a re-run judges every chunk again (cache replays)
+        raise
+    metrics = {"selector": selector.name, **metrics_from_files(rp)}
+    if ctx.world is not None:
+        metrics["oracle"] = progress.oracle()
     write_json(rp.phase_metrics("discrimination"), metrics)
     ctx.run.mark_done(r, "discrimination")
+    rp.discrimination_progress.unlink(missing_ok=True)
     return metrics
 
 
-def trained_on(ctx: RunContext, r: int) -> set[str]:
+def _chunks(items: Iterator[Instruction], n: int) -> Iterator[list[Instruction]]:
+    while chunk := list(itertools.islice(items, n)):
+        yield chunk
+
+
+@dataclass
+class _Progress:
+    """Where an interrupted discrimination stands (round_XX/discrimination.progress.json, rewritten after each
+    chunk): Cache Pool rows judged, the byte lengths of judgements.jsonl, split.jsonl and student_answers.jsonl
+    at that point, referee call failures so far, and the offline world's per-family counts so far."""
+
+    rows: int = 0
+    judgements: int = 0
+    split: int = 0
+    student_answers: int = 0
+    call_failures: int = 0
+    verdicts: int = 0
+    correct: dict[str, int] = field(default_factory=dict)
+    graded: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def resume(cls, rp: RoundPaths) -> _Progress:
+        """The saved progress, with the appended files cut back to it (rows of a chunk the interruption left
+        half-written go, and are produced again, from the caches, with the chunk); a fresh start otherwise."""
+        saved = read_json_or_empty(rp.discrimination_progress)
+        known = {f.name for f in dataclass_fields(cls)}
+        progress = cls(**{k: v for k, v in saved.items() if k in known})
+        for path, length in ((rp.judgements, progress.judgements), (rp.split, progress.split)):
+            if path.exists() and path.stat().st_size > length:
+                with path.open("rb+") as f:
+                    f.truncate(length)
+        return progress
+
+    def advance(self, rp: RoundPaths, rows: int, student_answers: int, call_failures: int, verdicts: int) -> None:
+        self.rows += rows
+        self.judgements = rp.judgements.stat().st_size if rp.judgements.exists() else 0
+        self.split = rp.split.stat().st_size if rp.split.exists() else 0
+        self.student_answers = student_answers
+        self.call_failures += call_failures
+        self.verdicts += verdicts
+        write_json(rp.discrimination_progress, asdict(self))
+
+    def add_oracle(self, acc: dict[str, Any]) -> None:
+        for fam, n in acc["n"].items():
+            self.graded[fam] = self.graded.get(fam, 0) + n
+            self.correct[fam] = self.correct.get(fam, 0) + round(acc["accuracy"][fam] * n)
+
+    def oracle(self) -> dict[str, Any]:
+        """The same figures as `lion.world.family_accuracy` over the whole Cache Pool."""
+        fams = sorted(self.graded)
+        n = sum(self.graded.values())
+        return {"accuracy": {f: self.correct[f] / self.graded[f] for f in fams}, "n": {f: self.graded[f] for f in fams},
+                "overall": sum(self.correct.values()) / n if n else None}
+
+
+def trained_on(ctx: RunContext, r: int) -> IdSet:
     """Ids of every instruction in a Train Pool of rounds 1 .. r (what the round's student was trained on)."""
-    return {i.id for q in range(1, r + 1) for i in read_pool(ctx.run.round(q).train_pool)}
+    return IdSet(i.id for q in range(1, r + 1) for i in iter_pool(ctx.run.round(q).train_pool))
 
 
 def discrimination_metrics(split: Sequence[SplitRow], judged: Sequence[PairJudgement]) -> dict[str, Any]:
-    rows = [s for s in split if s.label in ("hard", "easy", "stuck")]
-    hard = sum(1 for s in rows if s.label == "hard")
-    flips = [s.flipped for s in rows if s.flipped is not None]
-    verdicts = [v for j in judged for v in j.verdicts]
-    failed_orders = sum(1 for v in verdicts if not v.ok)
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return _metrics((s.to_json() for s in split), (v.ok for j in judged for v in j.verdicts))
+
+
+def metrics_from_files(rp: RoundPaths) -> dict[str, Any]:
+    """The phase's figures from split.jsonl and judgements.jsonl, streamed (one row in memory at a time)."""
+    verdicts = (bool(row.get("ok")) for _, row in iter_jsonl(rp.judgements)) if rp.judgements.exists() else ()
+    return _metrics((row for _, row in iter_jsonl(rp.split)), verdicts)
+
+
+def _metrics(split_rows: Iterable[dict[str, Any]], verdict_ok: Iterable[bool]) -> dict[str, Any]:
+    n = 0
+    labels = {"hard": 0, "easy": 0, "stuck": 0, "unjudged": 0, "excluded": 0}
+    sums = {"teacher_score": [0.0, 0], "student_score": [0.0, 0], "gap": [0.0, 0], "loss": [0.0, 0]}
+    flips = flip_n = 0
+    for row in split_rows:
+        n += 1
+        label = row["label"]
+        labels[label] = labels.get(label, 0) + 1
+        if label not in ("hard", "easy", "stuck"):
+            continue
+        for k, acc in sums.items():
+            if row.get(k) is not None:
+                acc[0] += row[k]
+                acc[1] += 1
+        if row.get("flipped") is not None:
+            flip_n += 1
+            flips += bool(row["flipped"])
+    verdicts = failed = 0
+    for ok in verdict_ok:
+        verdicts += 1
+        failed += not ok
+    kept = labels["hard"] + labels["easy"] + labels["stuck"]
+    mean = (lambda k: sums[k][0] / sums[k][1] if sums[k][1] else None)  # noqa: E731
     return {
-        "n": len(split),
-        "hard": hard,
-        "easy": sum(1 for s in rows if s.label == "easy"),
-        "stuck": sum(1 for s in rows if s.label == "stuck"),
-        "unjudged": sum(1 for s in split if s.label == "unjudged"),
-        "excluded": sum(1 for s in split if s.label == "excluded"),
-        "hard_ratio": hard / len(rows) if rows else None,
-        "teacher_mean": mean([s.teacher_score for s in rows if s.teacher_score is not None]),
-        "student_mean": mean([s.student_score for s in rows if s.student_score is not None]),
-        "gap_mean": mean([s.gap for s in rows if s.gap is not None]),
-        "loss_mean": mean([s.loss for s in rows if s.loss is not None]),
-        "parse_failures": failed_orders,
-        "parse_failure_rate": failed_orders / len(verdicts) if verdicts else 0.0,
-        "swap_flip_rate": sum(flips) / len(flips) if flips else None,
+        "n": n,
+        "hard": labels["hard"],
+        "easy": labels["easy"],
+        "stuck": labels["stuck"],
+        "unjudged": labels["unjudged"],
+        "excluded": labels["excluded"],
+        "hard_ratio": labels["hard"] / kept if kept else None,
+        "teacher_mean": mean("teacher_score"),
+        "student_mean": mean("student_score"),
+        "gap_mean": mean("gap"),
+        "loss_mean": mean("loss"),
+        "parse_failures": failed,
+        "parse_failure_rate": failed / verdicts if verdicts else 0.0,
+        "swap_flip_rate": flips / flip_n if flip_n else None,
     }
 
 

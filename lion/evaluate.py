@@ -284,7 +284,7 @@ def judge_prompts(ctx: RunContext) -> tuple[Template | JudgePrompts, dict[str, s
 
 def answer(ctx: RunContext, plan: EvalPlan) -> tuple[dict[str, str | None], dict[str, str | None], str]:
     """The candidate's answers (saved as they come), the reference answers and where the references came from."""
-    cand = student_answers(ctx, plan.model, plan.questions, plan.out.candidate_answers)
+    cand = student_answers(ctx, plan.model, plan.questions, plan.out.candidate_answers, phase=PHASE)
     if plan.answers_file:
         return cand, dict(load_answers(plan.answers_file, plan.questions)), str(plan.answers_file)
     return cand, teacher_answers(ctx, plan.questions, PHASE), f"teacher:{ctx.cfg.llm.teacher.model}"

@@ -76,7 +76,8 @@ class RunReader:
         from .answers import AnswerStore, teacher_identity
 
         self.teacher = teacher_identity(self.cfg)
-        self.answers = AnswerStore(self.layout.teacher_answers)
+        self.answers = AnswerStore(self.layout.teacher_answers, self.layout.answer_index(self.cfg.llm.cache_path),
+                                   allow_network_fs=self.cfg.llm.allow_network_fs)
         self.round_nos = [rp.no for rp in self.layout.rounds() if rp.train_pool.exists()]
         if not self.round_nos:
             raise LionError(f"{self.layout.root}: no round has started yet (no round_XX/train_pool.jsonl)")

@@ -12,24 +12,29 @@ against the Cache Pool and everything accepted so far, decontamination against e
 rejected candidate is kept with its reason. Requests go out in concurrent waves until both targets are met
 or `generation.max_attempts_factor` × target requests were made, and the phase reports which.
 Everything is deterministic given the seed and the (cached) replies, so a resumed phase replays exactly.
+The Cache Pool is read in one streamed pass (its texts into the near-duplicate index, the byte offsets of its
+hard and easy rows kept); a drawn seed is read back from the pool file, so only the index grows with the pool.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
+import json
 import math
 import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from .context import RunContext, make_phase_parser, run_phase
-from .errors import LionError
+from .errors import DataError, LionError
 from .failures import check_failures
 from .prompts import reply_marker
-from .records import Instruction, read_json_or_empty, read_jsonl, read_pool, write_json, write_jsonl
+from .records import Instruction, iter_jsonl, read_json_or_empty, read_jsonl, write_json, write_jsonl
 from .teachers.base import ChatRequest
 
 KINDS = ("hard", "easy")
@@ -62,20 +67,23 @@ class SeedSampler:
     """Seeds without replacement while they last; then a fresh shuffle. Counts uses per seed.
 
     `full(seed)` (the category cap) makes the sampler pass over seeds whose category has had its share; when
-    every seed is full, `next` returns None."""
+    every seed is full, `next` returns None. `seeds` may be any sequence (a list, or `PoolRows` reading rows
+    from the pool file on demand): the shuffle permutes positions (an array of 8-byte ints), which draws exactly
+    the seeds shuffling the list would."""
 
-    def __init__(self, seeds: list[Instruction], rng: random.Random, full: Callable[[Instruction], bool] = lambda s: False):
+    def __init__(self, seeds: Sequence[Instruction], rng: random.Random,
+                 full: Callable[[Instruction], bool] = lambda s: False):
         self.seeds, self.rng, self.full = seeds, rng, full
-        self.order: list[Instruction] = []
+        self.order: array.array[int] = array.array("q")
         self.uses: Counter[str] = Counter()
 
     def next(self) -> tuple[Instruction, int] | None:
         for _ in range(2):
             if not self.order:
-                self.order = self.seeds[:]
+                self.order = array.array("q", range(len(self.seeds)))
                 self.rng.shuffle(self.order)
             while self.order:
-                seed = self.order.pop()
+                seed = self.seeds[self.order.pop()]
                 if self.full(seed):
                     continue
                 sample = self.uses[seed.id]
@@ -92,6 +100,60 @@ def category(ctx: RunContext, inst: Instruction) -> str | None:
     return None if c is None else str(c)
 
 
+class PoolRows(Sequence[Instruction]):
+    """Some rows of a pool file, read on demand by byte offset (the seeds of one kind, without holding them)."""
+
+    def __init__(self, path: Path, offsets: array.array[int]) -> None:
+        self.path, self.offsets = path, offsets
+        self._f: Any = None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int) -> Instruction:  # type: ignore[override]
+        if self._f is None:
+            self._f = self.path.open("rb")
+        self._f.seek(self.offsets[i])
+        return Instruction.from_json(json.loads(self._f.readline()))
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def scan_pool(pool: Path, split: Path, offsets: dict[str, array.array[int]]) -> Iterator[str]:
+    """The Cache Pool's instruction texts (for the filter's index), streamed; on the way, the byte offset of each
+    row the round's split labels hard or easy is appended to `offsets[label]`, in pool order. split.jsonl is
+    written in pool order, so the two files are read side by side; a split in another order falls back to a
+    label per id."""
+    labels: dict[str, str] | None = None
+    with pool.open("rb") as fp:
+        split_rows = iter_jsonl(split)
+        at = 0
+        for lineno, raw in enumerate(fp, 1):
+            here, at = at, at + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{pool}:{lineno}: not valid JSON ({e.msg})") from None
+            label = None
+            if labels is None:
+                nxt = next(split_rows, None)
+                if nxt is not None and nxt[1].get("id") == row.get("id"):
+                    label = nxt[1].get("label")
+                else:  # not in pool order: read the labels by id
+                    labels = {str(r["id"]): r["label"] for r in read_jsonl(split)}
+            if labels is not None:
+                label = labels.get(row.get("id"))
+            # an unjudged item (selector none: Self-Instruct) seeds both branches; stuck and excluded ones neither
+            for kind in (KINDS if label == "unjudged" else (label,) if label in offsets else ()):
+                offsets[kind].append(here)
+            yield row["instruction"]
+
+
 def generation(ctx: RunContext, r: int) -> dict[str, Any]:
     """Run phase 3 of round r (idempotent)."""
     from .filters import CandidateFilter, load_eval_questions
@@ -104,11 +166,12 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             f"round {r} generation needs round {r}'s discrimination first ({rp.done('discrimination')} missing)"
         )
     gc = ctx.cfg.generation
-    pool = read_pool(rp.cache_pool)
-    by_id = {i.id: i for i in pool}
-    labels = {row["id"]: row["label"] for row in read_jsonl(rp.split)}
-    # an unjudged item (selector none: Self-Instruct) seeds both branches; stuck and excluded ones seed neither
-    seeds = {k: [i for i in pool if labels.get(i.id) in (k, "unjudged")] for k in KINDS}
+    offsets: dict[str, array.array[int]] = {k: array.array("q") for k in KINDS}
+    held_out = [q.instruction for q in ctx.heldout()] if ctx.cfg.eval.questions == "oracle" else []
+    # one pass over the Cache Pool: its texts go into the near-duplicate index, its hard/easy rows' offsets kept
+    filt = CandidateFilter(gc, scan_pool(rp.cache_pool, rp.split, offsets), load_eval_questions(gc.decontaminate),
+                           held_out)
+    seeds = {k: PoolRows(rp.cache_pool, offsets[k]) for k in KINDS}
     wanted = {"hard": gc.n_hard, "easy": gc.n_easy}
     budget = {k: math.ceil(wanted[k] * gc.max_attempts_factor) if seeds[k] else 0 for k in KINDS}
     rng = random.Random(f"{ctx.cfg.seed}/{gc.seed}/{r}")
@@ -122,8 +185,6 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
     samplers = {k: SeedSampler(seeds[k], rng, full(k)) for k in KINDS}
     templates = {k: ctx.template(f"generate_{k}") for k in KINDS}
     markers = {k: reply_marker(templates[k]) for k in KINDS}
-    held_out = [q.instruction for q in ctx.heldout()] if ctx.cfg.eval.questions == "oracle" else []
-    filt = CandidateFilter(gc, (i.instruction for i in pool), load_eval_questions(gc.decontaminate), held_out)
 
     rejected: list[dict[str, Any]] = []
     sent = Counter[str]()
@@ -185,11 +246,11 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             filt.accept(text)
             if (c := category(ctx, seed)) is not None:
                 grown[k][c] += 1
-            new = Instruction(
-                instruction=text, round=r, kind=k, parent=seed.id, meta={"parent_kind": by_id[seed.id].kind}
-            )
+            new = Instruction(instruction=text, round=r, kind=k, parent=seed.id, meta={"parent_kind": seed.kind})
             accepted[k].append(new)
 
+    for rows in seeds.values():
+        rows.close()
     check_failures(ctx.cfg, r, "generation", "generator calls",
                    sum(1 for x in rejected if x["reason"] == "call_failed"), sum(sent.values()))
     met = all(len(accepted[k]) >= wanted[k] for k in KINDS)

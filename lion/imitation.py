@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-from .answers import teacher_answers, teacher_identity
+from .answers import buy_teacher_answers, teacher_identity
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
 from .failures import check_failures
 from .pools import prepare_round
-from .records import Instruction, read_json_or_empty, read_pool, write_json
+from .records import count_rows, iter_pool, read_json_or_empty, write_json
 
 
 def previous_student(ctx: RunContext, r: int) -> str:
@@ -38,42 +37,34 @@ def previous_student(ctx: RunContext, r: int) -> str:
     return str(resolve_base_model(ctx.cfg.student, ctx.run.base_model))
 
 
-def truncated_answers(ctx: RunContext, pool: Sequence[Instruction], answers: dict[str, str | None]) -> set[str]:
-    """Ids whose teacher answer was cut at max_tokens (finish_reason "length"), from the answer store."""
-    who = teacher_identity(ctx.cfg)
-    out = set()
-    for i in pool:
-        row = ctx.answers.get(i.id, who) if answers.get(i.id) else None
-        if row is not None and row.get("finish_reason") == "length":
-            out.add(i.id)
-    return out
-
-
 def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
     """Run phase 1 of round r (idempotent: a finished phase returns its saved metrics)."""
     rp = ctx.run.round(r)
     if ctx.run.is_done(r, "imitation"):
         return read_json_or_empty(rp.phase_metrics("imitation"))
     prepare_round(ctx, r)
-    pool = read_pool(rp.train_pool)
-    answers = teacher_answers(ctx, pool, "imitation")
-    truncated = truncated_answers(ctx, pool, answers)
+    n_pool = count_rows(rp.train_pool)
+    buy_teacher_answers(ctx, iter_pool(rp.train_pool), "imitation", total=n_pool, desc=f"round {r} teacher answers")
+    who = teacher_identity(ctx.cfg)
     drop = ctx.cfg.imitation.truncated == "drop"
-    examples = [
-        {"instruction": i.instruction, "input": i.input, "output": answers[i.id]}
-        for i in pool
-        if answers[i.id] and not (drop and i.id in truncated)
-    ]
-    n_failed = sum(1 for i in pool if not answers[i.id])
+    examples, n_failed, n_truncated = [], 0, 0
+    for i in iter_pool(rp.train_pool):  # streamed; the answers come from the store one by one
+        row = ctx.answers.get(i.id, who)
+        if row is None or not row["answer"]:
+            n_failed += 1
+            continue
+        cut = row.get("finish_reason") == "length"  # cut at llm.teacher.max_tokens
+        n_truncated += cut
+        if not (drop and cut):
+            examples.append({"instruction": i.instruction, "input": i.input, "output": row["answer"]})
     if not examples:
-        why = (f"{len(truncated)} answers were cut at llm.teacher.max_tokens and imitation.truncated is drop; "
-               "raise llm.teacher.max_tokens" if truncated else "see the gateway errors above")
+        why = (f"{n_truncated} answers were cut at llm.teacher.max_tokens and imitation.truncated is drop; "
+               "raise llm.teacher.max_tokens" if n_truncated else "see the gateway errors above")
         raise LionError(
-            f"round {r}: none of the {len(pool)} Train Pool instructions has a usable teacher answer ({n_failed} "
+            f"round {r}: none of the {n_pool} Train Pool instructions has a usable teacher answer ({n_failed} "
             f"failed); {why}"
         )
-    check_failures(ctx.cfg, r, "imitation", "teacher answers to the Train Pool",
-                   sum(1 for i in pool if answers[i.id] is None), len(pool),
+    check_failures(ctx.cfg, r, "imitation", "teacher answers to the Train Pool", n_failed, n_pool,
                    "; nothing was trained on the partial Train Pool")
     from .student.train import train_student
 
@@ -83,10 +74,10 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
         logging_dir=ctx.run.trainer_logs(r) if "tensorboard" in ctx.cfg.student.report_targets() else None,
     )
     metrics = {
-        "n_train_pool": len(pool),
+        "n_train_pool": n_pool,
         "n_train": len(examples),
         "n_failed_answers": n_failed,
-        "n_truncated_answers": len(truncated),
+        "n_truncated_answers": n_truncated,
         "truncated_policy": ctx.cfg.imitation.truncated,
         "init_from": init_from,
         "student": str(result.path),

@@ -139,6 +139,12 @@ class RoundPaths:
     def split(self) -> Path:
         return self.dir / "split.jsonl"
 
+    @property
+    def discrimination_progress(self) -> Path:
+        """Chunks of the Cache Pool judged so far and the byte lengths of the appended files at that point
+        (the resume point of a discrimination in progress; removed when the phase is done)."""
+        return self.dir / "discrimination.progress.json"
+
     # generation
     @property
     def generated(self) -> Path:
@@ -195,6 +201,17 @@ class RunLayout:
         """The gateway's call cache and usage ledger (SQLite)."""
         return self.root / "calls.sqlite"
 
+    def calls_file(self, cache_path: str | None = None) -> Path:
+        """Where the call cache is: `llm.cache_path` when set (a local disk under a shared run directory), else
+        RUN/calls.sqlite."""
+        return Path(cache_path) if cache_path else self.calls
+
+    def answer_index(self, cache_path: str | None = None) -> Path:
+        """The answer store's index (SQLite, key -> offset in teacher_answers.jsonl; rebuilt from it when missing),
+        beside the call cache: RUN/calls.answers.sqlite, or <llm.cache_path stem>.answers.sqlite."""
+        calls = self.calls_file(cache_path)
+        return calls.with_name(calls.stem + ".answers.sqlite")
+
     @property
     def usage(self) -> Path:
         return self.root / "usage.json"
@@ -218,6 +235,11 @@ class RunLayout:
     def sim_log(self) -> Path:
         """Requests the offline world's server answered."""
         return self.root / "sim_requests.jsonl"
+
+    @property
+    def student_server_log(self) -> Path:
+        """Output of the servers student.infer.server_command starts (appended, one header line per start)."""
+        return self.root / "student_server.log"
 
     @property
     def report_html(self) -> Path:

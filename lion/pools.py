@@ -11,29 +11,38 @@ Seed rows longer than `pools.max_instruction_tokens` tokens of the student's tok
 student.max_length) are left out and counted (`pools.too_long: skip`), or stop the run naming file:line
 (`error`); RUN/seed_report.json holds what was read, merged and rejected.
 Each round's pools are written into its folder before any phase of it runs, so every phase (and a
-resumed run) reads exactly the pools the round started with.
+resumed run) reads exactly the pools the round started with. Pools are streamed from file to file (only the
+ids seen are kept, `lion.records.IdSet`), so a million-instruction pool never sits in memory.
 
 With `pools.seed_answers: teacher`, the answers the seed files already hold (Alpaca `output`, a ShareGPT or
 OpenAI chat's first assistant reply) are recorded in the answer store as the teacher's answers (marked
-`"source": "seed"`), before round 1's pools are written; the teacher is never asked for those instructions.
+`"source": "seed"`) as the seed rows stream past, before round 1's pools are complete; the teacher is never
+asked for those instructions (the train seed's answer wins when both seed files answer one instruction).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from .context import RunContext
 from .errors import ConfigError, LionError
-from .records import Instruction, RowCheck, load_instructions, read_pool, write_json, write_pool
+from .records import (
+    Instruction,
+    LoadReport,
+    RowCheck,
+    count_rows,
+    iter_instructions,
+    iter_pool,
+    union_pools,
+    write_json,
+    write_pool,
+)
 
 log = logging.getLogger("lion.pools")
-
-
-def _union(a: list[Instruction], b: list[Instruction]) -> list[Instruction]:
-    seen = {i.id for i in a}
-    return a + [i for i in b if i.id not in seen and not seen.add(i.id)]  # type: ignore[func-returns-value]
 
 
 def token_check(ctx: RunContext) -> RowCheck | None:
@@ -73,61 +82,89 @@ def token_check(ctx: RunContext) -> RowCheck | None:
     return check
 
 
-def seed_pools(ctx: RunContext) -> tuple[list[Instruction], list[Instruction]]:
+def write_seed_pools(ctx: RunContext, train_path: Path, cache_path: Path) -> None:
+    """Round 1's pools from the seed files, streamed: the Train Pool is written as the seed file is read, the
+    Cache Pool is the cache seeds followed by the Train Pool's rows it does not hold yet (ids only in memory)."""
     pc = ctx.cfg.pools
-    check = token_check(ctx)
-    train, report = load_instructions(pc.train_seed, pc.limit, check=check, on_reject=pc.too_long)
-    reports = {"train_seed": report.to_json()}
-    answers = dict(report.answers)
-    if report.multi_turn:
-        log.info("%s: %d multi-turn rows; only their first exchange is used", pc.train_seed, report.multi_turn)
-    if pc.cache_seed and pc.cache_seed != pc.train_seed:
-        cache, cache_report = load_instructions(pc.cache_seed, pc.limit, check=check, on_reject=pc.too_long)
-        reports["cache_seed"] = cache_report.to_json()
-        answers = {**cache_report.answers, **answers}
-        cache = _union(cache, train)  # the Train Pool is always part of the Cache Pool
-    else:
-        cache = list(train)
-    write_json(ctx.run.seed_report, reports)
-    for rep in reports.values():
-        if rep["rejected"]:
-            first = rep["examples"][0]
-            print(f"warning: pools: {rep['rejected']} of the {rep['rows']} rows of {rep['source']} left out "
-                  f"({', '.join(f'{n} {r}' for r, n in rep['reasons'].items())}; first: {first['where']}: "
-                  f"{first['detail'].split(';')[0]}); see {ctx.run.seed_report}", file=sys.stderr, flush=True)
+    who = None
+    added = 0
     if pc.seed_answers == "teacher":
         from .answers import teacher_identity
 
-        added = ctx.answers.seed(answers, teacher_identity(ctx.cfg))
+        who = teacher_identity(ctx.cfg)
+
+    def keep(id: str, answer: str) -> None:
+        nonlocal added
+        if who is not None and not ctx.answers.has(id, who):
+            ctx.answers.put(id, who, answer, None, source="seed")
+            added += 1
+
+    check = token_check(ctx)
+    train_report = LoadReport(source=pc.train_seed)
+    write_pool(train_path, iter_instructions(pc.train_seed, pc.limit, train_report, check=check,
+                                             on_reject=pc.too_long, on_answer=keep))
+    reports = {"train_seed": train_report}
+    if pc.cache_seed and pc.cache_seed != pc.train_seed:
+        cache_report = LoadReport(source=pc.cache_seed)
+        reports["cache_seed"] = cache_report
+        # the Train Pool is always part of the Cache Pool
+        cached = iter_instructions(pc.cache_seed, pc.limit, cache_report, check=check, on_reject=pc.too_long,
+                                   on_answer=keep)
+        n_cache = write_pool(cache_path, union_pools(cached, iter_pool(train_path)))
+    else:
+        n_cache = write_pool(cache_path, iter_pool(train_path))
+    ctx.answers.commit()
+    write_json(ctx.run.seed_report, {k: rep.to_json() for k, rep in reports.items()})
+    for rep in reports.values():
+        if rep.rejected:
+            first = rep.examples[0]
+            print(f"warning: pools: {rep.rejected} of the {rep.rows} rows of {rep.source} left out "
+                  f"({', '.join(f'{n} {r}' for r, n in rep.reasons.items())}; first: {first['where']}: "
+                  f"{first['detail'].split(';')[0]}); see {ctx.run.seed_report}", file=sys.stderr, flush=True)
+        if rep.multi_turn:
+            log.info("%s: %d multi-turn rows; only their first exchange is used", rep.source, rep.multi_turn)
+    n_answers = sum(rep.n_answers for rep in reports.values())
+    if who is not None:
         log.info("seed answers: %d of %d seed instructions come with an answer; %d recorded as the teacher's "
-                 "(never bought)", len(answers), len(cache), added)
-    elif answers:
+                 "(never bought)", n_answers, n_cache, added)
+    elif n_answers:
         log.info("seed answers: %d seed instructions come with an answer, ignored (pools.seed_answers: ignore); the "
-                 "teacher answers them", len(answers))
-    return train, cache
+                 "teacher answers them", n_answers)
+
+
+def seed_cache_pool(ctx: RunContext) -> Iterator[Instruction]:
+    """Round 1's Cache Pool as the seed files give it (cache seeds, then the train seeds it lacks), streamed,
+    without writing anything or recording seed answers."""
+    pc = ctx.cfg.pools
+    check = token_check(ctx)
+
+    def seeds(spec: str) -> Iterator[Instruction]:
+        return iter_instructions(spec, pc.limit, check=check, on_reject="skip")
+
+    if pc.cache_seed and pc.cache_seed != pc.train_seed:
+        return union_pools(seeds(pc.cache_seed), seeds(pc.train_seed))
+    return seeds(pc.train_seed)
 
 
 def prepare_round(ctx: RunContext, r: int) -> None:
-    """Write round r's Train Pool and Cache Pool if they are not there yet."""
+    """Write round r's Train Pool and Cache Pool if they are not there yet (streamed: no pool is held in memory)."""
     rp = ctx.run.round(r)
     if rp.train_pool.exists() and rp.cache_pool.exists():
         return
     if r == 1:
-        train, cache = seed_pools(ctx)
+        write_seed_pools(ctx, rp.train_pool, rp.cache_pool)
+        return
+    prev = ctx.run.round(r - 1)
+    if not ctx.run.is_done(r - 1, "generation"):
+        raise LionError(
+            f"round {r} cannot start: round {r - 1}'s generation has not finished ({prev.done('generation')} missing)"
+        )
+    if not count_rows(prev.generated):
+        raise LionError(
+            f"round {r}: round {r - 1} generated no new instructions, so the Train Pool is empty; see {prev.rejected}"
+        )
+    write_pool(rp.cache_pool, union_pools(iter_pool(prev.cache_pool), iter_pool(prev.generated)))
+    if ctx.cfg.pools.train_pool == "replace":
+        write_pool(rp.train_pool, iter_pool(prev.generated))
     else:
-        prev = ctx.run.round(r - 1)
-        if not ctx.run.is_done(r - 1, "generation"):
-            raise LionError(
-                f"round {r} cannot start: round {r - 1}'s generation has not finished ({prev.done('generation')} missing)"
-            )
-        new = read_pool(prev.generated)
-        old_train, old_cache = read_pool(prev.train_pool), read_pool(prev.cache_pool)
-        train = new if ctx.cfg.pools.train_pool == "replace" else _union(old_train, new)
-        cache = _union(old_cache, new)
-        if not train:
-            raise LionError(
-                f"round {r}: round {r - 1} generated no new instructions, so the Train Pool is empty; "
-                f"see {prev.rejected}"
-            )
-    write_pool(rp.cache_pool, cache)
-    write_pool(rp.train_pool, train)
+        write_pool(rp.train_pool, union_pools(iter_pool(prev.train_pool), iter_pool(prev.generated)))

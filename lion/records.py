@@ -17,7 +17,9 @@ collected in `LoadReport.answers` (used with `pools.seed_answers: teacher`); lat
 are not used, and such rows are counted (`LoadReport.multi_turn`).
 Files are read as UTF-8 (a byte-order mark is accepted); undecodable bytes are a `DataError` naming file:line
 and the byte. A bad row raises `DataError` naming the file and line; no row is silently dropped (exact duplicates are
-merged and counted, and the count is reported).
+merged and counted, and the count is reported). `iter_instructions` is the same loader as a stream (JSONL line
+by line, only the ids seen kept), and `iter_pool` / `union_pools` / `write_jsonl` stream pools, so a
+million-instruction pool is never held in memory.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -71,13 +74,16 @@ class Instruction:
 # --------------------------------------------------------------------------------------------- atomic I/O
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[Any]:
+    """A text file to write `path` through: a temp file beside it, fsynced and renamed over `path` when the block
+    ends without an exception (removed otherwise), so what is written streams to disk, never held in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -89,9 +95,19 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Atomically replace `path` with one JSON object per line."""
-    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_writer(path) as f:
+        f.write(text)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Atomically replace `path` with one JSON object per line, streaming the rows; returns how many."""
+    n = 0
+    with atomic_writer(Path(path)) as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    return n
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -179,19 +195,63 @@ def read_jsonl_tolerant(path: Path) -> list[dict[str, Any]]:
     The rows of a torn line are the ones a crash lost; whoever appends them (an answer store, a resumable
     answer file) produces them again on resume.
     """
+    return [row for _, row in iter_jsonl_tolerant(path)]
+
+
+def iter_jsonl_tolerant(path: Path, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(byte offset, row) of an append-only JSONL file from byte `start` on, streamed; a torn last line (no
+    newline, not JSON: a crash mid-append) ends the stream, a bad line elsewhere is a DataError naming file:line."""
     path = Path(path)
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
+    with path.open("rb") as f:
+        f.seek(start)
+        offset, lineno = start, 0
+        for raw in f:
+            lineno += 1
+            at, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if not f.read().strip():
+                    return  # the torn last line of a crash
+                where = f"{path}:{lineno}" if start == 0 else f"{path} (byte {at})"
+                raise DataError(f"{where}: corrupt line in the middle of an append-only file") from None
+            yield at, row
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut an incomplete last line (a crash mid-append) off an append-only file, so the next append starts a line
+    of its own instead of gluing a row onto the torn one; returns the bytes removed (0 when the file is whole)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        pos = size  # find the last newline, reading backwards in blocks
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            block = f.read(step)
+            k = block.rfind(b"\n")
+            if k >= 0:
+                pos = pos - step + k + 1
                 break
-            raise DataError(f"{path}:{i + 1}: corrupt line in the middle of an append-only file") from None
-    return rows
+            pos -= step
+        f.seek(pos)
+        tail = f.read()
+        try:
+            json.loads(tail)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            f.truncate(pos)
+            return size - pos
+        f.write(b"\n")  # a whole row that only lacks its newline: keep it
+    return 0
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -223,12 +283,85 @@ def _last_line_end(f: Any, end: int) -> int:
     return 0
 
 
-def write_pool(path: Path, pool: Iterable[Instruction]) -> None:
-    write_jsonl(path, (r.to_json() for r in pool))
+def append_jsonl_rows(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Append rows to an append-only JSONL file and flush once (a chunk's rows); returns how many."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+        f.flush()
+    return n
+
+
+def write_pool(path: Path, pool: Iterable[Instruction]) -> int:
+    """Atomically write a pool, streaming its rows; returns how many."""
+    return write_jsonl(path, (r.to_json() for r in pool))
 
 
 def read_pool(path: Path) -> list[Instruction]:
-    return [Instruction.from_json(r) for r in read_jsonl(path)]
+    return list(iter_pool(path))
+
+
+def iter_pool(path: Path) -> Iterator[Instruction]:
+    """The Instructions of a pool file we wrote, streamed (one row in memory at a time)."""
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield Instruction.from_json(row)
+
+
+def count_rows(path: Path) -> int:
+    """Non-blank lines of a JSONL file (0 when it does not exist), without parsing them."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+class IdSet:
+    """The ids seen so far, for exact-duplicate merging over streams: 64-bit integers (the first 16 hex digits of
+    the content hash) in a set, about 60 bytes per id instead of a dict of rows."""
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._ids: set[int] = set()
+        for i in ids:
+            self.add(i)
+
+    @staticmethod
+    def _key(id: str) -> int:
+        try:
+            return int(id[:16], 16)
+        except ValueError:  # a hand-written id that is not a hex hash
+            return hash(id)
+
+    def add(self, id: str) -> bool:
+        """Add `id`; True when it was new."""
+        k = self._key(id)
+        if k in self._ids:
+            return False
+        self._ids.add(k)
+        return True
+
+    def __contains__(self, id: object) -> bool:
+        return isinstance(id, str) and self._key(id) in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def union_pools(*parts: Iterable[Instruction]) -> Iterator[Instruction]:
+    """The Instructions of `parts` in order, each id once (the first occurrence wins), streamed."""
+    seen = IdSet()
+    for part in parts:
+        for inst in part:
+            if seen.add(inst.id):
+                yield inst
 
 
 # --------------------------------------------------------------------------------------------- loaders
@@ -354,11 +487,24 @@ _LINEAGE: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
+def _first_char(path: Path) -> bytes:
+    """The first non-blank byte of a file after any UTF-8 byte-order mark (b"" when blank), reading only as far."""
+    with path.open("rb") as f:
+        head = f.read(len(codecs.BOM_UTF8))
+        chunk = head[len(codecs.BOM_UTF8):] if head == codecs.BOM_UTF8 else head
+        while True:
+            if stripped := chunk.lstrip():
+                return stripped[:1]
+            chunk = f.read(4096)
+            if not chunk:
+                return b""
+
+
 def _iter_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield (location, row) for JSONL or JSON files."""
-    text = decode_utf8(path.read_bytes(), path)
-    stripped = text.lstrip()
-    if stripped.startswith("[") or (stripped.startswith("{") and path.suffix == ".json"):
+    """Yield (location, row) for JSONL or JSON files. JSONL streams line by line; a JSON array is parsed whole."""
+    first = _first_char(path)
+    if first == b"[" or (first == b"{" and path.suffix == ".json"):
+        text = decode_utf8(path.read_bytes(), path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -430,6 +576,7 @@ class LoadReport:
     duplicates: int = 0
     answers: dict[str, str] = field(default_factory=dict)  # instruction id -> the answer the seed row holds
     multi_turn: int = 0  # chat rows with turns after the first exchange (only the first exchange is used)
+    n_answers: int = 0  # rows that hold an answer (in `answers`, or handed to `on_answer` when streaming)
     rejected: int = 0  # rows `check` refused (policy skip): never part of a pool
     reasons: dict[str, int] = field(default_factory=dict)  # rejected rows per reason
     examples: list[dict[str, str]] = field(default_factory=list)  # the first rejected rows: {"where", "reason"}
@@ -461,6 +608,24 @@ def load_instructions(
 
     `check` may refuse a row ((reason, detail), e.g. too many tokens): with `on_reject="skip"` the row is left out
     and counted in the report (with its file:line), with "error" it is a DataError naming file:line."""
+    report = LoadReport(source=str(spec))
+    return list(iter_instructions(spec, limit, report, check=check, on_reject=on_reject)), report
+
+
+def iter_instructions(
+    spec: str | os.PathLike[str],
+    limit: int | None = None,
+    report: LoadReport | None = None,
+    *,
+    check: RowCheck | None = None,
+    on_reject: str = "skip",
+    on_answer: Callable[[str, str], None] | None = None,
+) -> Iterator[Instruction]:
+    """The unique Instructions of a seed file (or datasets id), in file order, streamed: JSONL is read line by
+    line and only the ids seen so far are kept (`IdSet`), so a million-row seed file never sits in memory.
+    `report` (if given) counts rows, merged duplicates and rejected rows as the stream goes; the answers seed
+    rows hold go to `on_answer(id, answer)` as they pass (else into `report.answers`). `check` / `on_reject`:
+    as for `load_instructions`."""
     spec = str(spec)
     p = Path(spec)
     if p.is_dir():
@@ -473,9 +638,9 @@ def load_instructions(
         rows = _iter_datasets(spec)
     else:
         raise DataError(f"{spec}: file not found")
-    report = LoadReport(source=spec)
-    seen: set[str] = set()
-    out: list[Instruction] = []
+    report = report if report is not None else LoadReport(source=spec)
+    seen = IdSet()
+    n = 0
     for where, row in rows:
         report.rows += 1
         inst = _row_to_instruction(row, where)
@@ -485,26 +650,29 @@ def load_instructions(
                 raise DataError(f"{where}: {refused[1]}")
             report.reject(where, *refused)
             continue
-        if inst.id in seen:
+        if not seen.add(inst.id):
             report.duplicates += 1
             continue
-        seen.add(inst.id)
-        out.append(inst)
+        n += 1
         if isinstance(row, dict):
             chat = _first_exchange(row, where)
             report.multi_turn += bool(chat and chat[2])
             answer = row_answer(row, where)
             if answer is not None:
-                report.answers[inst.id] = answer
-        if limit is not None and len(out) >= limit:
+                report.n_answers += 1
+                if on_answer is not None:
+                    on_answer(inst.id, answer)
+                else:
+                    report.answers[inst.id] = answer
+        yield inst
+        if limit is not None and n >= limit:
             break
-    if not out:
+    if not n:
         if report.rejected:
             raise DataError(f"{spec}: every one of its {report.rows} rows was rejected "
-                            f"({', '.join(f'{n} {r}' for r, n in report.reasons.items())}; first: "
+                            f"({', '.join(f'{k} {r}' for r, k in report.reasons.items())}; first: "
                             f"{report.examples[0]['where']}: {report.examples[0]['detail']})")
         raise DataError(f"{spec}: no instructions found (the file is empty)")
-    return out, report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,8 +72,8 @@ def test_config_errors(sim_llm):
     gw = Gateway(llm, None, progress=False)
     with pytest.raises(ConfigError, match=r"llm.prices: no price for model 'sim' \(llm.teacher.model\)"):
         gw.chat_many("teacher", "imitation", [[{"role": "user", "content": "x"}]])
-    with pytest.raises(ConfigError, match=r"unknown role 'student'"):
-        gw.chat_many("student", "imitation", [[{"role": "user", "content": "x"}]])
+    with pytest.raises(ConfigError, match=r"unknown role 'critic'"):
+        gw.chat_many("critic", "imitation", [[{"role": "user", "content": "x"}]])
     with pytest.raises(ValueError, match=r"request 1: message 0: role must be one of"):
         Gateway(sim_llm("http://127.0.0.1:9/v1"), None).chat_many(
             "teacher", "p", [[{"role": "user", "content": "x"}], [{"role": "bot", "content": "y"}]])

@@ -6,7 +6,10 @@ offline runs.
 Endpoints: POST /v1/chat/completions (with `usage`, incl. `prompt_tokens_details.cached_tokens`), POST /v1/messages
 (Anthropic's messages API: system prompt, content blocks, `usage` with cache read/write tokens; the key may come as
 `x-api-key`), GET /v1/models, and both batch APIs (lion.sim.batches: /v1/files + /v1/batches, /v1/messages/batches).
-On 127.0.0.1 only. Wire formats and the emulated prompt cache: lion.sim.wire.
+Also POST /v1/completions (the prompt as one user message to the responder, or its `complete(body)`) and vLLM's
+dynamic LoRA endpoints POST /v1/load_lora_adapter / /v1/unload_lora_adapter: loaded adapters are listed and
+served as models, and a responder with `load_adapter(name, path)` / `unload_adapter(name)` takes part (e.g.
+lion.sim.model:StudentModelResponder, which answers with a real checkpoint). On 127.0.0.1 only. Wire formats and the emulated prompt cache: lion.sim.wire.
 - strict (off by default): refuse request parameters exactly as the 2026 APIs do (lion.sim.strict).
 - latency: every answered request (and injected 5xx) takes `latency_ms`.
 - limits: RPM and TPM token buckets holding `burst_s` seconds of their rate. TPM counts, as OpenAI does, the
@@ -169,6 +172,8 @@ class SimServer:
         self._conns: set[asyncio.Task[Any]] = set()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._n = 0
+        self.adapters: dict[str, str] = {}  # LoRA adapters loaded through /v1/load_lora_adapter: name -> path
+        self._lora_used = False  # once adapters are in use, an unknown model name is a 404, as in vLLM
         self.base_url = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -346,10 +351,15 @@ class SimServer:
             self._record(entry)
             names = [self.model_name, *(m for m in (self.known_models or []) if m != self.model_name)]
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "lion-sim"} for m in names]
+            data += [{"id": name, "object": "model", "created": 0, "owned_by": "lion-sim", "root": lora_path,
+                      "parent": self.model_name} for name, lora_path in self.adapters.items()]
             await self._send(writer, 200, {"object": "list", "data": data})
             return
-        if method == "POST" and route in ("/v1/chat/completions", "/v1/messages"):
-            await self._online(api, raw, entry, reader, writer, t0)
+        if method == "POST" and route in ("/v1/chat/completions", "/v1/messages", "/v1/completions"):
+            await self._online("completions" if route == "/v1/completions" else api, raw, entry, reader, writer, t0)
+            return
+        if method == "POST" and route in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            await self._lora(route.endswith("/load_lora_adapter"), raw, entry, writer)
             return
         if await self._batch_route(method, route, headers, raw, entry, writer):
             return
@@ -368,6 +378,13 @@ class SimServer:
             raise ValueError("the body must be a JSON object")
         if api == "anthropic":
             return anthropic_to_chat(body)
+        if api == "completions":  # /v1/completions: the prompt, as one user message
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1:
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                raise ValueError("'prompt' must be a string")
+            return {**body, "messages": [{"role": "user", "content": prompt}]}
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             raise ValueError("'messages' must be a non-empty list")
         return body
@@ -385,7 +402,7 @@ class SimServer:
         if body.get("stream"):
             entry.update(status=400, kind="bad_request")
             return Answer(400, self._err(api, 400, "streaming is not supported by the sim server", None))
-        if self.known_models is not None and model not in self.known_models:
+        if (self.known_models is not None or self._lora_used) and model not in self._served():
             entry.update(status=404, kind="not_found")
             msg = f"model: {model}" if api == "anthropic" else f"The model `{model}` does not exist"
             return Answer(404, self._err(api, 404, msg, "model_not_found"))
@@ -407,7 +424,9 @@ class SimServer:
         """Run the responder and shape its reply (usage, prompt cache) in the API's format."""
         try:
             assert self._pool is not None
-            text = await asyncio.get_running_loop().run_in_executor(self._pool, self.responder.respond, chat)
+            complete = getattr(self.responder, "complete", None) if api == "completions" else None
+            answer = complete if callable(complete) else self.responder.respond
+            text = await asyncio.get_running_loop().run_in_executor(self._pool, answer, chat)
             if not isinstance(text, str):
                 raise TypeError(f"responder returned {type(text).__name__}, not str")
         except LionError as e:  # the responder refuses this request (e.g. the oracle cannot read it): a 400
@@ -424,7 +443,13 @@ class SimServer:
         with self._lock:
             self._n += 1
             n = self._n
-        if api == "anthropic":
+        if api == "completions":
+            read = write = 0
+            payload = {"id": f"cmpl-sim{n}", "object": "text_completion", "created": int(time.time()), "model": model,
+                       "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+                       "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                 "total_tokens": prompt_tokens + completion_tokens}}
+        elif api == "anthropic":
             read = self._prompt_cache[api].lookup(chat["messages"], prompt_tokens) if wants_cache(body) else 0
             write = prompt_tokens - read if wants_cache(body) and prompt_tokens >= MIN_CACHED and not read else 0
             payload = anthropic_message(n, model, text, finish, prompt_tokens, completion_tokens, read, write)
@@ -452,7 +477,7 @@ class SimServer:
             await self._send(writer, refused.status, refused.payload)
             return
         if self.quota_calls is not None and self.stats.completed >= self.quota_calls:
-            entry.update(status=429 if api == "openai" else 400, kind="quota")
+            entry.update(status=429 if api != "anthropic" else 400, kind="quota")
             self._record(entry)
             if api == "anthropic":
                 await self._send(writer, 400, anthropic_error(400, "Your credit balance is too low to access the "
@@ -488,6 +513,54 @@ class SimServer:
         await self._sleep_until(t0 + self.latency_s)
         await self._send(writer, 200, answer.payload)
         self._record(entry)
+
+    # ------------------------------------------------------------------ vLLM's dynamic LoRA endpoints
+    def _served(self) -> set[str]:
+        return {self.model_name, *(self.known_models or []), *self.adapters}
+
+    async def _lora(self, load: bool, raw: bytes, entry: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        """POST /v1/load_lora_adapter {"lora_name", "lora_path"} and /v1/unload_lora_adapter {"lora_name"}, as vLLM
+        answers them; a responder with load_adapter / unload_adapter is told."""
+        entry["kind"] = "load_lora" if load else "unload_lora"
+        try:
+            body = json.loads(raw)
+            name = body.get("lora_name") if isinstance(body, dict) else None
+            lora_path = body.get("lora_path") if isinstance(body, dict) else None
+            if not isinstance(name, str) or not name or (load and not isinstance(lora_path, str)):
+                raise ValueError("expected lora_name" + (" and lora_path" if load else ""))
+        except ValueError as e:
+            entry["status"] = 400
+            self._record(entry)
+            await self._send(writer, 400, _error(f"invalid body: {e}", "BadRequestError", None))
+            return
+        hook = getattr(self.responder, "load_adapter" if load else "unload_adapter", None)
+        if load and name in self.adapters:
+            status, message = 400, f"The lora adapter '{name}' has already been loaded."
+        elif not load and name not in self.adapters:
+            status, message = 404, f"The lora adapter '{name}' cannot be found."
+        else:
+            try:
+                if callable(hook):
+                    assert self._pool is not None
+                    args = (name, lora_path) if load else (name,)
+                    await asyncio.get_running_loop().run_in_executor(self._pool, hook, *args)
+                status = 200
+                message = f"Success: LoRA adapter '{name}' {'added' if load else 'removed'} successfully."
+            except Exception as e:  # noqa: BLE001 - the responder could not load it: like vLLM, a 400
+                status, message = 400, f"Loading lora {name} failed: {type(e).__name__}: {e}"
+        if status == 200:
+            self._lora_used = True
+            if load:
+                self.adapters[name] = str(lora_path)
+            else:
+                self.adapters.pop(name, None)
+        entry["status"] = status
+        self._record(entry)
+        if status == 200:
+            await self._send(writer, 200, message.encode("utf-8"), content_type="text/plain")
+        else:
+            await self._send(writer, status, _error(message, "BadRequestError" if status == 400 else "NotFoundError",
+                                                    None))
 
     # ------------------------------------------------------------------ batch APIs (lion.sim.batches)
     async def _batch_answer(self, api: str, body: dict[str, Any], batch_id: str) -> Answer:

@@ -3,7 +3,8 @@
     python -m lion.student.infer --model RUN/round_01/student --data prompts.jsonl --out answers.jsonl [--config CFG]
 
 Python: ``generate(model_path, prompts, cfg.student.infer, adapter=None) -> list[str | None]`` (prompts already
-formatted with `lion.student.data.format_prompt`; one completion per prompt, in order; None = skipped).
+formatted with `lion.student.data.format_prompt`; one completion per prompt, in order; None = skipped), or a
+`StudentSession` that keeps the model loaded across batches (discrimination answers the Cache Pool chunk by chunk).
 
 - ``backend: auto`` picks vLLM when ``import vllm`` works and CUDA is present, else transformers.
 - Both backends tokenise a prompt the same way as training does (`data.encode_prompt`: BOS + prompt), stop at EOS,
@@ -119,50 +120,82 @@ def generate(
     vLLM's max_model_len when student.infer.max_model_len is 0."""
     if not prompts:
         return []
-    info = checkpoint_info(model_path)
-    base = info.base
-    if adapter is None:
-        adapter = info.adapter
-    backend = pick_backend(cfg)
-    tokenizer = load_tokenizer(adapter if adapter is not None and _has_tokenizer(Path(adapter)) else model_path, base)
-    all_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    limit = context_length(base, cfg)
-    keep: list[int] = []
-    for i, x in enumerate(all_ids):
-        why = too_long(len(x), cfg, limit)
-        if why is None:
-            keep.append(i)
-        elif on_skip is not None:
-            on_skip(i, why)
-    result: list[str | None] = [None] * len(prompts)
-    if not keep:
-        return result
-    ids = [all_ids[i] for i in keep]
+    with StudentSession(model_path, cfg, adapter=adapter, progress=progress, max_length=max_length) as session:
+        return session.generate(prompts, on_answer=on_answer, on_skip=on_skip)
 
-    def got(j: int, text: str) -> None:
-        result[keep[j]] = text
-        if on_answer is not None:
-            on_answer(keep[j], text)
-    if backend == "vllm":
-        if importlib.util.find_spec("vllm") is None:
+
+class StudentSession:
+    """One student answering batch after batch: the transformers backend loads the model once (on the first
+    `generate`) and keeps it until `close`; vLLM builds its engine(s) per `generate` call, so give it big batches
+    (or serve the student: `backend: server`, lion.student.serve)."""
+
+    def __init__(self, model_path: str | Path, cfg: InferConfig, *, adapter: str | Path | None = None,
+                 progress: bool = True, max_length: int | None = None) -> None:
+        info = checkpoint_info(model_path)
+        self.model_path, self.cfg, self.progress, self.max_length = model_path, cfg, progress, max_length
+        self.base = info.base
+        self.adapter = info.adapter if adapter is None else adapter
+        self.backend = pick_backend(cfg)
+        if self.backend not in ("transformers", "vllm"):
+            raise ConfigError(f"student.infer.backend: must be auto, transformers or vllm here, got {self.backend!r}")
+        if self.backend == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ConfigError("student.infer.backend: 'vllm' but vllm is not installed (pip install vllm), or use "
                               "'transformers'")
-        from .vllm_backend import generate_vllm
+        own = self.adapter is not None and _has_tokenizer(Path(self.adapter))
+        self.tokenizer = load_tokenizer(self.adapter if own else model_path, self.base)
+        self._tok_dir = str(self.adapter) if own else str(model_path)
+        self._limit = context_length(self.base, cfg)
+        self._model: Any = None
+        self._threads: Any = None
 
-        tok_dir = str(adapter) if adapter is not None and _has_tokenizer(Path(adapter)) else str(model_path)
-        if not _has_tokenizer(Path(tok_dir)):
-            tok_dir = base
-        generate_vllm(base, ids, cfg, adapter=adapter, tokenizer=tok_dir, progress=progress, on_answer=got,
-                      max_length=max_length)
+    def generate(self, prompts: list[str], *, on_answer: Callable[[int, str], None] | None = None,
+                 on_skip: Callable[[int, str], None] | None = None) -> list[str | None]:
+        """See `generate`: a prompt that does not fit the student's context is skipped (None, `on_skip`)."""
+        result: list[str | None] = [None] * len(prompts)
+        all_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        keep: list[int] = []
+        for i, x in enumerate(all_ids):
+            why = too_long(len(x), self.cfg, self._limit)
+            if why is None:
+                keep.append(i)
+            elif on_skip is not None:
+                on_skip(i, why)
+        if not keep:
+            return result
+        ids = [all_ids[i] for i in keep]
+
+        def got(j: int, text: str) -> None:
+            result[keep[j]] = text
+            if on_answer is not None:
+                on_answer(keep[j], text)
+
+        if self.backend == "vllm":
+            from .vllm_backend import generate_vllm
+
+            tok_dir = self._tok_dir if _has_tokenizer(Path(self._tok_dir)) else self.base
+            generate_vllm(self.base, ids, self.cfg, adapter=self.adapter, tokenizer=tok_dir, progress=self.progress,
+                          on_answer=got, max_length=self.max_length)
+            return result
+        if self._model is None:
+            from .threads import cpu_threads
+
+            self._model = load_model(self.base, self.cfg, adapter=self.adapter)
+            self._threads = cpu_threads(self._model, self.cfg.cpu_threads)
+            self._threads.__enter__()
+        generate_hf(self._model, self.tokenizer, ids, self.cfg, progress=self.progress, on_answer=got)
         return result
-    if backend != "transformers":
-        raise ConfigError(f"student.infer.backend: must be auto, transformers or vllm, got {backend!r}")
-    model = load_model(base, cfg, adapter=adapter)
-    from .threads import cpu_threads
 
-    with cpu_threads(model, cfg.cpu_threads):
-        generate_hf(model, tokenizer, ids, cfg, progress=progress, on_answer=got)
-    return result
+    def close(self) -> None:
+        if self._threads is not None:
+            self._threads.__exit__(None, None, None)
+            self._threads = None
+        self._model = None
+
+    def __enter__(self) -> StudentSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _dtype(cfg: InferConfig):

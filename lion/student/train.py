@@ -1,7 +1,7 @@
 """Supervised fine-tuning of the student on (instruction, teacher answer) pairs: full, LoRA or QLoRA.
 
     python -m lion.student.train --config CFG.yaml --data train.jsonl --init-from BASE_OR_PREV --out DIR
-    python -m lion.student.train --spec SPEC.json        # internal: one process of a torchrun/accelerate launch
+    python -m lion.student.train SPEC.json     # one process of a launched job (torchrun/accelerate/srun), any node
 
 Python: ``train_student(cfg.student, examples, init_from, out_dir, seed=round_no) -> TrainResult``.
 
@@ -21,8 +21,9 @@ and the progress bar are the Trainer's own). The seed used is ``student.seed + s
 - Mid-training checkpoints (``student.save_steps`` / ``save_minutes`` / ``save_total_limit``) go to ``OUT.ckpt/``
   and a restarted training resumes from the last complete one (optimizer, scheduler, RNG, data position), in one
   process or under torchrun; ``OUT.ckpt/`` is removed once ``OUT`` is saved. See `lion.student.resume`.
-- More than one GPU (``num_gpus > 1``), several nodes, FSDP or DeepSpeed: the training runs in a
-  ``torchrun`` (or ``accelerate launch``) subprocess that runs this module with ``--spec`` (see launch.py).
+- More than one GPU (``num_gpus > 1``), several nodes, FSDP or DeepSpeed: the training runs as a separate job
+  (``student.launcher``: torchrun, torchrun_multinode, accelerate or a command such as srun) whose every process
+  runs this module with the spec file written by launch.py; only rank 0 writes the checkpoint.
 - Knobs that reach the Trainer: ``student.training_args`` (any other ``TrainingArguments`` key, checked against
   its fields), ``student.attn_implementation``; under FSDP the wrapped layer class comes from the model's
   ``_no_split_modules`` unless ``fsdp_config.transformer_layer_cls_to_wrap`` is set, activation checkpointing is
@@ -65,7 +66,8 @@ def needs_launch(cfg: StudentConfig) -> bool:
     """True when training must run under torchrun/accelerate (and we are not already inside such a launch)."""
     if in_distributed_launch():
         return False
-    return cfg.num_gpus > 1 or cfg.nnodes > 1 or bool(cfg.fsdp) or bool(cfg.deepspeed)
+    return (cfg.num_gpus > 1 or cfg.nnodes > 1 or bool(cfg.fsdp) or bool(cfg.deepspeed)
+            or cfg.launcher in ("torchrun_multinode", "command") or bool(cfg.accelerate_config))
 
 
 def train_student(
@@ -592,7 +594,9 @@ def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lion.student.train", description="Fine-tune the student once.")
-    p.add_argument("--spec", type=Path, help="internal: a launch spec written by lion.student.launch")
+    p.add_argument("spec_path", nargs="?", type=Path, metavar="SPEC",
+                   help="a training spec written by lion.student.launch (what every process of a launched job runs)")
+    p.add_argument("--spec", type=Path, help="the same, as an option")
     p.add_argument("--config", "-c", help="YAML config (its student section is used)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data", type=Path, help="JSONL rows with instruction, input (optional), output")
@@ -614,8 +618,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..records import read_jsonl
 
     args = make_parser().parse_args(argv)
-    if args.spec is not None:
-        spec = json.loads(args.spec.read_text())
+    spec_path = args.spec or args.spec_path
+    if spec_path is not None:
+        if not spec_path.is_file():
+            raise DataError(f"{spec_path}: no such training spec (on a worker node: is the run directory shared?)")
+        spec = json.loads(spec_path.read_text())
         cfg = student_config_from_dict(spec["cfg"])
         examples = list(read_jsonl(Path(spec["examples"])))
         _train_here(cfg, examples, spec["init_from"], Path(spec["out_dir"]), seed=spec["seed"],

@@ -28,7 +28,9 @@ What it guarantees, for any provider (lion.teachers.base):
   max_tokens at the model's price, batch discount applied) is reserved; a call that could push spend over
   `llm.budget_usd` / `llm.budget_tokens` is not started, the calls in flight finish, and BudgetExceeded is
   raised. Raise the cap and re-run: the cache replays the rest.
-- results come back in input order; a progress bar shows done/total, rate, tokens and spend.
+- results come back in input order; a progress bar shows done/total, rate, tokens and spend. `chat_iter` takes
+  any iterable of requests and sends it a window at a time (yielding (position, result)), so a million-request
+  phase holds one window, not the million.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ import asyncio
 import collections
 import concurrent.futures
 import hashlib
+import itertools
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,7 +219,7 @@ class Gateway:
         self.llm = llm
         self.layout = RunLayout(run_dir) if run_dir is not None else None
         self.progress = progress
-        self.store = CallStore(self.layout.calls if self.layout is not None else None)
+        self.store = CallStore(self._cache_file())
         self.counter = TokenCounter(llm.chars_per_token, llm.tokenizer)
         self._providers: dict[str, ChatProvider] = {}
         self._limiters: dict[str, RoleLimiter] = {}
@@ -227,11 +230,32 @@ class Gateway:
         self._closed = False
 
     # ------------------------------------------------------------------ setup per role
+    def _cache_file(self) -> Path | None:
+        """RUN/calls.sqlite or `llm.cache_path`, refused on a network filesystem (lion.fscheck); None: in memory."""
+        from ..fscheck import check_sqlite_home
+
+        if self.layout is not None:
+            path: Path | None = self.layout.calls_file(self.llm.cache_path)
+        else:
+            path = Path(self.llm.cache_path) if self.llm.cache_path else None
+        if path is not None:
+            check_sqlite_home(path, what="the call cache", allow_network=self.llm.allow_network_fs)
+        return path
+
     def provider(self, role: str) -> ChatProvider:
         if role not in self._providers:
             rc = self.llm.role(role)
             self._providers[role] = load_provider(rc, key=f"llm.{role}.provider")
         return self._providers[role]
+
+    def use_role(self, role: str, rc: RoleConfig) -> RoleConfig:
+        """Point `role` at `rc` from the next call on (e.g. the student served for this round, under its own model
+        name); its client and limiter are rebuilt. Returns the config it replaces."""
+        old = self.llm.role(role)
+        setattr(self.llm, role, rc)
+        self._providers.pop(role, None)
+        self._limiters.pop(role, None)
+        return old
 
     def _limiter(self, role: str, rc: RoleConfig) -> RoleLimiter:
         if role not in self._limiters:
@@ -287,15 +311,38 @@ class Gateway:
                      (prompt * pin + params.max_tokens * pout) / 1e6)
 
     # ------------------------------------------------------------------ public API
-    def chat_many(self, role: str, phase: str, requests: Sequence[ChatRequest | list[dict[str, str]]],
+    def chat_many(self, role: str, phase: str, requests: Iterable[ChatRequest | list[dict[str, str]]],
                   desc: str = "") -> list[CallResult]:
         """Sync wrapper: runs its own event loop (in a helper thread if this thread already runs one)."""
+        requests = requests if isinstance(requests, Sequence) else list(requests)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self.achat_many(role, phase, requests, desc))
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lion-gateway") as ex:
             return ex.submit(asyncio.run, self.achat_many(role, phase, requests, desc)).result()
+
+    def chat_iter(self, role: str, phase: str, requests: Iterable[ChatRequest | list[dict[str, str]]],
+                  desc: str = "", total: int | None = None, window: int | None = None,
+                  ) -> Iterator[tuple[int, CallResult]]:
+        """(position in `requests`, result) for every request, window by window: `requests` is read lazily,
+        `window` at a time (default: 16 x max_in_flight, at least 2048; batch mode: batch_max_items or 50,000),
+        and each window goes through `chat_many` (cache, limits, batch mode, failure lines all apply), so a
+        million requests take the memory of one window. BudgetExceeded and fatal errors are raised after the
+        results of the windows before were handed out; a consumer that stops reading stops the calls."""
+        rc = self.llm.role(role)
+        if window is None:
+            window = (rc.batch_max_items or 50_000) if rc.mode == "batch" else max(16 * rc.max_in_flight, 2048)
+        it = iter(requests)
+        start, n_windows = 0, None if total is None else max(1, -(-total // window))
+        for k in itertools.count():
+            chunk = list(itertools.islice(it, window))
+            if not chunk:
+                return
+            label = desc if n_windows == 1 else f"{desc} [{k + 1}/{n_windows or '?'}]".strip()
+            for i, res in enumerate(self.chat_many(role, phase, chunk, label)):
+                yield start + i, res
+            start += len(chunk)
 
     async def achat_many(self, role: str, phase: str, requests: Sequence[ChatRequest | list[dict[str, str]]],
                          desc: str = "") -> list[CallResult]:

@@ -241,3 +241,47 @@ class OpenAICompatProvider:
         from .openai_batch import OpenAIBatchAPI
 
         return OpenAIBatchAPI(self)
+
+
+class OpenAICompletionsProvider(OpenAICompatProvider):
+    """The same server's /v1/completions: the request's last user message is sent as the raw prompt, the way a
+    student trained on its own prompt format (alpaca, plain) must be asked (vLLM, SGLang, TGI, llama.cpp ...).
+
+        llm: {student: {provider: openai_completions, base_url: http://gpu7:8000/v1}}
+    """
+
+    batch_api = None  # no batch mode for raw completions (llm.<role>.mode: batch is refused, naming the key)
+
+    def __init__(self, cfg: RoleConfig, key: str = "llm.<role>") -> None:
+        super().__init__(cfg, key)
+        self.identity = f"openai_completions:{self.base_url}:{cfg.model}"
+
+    async def chat(self, request: ChatRequest, params: ResolvedParams) -> ChatResponse:
+        client = self.client()
+        prompt = messages_as_dicts(request.messages)[-1]["content"]
+        try:
+            resp = await client.completions.create(
+                model=params.model, prompt=prompt, max_tokens=params.max_tokens, timeout=params.timeout_s,
+                **params.sampling(), **({"seed": params.sample} if params.sample else {}),
+                **({"extra_body": dict(params.extra)} if params.extra else {}),
+            )
+        except openai.APIStatusError as e:
+            raise self._status_error(e) from None
+        except openai.APITimeoutError:
+            raise TransientError(f"timed out after {params.timeout_s:g} s") from None
+        except openai.APIConnectionError as e:
+            cause = type(e.__cause__).__name__ if e.__cause__ is not None else "connection error"
+            raise TransientError(f"connection failed ({cause})") from None
+        except (openai.APIResponseValidationError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise TransientError(f"malformed response ({type(e).__name__})") from None
+        choices = getattr(resp, "choices", None)
+        text = getattr(choices[0], "text", None) if isinstance(choices, list) and choices else None
+        if not isinstance(text, str):
+            raise TransientError("malformed response (no completion text)")
+        finish = getattr(choices[0], "finish_reason", None)
+        usage = getattr(resp, "usage", None)
+        pt, ct = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+        if not isinstance(pt, int) or not isinstance(ct, int):
+            pt, ct = estimate_prompt_tokens(request.messages), estimate_text_tokens(text)
+        return ChatResponse(text=text, finish_reason=finish if isinstance(finish, str) else "unknown",
+                            prompt_tokens=pt, completion_tokens=ct)

@@ -1,4 +1,5 @@
-"""Find the provider class a role names: "openai", "anthropic", "package.module:Class", or an entry-point name.
+"""Find the provider class a role names: "openai", "openai_completions", "anthropic", "package.module:Class", or an
+entry-point name.
 
     llm: {teacher: {provider: mypkg.providers:MyProvider, options: {...}}}
     # or, in the plugin's pyproject.toml:  [project.entry-points."lion.teachers"]  myprov = "mypkg.providers:MyProvider"
@@ -48,6 +49,10 @@ def load_provider(role_cfg: RoleConfig, key: str = "llm.<role>.provider") -> Cha
         from .openai_compat import OpenAICompatProvider
 
         return OpenAICompatProvider(role_cfg, key=key.rsplit(".provider", 1)[0])
+    if spec == "openai_completions":
+        from .openai_compat import OpenAICompletionsProvider
+
+        return OpenAICompletionsProvider(role_cfg, key=key.rsplit(".provider", 1)[0])
     if spec == "anthropic":
         from .anthropic_provider import AnthropicProvider
 
@@ -57,7 +62,7 @@ def load_provider(role_cfg: RoleConfig, key: str = "llm.<role>.provider") -> Cha
     else:
         eps = _entry_points()
         if spec not in eps:
-            known = ", ".join(sorted(["anthropic", "openai", *eps]))
+            known = ", ".join(sorted(["anthropic", "openai", "openai_completions", *eps]))
             raise ConfigError(f"{key}: unknown provider {spec!r}; use 'openai', 'anthropic', 'package.module:Class', or a "
                               f"registered '{GROUP}' entry point (installed: {known})")
         try:
