@@ -223,10 +223,35 @@ class InferConfig:
 
 
 @dataclass
+class InitConfig:
+    """Where the round-1 student comes from, beyond `student.model`: GGUF conversion and depth pruning."""
+
+    keep_layers: int | list[int] | None = opt(
+        None, "start the student from some decoder layers of student.model (depth pruning, lion.student.prune): a "
+              "count (evenly spread, first and last included) or a list of layer indices; None: every layer")
+    cache_dir: str | None = opt(None, "where GGUF models (student.model or a local server's model) are converted "
+                                      "into HF folders, one per file hash (lion.student.gguf); None: $LION_CACHE/gguf "
+                                      "or ~/.cache/lion/gguf")
+
+    def check(self, key: str) -> None:
+        keep = self.keep_layers
+        if isinstance(keep, int) and keep < 1:
+            raise ConfigError(f"{key}.keep_layers: must be >= 1, got {keep}")
+        if isinstance(keep, list):
+            if not keep:
+                raise ConfigError(f"{key}.keep_layers: an empty list keeps no layer")
+            if any(i < 0 for i in keep) or len(set(keep)) != len(keep):
+                raise ConfigError(f"{key}.keep_layers: layer indices must be distinct and >= 0, got {keep}")
+        _check_fields(self, key)
+
+
+@dataclass
 class StudentConfig:
     """The student model, how it is trained each round, and how it answers."""
 
-    model: str = opt("", 'local dir or hub id of the base model; "tiny" builds the tiny offline model')
+    model: str = opt("", 'local dir or hub id of the base model; a GGUF file (a path, or '
+                         '"pkg:PACKAGE/FILE.gguf" inside an installed package), converted once (lion.student.gguf); '
+                         '"tiny" builds the tiny offline model')
     tiny: dict[str, Any] = opt_factory(dict, 'options for lion.student.tiny when model == "tiny"')
     mode: Literal["full", "lora", "qlora"] = opt("full", "full fine-tuning, LoRA adapter, or LoRA on a 4-bit base "
                                                          "(CUDA + bitsandbytes)")
@@ -278,6 +303,7 @@ class StudentConfig:
     cpu_ram_efficient_loading: bool = opt(True, "FSDP only: rank 0 alone reads the weights and broadcasts them "
                                                 "(fsdp_config cpu_ram_efficient_loading + sync_module_states), "
                                                 "so 8 processes do not each hold a full copy in CPU memory")
+    init: InitConfig = field(default_factory=InitConfig)
 
     def report_targets(self) -> list[str]:
         """`report_to` as a list of tracker names ([] for "none")."""
@@ -289,6 +315,7 @@ class StudentConfig:
             raise ConfigError(f"{key}.model: must be set (a local model dir, a hub id, or 'tiny')")
         self.lora.check(key + ".lora")
         self.infer.check(key + ".infer")
+        self.init.check(key + ".init")
         _check_fields(self, key)
         if self.pack_length and self.pack_length < self.max_length:
             raise ConfigError(f"{key}.pack_length: must be 0 or >= {key}.max_length ({self.max_length}), got {self.pack_length}")
@@ -347,9 +374,20 @@ class DiscriminationConfig:
                                             "referee template (verdict format fastchat); each instruction gets the "
                                             "prompt of its category (from its seed row), else the general one, else "
                                             "the first (docs/judging.md)")
+    shadow_selectors: list[Literal["referee", "student_loss"]] = opt_factory(
+        list, "selectors that also split the Cache Pool, for the record only (round_XX/shadow_<name>_split.jsonl): "
+              "discrimination.json and the report show each one's hard share, its agreement with the run's own "
+              "split and, for referee, its parse failures; e.g. [referee] next to selector student_loss when the "
+              "referee LLM is too small to follow the verdict format")
 
     def check(self, key: str) -> None:
         _check_fields(self, key)
+        base = self.learnable_base if self.selector == "learnable" else self.selector
+        for i, name in enumerate(self.shadow_selectors):
+            if name == base:
+                raise ConfigError(f"{key}.shadow_selectors[{i}]: {name!r} is already the run's selector")
+        if len(set(self.shadow_selectors)) != len(self.shadow_selectors):
+            raise ConfigError(f"{key}.shadow_selectors: names a selector twice: {self.shadow_selectors}")
 
 
 @dataclass
@@ -417,7 +455,9 @@ class SimConfig:
 
     enabled: bool = opt(False, 'run in the offline world: start the server and point every LLM role at it '
                                '(base_url, cache_namespace "sim")')
-    responder: str = opt("oracle", '"oracle", "scripted", or "module:Class"')
+    responder: str = opt("oracle", '"oracle", "scripted", "hf" (a local Hugging Face model answering with its chat '
+                                   'template, batched: lion.sim.hf_responder; options.model names it), or '
+                                   '"module:Class"')
     options: dict[str, Any] = opt_factory(dict, "passed to the responder")
     latency_ms: float = opt(0.0, "each answer is sent no sooner than this many ms after its request arrived "
                                  "(a slow API)")

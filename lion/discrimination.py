@@ -12,6 +12,9 @@ is the teacher's mean score minus the student's, over the two orders; an instruc
 gap >= discrimination.tau, easy otherwise. A pair whose verdict could not be parsed after the retries, or
 that has no teacher answer, is excluded and counted: it is never given a number. With
 `discrimination.only_unseen`, only Cache Pool items the student was never trained on are judged.
+Each of `discrimination.shadow_selectors` splits the same items too, for the record: its split (and a referee's
+verdicts) is saved beside the run's, and discrimination.json's `shadows` gives its hard share, parse failures and
+agreement with the run's own split; the run goes on with its own split.
 """
 
 from __future__ import annotations
@@ -62,11 +65,41 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
         write_jsonl(rp.judgements, (v.to_row(j.id, "teacher", "student") for j in sel.judged for v in j.verdicts))
     write_jsonl(rp.split, (row.to_json() for row in split))
     metrics = {"selector": selector.name, **discrimination_metrics(split, sel.judged)}
+    if dc.shadow_selectors:
+        metrics["shadows"] = {name: shadow(ctx, r, name, judge, candidates, t_ans, s_ans, split)
+                              for name in dc.shadow_selectors}
     if ctx.world is not None:  # offline world: the student's exact accuracy on the Cache Pool
         metrics["oracle"] = family_accuracy(ctx.world, ((i.instruction, s_ans.get(i.id, "")) for i in pool))
     write_json(rp.phase_metrics("discrimination"), metrics)
     ctx.run.mark_done(r, "discrimination")
     return metrics
+
+
+def shadow(ctx: RunContext, r: int, name: str, judge: Any, candidates: Sequence[Any], t_ans: dict[str, str | None],
+           s_ans: dict[str, str], split: Sequence[SplitRow]) -> dict[str, Any]:
+    """Split the candidates with selector `name` as well, for the record (its split and verdicts are saved, the
+    run goes on with its own split); its figures and its agreement with the run's split."""
+    rp = ctx.run.round(r)
+    sel = make_selector(name, judge=judge).select(ctx, r, candidates, t_ans, s_ans)
+    verdicts = [v for j in sel.judged for v in j.verdicts]
+    check_failures(ctx.cfg, r, "discrimination", f"{name} (shadow) calls",
+                   sum(1 for v in verdicts if (v.error or "").startswith("call failed")), len(verdicts))
+    if sel.judged:
+        write_jsonl(rp.shadow_judgements(name), (v.to_row(j.id, "teacher", "student") for j in sel.judged
+                                                 for v in j.verdicts))
+    write_jsonl(rp.shadow_split(name), (row.to_json() for row in sel.rows))
+    return {**discrimination_metrics(sel.rows, sel.judged), **agreement(sel.rows, split)}
+
+
+def agreement(rows: Sequence[SplitRow], split: Sequence[SplitRow]) -> dict[str, Any]:
+    """How often two splits give an instruction the same label, over the ones both label hard or easy."""
+    mine = {s.id: s.label for s in rows if s.label in ("hard", "easy")}
+    both = [(mine[s.id], s.label) for s in split if s.label in ("hard", "easy") and s.id in mine]
+    same = sum(1 for a, b in both if a == b)
+    hard_both = sum(1 for a, b in both if a == b == "hard")
+    hard_any = sum(1 for a, b in both if "hard" in (a, b))
+    return {"n_compared": len(both), "agreement": same / len(both) if both else None,
+            "hard_overlap": hard_both / hard_any if hard_any else None}
 
 
 def trained_on(ctx: RunContext, r: int) -> set[str]:
@@ -93,6 +126,7 @@ def discrimination_metrics(split: Sequence[SplitRow], judged: Sequence[PairJudge
         "student_mean": mean([s.student_score for s in rows if s.student_score is not None]),
         "gap_mean": mean([s.gap for s in rows if s.gap is not None]),
         "loss_mean": mean([s.loss for s in rows if s.loss is not None]),
+        "n_verdicts": len(verdicts),
         "parse_failures": failed_orders,
         "parse_failure_rate": failed_orders / len(verdicts) if verdicts else 0.0,
         "swap_flip_rate": sum(flips) / len(flips) if flips else None,

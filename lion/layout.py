@@ -124,6 +124,14 @@ class RoundPaths:
     def split(self) -> Path:
         return self.dir / "split.jsonl"
 
+    def shadow_split(self, selector: str) -> Path:
+        """The split a shadow selector (discrimination.shadow_selectors) would have made, for the record."""
+        return self.dir / f"shadow_{selector}_split.jsonl"
+
+    def shadow_judgements(self, selector: str) -> Path:
+        """A shadow referee's verdicts (raw text kept), like judgements.jsonl."""
+        return self.dir / f"shadow_{selector}_judgements.jsonl"
+
     # generation
     @property
     def generated(self) -> Path:
@@ -196,7 +204,8 @@ class RunLayout:
 
     @property
     def base_model(self) -> Path:
-        """The tiny student built on the fly (student.model: tiny)."""
+        """The base student built on the fly: the tiny model (student.model: tiny), or the pretrained model pruned
+        to student.init.keep_layers."""
         return self.root / "base_model"
 
     @property
