@@ -87,6 +87,7 @@ class HFResponder:
         self.default_max_tokens, self.max_tokens_cap = max_tokens, max_tokens_cap
         self.cpu_threads, self.dtype, self.cache_dir, self.seed = cpu_threads, dtype, cache_dir, seed
         self.concurrency = 2 * batch_size  # the server's worker threads: one batch generating, the next gathering
+        self.costly = True  # lion.plan does not sample a real model's answers to estimate lengths
         self.stats = ResponderStats()
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._lock = threading.Lock()
