@@ -168,6 +168,13 @@ class HFResponder:
         if thread is not None:
             self._queue.put(None)
             thread.join(30)
+        while True:  # requests that arrived after the stop: answered with an error, so no server thread waits forever
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and not item.future.done():
+                item.future.set_exception(LionError("the local model server stopped"))
         self._model = self._tok = None
 
     def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
