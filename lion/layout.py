@@ -145,6 +145,18 @@ class RoundPaths:
         (the resume point of a discrimination in progress; removed when the phase is done)."""
         return self.dir / "discrimination.progress.json"
 
+    def shadow_split(self, selector: str) -> Path:
+        """The split a shadow selector (discrimination.shadow_selectors) would have made, for the record."""
+        return self.dir / f"shadow_{selector}_split.jsonl"
+
+    def shadow_judgements(self, selector: str) -> Path:
+        """A shadow referee's verdicts (raw text kept), like judgements.jsonl."""
+        return self.dir / f"shadow_{selector}_judgements.jsonl"
+
+    def shadow_files(self) -> list[Path]:
+        """Every shadow selector's split and verdict files written so far."""
+        return sorted(self.dir.glob("shadow_*_split.jsonl")) + sorted(self.dir.glob("shadow_*_judgements.jsonl"))
+
     # generation
     @property
     def generated(self) -> Path:
@@ -228,7 +240,8 @@ class RunLayout:
 
     @property
     def base_model(self) -> Path:
-        """The tiny student built on the fly (student.model: tiny)."""
+        """The base student built on the fly: the tiny model (student.model: tiny), or the pretrained model pruned
+        to student.init.keep_layers."""
         return self.root / "base_model"
 
     @property

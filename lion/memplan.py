@@ -100,11 +100,26 @@ def _named_llama(name: str) -> Any:
 
 
 def model_config(sc: StudentConfig) -> tuple[Any, str]:
-    """(transformers config, where it came from); ConfigError naming student.model when there is none."""
+    """(transformers config, where it came from); ConfigError naming student.model when there is none. With
+    student.init.keep_layers, the config of the pruned student."""
+    config, where = _base_config(sc)
+    if sc.init.keep_layers is not None and sc.model != "tiny":
+        from .student.prune import keep_indices
+
+        config.num_hidden_layers = len(keep_indices(sc.init.keep_layers, config.num_hidden_layers))
+        where += f", {config.num_hidden_layers} layers kept (student.init.keep_layers)"
+    return config, where
+
+
+def _base_config(sc: StudentConfig) -> tuple[Any, str]:
     if sc.model == "tiny":
         return _tiny_config(sc), "student.tiny"
     from transformers import AutoConfig
 
+    from .student.gguf import gguf_config, is_gguf
+
+    if is_gguf(sc.model):  # read from the converted folder, or the file's metadata: nothing converted here
+        return gguf_config(sc.model, sc.init.cache_dir), f"the GGUF file {sc.model}"
     try:
         return AutoConfig.from_pretrained(sc.model, local_files_only=True), f"{sc.model}/config.json"
     except Exception:  # noqa: BLE001 - not on disk: fall back to the name

@@ -139,6 +139,9 @@ def _offline_lengths(cfg: LionConfig, tpl: _Templates, pool: list[Instruction], 
     from .referee import parse_verdict, referee_messages
 
     responder = sim_responder(cfg)
+    if getattr(responder, "costly", False):  # a real model (sim.responder: hf): too slow to sample for a plan
+        assumptions.append(f"the local server runs a real model ({cfg.sim.responder}): answer lengths are not sampled")
+        return None
     rng = random.Random(cfg.seed)
     sample = rng.sample(pool, min(SAMPLE, len(pool)))
     llm = cfg.llm
@@ -146,6 +149,7 @@ def _offline_lengths(cfg: LionConfig, tpl: _Templates, pool: list[Instruction], 
     def reply(role: RoleConfig, messages: list[dict[str, str]], seed: int = 0) -> str:
         body = {"model": role.model, "messages": messages, "max_tokens": role.max_tokens, "seed": seed or None}
         text = responder.respond(body)
+        text = getattr(text, "text", text)  # a responder may reply with a Completion (lion.sim.server)
         return text[: role.max_tokens * 4]  # the server truncates at max_tokens (4 characters a token)
 
     answers = [reply(llm.teacher, teacher_messages(tpl, it)) for it in sample]  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from . import plots
 from .errors import DataError, LionError
 from .layout import PHASES, RoundPaths, RunLayout
 from .records import atomic_write_text, read_jsonl
-from .roundtable import collect_round, table_rows
+from .roundtable import collect_round, shadow_text, table_rows
 
 # --------------------------------------------------------------------------------------------- reading
 
@@ -196,11 +196,32 @@ def _gap_histogram(run: RunData) -> bytes | None:
     )  # fmt: skip
 
 
+def _shadows(run: RunData) -> list[str]:
+    return sorted({name for r in run.rounds for name in (r.disc.get("shadows") or {})})
+
+
+def _selectors_hard(run: RunData) -> bytes | None:
+    """The hard share of the run's selector next to each shadow selector's, and their agreement."""
+    own = sorted({str(r.disc.get("selector", "referee")) for r in run.rounds if r.disc})
+    series = {f"{' / '.join(own)} (the run's split)": [r.disc.get("hard_ratio") for r in run.rounds]}
+    for name in _shadows(run):
+        sh = [(r.disc.get("shadows") or {}).get(name) or {} for r in run.rounds]
+        series[f"{name} (shadow): hard share"] = [x.get("hard_ratio") for x in sh]
+        series[f"{name} (shadow): agreement with the run's split"] = [x.get("agreement") for x in sh]
+    return plots.line_chart("Hard share under each selector", _xs(run), series, ylabel="share", percent=True,
+                            ylim=(-3, 103))
+
+
 def _referee_health(run: RunData) -> bytes | None:
     series = {
         "swap-flip rate": [r.disc.get("swap_flip_rate") for r in run.rounds],
         "parse-failure rate": [r.disc.get("parse_failure_rate") for r in run.rounds],
     }
+    for name in _shadows(run):
+        sh = [(r.disc.get("shadows") or {}).get(name) or {} for r in run.rounds]
+        if any(x.get("n_verdicts") for x in sh):
+            series[f"{name} (shadow): swap-flip rate"] = [x.get("swap_flip_rate") for x in sh]
+            series[f"{name} (shadow): parse-failure rate"] = [x.get("parse_failure_rate") for x in sh]
     return plots.line_chart("Referee health per round", _xs(run), series, ylabel="rate", percent=True, ymin=0)
 
 
@@ -313,6 +334,8 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("Discrimination", "Hard ratio per round", _hard_ratio),
     FigureSpec("Discrimination", "Teacher and student mean score", _mean_scores),
     FigureSpec("Discrimination", "Gap histogram", _gap_histogram),
+    FigureSpec("Discrimination", "Hard share under each selector (shadow selectors)", _selectors_hard,
+               lambda run: bool(_shadows(run))),
     FigureSpec("Referee health", "Swap-flip and parse-failure rates", _referee_health),
     FigureSpec("Generation", "New instructions by kind", _new_by_kind),
     FigureSpec("Generation", "Rejected candidates by reason", _rejections),
@@ -434,6 +457,10 @@ def text_summary(run: RunData) -> str:
         f"{t['tokens_in']:.0f} tokens in ({t['tokens_cache_read'] / t['tokens_in'] if t['tokens_in'] else 0:.0%} "
         f"read from the provider's prompt cache), {t['tokens_out']:.0f} out, ${t['usd']:.4f}"
     )
+    for r in run.rounds:
+        for name, sh in (r.disc.get("shadows") or {}).items():
+            lines.append(f"round {r.no} {shadow_text(name, sh)} (the run split with {r.disc.get('selector', '?')}: "
+                         f"hard {_f(r.disc.get('hard_ratio'))})")
     evals = [(r.no, r.eval) for r in run.rounds if r.eval]
     if evals:
         no, e = evals[-1]

@@ -104,6 +104,8 @@ def round_line(m: dict[str, Any]) -> str:
             f"flip {_fmt(d['swap_flip_rate'])}",
             f"parse-fail {d['parse_failures']}",
         ]
+    for name, sh in (d.get("shadows") or {}).items():
+        parts += [shadow_text(name, sh)]
     if g:
         parts += [f"new {g['accepted']['hard']}h+{g['accepted']['easy']}e ({g['stopped']})"]
     if "oracle" in m:
@@ -115,6 +117,17 @@ def round_line(m: dict[str, Any]) -> str:
     if total:
         parts += [f"spent ${total.get('usd', 0):.4f}"]
     return "  ".join(parts)
+
+
+def shadow_text(name: str, sh: dict[str, Any]) -> str:
+    """A shadow selector's figures in a few words: hard share, agreement with the run's split, referee health."""
+    text = f"[{name} shadow: hard {sh.get('hard', 0)} ({_fmt(sh.get('hard_ratio'))}), agree {_fmt(sh.get('agreement'))}"
+    n_verdicts = sh.get("n_verdicts")
+    if n_verdicts:
+        text += f", parse-fail {sh.get('parse_failures', 0)}/{n_verdicts} ({_pct(sh.get('parse_failure_rate'))}%)"
+    if sh.get("excluded"):
+        text += f", excluded {sh['excluded']}"
+    return text + "]"
 
 
 def family_table(rounds: Sequence[dict[str, Any]]) -> str | None:

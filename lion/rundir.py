@@ -29,6 +29,7 @@ RESUME_CRITICAL = (
     "student.mode",
     "student.prompt_format",
     "student.tiny",
+    "student.init.keep_layers",
     "pools.train_seed",
     "pools.cache_seed",
     "pools.limit",

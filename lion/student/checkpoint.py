@@ -59,12 +59,28 @@ def checkpoint_info(path: str | Path) -> CheckpointInfo:
 
 
 def resolve_base_model(cfg: Any, tiny_dir: str | Path) -> Path | str:
-    """The base model of `cfg` (a StudentConfig): `model`, or for "tiny" a tiny model built once into `tiny_dir`
-    (the run's `RunLayout.base_model`)."""
+    """The base model of `cfg` (a StudentConfig) as `from_pretrained` takes it: `model`; a GGUF file converted
+    once into the cache (lion.student.gguf); for "tiny" a tiny model built once into `tiny_dir` (the run's
+    `RunLayout.base_model`). With `init.keep_layers`, the model pruned to those layers, saved once into `tiny_dir`
+    (lion.student.prune)."""
+    init = getattr(cfg, "init", None)
+    keep = getattr(init, "keep_layers", None)
     if cfg.model != "tiny":
-        return cfg.model
+        from .gguf import resolve_model
+
+        source = resolve_model(cfg.model, getattr(init, "cache_dir", None))
+        if keep is None:
+            return source
+        from .prune import prune_layers, pruned_is_current
+
+        out = Path(tiny_dir)
+        if not pruned_is_current(out, source, keep):
+            prune_layers(source, out, keep)
+        return out
     from .tiny import TINY_OPTIONS, build_tiny
 
+    if keep is not None:
+        raise ConfigError("student.init.keep_layers: not for student.model: tiny (set student.tiny.layers)")
     for key in cfg.tiny:
         if key not in TINY_OPTIONS:
             raise ConfigError(f"student.tiny.{key}: unknown option (options: {', '.join(TINY_OPTIONS)})")
