@@ -11,6 +11,7 @@ with after imports (`base`):
 - store           the teacher-answer store alone: N puts, reopen, N lookups in random order (lion.answers)
 - teacher_cold    a phase's calls through the gateway against the sim server (a separate process, echo
                   responder: the fastest possible server), empty call cache: N HTTP calls, answers stored
+                  (above --http-max: an in-process teacher instead, reported as teacher_cold_inproc)
 - teacher_warm    the same N calls with the answer store removed and the call cache warm: N cache replays
 - discrimination  the real phase 2 on the Cache Pool: teacher answers from the store, the student answering
                   through an in-process stand-in (the model's work is not measured), 2N referee calls
@@ -69,6 +70,20 @@ def _h(text: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------- in-process models
+
+
+class FastTeacher:
+    """A teacher provider answering at once (the echo responder's reply, without HTTP): fills the call cache at
+    sizes where N HTTP calls to the sim server would take hours on this machine (`--http-max`)."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.identity = "bench:fast-teacher"
+
+    async def chat(self, request: Any, params: Any) -> Any:
+        from lion.teachers.base import ChatResponse
+
+        text = "Echo: " + request.messages[-1][1][:200]
+        return ChatResponse(text=text, finish_reason="stop", prompt_tokens=60, completion_tokens=40)
 
 
 class FastReferee:
@@ -131,12 +146,14 @@ def _rss_mb() -> float:
 def _config(work: Path, url: str, n: int) -> Any:
     from lion.config import config_from_dict
 
+    teacher = {"provider": "scale:FastTeacher"} if os.environ.get("LION_SCALE_INPROC_TEACHER") else {}
     return config_from_dict({
         "run_dir": str(work / "run"), "seed": 0, "rounds": 1,
         "llm": {"default": {"base_url": url, "model": "sim", "api_key_env": "LION_BENCH_KEY", "rpm": 1e9,
                             "tpm": 1e13, "max_in_flight": 64, "max_attempts": 3, "timeout_s": 120,
                             "max_tokens": 256, "cache_namespace": "bench"},
-                "referee": {"provider": "scale:FastReferee"}, "generator": {"provider": "scale:FastGenerator"}},
+                "teacher": teacher, "referee": {"provider": "scale:FastReferee"},
+                "generator": {"provider": "scale:FastGenerator"}},
         "student": {"model": "tiny"},
         "pools": {"train_seed": str(work / "seeds.jsonl")},
         "generation": {"n_hard": GEN_WANTED, "n_easy": GEN_WANTED, "batch_size": 512},
@@ -248,8 +265,10 @@ def child(step: str, n: int, work: Path, url: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- parent side
 
 
-def _run_child(step: str, n: int, work: Path, url: str) -> dict[str, Any]:
+def _run_child(step: str, n: int, work: Path, url: str, inproc_teacher: bool = False) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), LION_BENCH_KEY="sk-bench")
+    if inproc_teacher:
+        env["LION_SCALE_INPROC_TEACHER"] = "1"
     p = subprocess.run([sys.executable, __file__, "--child", step, "--n", str(n), "--work", str(work), "--url", url],
                        env=env, capture_output=True, text=True)
     if p.returncode != 0:
@@ -278,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--work", type=Path, default=Path("/tmp/lion-bench-scale"))
     ap.add_argument("--keep", action="store_true", help="keep the working directories")
+    ap.add_argument("--http-max", type=int, default=100_000,
+                    help="above this size teacher_cold fills the call cache through an in-process teacher (the "
+                         "gateway, cache and store measured, not HTTP: 1M HTTP calls to the sim server take ~2 h "
+                         "on 2 cores); its time is then reported as teacher_cold_inproc")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--url", default="", help=argparse.SUPPRESS)
@@ -295,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         server, url = _start_server(work)
         try:
             for step in ["seeds", *steps]:
-                r = _run_child(step, n, work, url)
-                results[step][n] = r
+                inproc = n > args.http_max
+                r = _run_child(step, n, work, url, inproc)
+                if inproc and step == "teacher_cold":
+                    r["step"] = step = "teacher_cold_inproc"
+                results.setdefault(step, {})[n] = r
                 extra = {k: v for k, v in r.items() if k not in ("step", "n", "seconds", "base_mb", "peak_mb")}
                 print(f"n={n:>8} {step:15s} {r['seconds']:9.2f} s  peak {r['peak_mb']:7.1f} MB  "
                       f"(base {r['base_mb']:.0f} MB)  {json.dumps(extra)}", flush=True)

@@ -20,7 +20,8 @@ from lion.config import load_config
 from lion.records import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["pools.limit=6", "generation.n_hard=2", "generation.n_easy=2", "llm.default.max_tokens=12",
+TINY = ["imitation.truncated=keep",  # 12 tokens cut every teacher answer: keep them, or nothing is left to train on
+        "pools.limit=6", "generation.n_hard=2", "generation.n_easy=2", "llm.default.max_tokens=12",
         "llm.referee.max_tokens=12", "llm.generator.max_tokens=24", "student.init.keep_layers=2", "student.max_steps=2",
         "student.infer.max_new_tokens=12", "sim.options.wait_ms=100"]
 
@@ -109,7 +110,7 @@ def test_shadow_selectors_are_checked_and_compared() -> None:
 
     run = [row("a", "hard"), row("b", "hard"), row("c", "easy"), row("d", "easy"), row("e", "excluded")]
     mine = [row("a", "hard"), row("b", "easy"), row("c", "easy"), row("d", "excluded"), row("e", "hard")]
-    got = agreement(mine, run)
+    got = agreement({r.id: r.label for r in mine}, {r.id: r.label for r in run})
     assert got == {"n_compared": 3, "agreement": 2 / 3, "hard_overlap": 1 / 2}  # a, b, c; d and e not both labelled
     text = shadow_text("referee", {"hard": 1, "hard_ratio": 0.5, "agreement": 2 / 3, "n_verdicts": 8,
                                    "parse_failures": 6, "parse_failure_rate": 0.75, "excluded": 2})
