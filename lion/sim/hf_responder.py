@@ -259,14 +259,10 @@ class HFResponder:
                 kwargs["top_p"] = top_p
             digest = hashlib.sha256(json.dumps([self.seed, [ids[i] for i in fits]]).encode()).digest()
             torch.manual_seed(int.from_bytes(digest[:8], "little"))
-        width = max(len(ids[i]) for i in fits)
-        pad = tok.pad_token_id
-        input_ids = torch.full((len(fits), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(fits), width), dtype=torch.long)
-        for b, i in enumerate(fits):
-            n = len(ids[i])
-            input_ids[b, width - n:] = torch.tensor(ids[i])
-            mask[b, width - n:] = 1
+        from ..student.infer import left_pad
+
+        input_ids, mask = left_pad([ids[i] for i in fits], tok.pad_token_id)
+        width = input_ids.shape[1]
         device = next(model.parameters()).device
         from ..student.threads import cpu_threads
 

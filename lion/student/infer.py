@@ -238,6 +238,19 @@ def stop_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
+def left_pad(seqs: Sequence[list[int]], pad: int) -> tuple[Any, Any]:
+    """Token id lists as one left-padded batch for generate(): (input_ids, attention_mask), both long tensors."""
+    import torch
+
+    width = max(len(x) for x in seqs)
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, x in enumerate(seqs):
+        input_ids[b, width - len(x) :] = torch.tensor(x)
+        mask[b, width - len(x) :] = 1
+    return input_ids, mask
+
+
 def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConfig, *, progress: bool = True,
                 min_new_tokens: int = 0, on_answer: Callable[[int, str], None] | None = None) -> list[str]:
     """Batched generation from token ids (sorted by length, left-padded). `min_new_tokens` is for benchmarks."""
@@ -265,13 +278,8 @@ def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConf
 
     with torch.inference_mode(), heartbeat("student answers", len(ids), progress=progress, unit=" answers") as beat:
         for batch in tqdm(batches, desc="student answers", unit="batch", disable=not progress):
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, i in enumerate(batch):
-                n = len(ids[i])
-                input_ids[b, width - n :] = torch.tensor(ids[i])
-                mask[b, width - n :] = 1
+            input_ids, mask = left_pad([ids[i] for i in batch], pad)
+            width = input_ids.shape[1]
             gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
             new = gen[:, width:].tolist()
             for b, i in enumerate(batch):

@@ -23,6 +23,7 @@ import email.utils
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -181,19 +182,23 @@ class OpenAICompatProvider:
         client = self.client()
         body = self.request_body(request, params)
         model, messages = body.pop("model"), body.pop("messages")
+        resp = await self._send(lambda: client.chat.completions.create(
+            model=model, messages=messages, extra_body=body, timeout=params.timeout_s), params.timeout_s)
+        return self.parse(resp, request)
+
+    async def _send(self, call: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
+        """Make one SDK call, its failures mapped to lion's errors (status, timeout, connection, malformed)."""
         try:
-            resp = await client.chat.completions.create(model=model, messages=messages, extra_body=body,
-                                                        timeout=params.timeout_s)
+            return await call()
         except openai.APIStatusError as e:
             raise self._status_error(e) from None
         except openai.APITimeoutError:
-            raise TransientError(f"timed out after {params.timeout_s:g} s") from None
+            raise TransientError(f"timed out after {timeout_s:g} s") from None
         except openai.APIConnectionError as e:
             cause = type(e.__cause__).__name__ if e.__cause__ is not None else "connection error"
             raise TransientError(f"connection failed ({cause})") from None
         except (openai.APIResponseValidationError, ValueError, TypeError, KeyError, AttributeError) as e:
             raise TransientError(f"malformed response ({type(e).__name__})") from None
-        return self.parse(resp, request)
 
     def _status_error(self, e: openai.APIStatusError) -> Exception:
         status = e.status_code
@@ -259,21 +264,11 @@ class OpenAICompletionsProvider(OpenAICompatProvider):
     async def chat(self, request: ChatRequest, params: ResolvedParams) -> ChatResponse:
         client = self.client()
         prompt = messages_as_dicts(request.messages)[-1]["content"]
-        try:
-            resp = await client.completions.create(
-                model=params.model, prompt=prompt, max_tokens=params.max_tokens, timeout=params.timeout_s,
-                **params.sampling(), **({"seed": params.sample} if params.sample else {}),
-                **({"extra_body": dict(params.extra)} if params.extra else {}),
-            )
-        except openai.APIStatusError as e:
-            raise self._status_error(e) from None
-        except openai.APITimeoutError:
-            raise TransientError(f"timed out after {params.timeout_s:g} s") from None
-        except openai.APIConnectionError as e:
-            cause = type(e.__cause__).__name__ if e.__cause__ is not None else "connection error"
-            raise TransientError(f"connection failed ({cause})") from None
-        except (openai.APIResponseValidationError, ValueError, TypeError, KeyError, AttributeError) as e:
-            raise TransientError(f"malformed response ({type(e).__name__})") from None
+        resp = await self._send(lambda: client.completions.create(
+            model=params.model, prompt=prompt, max_tokens=params.max_tokens, timeout=params.timeout_s,
+            **params.sampling(), **({"seed": params.sample} if params.sample else {}),
+            **({"extra_body": dict(params.extra)} if params.extra else {}),
+        ), params.timeout_s)
         choices = getattr(resp, "choices", None)
         text = getattr(choices[0], "text", None) if isinstance(choices, list) and choices else None
         if not isinstance(text, str):
