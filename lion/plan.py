@@ -24,7 +24,8 @@ How the numbers are made (printed with the plan as its assumptions):
 - every referee / judge pair is paid in both orders: an upper bound. When a student answer is identical to the
   teacher's, both orders are the same prompt (sent once), and a student that answers an instruction as it did the
   round before makes a prompt the cache already holds; short exact answers (the offline world) do this a lot:
-  `--student-match F` plans for a share F of such pairs.
+  `--student-match F` plans for a share F of such pairs. `--compare RUN` prints `requests` (paid + cache replays,
+  what the call model predicts) apart from paid calls, and the share the cache served.
 `--seed-count N` plans for a pool of N instructions like those in pools.train_seed (e.g. before downloading all).
 """
 
@@ -434,7 +435,12 @@ def format_plan(plan: Plan) -> str:
 
 
 def compare(plan: Plan, run_dir: str | Path) -> dict[str, Any]:
-    """Planned vs measured (RUN/usage.json): calls, tokens in / out, USD, each with measured / planned."""
+    """Planned vs measured (RUN/usage.json): requests, paid calls, tokens in / out, USD, each with measured / planned.
+
+    The plan counts requests; the ledger counts paid calls and cache replays apart (`cached`): a pair whose two
+    answers are identical, or a student answer unchanged since the round before, is a prompt the cache already
+    holds. `requests` = paid + replayed is what the plan's call model predicts; calls, tokens and USD are lower by
+    the share the cache served."""
     from .layout import RunLayout
 
     path = RunLayout(run_dir).usage
@@ -443,35 +449,46 @@ def compare(plan: Plan, run_dir: str | Path) -> dict[str, Any]:
     usage = json.loads(path.read_text())
     measured = usage["total"]
     t = plan.total()
-    pairs = {"calls": (t["calls"], measured["calls"]), "tokens_in": (t["tokens_in"], measured["tokens_in"]),
+    pairs = {"requests": (t["calls"], measured["calls"] + measured.get("cached", 0)),
+             "calls": (t["calls"], measured["calls"]), "tokens_in": (t["tokens_in"], measured["tokens_in"]),
              "tokens_out": (t["tokens_out"], measured["tokens_out"]), "usd": (t["usd_configured"], measured["usd"])}
     out: dict[str, Any] = {k: {"planned": round(p, 4), "measured": m, "ratio": round(m / p, 4) if p else None}
                            for k, (p, m) in pairs.items()}
+    requests = measured["calls"] + measured.get("cached", 0)
+    out["served_by_cache"] = round(measured.get("cached", 0) / requests, 4) if requests else 0.0
     by: dict[str, dict[str, float]] = {}
+
+    def row(key: str) -> dict[str, float]:
+        return by.setdefault(key, {"planned_calls": 0.0, "measured_calls": 0, "measured_requests": 0,
+                                   "planned_tokens_in": 0.0, "measured_tokens_in": 0})
+
     for s in plan.steps:
-        row = by.setdefault(f"{s.role}/{s.phase}", {"planned_calls": 0.0, "measured_calls": 0,
-                                                    "planned_tokens_in": 0.0, "measured_tokens_in": 0})
-        row["planned_calls"] += s.calls
-        row["planned_tokens_in"] += s.tokens_in
+        row(f"{s.role}/{s.phase}")["planned_calls"] += s.calls
+        row(f"{s.role}/{s.phase}")["planned_tokens_in"] += s.tokens_in
     for r in usage.get("by", []):
-        row = by.setdefault(f"{r['role']}/{r['phase']}", {"planned_calls": 0.0, "measured_calls": 0,
-                                                          "planned_tokens_in": 0.0, "measured_tokens_in": 0})
-        row["measured_calls"] += r["calls"]
-        row["measured_tokens_in"] += r["tokens_in"]
+        b = row(f"{r['role']}/{r['phase']}")
+        b["measured_calls"] += r["calls"]
+        b["measured_requests"] += r["calls"] + r.get("cached", 0)
+        b["measured_tokens_in"] += r["tokens_in"]
     out["by"] = by
     return out
 
 
 def format_compare(cmp: dict[str, Any]) -> str:
-    lines = [f"{'':<24} {'planned':>14} {'measured':>14} {'measured/planned':>17}"]
+    lines = [f"{'':<34} {'planned':>14} {'measured':>14} {'measured/planned':>17}"]
     for k, v in cmp.items():
-        if k == "by":
+        if not isinstance(v, dict) or "ratio" not in v:
             continue
         ratio = "-" if v["ratio"] is None else f"{v['ratio']:.3f}"
-        lines.append(f"{k:<24} {v['planned']:>14,.4f} {v['measured']:>14,.4f} {ratio:>17}")
+        lines.append(f"{k:<34} {v['planned']:>14,.4f} {v['measured']:>14,.4f} {ratio:>17}")
     for k, v in cmp.get("by", {}).items():
-        ratio = v["measured_calls"] / v["planned_calls"] if v["planned_calls"] else float("nan")
-        lines.append(f"{'calls ' + k:<24} {v['planned_calls']:>14,.1f} {v['measured_calls']:>14,} {ratio:>17.3f}")
+        for what in ("requests", "calls"):
+            m = v[f"measured_{what}"]
+            ratio = m / v["planned_calls"] if v["planned_calls"] else float("nan")
+            lines.append(f"{what + ' ' + k:<34} {v['planned_calls']:>14,.1f} {m:>14,} {ratio:>17.3f}")
+    lines.append(f"served by the call cache: {cmp.get('served_by_cache', 0):.1%} of the requests (identical answer "
+                 "pairs, unchanged student answers): the plan does not predict it, so calls, tokens and USD are "
+                 "upper bounds")
     return "\n".join(lines)
 
 

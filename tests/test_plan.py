@@ -141,4 +141,7 @@ def test_plan_is_within_15_percent_of_a_measured_offline_run(tmp_path):
                        "generator/generation"}
     for k in ("teacher/imitation", "teacher/eval", "judge/eval", "referee/discrimination"):  # fixed by the loop
         assert by[k]["measured_calls"] == by[k]["planned_calls"], (k, by)
+        assert by[k]["measured_requests"] == by[k]["planned_calls"], (k, by)  # requests: paid + cache replays
+    assert cmp["requests"]["measured"] >= cmp["calls"]["measured"]
+    assert 0.0 <= cmp["served_by_cache"] < 1.0
     assert by["teacher/imitation"]["measured_calls"] == 150 and by["referee/discrimination"]["measured_calls"] == 300
