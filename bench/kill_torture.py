@@ -2,6 +2,7 @@
 with the same run uninterrupted.
 
     python bench/kill_torture.py [--kills 20] [--workdir runs/bench_kill_torture] [--seeds 40] [--max-steps 80]
+    python bench/kill_torture.py --mode batch      # every role through the sim's batch API (llm.<role>.mode)
 
 Two rounds (+ the final imitation, + an evaluation per round) with a tiny student, against the oracle world served
 by `python -m lion.sim.server` processes started apart (one per run), so each server outlives the kills and counts
@@ -20,6 +21,10 @@ Figures (the last line is one JSON object):
   (per request hash); `lost_in_flight`: calls completed by the server but not yet in the dead client's cache at
   a kill (measured after each kill); only those can be paid twice (a call in flight when the process dies is
   paid and lost, with any provider): `duplicates_beyond_in_flight` = max(0, duplicates - lost), target 0;
+- `--mode batch`: every role's calls go out as batches (lion.teachers.batch), each batch id committed to the run
+  directory before anyone waits on it; a killed run polls the same batches again on resume, so nothing that was
+  answered is lost and `duplicate_completed_calls` itself is the figure to hold at 0 (`lost_in_flight` then
+  counts items answered by the server but not yet collected at a kill: they are collected after the resume);
 - `kills` (and per activity), `wall_s` of both runs and the `overhead` ratio of the kills;
 - `second_writer_exit_s` / `second_writer_status`: the one-writer check.
 """
@@ -58,6 +63,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=40, help="seed instructions (data/smoke_seed.jsonl)")
     p.add_argument("--max-steps", type=int, default=80, help="training steps per imitation")
     p.add_argument("--latency-ms", type=float, default=40.0, help="the servers' latency per call")
+    p.add_argument("--mode", choices=("online", "batch"), default="online",
+                   help="llm.<role>.mode for every role: online calls, or the sim's batch API (see above)")
+    p.add_argument("--batch-delay-s", type=float, default=0.3, help="--mode batch: seconds until a batch ends")
     p.add_argument("--rng", type=int, default=0, help="seeds the kill moments")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -80,7 +88,8 @@ def bench_config(run_dir: Path, url: str, args: argparse.Namespace) -> dict[str,
         "llm": {
             "default": {"provider": "openai", "model": "oracle", "api_key_env": "LION_SIM_KEY", "temperature": 0.0,
                         "max_tokens": 64, "rpm": 100000, "tpm": 100000000, "max_in_flight": 4, "max_attempts": 3,
-                        "backoff_initial_s": 0.05, "backoff_max_s": 0.5, "timeout_s": 30},
+                        "backoff_initial_s": 0.05, "backoff_max_s": 0.5, "timeout_s": 30,
+                        "mode": args.mode, "batch_poll_s": 0.1},
             "prices": {"oracle": {"input": 0.5, "output": 1.5}},
         },
         "sim": {"enabled": True, "responder": "oracle", "options": ORACLE, "url": url},
@@ -102,12 +111,13 @@ def bench_config(run_dir: Path, url: str, args: argparse.Namespace) -> dict[str,
 class Server:
     """`python -m lion.sim.server` in a process of its own, logging every request."""
 
-    def __init__(self, log: Path, latency_ms: float) -> None:
+    def __init__(self, log: Path, latency_ms: float, batch_delay_s: float = 0.0) -> None:
         self.log = log
         log.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lion.sim.server", "--responder", "oracle", "--options", json.dumps(ORACLE),
-             "--port", "0", "--latency-ms", str(latency_ms), "--log", str(log)],
+             "--port", "0", "--latency-ms", str(latency_ms), "--log", str(log),
+             "--batch-delay-s", str(batch_delay_s)],
             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -310,8 +320,8 @@ def killed_run(cfg_path: Path, run: RunLayout, server: Server, ref: dict[str, An
                           "lost_in_flight": lost})
             if target is not None:
                 plan.pop(0)
-            say(args, f"kill {len(kills)}: {kills[-1]['at']} after {kills[-1]['after_s']} s "
-                      f"({lost} calls in flight lost)")
+            what = "calls in flight lost" if args.mode == "online" else "answered, collected after the resume"
+            say(args, f"kill {len(kills)}: {kills[-1]['at']} after {kills[-1]['after_s']} s ({lost:+d} {what})")
             continue
         wall += time.time() - t0
         err = p.stderr.read() if p.stderr else ""
@@ -398,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
 
             shutil.rmtree(d)
         runs[name] = RunLayout(d)
-    servers = {name: Server(work / f"{name}_server.jsonl", args.latency_ms) for name in runs}
+    servers = {name: Server(work / f"{name}_server.jsonl", args.latency_ms, args.batch_delay_s) for name in runs}
     try:
         cfgs = {}
         for name, run in runs.items():
@@ -423,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                              for k in killed["kills"])
     out = {
         "bench": "kill_torture",
+        "mode": args.mode,
         "kills": len(killed["kills"]),
         "kills_by_activity": dict(sorted(at.items())),
         "starts": killed["starts"],
