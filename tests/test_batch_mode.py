@@ -130,7 +130,7 @@ def test_sigkill_while_batches_are_pending_then_resume_submits_each_batch_once(t
         if (tmp_path / "calls.sqlite").exists():
             with sqlite3.connect(tmp_path / "calls.sqlite") as db:
                 try:
-                    recorded = [r[0] for r in db.execute("select id from batches")]
+                    recorded = [r[0] for r in db.execute("select id from batches where status = 'submitted'")]
                 except sqlite3.OperationalError:
                     pass
         time.sleep(0.02)
@@ -149,3 +149,53 @@ def test_sigkill_while_batches_are_pending_then_resume_submits_each_batch_once(t
     assert server.batches.created == created  # re-polled, never resubmitted
     answered = server.completed_by_hash()
     assert set(answered) == {messages_hash(_msgs(i)) for i in range(25)} and set(answered.values()) == {1}
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL: not an Exception, so nothing on the way catches it."""
+
+
+def test_a_kill_between_creating_a_batch_and_learning_its_id_finds_the_batch_by_its_tag(tmp_path, sim_server,
+                                                                                       sim_llm, monkeypatch):
+    from lion.teachers.store import CallStore
+
+    server = sim_server(EchoResponder(), strict=True, batch_delay_s=0.3)
+    real_promote = CallStore.promote
+
+    def die(self, tag, batch_id):  # the provider created the batch; the process dies before writing its id
+        raise _Killed
+
+    monkeypatch.setattr(CallStore, "promote", die)
+    with pytest.raises(_Killed):
+        with Gateway(_llm(sim_llm, server, **BATCH), tmp_path, progress=False) as gw:
+            gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(6)])
+    assert len(server.batches.created) == 1
+    with sqlite3.connect(tmp_path / "calls.sqlite") as db:
+        assert [r[0] for r in db.execute("select status from batches")] == ["submitting"]  # the intent, unnamed
+    monkeypatch.setattr(CallStore, "promote", real_promote)
+    with Gateway(_llm(sim_llm, server, **BATCH), tmp_path, progress=False) as gw:
+        res = gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(6)])
+        assert [(b["id"], b["status"]) for b in gw.store.batches()] == [(server.batches.created[0], "ended")]
+    assert [r.text for r in res] == [f"item {i}" for i in range(6)]
+    assert len(server.batches.created) == 1  # found by its tag, not created again
+    assert set(server.completed_by_hash().values()) == {1}
+
+
+def test_an_intent_the_provider_never_received_goes_out_again(tmp_path, sim_server, sim_llm, monkeypatch):
+    from lion.teachers.openai_batch import OpenAIBatchAPI
+
+    server = sim_server(EchoResponder(), batch_delay_s=0.05)
+    real_submit = OpenAIBatchAPI.submit
+
+    async def die(self, lines, tag):  # killed after the intent was written, before the create request
+        raise _Killed
+
+    monkeypatch.setattr(OpenAIBatchAPI, "submit", die)
+    with pytest.raises(_Killed):
+        with Gateway(_llm(sim_llm, server, **BATCH), tmp_path, progress=False) as gw:
+            gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(4)])
+    monkeypatch.setattr(OpenAIBatchAPI, "submit", real_submit)
+    with Gateway(_llm(sim_llm, server, **BATCH), tmp_path, progress=False) as gw:
+        res = gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(4)])
+        assert [b["status"] for b in gw.store.batches()] == ["ended"]
+    assert [r.text for r in res] == [f"item {i}" for i in range(4)] and len(server.batches.created) == 1

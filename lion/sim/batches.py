@@ -162,6 +162,16 @@ class BatchStore:
             return 404, _oa_error(f"No such Batch object: {bid}", "id")
         return 200, self._openai_object(b)
 
+    def list_openai(self, limit: int = 20, after: str | None = None) -> tuple[int, dict[str, Any]]:
+        """GET /v1/batches: newest first, `limit` per page, paged with `after` (a batch id)."""
+        ids = [i for i in reversed(self.created) if self.batches[i].api == "openai"]
+        if after is not None:
+            ids = ids[ids.index(after) + 1:] if after in ids else []
+        page = ids[:max(1, min(limit, 100))]
+        data = [self._openai_object(self.batches[i]) for i in page]
+        return 200, {"object": "list", "data": data, "first_id": page[0] if page else None,
+                     "last_id": page[-1] if page else None, "has_more": len(ids) > len(page)}
+
     def _openai_object(self, b: _Batch) -> dict[str, Any]:
         ok = b.counts["ok"]
         return {

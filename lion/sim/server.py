@@ -5,7 +5,7 @@ offline runs.
 
 Endpoints: POST /v1/chat/completions (with `usage`, incl. `prompt_tokens_details.cached_tokens`), POST /v1/messages
 (Anthropic's messages API: system prompt, content blocks, `usage` with cache read/write tokens; the key may come as
-`x-api-key`), GET /v1/models, and both batch APIs (lion.sim.batches: /v1/files + /v1/batches, /v1/messages/batches).
+`x-api-key`), GET /v1/models, and both batch APIs (lion.sim.batches: /v1/files + /v1/batches incl. the list, /v1/messages/batches).
 Also POST /v1/completions (the prompt as one user message to the responder, or its `complete(body)`) and vLLM's
 dynamic LoRA endpoints POST /v1/load_lora_adapter / /v1/unload_lora_adapter: loaded adapters are listed and
 served as models, and a responder with `load_adapter(name, path)` / `unload_adapter(name)` takes part (e.g.
@@ -51,6 +51,7 @@ import random
 import signal
 import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -366,7 +367,8 @@ class SimServer:
                 msg = f"Incorrect API key provided: {got}. You can find your API key at https://example.invalid."
                 await self._send(writer, 401, _error(msg, "invalid_request_error", "invalid_api_key"))
                 return
-        route = path.rstrip("/")
+        route, _, query = path.partition("?")
+        route = route.rstrip("/")
         if method == "GET" and route == "/v1/models":
             entry.update(status=200, kind="models")
             self._record(entry)
@@ -382,7 +384,7 @@ class SimServer:
         if method == "POST" and route in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
             await self._lora(route.endswith("/load_lora_adapter"), raw, entry, writer)
             return
-        if await self._batch_route(method, route, headers, raw, entry, writer):
+        if await self._batch_route(method, route, headers, raw, entry, writer, query):
             return
         entry.update(status=404, kind="no_route")
         self._record(entry)
@@ -611,7 +613,7 @@ class SimServer:
         return answer
 
     async def _batch_route(self, method: str, route: str, headers: dict[str, str], raw: bytes,
-                           entry: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
+                           entry: dict[str, Any], writer: asyncio.StreamWriter, query: str = "") -> bool:
         """The files / batches / message-batches endpoints; False when `route` is none of them."""
         store = self.batches
         parts = route.split("/")[1:]  # ["v1", ...]
@@ -633,6 +635,9 @@ class SimServer:
                 result = store.file_info(parts[2])
             elif method == "POST" and route == "/v1/batches":
                 result = store.create_openai(json.loads(raw))
+            elif method == "GET" and route == "/v1/batches":
+                q = urllib.parse.parse_qs(query)
+                result = store.list_openai(int(q.get("limit", ["20"])[0]), q.get("after", [None])[0])
             elif method == "GET" and len(parts) == 3 and parts[1] == "batches":
                 result = store.get_openai(parts[2])
             elif method == "POST" and route == "/v1/messages/batches":

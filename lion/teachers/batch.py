@@ -7,8 +7,10 @@ in the cache go out. `BatchRunner.run`:
 1. resume: the role's batches recorded in RUN/calls.sqlite and not ended yet, holding any of these calls, are
    polled again; their calls are not resubmitted;
 2. the other calls go out as one or more batches within the provider's limits (`max_items`, `max_bytes`,
-   `llm.<role>.batch_max_items`), each worst case reserved against the budget at the batch price; each batch id is
-   committed to the run directory (with every item's params and messages) before anyone waits on it;
+   `llm.<role>.batch_max_items`), each worst case reserved against the budget at the batch price; each batch is
+   committed to the run directory (with every item's params and messages) as an intent before its create request,
+   under a tag sent as the batch's metadata, and named by its id once the provider answers; an intent a kill
+   left unnamed is looked up by its tag on resume (`BatchAPI.find`), so a batch is never paid twice;
 3. every `batch_poll_s` the open batches are polled; an ended batch's results go into the same call cache as online
    calls (the key does not depend on the mode) and the ledger, priced at `llm.prices.<model>.batch_discount`, mode
    "batch";
@@ -28,6 +30,7 @@ import asyncio
 import collections
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -82,6 +85,10 @@ class BatchAPI(Protocol):
 
     async def results(self, batch_id: str) -> list[BatchOutcome]: ...
 
+    # optional: `async def find(self, tag: str, since: float) -> str | None`, the id of the batch created with
+    # metadata tag `tag` (at or after time `since`), for intents a kill left unnamed (OpenAI; Anthropic's
+    # Message Batches carry no metadata, so there such an intent's calls go out again)
+
 
 def chunks(lines: Sequence[BatchLine], max_items: int, max_bytes: int, size: Any) -> list[list[BatchLine]]:
     """Split lines into batches of at most max_items lines and max_bytes bytes (a line is never split)."""
@@ -117,6 +124,7 @@ class BatchRunner:
 
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
+        await self._find_intents()
         self._resume()
         while self.state.stop != "fatal":
             todo = [k for k in self.pending if k in self.todo and not self._in_flight(k)
@@ -152,6 +160,25 @@ class BatchRunner:
         return any(key in keys for keys in self.active.values())
 
     # ------------------------------------------------------------------ resume
+    async def _find_intents(self) -> None:
+        """Batches written as intents by a run killed before it learnt their ids: found by their tag, they are
+        re-polled like any open batch; not found (the create request never arrived), their calls go out again."""
+        find = getattr(self.api, "find", None)
+        for intent in self.gw.store.intents(self.role):
+            bid = None
+            if find is not None:
+                try:
+                    bid = await find(intent["tag"], intent["created"])
+                except (TransientError, PermanentError) as e:
+                    self.gw.say(f"llm.{self.role} ({self.phase}): could not look up batch {intent['tag']} ({e}); "
+                                "its calls go out again")
+            if bid is None:
+                self.gw.store.drop_intent(intent["tag"])
+            else:
+                self.gw.store.promote(intent["tag"], bid)
+                self.gw.say(f"llm.{self.role} ({self.phase}): found batch {bid} by its tag {intent['tag']} (created "
+                            "just before the last stop; not resubmitted)")
+
     def _resume(self) -> None:
         """Re-poll the role's open batches that hold any call wanted now (they are never submitted again)."""
         for b in self.gw.store.open_batches(self.role):
@@ -192,14 +219,19 @@ class BatchRunner:
             lines.append(BatchLine(k, it.request, it.params))
         for chunk in chunks(lines, self.max_items, self.api.max_bytes, self.api.line_size):
             attempt = max(self.sent[line.custom_id] for line in chunk) + 1
-            bid = await self._submit_one(chunk, attempt)
-            if bid is None:
-                return
-            self.gw.store.record_batch(bid, role=self.role, phase=self.phase, provider=self.provider.identity,
-                                       model=self.rc.model, attempt=attempt,
+            tag = f"lion:{self.role}:{self.phase}:{attempt}:{uuid.uuid4().hex[:16]}"
+            # the intent first: a kill after the provider created the batch and before we learn its id leaves
+            # the tag, by which a resume finds the batch instead of paying for it twice
+            self.gw.store.record_batch(tag, role=self.role, phase=self.phase, provider=self.provider.identity,
+                                       model=self.rc.model, attempt=attempt, status="submitting",
                                        items=[(ln.custom_id, ln.params.key_fields(),
                                                [{"role": r, "content": c} for r, c in ln.request.messages])
                                               for ln in chunk])
+            bid = await self._submit_one(chunk, attempt, tag)
+            if bid is None:
+                self.gw.store.drop_intent(tag)
+                return
+            self.gw.store.promote(tag, bid)
             self.active[bid] = [ln.custom_id for ln in chunk]
             for ln in chunk:
                 self.sent[ln.custom_id] += 1
@@ -209,9 +241,8 @@ class BatchRunner:
                          f"attempt {attempt})")
             self._postfix()
 
-    async def _submit_one(self, chunk: list[BatchLine], attempt: int) -> str | None:
+    async def _submit_one(self, chunk: list[BatchLine], attempt: int, tag: str) -> str | None:
         """Create one batch, backing off on transient errors for up to outage_s; None when it cannot be."""
-        tag = f"lion:{self.role}:{self.phase}:{attempt}"
         first = time.monotonic()
         delay = self.rc.backoff_initial_s
         while True:

@@ -65,6 +65,19 @@ class OpenAIBatchAPI:
             raise self._error(e) from None
         return b.id
 
+    async def find(self, tag: str, since: float) -> str | None:
+        """The batch created with metadata {"lion": tag}: the list is newest first, so stop at batches created
+        well before the intent was written."""
+        try:
+            async for b in self.p.client().batches.list(limit=100):
+                if (b.metadata or {}).get("lion") == tag:
+                    return b.id
+                if b.created_at < since - 300:
+                    break
+        except (openai.OpenAIError, ValueError, TypeError) as e:
+            raise self._error(e) from None
+        return None
+
     async def _retrieve(self, batch_id: str) -> Any:
         try:
             return await self.p.client().batches.retrieve(batch_id)

@@ -13,7 +13,10 @@ Tables:
   batches, batch_items
             every batch submitted in batch mode (id, role, phase, provider, model, items, status), recorded
             before the run waits on it, with each item's params and messages: a killed run re-polls the
-            same batches on resume (never resubmits them) and can file any result in the cache.
+            same batches on resume (never resubmits them) and can file any result in the cache. Before the
+            create request goes out, the batch is written as an intent (status `submitting`, id = its tag,
+            sent as the batch's metadata); once the provider names the batch, the intent becomes that batch
+            in one transaction. An intent left by a kill in between is looked up by its tag on resume.
 
 WAL mode and a commit after every call: a SIGKILL loses at most the calls in flight. Run-dir None gives an
 in-memory database (tests, one-off use). Nothing secret is ever written here: no keys, no headers.
@@ -158,11 +161,13 @@ class CallStore:
 
     # ------------------------------------------------------------------ batches (batch mode)
     def record_batch(self, batch_id: str, *, role: str, phase: str, provider: str, model: str, attempt: int,
-                     items: list[tuple[str, dict[str, Any], list[dict[str, str]]]]) -> None:
-        """A submitted batch and its items (key, params, messages), committed before anyone waits on it."""
+                     items: list[tuple[str, dict[str, Any], list[dict[str, str]]]],
+                     status: str = "submitted") -> None:
+        """A batch and its items (key, params, messages), committed before anyone waits on it (status
+        `submitting`: an intent, written before the create request; batch_id is then its tag)."""
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
-                             (batch_id, role, phase, provider, model, len(items), attempt, "submitted", time.time(),
+                             (batch_id, role, phase, provider, model, len(items), attempt, status, time.time(),
                               None))
             self._db.executemany("INSERT OR REPLACE INTO batch_items VALUES (?,?,?,?)",
                                  [(batch_id, k, json.dumps(p, sort_keys=True), json.dumps(m, ensure_ascii=False))
@@ -181,6 +186,28 @@ class CallStore:
                             "keys": keys})
         return out
 
+    def intents(self, role: str) -> list[dict[str, Any]]:
+        """The role's batches written as intents and never named by the provider (a kill came in between)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, phase, created FROM batches WHERE role=? AND status='submitting' "
+                                    "ORDER BY created", (role,)).fetchall()
+        return [{"tag": tag, "phase": phase, "created": created} for tag, phase, created in rows]
+
+    def promote(self, tag: str, batch_id: str) -> None:
+        """The intent `tag` is the provider's batch `batch_id` now (one transaction)."""
+        with self._lock:
+            self._db.execute("UPDATE batches SET id=?, status='submitted' WHERE id=? AND status='submitting'",
+                             (batch_id, tag))
+            self._db.execute("UPDATE batch_items SET batch_id=? WHERE batch_id=?", (batch_id, tag))
+            self._db.commit()
+
+    def drop_intent(self, tag: str) -> None:
+        """An intent the provider never created: its calls may go out again."""
+        with self._lock:
+            self._db.execute("DELETE FROM batch_items WHERE batch_id=?", (tag,))
+            self._db.execute("DELETE FROM batches WHERE id=? AND status='submitting'", (tag,))
+            self._db.commit()
+
     def batch_item(self, batch_id: str, key: str) -> tuple[dict[str, Any], list[dict[str, str]]] | None:
         with self._lock:
             row = self._db.execute("SELECT params, messages FROM batch_items WHERE batch_id=? AND key=?",
@@ -196,7 +223,7 @@ class CallStore:
         """Every batch this run directory submitted (for reports and tests)."""
         with self._lock:
             rows = self._db.execute("SELECT id, role, phase, model, n, attempt, status FROM batches "
-                                    "ORDER BY created").fetchall()
+                                    "WHERE status != 'submitting' ORDER BY created").fetchall()
         keys = ("id", "role", "phase", "model", "n", "attempt", "status")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
