@@ -269,8 +269,8 @@ def _metrics(split_rows: Iterable[dict[str, Any]], verdict_ok: Iterable[bool]) -
         "loss_mean": mean("loss"),
         "similarity_mean": mean("similarity"),
         "n_verdicts": verdicts,
-        "parse_failures": failed,
-        "parse_failure_rate": failed / verdicts if verdicts else 0.0,
+        "parse_failures": failed if verdicts else None,  # None: no verdict was asked for (an LLM-free selector)
+        "parse_failure_rate": failed / verdicts if verdicts else None,
         "swap_flip_rate": flips / flip_n if flip_n else None,
     }
 

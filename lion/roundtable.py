@@ -102,7 +102,7 @@ def round_line(m: dict[str, Any]) -> str:
             f"hard {d['hard']} ({_fmt(d['hard_ratio'])})",
             f"scores T {_fmt(d['teacher_mean'])} / S {_fmt(d['student_mean'])}",
             f"flip {_fmt(d['swap_flip_rate'])}",
-            f"parse-fail {d['parse_failures']}",
+            f"parse-fail {'-' if d.get('parse_failures') is None else d['parse_failures']}",
         ]
     for name, sh in (d.get("shadows") or {}).items():
         parts += [shadow_text(name, sh)]

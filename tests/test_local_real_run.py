@@ -60,6 +60,8 @@ def test_one_round_of_the_all_real_config(smollm2_dir: Path, gguf_cache: Path, t
     assert {s["label"] for s in split} == {"hard", "easy"} and all(s["loss"] is not None for s in split)
     disc = json.loads((rp / "discrimination.json").read_text())
     assert disc["selector"] == "student_loss" and disc["hard_ratio"] == 0.5
+    assert disc["parse_failures"] is None and disc["parse_failure_rate"] is None  # no referee asked: no "0"
+    assert "parse-fail -" in out
     # the LLM referee beside it: every verdict counted, a failed one excluded and never a number
     sh = disc["shadows"]["referee"]
     verdicts = read_jsonl(rp / "shadow_referee_judgements.jsonl")
