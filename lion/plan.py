@@ -449,12 +449,12 @@ def compare(plan: Plan, run_dir: str | Path) -> dict[str, Any]:
     usage = json.loads(path.read_text())
     measured = usage["total"]
     t = plan.total()
-    pairs = {"requests": (t["calls"], measured["calls"] + measured.get("cached", 0)),
+    requests = measured["calls"] + measured.get("cached", 0)
+    pairs = {"requests": (t["calls"], requests),
              "calls": (t["calls"], measured["calls"]), "tokens_in": (t["tokens_in"], measured["tokens_in"]),
              "tokens_out": (t["tokens_out"], measured["tokens_out"]), "usd": (t["usd_configured"], measured["usd"])}
     out: dict[str, Any] = {k: {"planned": round(p, 4), "measured": m, "ratio": round(m / p, 4) if p else None}
                            for k, (p, m) in pairs.items()}
-    requests = measured["calls"] + measured.get("cached", 0)
     out["served_by_cache"] = round(measured.get("cached", 0) / requests, 4) if requests else 0.0
     by: dict[str, dict[str, float]] = {}
 
@@ -463,8 +463,9 @@ def compare(plan: Plan, run_dir: str | Path) -> dict[str, Any]:
                                    "planned_tokens_in": 0.0, "measured_tokens_in": 0})
 
     for s in plan.steps:
-        row(f"{s.role}/{s.phase}")["planned_calls"] += s.calls
-        row(f"{s.role}/{s.phase}")["planned_tokens_in"] += s.tokens_in
+        b = row(f"{s.role}/{s.phase}")
+        b["planned_calls"] += s.calls
+        b["planned_tokens_in"] += s.tokens_in
     for r in usage.get("by", []):
         b = row(f"{r['role']}/{r['phase']}")
         b["measured_calls"] += r["calls"]

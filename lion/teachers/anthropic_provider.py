@@ -158,6 +158,10 @@ class AnthropicBatchAPI:
     def line_size(self, line: BatchLine) -> int:
         return len(json.dumps(self._request(line), ensure_ascii=False).encode("utf-8")) + 2
 
+    async def find(self, tag: str, since: float) -> str | None:
+        """Message Batches take no metadata, so a batch cannot be found by its tag: None (the calls go out again)."""
+        return None
+
     async def submit(self, lines: Sequence[BatchLine], tag: str) -> str:
         try:
             b = await self.p.client().messages.batches.create(requests=[self._request(ln) for ln in lines])  # type: ignore[misc]

@@ -85,9 +85,10 @@ class BatchAPI(Protocol):
 
     async def results(self, batch_id: str) -> list[BatchOutcome]: ...
 
-    # optional: `async def find(self, tag: str, since: float) -> str | None`, the id of the batch created with
-    # metadata tag `tag` (at or after time `since`), for intents a kill left unnamed (OpenAI; Anthropic's
-    # Message Batches carry no metadata, so there such an intent's calls go out again)
+    async def find(self, tag: str, since: float) -> str | None:
+        """The id of the batch created with metadata tag `tag` at or after `since` (an intent a kill left unnamed),
+        None when there is none or the provider cannot say (then the intent's calls go out again)."""
+        ...
 
 
 def chunks(lines: Sequence[BatchLine], max_items: int, max_bytes: int, size: Any) -> list[list[BatchLine]]:
@@ -163,15 +164,13 @@ class BatchRunner:
     async def _find_intents(self) -> None:
         """Batches written as intents by a run killed before it learnt their ids: found by their tag, they are
         re-polled like any open batch; not found (the create request never arrived), their calls go out again."""
-        find = getattr(self.api, "find", None)
         for intent in self.gw.store.intents(self.role):
             bid = None
-            if find is not None:
-                try:
-                    bid = await find(intent["tag"], intent["created"])
-                except (TransientError, PermanentError) as e:
-                    self.gw.say(f"llm.{self.role} ({self.phase}): could not look up batch {intent['tag']} ({e}); "
-                                "its calls go out again")
+            try:
+                bid = await self.api.find(intent["tag"], intent["created"])
+            except (TransientError, PermanentError) as e:
+                self.gw.say(f"llm.{self.role} ({self.phase}): could not look up batch {intent['tag']} ({e}); "
+                            "its calls go out again")
             if bid is None:
                 self.gw.store.drop_intent(intent["tag"])
             else:
