@@ -5,7 +5,9 @@
 From each hard seed the generator writes a new instruction of the same domain and task type, of similar
 length and difficulty (prompts/generate_hard.txt); from each easy seed, one of the same domain on a rarer
 topic (prompts/generate_easy.txt). Seeds are drawn without replacement while they last (then the seed list
-is reshuffled; a seed's n-th use is the n-th sample of its prompt, so it is a new call, not a cache hit).
+is reshuffled). A seed's n-th use, counted over this round and every earlier one (their generated and rejected
+rows, by kind and parent), is the n-th sample of its prompt: a new call, never a replay of an earlier round's
+reply, which would only come back as a near-duplicate of what that round already kept.
 A reply cut at the generator's max_tokens (finish_reason "length") is rejected as `truncated`; the others go
 through the filters of `lion.filters` (parse, length, meta words, ROUGE-L near-duplicates
 against the Cache Pool and everything accepted so far, decontamination against evaluation sets); each
@@ -72,10 +74,10 @@ class SeedSampler:
     the seeds shuffling the list would."""
 
     def __init__(self, seeds: Sequence[Instruction], rng: random.Random,
-                 full: Callable[[Instruction], bool] = lambda s: False):
+                 full: Callable[[Instruction], bool] = lambda s: False, used: Counter[str] | None = None):
         self.seeds, self.rng, self.full = seeds, rng, full
         self.order: array.array[int] = array.array("q")
-        self.uses: Counter[str] = Counter()
+        self.uses: Counter[str] = Counter(used or {})  # uses per seed id so far, earlier rounds included
 
     def next(self) -> tuple[Instruction, int] | None:
         for _ in range(2):
@@ -90,6 +92,21 @@ class SeedSampler:
                 self.uses[seed.id] += 1
                 return seed, sample
         return None
+
+
+def earlier_uses(ctx: RunContext, r: int) -> dict[str, Counter[str]]:
+    """How often each seed id was asked for, per kind, in the generation phases of rounds before r.
+
+    Every request of a phase leaves one row, kept or rejected, with its kind and parent (the seed's id)."""
+    used = {k: Counter[str]() for k in KINDS}
+    for q in range(1, r):
+        rq = ctx.run.round(q)
+        for path in (rq.generated, rq.rejected):
+            if path.is_file():
+                for _, row in iter_jsonl(path):
+                    if row.get("kind") in used and row.get("parent"):
+                        used[row["kind"]][str(row["parent"])] += 1
+    return used
 
 
 def category(ctx: RunContext, inst: Instruction) -> str | None:
@@ -182,7 +199,8 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         cap = None if gc.max_category_share is None else max(1, math.floor(gc.max_category_share * wanted[k]))
         return lambda s: cap is not None and (c := category(ctx, s)) is not None and grown[k][c] >= cap
 
-    samplers = {k: SeedSampler(seeds[k], rng, full(k)) for k in KINDS}
+    used = earlier_uses(ctx, r)
+    samplers = {k: SeedSampler(seeds[k], rng, full(k), used[k]) for k in KINDS}
     templates = {k: ctx.template(f"generate_{k}") for k in KINDS}
     markers = {k: reply_marker(templates[k]) for k in KINDS}
 

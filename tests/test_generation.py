@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,14 @@ def test_seeds_are_drawn_without_replacement_while_they_last():
     second = [sampler.next() for _ in range(5)]  # a fresh shuffle: each seed's second use is its sample 1
     assert sorted(s.id for s, _ in second) == sorted(s.id for s in seeds)
     assert all(sample == 1 for _, sample in second)
+
+
+def test_uses_from_earlier_rounds_continue_the_sample_count():
+    """A seed asked for twice in earlier rounds is asked for its sample 2 now: a new call, not a replay."""
+    seeds = [Instruction(f"seed number {i}") for i in range(3)]
+    used = Counter({seeds[0].id: 2, seeds[2].id: 1})
+    sampler = SeedSampler(seeds, random.Random(0), used=used)
+    draws = [sampler.next() for _ in range(3)]
+    drawn = {s.id: n for s, n in filter(None, draws)}
+    assert drawn == {seeds[0].id: 2, seeds[1].id: 0, seeds[2].id: 1}
+    assert used[seeds[0].id] == 2  # the caller's counts are not changed

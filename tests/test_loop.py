@@ -145,6 +145,17 @@ def test_two_rounds_end_to_end(tmp_path: Path, server, monkeypatch, capsys):
     # each teacher answer bought once although imitation and discrimination both need it
     teacher_calls = [k for k in responder.keys if "knowledgeable" in k]
     assert len(teacher_calls) == len(set(teacher_calls))
+    # a seed drawn again in round 2 is asked for a new sample, not replayed from round 1's cache (which would
+    # only come back as a near-duplicate of the instruction round 1 kept)
+    def parents(r: int) -> set[tuple[str, str]]:
+        rd = run / f"round_{r:02d}"
+        return {(g["kind"], g["parent"]) for name in ("generated.jsonl", "rejected.jsonl")
+                for g in read_jsonl(rd / name)}
+    assert parents(1) & parents(2), "no seed was drawn in both rounds: the check below would test nothing"
+    generator_calls = [k for k in responder.keys if "TASK:" in k]
+    assert len(generator_calls) == len(set(generator_calls))
+    usage = json.loads((run / "usage.json").read_text())
+    assert sum(u["cached"] for u in usage["by"] if u["role"] == "generator") == 0
     out = capsys.readouterr().out
     assert "hard%" in out and "round 2:" in out
     # nothing secret in the run directory
