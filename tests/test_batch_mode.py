@@ -199,3 +199,44 @@ def test_an_intent_the_provider_never_received_goes_out_again(tmp_path, sim_serv
         res = gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(4)])
         assert [b["status"] for b in gw.store.batches()] == ["ended"]
     assert [r.text for r in res] == [f"item {i}" for i in range(4)] and len(server.batches.created) == 1
+
+
+def test_a_lookup_that_keeps_failing_holds_the_intent_back_instead_of_paying_twice(tmp_path, sim_server, sim_llm,
+                                                                                   monkeypatch):
+    """Killed between create and id; on resume the provider's list endpoint is down: the run stops naming the tag
+    and keeps the intent (nothing is submitted again); once the API answers, the batch is found and re-polled."""
+    from lion.errors import ProviderError
+    from lion.teachers.base import TransientError
+    from lion.teachers.openai_batch import OpenAIBatchAPI
+    from lion.teachers.store import CallStore
+
+    server = sim_server(EchoResponder(), strict=True, batch_delay_s=0.3)
+    real_promote, real_find = CallStore.promote, OpenAIBatchAPI.find
+
+    def die(self, tag, batch_id):
+        raise _Killed
+
+    monkeypatch.setattr(CallStore, "promote", die)
+    with pytest.raises(_Killed):
+        with Gateway(_llm(sim_llm, server, **BATCH), tmp_path, progress=False) as gw:
+            gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(5)])
+    monkeypatch.setattr(CallStore, "promote", real_promote)
+    lookups = []
+
+    async def down(self, tag, since):
+        lookups.append(tag)
+        raise TransientError("503 Service Unavailable", status=503)
+
+    monkeypatch.setattr(OpenAIBatchAPI, "find", down)
+    with pytest.raises(ProviderError, match=r"could not look up batch \S+ .*held back rather than paid twice"):
+        with Gateway(_llm(sim_llm, server, **BATCH, outage_s=0.3), tmp_path, progress=False) as gw:
+            gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(5)])
+    assert len(lookups) > 1  # retried through the outage, not given up at the first error
+    assert len(server.batches.created) == 1
+    with sqlite3.connect(tmp_path / "calls.sqlite") as db:
+        assert [r[0] for r in db.execute("select status from batches")] == ["submitting"]  # kept
+    monkeypatch.setattr(OpenAIBatchAPI, "find", real_find)
+    with Gateway(_llm(sim_llm, server, **BATCH), tmp_path, progress=False) as gw:
+        res = gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(5)])
+    assert [r.text for r in res] == [f"item {i}" for i in range(5)]
+    assert len(server.batches.created) == 1 and set(server.completed_by_hash().values()) == {1}

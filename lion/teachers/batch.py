@@ -163,14 +163,26 @@ class BatchRunner:
     # ------------------------------------------------------------------ resume
     async def _find_intents(self) -> None:
         """Batches written as intents by a run killed before it learnt their ids: found by their tag, they are
-        re-polled like any open batch; not found (the create request never arrived), their calls go out again."""
+        re-polled like any open batch; not found (the create request never arrived), their calls go out again.
+        A lookup that keeps failing (llm.<role>.outage_s) stops the run with the intent kept: its calls are held
+        back, not sent a second time, until a later run finds out whether the provider has them."""
         for intent in self.gw.store.intents(self.role):
-            bid = None
-            try:
-                bid = await self.api.find(intent["tag"], intent["created"])
-            except (TransientError, PermanentError) as e:
-                self.gw.say(f"llm.{self.role} ({self.phase}): could not look up batch {intent['tag']} ({e}); "
-                            "its calls go out again")
+            failing_since: float | None = None
+            while True:
+                try:
+                    bid = await self.api.find(intent["tag"], intent["created"])
+                    break
+                except TransientError as e:
+                    failing_since = failing_since or time.monotonic()
+                    if time.monotonic() - failing_since >= max(self.rc.outage_s, self.rc.batch_poll_s):
+                        self._stop(f"could not look up batch {intent['tag']} (created just before the last stop) "
+                                   f"for llm.{self.role}.outage_s ({e}); its calls are held back rather than paid "
+                                   "twice")
+                        return
+                    await asyncio.sleep(self.rc.batch_poll_s)
+                except PermanentError as e:
+                    self.gw.set_fatal(self.state, self.role, self.rc, self.provider, e)
+                    return
             if bid is None:
                 self.gw.store.drop_intent(intent["tag"])
             else:
