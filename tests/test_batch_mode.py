@@ -155,11 +155,15 @@ class _Killed(BaseException):
     """Stands for a SIGKILL: not an Exception, so nothing on the way catches it."""
 
 
+@pytest.mark.parametrize("provider, model", [("openai", "gpt-5-mini"), ("anthropic", "claude-haiku-4-5")])
 def test_a_kill_between_creating_a_batch_and_learning_its_id_finds_the_batch_by_its_tag(tmp_path, sim_server,
-                                                                                       sim_llm, monkeypatch):
+                                                                                       sim_llm, monkeypatch,
+                                                                                       provider, model):
+    """OpenAI: by the tag in the batch's metadata; Anthropic (no metadata): by its size and creation time."""
     from lion.teachers.store import CallStore
 
     server = sim_server(EchoResponder(), strict=True, batch_delay_s=0.3)
+    BATCH = {**globals()["BATCH"], "provider": provider, "model": model}
     real_promote = CallStore.promote
 
     def die(self, tag, batch_id):  # the provider created the batch; the process dies before writing its id
@@ -223,7 +227,7 @@ def test_a_lookup_that_keeps_failing_holds_the_intent_back_instead_of_paying_twi
     monkeypatch.setattr(CallStore, "promote", real_promote)
     lookups = []
 
-    async def down(self, tag, since):
+    async def down(self, tag, since, *rest):
         lookups.append(tag)
         raise TransientError("503 Service Unavailable", status=503)
 
@@ -240,3 +244,38 @@ def test_a_lookup_that_keeps_failing_holds_the_intent_back_instead_of_paying_twi
         res = gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(5)])
     assert [r.text for r in res] == [f"item {i}" for i in range(5)]
     assert len(server.batches.created) == 1 and set(server.completed_by_hash().values()) == {1}
+
+
+def test_an_anthropic_intent_matched_to_another_clients_batch_goes_out_again_when_it_ends(tmp_path, sim_server,
+                                                                                          sim_llm, monkeypatch):
+    """Killed before the create request; another client creates a batch of the same size just then. Anthropic keeps
+    no metadata, so the resumed run takes that batch for its intent: none of its results carry our custom_ids,
+    so our calls go out in a batch of their own, each answered (and paid) once."""
+    import anthropic
+
+    from lion.teachers.anthropic_provider import AnthropicBatchAPI
+
+    server = sim_server(EchoResponder(), batch_delay_s=0.2)
+    real_submit = AnthropicBatchAPI.submit
+
+    async def die(self, lines, tag):
+        raise _Killed
+
+    monkeypatch.setattr(AnthropicBatchAPI, "submit", die)
+    role = {**BATCH, "provider": "anthropic", "model": "claude-haiku-4-5"}
+    with pytest.raises(_Killed):
+        with Gateway(_llm(sim_llm, server, **role), tmp_path, progress=False) as gw:
+            gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(3)])
+    monkeypatch.setattr(AnthropicBatchAPI, "submit", real_submit)
+    other = anthropic.Anthropic(api_key="sk-other", base_url=server.base_url.removesuffix("/v1"))
+    foreign = other.messages.batches.create(requests=[
+        {"custom_id": f"other-{i}", "params": {"model": "claude-haiku-4-5", "max_tokens": 16,
+                                             "messages": [{"role": "user", "content": f"other {i}"}]}}
+        for i in range(3)])
+    with Gateway(_llm(sim_llm, server, **role), tmp_path, progress=False) as gw:
+        res = gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(3)])
+        ids = [b["id"] for b in gw.store.batches()]
+    assert [r.text for r in res] == [f"item {i}" for i in range(3)]
+    assert ids[0] == foreign.id and len(ids) == 2  # taken for the intent, then our own batch
+    answered = server.completed_by_hash()
+    assert all(answered[messages_hash(_msgs(i))] == 1 for i in range(3))

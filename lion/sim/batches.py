@@ -5,6 +5,7 @@
 OpenAI: POST /v1/files (multipart, purpose "batch"), POST /v1/batches {input_file_id, endpoint, completion_window},
 GET /v1/batches/{id}, GET /v1/files/{id}/content (the output and error files, JSONL by custom_id).
 Anthropic: POST /v1/messages/batches {requests: [{custom_id, params}]}, GET /v1/messages/batches/{id},
+GET /v1/messages/batches (the list, newest first),
 GET /v1/messages/batches/{id}/results (JSONL: succeeded / errored / expired per custom_id).
 
 A batch ends `delay_s` after its creation; then each item is answered through the server's own request path
@@ -216,6 +217,15 @@ class BatchStore:
         if b is None or b.api != "anthropic":
             return 404, _an_error(f"message batch {bid} not found", "not_found_error")
         return 200, self._anthropic_object(b)
+
+    def list_anthropic(self, limit: int = 20, after_id: str | None = None) -> tuple[int, dict[str, Any]]:
+        """GET /v1/messages/batches: newest first, `limit` per page, paged with `after_id` (a batch id)."""
+        ids = [i for i in reversed(self.created) if self.batches[i].api == "anthropic"]
+        if after_id is not None:
+            ids = ids[ids.index(after_id) + 1:] if after_id in ids else []
+        page = ids[:max(1, min(limit, 1000))]
+        return 200, {"data": [self._anthropic_object(self.batches[i]) for i in page], "has_more": len(ids) > len(page),
+                     "first_id": page[0] if page else None, "last_id": page[-1] if page else None}
 
     def anthropic_results(self, bid: str) -> tuple[int, dict[str, Any] | bytes]:
         b = self.batches.get(bid)

@@ -642,6 +642,9 @@ class SimServer:
                 result = store.get_openai(parts[2])
             elif method == "POST" and route == "/v1/messages/batches":
                 result = store.create_anthropic(json.loads(raw))
+            elif method == "GET" and route == "/v1/messages/batches":
+                q = urllib.parse.parse_qs(query)
+                result = store.list_anthropic(int(q.get("limit", ["20"])[0]), q.get("after_id", [None])[0])
             elif method == "GET" and len(parts) == 4 and parts[1:3] == ["messages", "batches"]:
                 result = store.get_anthropic(parts[3])
             elif method == "GET" and len(parts) == 5 and parts[1:3] == ["messages", "batches"] and parts[4] == "results":

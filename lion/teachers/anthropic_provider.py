@@ -158,9 +158,27 @@ class AnthropicBatchAPI:
     def line_size(self, line: BatchLine) -> int:
         return len(json.dumps(self._request(line), ensure_ascii=False).encode("utf-8")) + 2
 
-    async def find(self, tag: str, since: float) -> str | None:
-        """Message Batches take no metadata, so a batch cannot be found by its tag: None (the calls go out again)."""
-        return None
+    async def find(self, tag: str, since: float, n: int, known: frozenset[str]) -> str | None:
+        """Message Batches keep no metadata, so the tag cannot be looked up: the batch is the one of `n` requests,
+        not among the run's `known` ids, created nearest after `since` (the list is newest first; 60 s of clock
+        skew allowed). Should another client have created one like it in that minute, its results carry none of
+        the intent's custom_ids: they are all missing when it ends, and go out again then."""
+        best: tuple[float, str] | None = None
+        try:
+            async for b in self.p.client().messages.batches.list(limit=100):
+                created = b.created_at.timestamp()
+                if created < since - 300:
+                    break
+                c = b.request_counts
+                total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
+                if b.id in known or total != n or created < since - 60:
+                    continue
+                gap = abs(created - since)
+                if best is None or gap < best[0]:
+                    best = (gap, b.id)
+        except Exception as e:  # noqa: BLE001
+            raise self.p._error(e) from None
+        return best[1] if best else None
 
     async def submit(self, lines: Sequence[BatchLine], tag: str) -> str:
         try:

@@ -85,9 +85,10 @@ class BatchAPI(Protocol):
 
     async def results(self, batch_id: str) -> list[BatchOutcome]: ...
 
-    async def find(self, tag: str, since: float) -> str | None:
-        """The id of the batch created with metadata tag `tag` at or after `since` (an intent a kill left unnamed),
-        None when there is none or the provider cannot say (then the intent's calls go out again)."""
+    async def find(self, tag: str, since: float, n: int, known: frozenset[str]) -> str | None:
+        """The id of the batch an intent stands for (a kill left it unnamed): created with metadata tag `tag`, or
+        where the provider keeps no metadata, the batch of `n` requests created nearest after `since` that is not
+        one of the `known` ids. None when there is none (then the intent's calls go out again)."""
         ...
 
 
@@ -166,11 +167,12 @@ class BatchRunner:
         re-polled like any open batch; not found (the create request never arrived), their calls go out again.
         A lookup that keeps failing (llm.<role>.outage_s) stops the run with the intent kept: its calls are held
         back, not sent a second time, until a later run finds out whether the provider has them."""
+        known = frozenset(b["id"] for b in self.gw.store.batches())
         for intent in self.gw.store.intents(self.role):
             failing_since: float | None = None
             while True:
                 try:
-                    bid = await self.api.find(intent["tag"], intent["created"])
+                    bid = await self.api.find(intent["tag"], intent["created"], int(intent["n"]), known)
                     break
                 except TransientError as e:
                     failing_since = failing_since or time.monotonic()

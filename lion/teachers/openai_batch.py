@@ -65,9 +65,9 @@ class OpenAIBatchAPI:
             raise self._error(e) from None
         return b.id
 
-    async def find(self, tag: str, since: float) -> str | None:
-        """The batch created with metadata {"lion": tag}: the list is newest first, so stop at batches created
-        well before the intent was written."""
+    async def find(self, tag: str, since: float, n: int, known: frozenset[str]) -> str | None:
+        """The batch created with metadata {"lion": tag} (exact, so n and known are not needed): the list is newest
+        first, so stop at batches created well before the intent was written."""
         try:
             async for b in self.p.client().batches.list(limit=100):
                 if (b.metadata or {}).get("lion") == tag:

@@ -189,9 +189,9 @@ class CallStore:
     def intents(self, role: str) -> list[dict[str, Any]]:
         """The role's batches written as intents and never named by the provider (a kill came in between)."""
         with self._lock:
-            rows = self._db.execute("SELECT id, phase, created FROM batches WHERE role=? AND status='submitting' "
+            rows = self._db.execute("SELECT id, phase, created, n FROM batches WHERE role=? AND status='submitting' "
                                     "ORDER BY created", (role,)).fetchall()
-        return [{"tag": tag, "phase": phase, "created": created} for tag, phase, created in rows]
+        return [{"tag": tag, "phase": phase, "created": created, "n": n} for tag, phase, created, n in rows]
 
     def promote(self, tag: str, batch_id: str) -> None:
         """The intent `tag` is the provider's batch `batch_id` now (one transaction)."""
