@@ -27,6 +27,9 @@ How the numbers are made (printed with the plan as its assumptions):
   `--student-match F` plans for a share F of such pairs. `--compare RUN` prints `requests` (paid + cache replays,
   what the call model predicts) apart from paid calls, and the share the cache served.
 `--seed-count N` plans for a pool of N instructions like those in pools.train_seed (e.g. before downloading all).
+`--calibrate RUN` scales every step by what the plan missed on a measured run, per round, role and phase (the cache
+replays above, the generator's real acceptance): run a pilot (a smaller config, one or two rounds), then plan the
+big run calibrated on it; or re-plan a run in progress on its own finished rounds.
 """
 
 from __future__ import annotations
@@ -68,6 +71,11 @@ class Step:
     binds: str = ""
     batches: int = 1  # batches sent one after another in batch mode
     mode: str = "online"
+    requests: float = -1.0  # calls the loop asks for (paid + cache replays); = calls unless --calibrate scaled them
+
+    def __post_init__(self) -> None:
+        if self.requests < 0:
+            self.requests = self.calls
 
 
 @dataclass
@@ -79,6 +87,7 @@ class Plan:
     assumptions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     memory: dict[str, Any] | None = None
+    calibrated: dict[str, Any] | None = None  # --calibrate RUN: the run and the factors applied
 
     def total(self, steps: Sequence[Step] | None = None) -> dict[str, float]:
         steps = self.steps if steps is None else steps
@@ -97,7 +106,7 @@ class Plan:
         return {"config": self.config, "rounds": self.rounds, "final_imitation": self.final_imitation,
                 "steps": [asdict(s) for s in self.steps], "total": self.total(),
                 "by_round": {r: self.total(st) for r, st in self.by_round().items()},
-                "assumptions": self.assumptions, "warnings": self.warnings,
+                "assumptions": self.assumptions, "warnings": self.warnings, "calibrated": self.calibrated,
                 "memory": {k: v for k, v in (self.memory or {}).items() if k != "text"} or None}
 
 
@@ -269,7 +278,8 @@ class _Planner:
                                     usd * (price.batch_discount if price else 0.5), minutes[binds] / 60, binds,
                                     batches, rc.mode))
 
-    def build(self, gpu_gb: float) -> Plan:
+    def build(self, gpu_gb: float | None, calibrate: str | Path | None = None) -> Plan:
+        """The plan; gpu_gb None leaves out the student's memory estimate."""
         cfg, plan, counter = self.cfg, self.plan, self.counter
         from .answers import teacher_messages
         from .referee import referee_messages
@@ -314,7 +324,8 @@ class _Planner:
                                     "(--student-match): their two orders are one call")
         else:
             plan.assumptions.append("no student answer identical to the teacher's (each pair judged in both orders: "
-                                    "an upper bound; --student-match F when short exact answers are expected)")
+                                    "an upper bound; --student-match F when short exact answers are expected, or "
+                                    "--calibrate on a pilot run)")
         eval_q = self._eval_questions(plan.assumptions)
         judge_tpl = self.tpl.template(cfg.eval.judge_template) if eval_q else None
 
@@ -348,7 +359,11 @@ class _Planner:
                                 f"{hard + easy:,.0f} generator requests in {max(w_h, w_e)} waves")
         plan.assumptions.append(f"online hours at each role's rpm / tpm / max_in_flight with {self.latency_s:g} s a "
                                 "call; no prompt-cache discount")
+        if calibrate is not None:
+            self._calibrate(Path(calibrate))
         self._warn()
+        if gpu_gb is None:
+            return plan
         try:
             from .memplan import memory_report
 
@@ -358,6 +373,58 @@ class _Planner:
         except (ConfigError, ImportError) as e:
             plan.assumptions.append(f"no GPU memory estimate: {e}")
         return plan
+
+    def _calibrate(self, run_dir: Path) -> None:
+        """Scale each step by what the plan missed on a measured run (a pilot, or this run's finished rounds).
+
+        The pilot's own config (RUN/config.yaml) is planned with the same options; per round, role and phase,
+        measured / planned calls, tokens in, tokens out and USD (from the usage snapshot in each finished round's
+        metrics.json) multiply this plan's step. Later rounds than the pilot has take its last round with that
+        role and phase; a step the pilot never had stays as planned."""
+        from .layout import RunLayout
+
+        layout = RunLayout(run_dir)
+        if not layout.config.is_file():
+            raise ConfigError(f"--calibrate: {layout.config} not found (name a run directory that has run a round)")
+        measured = measured_rounds(run_dir)
+        if not measured:
+            raise ConfigError(f"--calibrate: {run_dir} has no finished round (no round_*/metrics.json with usage)")
+        pilot_cfg = load_config(str(layout.config))
+        pilot = _Planner(pilot_cfg, str(layout.config), self.latency_s, None, self.student_match).build(None)
+        planned: dict[tuple[int, str, str], Step] = {(st.round, st.role, st.phase): st for st in pilot.steps}
+        factors: dict[tuple[int, str, str], dict[str, float]] = {}
+        for (r, role, phase), m in measured.items():
+            st = planned.get((r, role, phase))
+            if st is None or st.calls <= 0:
+                continue
+            usd = st.usd_batch if st.mode == "batch" else st.usd_online
+            factors[(r, role, phase)] = {
+                "calls": m["calls"] / st.calls,
+                "tokens_in": m["tokens_in"] / st.tokens_in if st.tokens_in else 1.0,
+                "tokens_out": m["tokens_out"] / st.tokens_out if st.tokens_out else 1.0,
+                "usd": m["usd"] / usd if usd else 1.0}
+        last = max(r for r, _, _ in measured)
+        for s in self.plan.steps:
+            known = [r for (r, role, phase) in factors if role == s.role and phase == s.phase and r <= s.round]
+            if not known:
+                continue
+            f = factors[(max(known), s.role, s.phase)]
+            s.calls *= f["calls"]
+            s.tokens_in *= f["tokens_in"]
+            s.tokens_out *= f["tokens_out"]
+            s.tpm_tokens *= f["calls"]
+            s.hours *= f["calls"]
+            s.usd_online *= f["usd"]
+            s.usd_batch *= f["usd"]
+        share = {f"{role}/{phase}": round(f["calls"], 3) for (r, role, phase), f in sorted(factors.items())
+                 if r == max(q for (q, ro, ph) in factors if ro == role and ph == phase)}
+        self.plan.calibrated = {"run": str(run_dir), "rounds": sorted({r for r, _, _ in measured}), "factors": {
+            f"{r}/{role}/{phase}": {k: round(v, 4) for k, v in f.items()} for (r, role, phase), f in
+            sorted(factors.items())}}
+        self.plan.assumptions.append(
+            f"calibrated on {run_dir} (rounds 1-{last} measured): each step scaled by measured / planned of the same "
+            f"round, role and phase there (later rounds by its last one); paid calls per planned call in its last "
+            f"rounds: " + ", ".join(f"{k} {v:.2f}" for k, v in share.items()))
 
     def _eval_questions(self, assumptions: list[str]) -> tuple[list[float], float] | None:
         """(prompt tokens of each evaluation question's teacher call, mean question tokens), or None."""
@@ -398,8 +465,37 @@ class _Planner:
 
 
 def make_plan(cfg: LionConfig, config_name: str = "", *, gpu_gb: float = 80.0, latency_s: float | None = None,
-              seed_count: int | None = None, student_match: float = 0.0) -> Plan:
-    return _Planner(cfg, config_name, latency_s, seed_count, student_match).build(gpu_gb)
+              seed_count: int | None = None, student_match: float = 0.0, calibrate: str | Path | None = None) -> Plan:
+    return _Planner(cfg, config_name, latency_s, seed_count, student_match).build(gpu_gb, calibrate)
+
+
+def measured_rounds(run_dir: str | Path) -> dict[tuple[int, str, str], dict[str, float]]:
+    """What each finished round of a run paid, per (round, role, phase): calls, cached replays, tokens, USD.
+
+    Each round's metrics.json holds the run's usage ledger as it stood when the round ended; a round's share is
+    its snapshot less the one before. Rounds are read from 1 up to the first without a snapshot."""
+    from .layout import RunLayout
+
+    layout, out = RunLayout(run_dir), {}
+    before: dict[tuple[str, str], dict[str, float]] = {}
+    r = 1
+    while (path := layout.round(r).metrics).is_file():
+        usage = json.loads(path.read_text()).get("usage")
+        if not usage:
+            break
+        now: dict[tuple[str, str], dict[str, float]] = {}
+        for row in usage.get("by", []):
+            acc = now.setdefault((row["role"], row["phase"]), dict.fromkeys(("calls", "cached", "tokens_in",
+                                                                              "tokens_out", "usd"), 0.0))
+            for k in acc:
+                acc[k] += row.get(k, 0)
+        for key, acc in now.items():
+            prev = before.get(key, {})
+            delta = {k: v - prev.get(k, 0.0) for k, v in acc.items()}
+            if delta["calls"] or delta["cached"]:
+                out[(r, *key)] = delta
+        before, r = now, r + 1
+    return out
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -450,7 +546,7 @@ def compare(plan: Plan, run_dir: str | Path) -> dict[str, Any]:
     measured = usage["total"]
     t = plan.total()
     requests = measured["calls"] + measured.get("cached", 0)
-    pairs = {"requests": (t["calls"], requests),
+    pairs = {"requests": (sum(s.requests for s in plan.steps), requests),
              "calls": (t["calls"], measured["calls"]), "tokens_in": (t["tokens_in"], measured["tokens_in"]),
              "tokens_out": (t["tokens_out"], measured["tokens_out"]), "usd": (t["usd_configured"], measured["usd"])}
     out: dict[str, Any] = {k: {"planned": round(p, 4), "measured": m, "ratio": round(m / p, 4) if p else None}
@@ -459,12 +555,14 @@ def compare(plan: Plan, run_dir: str | Path) -> dict[str, Any]:
     by: dict[str, dict[str, float]] = {}
 
     def row(key: str) -> dict[str, float]:
-        return by.setdefault(key, {"planned_calls": 0.0, "measured_calls": 0, "measured_requests": 0,
+        return by.setdefault(key, {"planned_calls": 0.0, "planned_requests": 0.0, "measured_calls": 0,
+                                   "measured_requests": 0,
                                    "planned_tokens_in": 0.0, "measured_tokens_in": 0})
 
     for s in plan.steps:
         b = row(f"{s.role}/{s.phase}")
         b["planned_calls"] += s.calls
+        b["planned_requests"] += s.requests
         b["planned_tokens_in"] += s.tokens_in
     for r in usage.get("by", []):
         b = row(f"{r['role']}/{r['phase']}")
@@ -472,6 +570,7 @@ def compare(plan: Plan, run_dir: str | Path) -> dict[str, Any]:
         b["measured_requests"] += r["calls"] + r.get("cached", 0)
         b["measured_tokens_in"] += r["tokens_in"]
     out["by"] = by
+    out["calibrated_on"] = plan.calibrated["run"] if plan.calibrated else None
     return out
 
 
@@ -484,12 +583,14 @@ def format_compare(cmp: dict[str, Any]) -> str:
         lines.append(f"{k:<34} {v['planned']:>14,.4f} {v['measured']:>14,.4f} {ratio:>17}")
     for k, v in cmp.get("by", {}).items():
         for what in ("requests", "calls"):
-            m = v[f"measured_{what}"]
-            ratio = m / v["planned_calls"] if v["planned_calls"] else float("nan")
-            lines.append(f"{what + ' ' + k:<34} {v['planned_calls']:>14,.1f} {m:>14,} {ratio:>17.3f}")
-    lines.append(f"served by the call cache: {cmp.get('served_by_cache', 0):.1%} of the requests (identical answer "
-                 "pairs, unchanged student answers): the plan does not predict it, so calls, tokens and USD are "
-                 "upper bounds")
+            m, p = v[f"measured_{what}"], v[f"planned_{what}"]
+            ratio = m / p if p else float("nan")
+            lines.append(f"{what + ' ' + k:<34} {p:>14,.1f} {m:>14,} {ratio:>17.3f}")
+    share = f"served by the call cache: {cmp.get('served_by_cache', 0):.1%} of the requests (identical answer pairs, " \
+            "unchanged student answers)"
+    lines.append(share + (f"; the plan was calibrated on {cmp['calibrated_on']}" if cmp.get("calibrated_on") else
+                          ": a plan that is not calibrated (--calibrate) does not predict it, so its calls, tokens "
+                          "and USD are upper bounds"))
     return "\n".join(lines)
 
 
@@ -510,6 +611,9 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
                    help="seconds an API call takes (default: sim.latency_ms offline, else 5)")
     p.add_argument("--seed-count", type=int, default=None,
                    help="plan for a seed pool of N instructions like those in pools.train_seed")
+    p.add_argument("--calibrate", metavar="RUN_DIR", default=None,
+                   help="scale the plan by what it missed on a measured run (a pilot of a smaller config, or this "
+                        "run's finished rounds): per round, role and phase, measured / planned calls, tokens, USD")
     p.add_argument("--student-match", type=float, default=0.0, metavar="F",
                    help="share (0-1) of student answers expected to be identical to the teacher's: both orders of "
                         "such a pair are one call (default 0: an upper bound)")
@@ -517,7 +621,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
 
 def print_plan(cfg: LionConfig, config_name: str, args: argparse.Namespace) -> Plan:
     plan = make_plan(cfg, config_name, gpu_gb=args.gpu_gb, latency_s=args.latency_s, seed_count=args.seed_count,
-                     student_match=args.student_match)
+                     student_match=args.student_match, calibrate=args.calibrate)
     print(format_plan(plan), flush=True)
     return plan
 

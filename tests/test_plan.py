@@ -1,6 +1,7 @@
 """The plan before spending (python -m lion.plan, lion.run --dry-run): calls follow the loop's rules, prompts are
 counted like the gateway counts them, limits and budget warn, the student's GPU memory says what would fit, and on
-a reduced smoke run the plan is within ±15% of the measured ledger (calls, tokens in and out, USD).
+a reduced smoke run the plan is within ±15% of the measured ledger (calls, tokens in and out, USD), and a plan
+calibrated on that run (--calibrate) is within ±5% of a second run with another seed.
 
     python -m pytest -q tests/test_plan.py
 """
@@ -15,8 +16,9 @@ import pytest
 
 from lion.answers import teacher_messages
 from lion.config import StudentConfig, config_from_dict
+from lion.errors import ConfigError
 from lion.memplan import memory_report
-from lion.plan import _Templates, _wave_requests, compare, make_plan
+from lion.plan import _Templates, _wave_requests, compare, make_plan, measured_rounds
 from lion.records import load_instructions
 from lion.run import lion_loop
 from lion.run import main as run_main
@@ -145,3 +147,67 @@ def test_plan_is_within_15_percent_of_a_measured_offline_run(tmp_path):
     assert cmp["requests"]["measured"] >= cmp["calls"]["measured"]
     assert 0.0 <= cmp["served_by_cache"] < 1.0
     assert by["teacher/imitation"]["measured_calls"] == 150 and by["referee/discrimination"]["measured_calls"] == 300
+
+    # a second run with another seed, planned calibrated on the first (its pilot): paid calls, tokens and USD of
+    # every role and phase as measured / planned there
+    data2 = {**data, "run_dir": str(tmp_path / "run2"), "seed": 1}
+    cal = make_plan(config_from_dict(data2), calibrate=tmp_path / "run")
+    assert cal.calibrated is not None and cal.calibrated["rounds"] == [1]
+    lion_loop(config_from_dict(data2), progress=False, echo=False)
+    cmp2 = compare(cal, tmp_path / "run2")
+    assert cmp2["calibrated_on"] == str(tmp_path / "run")
+    for key in ("calls", "tokens_in", "tokens_out", "usd"):
+        assert 0.95 <= cmp2[key]["ratio"] <= 1.05, (key, cmp2)
+
+
+def _snapshot(rows: list[tuple[str, str, int, int, int, int, float]]) -> dict[str, Any]:
+    keys = ("role", "phase", "calls", "cached", "tokens_in", "tokens_out", "usd")
+    return {"usage": {"by": [dict(zip(keys, r)) | {"model": "gpt-4o-mini", "mode": "online"} for r in rows]}}
+
+
+def test_calibrate_scales_each_step_by_what_the_pilot_measured(tmp_path):
+    """A pilot's round snapshots (cumulative) become per-round measured / planned factors; later rounds of a longer
+    plan take the pilot's last round; the plan's requests stay as planned, only what is paid is scaled."""
+    pilot_cfg = small(tmp_path / "pilot")
+    pilot = make_plan(config_from_dict(pilot_cfg))
+    ref = {s.round: s for s in pilot.steps if s.role == "referee"}
+    run = tmp_path / "pilot"
+    (run / "round_01").mkdir(parents=True)
+    (run / "round_02").mkdir()
+    (run / "config.yaml").write_text(json.dumps(pilot_cfg))
+    r1 = ("referee", "discrimination", round(ref[1].calls * 0.5), round(ref[1].calls * 0.5),
+          round(ref[1].tokens_in * 0.5), round(ref[1].tokens_out * 0.5), ref[1].usd_online * 0.5)
+    (run / "round_01" / "metrics.json").write_text(json.dumps(_snapshot([r1])))
+    r2 = ("referee", "discrimination", r1[2] + round(ref[2].calls * 0.25), r1[3],
+          r1[4] + round(ref[2].tokens_in * 0.25), r1[5] + round(ref[2].tokens_out * 0.25),
+          r1[6] + ref[2].usd_online * 0.25)
+    (run / "round_02" / "metrics.json").write_text(json.dumps(_snapshot([r2])))
+    m = measured_rounds(run)
+    assert m[(2, "referee", "discrimination")]["calls"] == r2[2] - r1[2]  # a round is its snapshot less the last
+
+    target = config_from_dict(small(tmp_path / "big", rounds=4))
+    plain = make_plan(target)
+    cal = make_plan(target, calibrate=run)
+    for a, b in zip(plain.steps, cal.steps):
+        assert (a.round, a.role, a.phase) == (b.round, b.role, b.phase)
+        assert b.requests == a.calls
+        if a.role != "referee":
+            assert b.calls == a.calls and b.usd_online == a.usd_online  # nothing measured: as planned
+            continue
+        want = 0.5 if a.round == 1 else 0.25  # rounds 3 and 4 take the pilot's last round
+        assert b.calls == pytest.approx(a.calls * want, rel=0.02), a.round
+        assert b.tokens_in == pytest.approx(a.tokens_in * want, rel=0.02)
+        assert b.usd_online == pytest.approx(a.usd_online * want, rel=0.02)
+        assert b.usd_batch == pytest.approx(a.usd_batch * want, rel=0.02)
+    assert cal.calibrated is not None and cal.calibrated["rounds"] == [1, 2]
+    assert any("calibrated on" in a and "referee/discrimination 0.2" in a for a in cal.assumptions), cal.assumptions
+
+
+def test_calibrate_names_what_is_missing(tmp_path):
+    cfg = config_from_dict(small(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="config.yaml not found"):
+        make_plan(cfg, calibrate=tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.yaml").write_text(json.dumps(small(tmp_path / "empty")))
+    with pytest.raises(ConfigError, match="no finished round"):
+        make_plan(cfg, calibrate=tmp_path / "empty")
