@@ -456,6 +456,9 @@ class DiscriminationConfig:
               "discrimination.json and the report show each one's hard share, its agreement with the run's own "
               "split and, for referee, its parse failures; e.g. [referee] next to selector student_loss when the "
               "referee LLM is too small to follow the verdict format")
+    shadow_sample: float = opt(1.0, "share of the Cache Pool the shadow selectors split (drawn by instruction id "
+                                    "and round, so a resumed phase draws the same items); e.g. 0.1 keeps a shadow "
+                                    "referee's calls to a tenth", range=(0.0, 1.0))
 
     def check(self, key: str) -> None:
         _check_fields(self, key)

@@ -19,7 +19,8 @@ where the files end, so memory holds one chunk whatever the pool's size, and an 
 its last whole chunk (the calls of the half-done one replay from the cache). The figures are computed from the
 files at the end. `student_loss` and `learnable` label by a ranking or a history over the whole pool, so they
 take the pool as one chunk.
-Each of `discrimination.shadow_selectors` splits the same items too, for the record: its split (and a referee's
+Each of `discrimination.shadow_selectors` splits the same items too (or a fixed share of them,
+`discrimination.shadow_sample`), for the record: its split (and a referee's
 verdicts) is appended beside the run's, chunk by chunk, and discrimination.json's `shadows` gives its hard share,
 parse failures and agreement with the run's own split; the run goes on with its own split.
 """
@@ -27,6 +28,7 @@ parse failures and agreement with the run's own split; the run goes on with its 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -99,8 +101,10 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
                 append_jsonl_rows(rp.judgements, (v.to_row(j.id, "teacher", "student") for j in sel.judged
                                                   for v in j.verdicts))
             append_jsonl_rows(rp.split, (row.to_json() for row in split))
+            sampled = [i for i in candidates if in_shadow_sample(ctx.cfg.seed, r, i.id, dc.shadow_sample)]
             for name, shadow_selector in shadows.items():
-                shadow_chunk(ctx, r, name, shadow_selector, candidates, t_ans, s_ans)
+                if sampled:
+                    shadow_chunk(ctx, r, name, shadow_selector, sampled, t_ans, s_ans)
             if ctx.world is not None:  # offline world: the student's exact accuracy on the Cache Pool
                 progress.add_oracle(family_accuracy(ctx.world, ((i.instruction, s_ans[i.id] or "") for i in chunk)))
             progress.advance(rp, len(chunk), answerer.end_offset(), failed, len(verdicts))
@@ -178,6 +182,15 @@ class _Progress:
         n = sum(self.graded.values())
         return {"accuracy": {f: self.correct[f] / self.graded[f] for f in fams}, "n": {f: self.graded[f] for f in fams},
                 "overall": sum(self.correct.values()) / n if n else None}
+
+
+def in_shadow_sample(seed: int, r: int, item_id: str, share: float) -> bool:
+    """Whether the shadow selectors split this item in round r (discrimination.shadow_sample): a fixed draw by
+    (seed, round, id), so a resumed phase, and every shadow, sees the same items."""
+    if share >= 1.0:
+        return True
+    h = int.from_bytes(hashlib.sha256(f"{seed}/{r}/{item_id}".encode()).digest()[:8], "big")
+    return h < share * 2**64
 
 
 def shadow_chunk(ctx: RunContext, r: int, name: str, selector: Any, candidates: Sequence[Instruction],

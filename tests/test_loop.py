@@ -293,3 +293,23 @@ def test_bad_seed_file_is_a_clear_error(tmp_path: Path, server, monkeypatch, con
     cfg["pools"] = {"train_seed": str(tmp_path / "missing.jsonl")}
     with pytest.raises(DataError, match="missing.jsonl: file not found"):
         lion_loop(config_from_dict(cfg), progress=False, echo=False)
+
+
+def test_shadow_selectors_split_a_fixed_sample_of_the_cache_pool(tmp_path: Path, server, monkeypatch):
+    """discrimination.shadow_sample: the shadow splits exactly the items drawn by (seed, round, id), about that
+    share of them; the run's own split covers the whole pool."""
+    from lion.discrimination import in_shadow_sample
+
+    _, url, _ = server
+    monkeypatch.setenv("LION_TEST_KEY", "sk-test")
+    cfg = config_from_dict(loop_config(tmp_path / "run", url, rounds=1, pools={"train_seed": str(SEEDS), "limit": 40},
+                                       discrimination={"shadow_selectors": ["student_loss"], "shadow_sample": 0.5}))
+    lion_loop(cfg, progress=False, echo=False)
+    rd = tmp_path / "run" / "round_01"
+    own = [s["id"] for s in read_jsonl(rd / "split.jsonl")]
+    shadow = [s["id"] for s in read_jsonl(rd / "shadow_student_loss_split.jsonl")]
+    assert len(own) == 40
+    assert shadow == [i for i in own if in_shadow_sample(cfg.seed, 1, i, 0.5)]
+    assert 10 <= len(shadow) <= 30
+    disc = json.loads((rd / "discrimination.json").read_text())
+    assert disc["shadows"]["student_loss"]["n_compared"] <= len(shadow)
