@@ -70,13 +70,3 @@ def test_uses_from_earlier_rounds_continue_the_sample_count():
     assert drawn == {seeds[0].id: 2, seeds[1].id: 0, seeds[2].id: 1}
     assert used[seeds[0].id] == 2  # the caller's counts are not changed
 
-
-def test_the_shadow_sample_is_a_fixed_draw_of_about_its_share():
-    from lion.discrimination import in_shadow_sample
-
-    ids = [f"{i:016x}" for i in range(4000)]
-    quarter = [i for i in ids if in_shadow_sample(0, 1, i, 0.25)]
-    assert 0.22 < len(quarter) / len(ids) < 0.28
-    assert quarter == [i for i in ids if in_shadow_sample(0, 1, i, 0.25)]  # the same draw every time
-    assert quarter != [i for i in ids if in_shadow_sample(0, 2, i, 0.25)]  # another round, another sample
-    assert all(in_shadow_sample(0, 1, i, 1.0) for i in ids[:10])

@@ -139,3 +139,14 @@ def test_answer_loss_is_batch_invariant_and_low_on_what_was_learnt(facts_student
     assert one == pytest.approx(many, abs=1e-4)
     assert all(r is not None and b is not None and r < b for r, b in zip(one, bad, strict=True))
     assert answer_losses(facts_student, ["x" * 200], ["y"], InferConfig(), max_length=64) == [None]
+
+
+def test_the_shadow_sample_is_a_fixed_draw_of_about_its_share():
+    from lion.discrimination import in_shadow_sample
+
+    ids = [f"{i:016x}" for i in range(4000)]
+    quarter = [i for i in ids if in_shadow_sample(0, 1, i, 0.25)]
+    assert 0.22 < len(quarter) / len(ids) < 0.28
+    assert quarter == [i for i in ids if in_shadow_sample(0, 1, i, 0.25)]  # the same draw every time
+    assert quarter != [i for i in ids if in_shadow_sample(0, 2, i, 0.25)]  # another round, another sample
+    assert all(in_shadow_sample(0, 1, i, 1.0) for i in ids[:10])
