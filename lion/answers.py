@@ -134,15 +134,24 @@ class AnswerStore:
         self._db.commit()
 
     # ------------------------------------------------------------------ API
+    def _find(self, id: str, teacher: str) -> tuple[int, str] | None:
+        """(offset, the identity it was stored under) of id's answer by this teacher, or an equivalent one."""
+        for who in equivalent_identities(teacher):
+            tid = self._tids.get(who)
+            if tid is None:
+                continue
+            hit = self._db.execute("SELECT offset FROM answers WHERE id=? AND tid=?", (id, tid)).fetchone()
+            if hit is not None:
+                return hit[0], who
+        return None
+
     def get(self, id: str, teacher: str) -> dict[str, Any] | None:
         with self._lock:
-            tid = self._tids.get(teacher)
-            if tid is None:
+            found = self._find(id, teacher)
+            if found is None:
                 return None
-            hit = self._db.execute("SELECT offset FROM answers WHERE id=? AND tid=?", (id, tid)).fetchone()
-            if hit is None:
-                return None
-            self._reader.seek(hit[0])
+            offset, teacher = found
+            self._reader.seek(offset)
             line = self._reader.readline()
         try:
             row = json.loads(line)
@@ -155,9 +164,7 @@ class AnswerStore:
 
     def has(self, id: str, teacher: str) -> bool:
         with self._lock:
-            tid = self._tids.get(teacher)
-            return tid is not None and self._db.execute(
-                "SELECT 1 FROM answers WHERE id=? AND tid=?", (id, tid)).fetchone() is not None
+            return self._find(id, teacher) is not None
 
     def put(self, id: str, teacher: str, answer: str, finish_reason: str | None, *, source: str | None = None) -> None:
         """Record an answer; `source="seed"` marks one taken from the seed file (pools.seed_answers: teacher),
@@ -211,6 +218,13 @@ def teacher_identity(cfg: LionConfig) -> str:
     """Who answered: the teacher's model and sampling settings (a different teacher = new answers)."""
     t = cfg.llm.teacher
     return f"{t.provider}|{t.model}|t={t.temperature}|p={t.top_p}|max={t.max_tokens}"
+
+
+def equivalent_identities(teacher: str) -> tuple[str, ...]:
+    """The identity, then those that stand for the same sampling: an unset top_p is top_p 1.0, which lion sent
+    on every call before 2026-12, so answers stored then are found (and not bought again)."""
+    legacy = teacher.replace("|p=None|", "|p=1.0|")
+    return (teacher,) if legacy == teacher else (teacher, legacy)
 
 
 def teacher_messages(ctx: RunContext, item: Prompted) -> list[dict[str, str]]:

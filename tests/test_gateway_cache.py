@@ -86,3 +86,29 @@ def test_cache_namespace_replaces_the_endpoint_in_the_key(tmp_path, sim_server, 
     assert second.stats.requests == 0
     with Gateway(sim_llm(second.base_url), tmp_path, progress=False) as gw:  # no namespace: the URL counts
         assert [r.text for r in gw.chat_many("teacher", "imitation", _reqs(1))] == ["two item 0"]
+
+
+def test_calls_cached_when_lion_always_sent_top_p_replay_with_top_p_unset(tmp_path, sim_server, sim_llm):
+    """Before 2026-12 every call carried top_p (default 1.0) and its key with it; an unset top_p samples the same,
+    so a run directory from then replays its calls instead of buying them again. Another top_p is another call."""
+    from lion.answers import AnswerStore, equivalent_identities
+
+    server = sim_server(ScriptedResponder(default="ANSWER: {user}"), latency_ms=1)
+    with Gateway(sim_llm(server.base_url, top_p=1.0), tmp_path, progress=False) as gw:  # as lion sent it then
+        gw.chat_many("teacher", "imitation", _reqs(5))
+    assert server.stats.requests == 5
+    with Gateway(sim_llm(server.base_url), tmp_path, progress=False) as gw:  # top_p unset now: not sent
+        again = gw.chat_many("teacher", "imitation", _reqs(5))
+        other = gw.chat_many("teacher", "imitation", [ChatRequest(_reqs(1)[0], top_p=0.9)])
+    assert all(r.cached for r in again) and not other[0].cached
+    assert server.stats.requests == 6
+
+    # the teacher's answer store: answers stored under the identity with p=1.0 are found under p=None
+    store = AnswerStore(tmp_path / "teacher_answers.jsonl", tmp_path / "calls.answers.sqlite")
+    old, new = "openai|gpt-4o-mini|t=0.0|p=1.0|max=64", "openai|gpt-4o-mini|t=0.0|p=None|max=64"
+    store.put("a1", old, "forty-two", "stop")
+    assert equivalent_identities(new) == (new, old) and equivalent_identities(old) == (old,)
+    row = store.get("a1", new)
+    assert row is not None and row["answer"] == "forty-two" and store.has("a1", new)
+    assert store.get("a1", "openai|gpt-4o-mini|t=0.7|p=None|max=64") is None  # another temperature: not the same
+    store.close()

@@ -102,6 +102,7 @@ class _Item:
     key: str
     need_tokens: int  # estimated prompt + max_tokens (TPM reservation, token budget)
     worst_usd: float  # at the online price
+    legacy_key: str | None = None  # the same call's key as lion wrote it before unset top_p went unsent
 
 
 @dataclass
@@ -301,14 +302,20 @@ class Gateway:
         params = self.resolve(rc, request)
         # llm.<role>.cache_namespace stands in for the endpoint (e.g. a local server on a random port)
         ident = f"{rc.provider}:ns={rc.cache_namespace}" if rc.cache_namespace else provider.identity
-        blob = json.dumps({"provider": ident, **params.key_fields(),
-                           "messages": [list(m) for m in request.messages]},
-                          sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        key = hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+        def key_of(fields: dict[str, Any]) -> str:
+            blob = json.dumps({"provider": ident, **fields, "messages": [list(m) for m in request.messages]},
+                              sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+            return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+        fields = params.key_fields()
+        # before 2026-12 every call sent top_p (default 1.0); an unset top_p is the same sampling, so a run
+        # directory written then replays its calls instead of buying them again
+        legacy = key_of({**fields, "top_p": 1.0}) if params.top_p is None else None
         prompt = self.counter.prompt(request.messages)
         pin, pout = self._price(params.model)
-        return _Item(request, params, key, prompt + params.max_tokens,
-                     (prompt * pin + params.max_tokens * pout) / 1e6)
+        return _Item(request, params, key_of(fields), prompt + params.max_tokens,
+                     (prompt * pin + params.max_tokens * pout) / 1e6, legacy)
 
     # ------------------------------------------------------------------ public API
     def chat_many(self, role: str, phase: str, requests: Iterable[ChatRequest | list[dict[str, str]]],
@@ -361,7 +368,8 @@ class Gateway:
             if it.key in pending:  # same call twice in one batch: send once
                 pending[it.key].append(i)
                 continue
-            hit = self.store.get(it.key) if self.llm.cache else None
+            hit = (self.store.get(it.key) or (self.store.get(it.legacy_key) if it.legacy_key else None)) \
+                if self.llm.cache else None
             if hit is not None:
                 results[i] = CallResult(True, hit.text, None, hit.finish_reason, hit.prompt_tokens,
                                         hit.completion_tokens, cached=True, attempts=0)
