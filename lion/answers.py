@@ -25,7 +25,7 @@ from .config import LionConfig
 from .errors import DataError, LionError
 from .prompts import teacher_request
 from .records import iter_jsonl_tolerant, repair_torn_tail
-from .teachers.base import ChatRequest
+from .teachers.base import LEGACY_TOP_P, ChatRequest
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -221,9 +221,9 @@ def teacher_identity(cfg: LionConfig) -> str:
 
 
 def equivalent_identities(teacher: str) -> tuple[str, ...]:
-    """The identity, then those that stand for the same sampling: an unset top_p is top_p 1.0, which lion sent
-    on every call before 2026-12, so answers stored then are found (and not bought again)."""
-    legacy = teacher.replace("|p=None|", "|p=1.0|")
+    """The identity, then those that stand for the same sampling: an unset top_p samples like LEGACY_TOP_P, which
+    lion sent on every call before 2026-12, so answers stored then are found (and not bought again)."""
+    legacy = teacher.replace("|p=None|", f"|p={LEGACY_TOP_P}|")
     return (teacher,) if legacy == teacher else (teacher, legacy)
 
 

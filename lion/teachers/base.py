@@ -73,6 +73,9 @@ class ChatRequest:
         object.__setattr__(self, "messages", normalise_messages(self.messages))
 
 
+LEGACY_TOP_P = 1.0  # sent on every call before 2026-12 when top_p was not set; the providers' default
+
+
 @dataclass(frozen=True)
 class ResolvedParams:
     """The parameters actually sent (request values overlaid on the role's config); None = not sent."""
@@ -97,6 +100,11 @@ class ResolvedParams:
         if self.extra:
             out["extra"] = dict(self.extra)
         return out
+
+    def legacy_key_fields(self) -> dict[str, Any] | None:
+        """The key fields as lion wrote them before 2026-12, when every call sent top_p (default LEGACY_TOP_P):
+        an unset top_p samples the same, so those calls replay; None when top_p is set (no older form)."""
+        return {**self.key_fields(), "top_p": LEGACY_TOP_P} if self.top_p is None else None
 
     def sampling(self) -> dict[str, float]:
         """The sampling fields that are set (the only ones sent)."""

@@ -70,7 +70,7 @@ from .base import (
 )
 from .plugins import load_provider
 from .ratelimit import RoleLimiter
-from .store import CallStore
+from .store import CachedCall, CallStore
 from .tokens import TokenCounter
 
 __all__ = ["CallResult", "Gateway", "load_provider"]
@@ -95,6 +95,13 @@ class CallResult:
     reason: str | None = None  # short failure reason (timeout, http_503, batch_expired, ...), None when ok
 
 
+def _call_key(ident: str, fields: dict[str, Any], messages: Any) -> str:
+    """The call-cache key: hash(provider identity, the fields that change the answer, messages)."""
+    blob = json.dumps({"provider": ident, **fields, "messages": [list(m) for m in messages]},
+                      sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
 @dataclass
 class _Item:
     request: ChatRequest
@@ -102,7 +109,7 @@ class _Item:
     key: str
     need_tokens: int  # estimated prompt + max_tokens (TPM reservation, token budget)
     worst_usd: float  # at the online price
-    legacy_key: str | None = None  # the same call's key as lion wrote it before unset top_p went unsent
+    ident: str = ""  # the provider identity in the key (or the role's cache_namespace)
 
 
 @dataclass
@@ -302,20 +309,18 @@ class Gateway:
         params = self.resolve(rc, request)
         # llm.<role>.cache_namespace stands in for the endpoint (e.g. a local server on a random port)
         ident = f"{rc.provider}:ns={rc.cache_namespace}" if rc.cache_namespace else provider.identity
-
-        def key_of(fields: dict[str, Any]) -> str:
-            blob = json.dumps({"provider": ident, **fields, "messages": [list(m) for m in request.messages]},
-                              sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-            return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-        fields = params.key_fields()
-        # before 2026-12 every call sent top_p (default 1.0); an unset top_p is the same sampling, so a run
-        # directory written then replays its calls instead of buying them again
-        legacy = key_of({**fields, "top_p": 1.0}) if params.top_p is None else None
         prompt = self.counter.prompt(request.messages)
         pin, pout = self._price(params.model)
-        return _Item(request, params, key_of(fields), prompt + params.max_tokens,
-                     (prompt * pin + params.max_tokens * pout) / 1e6, legacy)
+        return _Item(request, params, _call_key(ident, params.key_fields(), request.messages),
+                     prompt + params.max_tokens, (prompt * pin + params.max_tokens * pout) / 1e6, ident)
+
+    def _cached(self, it: _Item) -> CachedCall | None:
+        """The item's call from the cache; on a miss, under the key a run directory from before 2026-12 gave it
+        (ResolvedParams.legacy_key_fields), so such a run replays its calls instead of buying them again."""
+        hit = self.store.get(it.key)
+        if hit is None and (legacy := it.params.legacy_key_fields()) is not None:
+            hit = self.store.get(_call_key(it.ident, legacy, it.request.messages))
+        return hit
 
     # ------------------------------------------------------------------ public API
     def chat_many(self, role: str, phase: str, requests: Iterable[ChatRequest | list[dict[str, str]]],
@@ -368,8 +373,7 @@ class Gateway:
             if it.key in pending:  # same call twice in one batch: send once
                 pending[it.key].append(i)
                 continue
-            hit = (self.store.get(it.key) or (self.store.get(it.legacy_key) if it.legacy_key else None)) \
-                if self.llm.cache else None
+            hit = self._cached(it) if self.llm.cache else None
             if hit is not None:
                 results[i] = CallResult(True, hit.text, None, hit.finish_reason, hit.prompt_tokens,
                                         hit.completion_tokens, cached=True, attempts=0)
