@@ -71,11 +71,7 @@ class Step:
     binds: str = ""
     batches: int = 1  # batches sent one after another in batch mode
     mode: str = "online"
-    requests: float = -1.0  # calls the loop asks for (paid + cache replays); = calls unless --calibrate scaled them
-
-    def __post_init__(self) -> None:
-        if self.requests < 0:
-            self.requests = self.calls
+    requests: float = 0.0  # calls the loop asks for (paid + cache replays); --calibrate scales `calls` only
 
 
 @dataclass
@@ -276,7 +272,7 @@ class _Planner:
         binds = max(minutes, key=lambda k: minutes[k])
         self.plan.steps.append(Step(r, phase, role, calls, tin, tout, calls * (prompt + rc.max_tokens), usd,
                                     usd * (price.batch_discount if price else 0.5), minutes[binds] / 60, binds,
-                                    batches, rc.mode))
+                                    batches, rc.mode, requests=calls))
 
     def build(self, gpu_gb: float | None, calibrate: str | Path | None = None) -> Plan:
         """The plan; gpu_gb None leaves out the student's memory estimate."""
@@ -403,12 +399,14 @@ class _Planner:
                 "tokens_in": m["tokens_in"] / st.tokens_in if st.tokens_in else 1.0,
                 "tokens_out": m["tokens_out"] / st.tokens_out if st.tokens_out else 1.0,
                 "usd": m["usd"] / usd if usd else 1.0}
-        last = max(r for r, _, _ in measured)
+        rounds_of: dict[tuple[str, str], list[int]] = {}  # (role, phase) -> the pilot's rounds with a factor
+        for r, role, phase in sorted(factors):
+            rounds_of.setdefault((role, phase), []).append(r)
         for s in self.plan.steps:
-            known = [r for (r, role, phase) in factors if role == s.role and phase == s.phase and r <= s.round]
+            known = [r for r in rounds_of.get((s.role, s.phase), []) if r <= s.round]
             if not known:
                 continue
-            f = factors[(max(known), s.role, s.phase)]
+            f = factors[(known[-1], s.role, s.phase)]
             s.calls *= f["calls"]
             s.tokens_in *= f["tokens_in"]
             s.tokens_out *= f["tokens_out"]
@@ -416,8 +414,8 @@ class _Planner:
             s.hours *= f["calls"]
             s.usd_online *= f["usd"]
             s.usd_batch *= f["usd"]
-        share = {f"{role}/{phase}": round(f["calls"], 3) for (r, role, phase), f in sorted(factors.items())
-                 if r == max(q for (q, ro, ph) in factors if ro == role and ph == phase)}
+        share = {f"{role}/{phase}": factors[(rs[-1], role, phase)]["calls"] for (role, phase), rs in rounds_of.items()}
+        last = max(r for r, _, _ in measured)
         self.plan.calibrated = {"run": str(run_dir), "rounds": sorted({r for r, _, _ in measured}), "factors": {
             f"{r}/{role}/{phase}": {k: round(v, 4) for k, v in f.items()} for (r, role, phase), f in
             sorted(factors.items())}}
