@@ -155,29 +155,32 @@ class _Killed(BaseException):
     """Stands for a SIGKILL: not an Exception, so nothing on the way catches it."""
 
 
+def _kill_between_create_and_record(tmp_path, server, sim_llm, monkeypatch, role: dict, n: int) -> None:
+    """A run whose batch the provider created, killed before it wrote the batch's id (the intent stays)."""
+    from lion.teachers.store import CallStore
+
+    def die(self, tag, batch_id):
+        raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(CallStore, "promote", die)
+        with pytest.raises(_Killed):
+            with Gateway(_llm(sim_llm, server, **role), tmp_path, progress=False) as gw:
+                gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(n)])
+
+
 @pytest.mark.parametrize("provider, model", [("openai", "gpt-5-mini"), ("anthropic", "claude-haiku-4-5")])
 def test_a_kill_between_creating_a_batch_and_learning_its_id_finds_the_batch_by_its_tag(tmp_path, sim_server,
                                                                                        sim_llm, monkeypatch,
                                                                                        provider, model):
     """OpenAI: by the tag in the batch's metadata; Anthropic (no metadata): by its size and creation time."""
-    from lion.teachers.store import CallStore
-
     server = sim_server(EchoResponder(), strict=True, batch_delay_s=0.3)
-    BATCH = {**globals()["BATCH"], "provider": provider, "model": model}
-    real_promote = CallStore.promote
-
-    def die(self, tag, batch_id):  # the provider created the batch; the process dies before writing its id
-        raise _Killed
-
-    monkeypatch.setattr(CallStore, "promote", die)
-    with pytest.raises(_Killed):
-        with Gateway(_llm(sim_llm, server, **BATCH), tmp_path, progress=False) as gw:
-            gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(6)])
+    role = {**BATCH, "provider": provider, "model": model}
+    _kill_between_create_and_record(tmp_path, server, sim_llm, monkeypatch, role, 6)
     assert len(server.batches.created) == 1
     with sqlite3.connect(tmp_path / "calls.sqlite") as db:
         assert [r[0] for r in db.execute("select status from batches")] == ["submitting"]  # the intent, unnamed
-    monkeypatch.setattr(CallStore, "promote", real_promote)
-    with Gateway(_llm(sim_llm, server, **BATCH), tmp_path, progress=False) as gw:
+    with Gateway(_llm(sim_llm, server, **role), tmp_path, progress=False) as gw:
         res = gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(6)])
         assert [(b["id"], b["status"]) for b in gw.store.batches()] == [(server.batches.created[0], "ended")]
     assert [r.text for r in res] == [f"item {i}" for i in range(6)]
@@ -212,19 +215,10 @@ def test_a_lookup_that_keeps_failing_holds_the_intent_back_instead_of_paying_twi
     from lion.errors import ProviderError
     from lion.teachers.base import TransientError
     from lion.teachers.openai_batch import OpenAIBatchAPI
-    from lion.teachers.store import CallStore
 
     server = sim_server(EchoResponder(), strict=True, batch_delay_s=0.3)
-    real_promote, real_find = CallStore.promote, OpenAIBatchAPI.find
-
-    def die(self, tag, batch_id):
-        raise _Killed
-
-    monkeypatch.setattr(CallStore, "promote", die)
-    with pytest.raises(_Killed):
-        with Gateway(_llm(sim_llm, server, **BATCH), tmp_path, progress=False) as gw:
-            gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(5)])
-    monkeypatch.setattr(CallStore, "promote", real_promote)
+    real_find = OpenAIBatchAPI.find
+    _kill_between_create_and_record(tmp_path, server, sim_llm, monkeypatch, BATCH, 5)
     lookups = []
 
     async def down(self, tag, since, *rest):
