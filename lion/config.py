@@ -539,6 +539,10 @@ class SimConfig:
                                    'template, batched: lion.sim.hf_responder; options.model names it), or '
                                    '"module:Class"')
     options: dict[str, Any] = opt_factory(dict, "passed to the responder")
+    world: str | None = opt(None, "responder oracle: a world file (configs/worlds/*.yaml: families, their rarity and "
+                                  "difficulty range, the oracle referee's noise and position bias, the generator's "
+                                  "fidelity; lion.sim.tasks); None: the built-in world. The seed file should come "
+                                  "from the same world (python -m lion.sim.tasks --world FILE --seed-pool N)")
     latency_ms: float = opt(0.0, "each answer is sent no sooner than this many ms after its request arrived "
                                  "(a slow API)")
     port: int = opt(0, "port of the server on 127.0.0.1; 0 = any free port")
@@ -555,6 +559,13 @@ class SimConfig:
 
     def check(self, key: str) -> None:
         _check_fields(self, key)
+        if self.world is not None:
+            if self.responder != "oracle":
+                raise ConfigError(f"{key}.world: a world file is read by the oracle responder only (sim.responder "
+                                  f"is {self.responder!r})")
+            from .sim.tasks import load_world  # no torch, no server: only the file's checks
+
+            load_world(self.world)
 
 
 @dataclass

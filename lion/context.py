@@ -150,6 +150,8 @@ def sim_responder(cfg: LionConfig) -> Any:
     options = dict(cfg.sim.options)
     if cfg.prompts_dir and "prompts_dir" not in options and cfg.sim.responder == "oracle":
         options["prompts_dir"] = cfg.prompts_dir
+    if cfg.sim.world and cfg.sim.responder == "oracle":
+        options["world"] = cfg.sim.world
     if cfg.sim.responder == "hf" and "cache_dir" not in options and cfg.student.init.cache_dir:
         options["cache_dir"] = cfg.student.init.cache_dir  # one GGUF cache for the student and the local server
     judge_files = [  # a missing file is reported, naming its key, by the phase that uses it

@@ -53,6 +53,7 @@ RESUME_CRITICAL = (
     "llm.generator.model",
     "sim.responder",
     "sim.options",
+    "sim.world",
 )
 
 

@@ -22,7 +22,9 @@ and a request that no template explains is refused loudly with an error that nam
 Every reply is a pure function of (seed, request body), so cache replay and resume are reproducible.
 Options (config `sim.options`): seed, prompts_dir, referee_noise, position_bias, correct_score, wrong_score,
 partial_credit, judge_prompts (FastChat-style prompt files the referee also answers, in their verdict format;
-the run passes eval.judge_prompts and discrimination.referee_prompts).
+the run passes eval.judge_prompts and discrimination.referee_prompts), world (a world file, lion.sim.tasks
+`load_world`; the run passes `sim.world`): its families, their rarity and difficulty range, its referee (which
+then must not be set again through the referee options) and its generator's fidelity.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ from ..errors import ConfigError, LionError
 from ..judge_prompts import load_judge_prompts
 from ..prompts import PLACEHOLDER, Template, load_template, reply_marker, teacher_request
 from . import tasks as world
-from .tasks import TaskWorld
+from .tasks import RefereeSpec, TaskWorld, load_world
 
 GENERATOR_KINDS = ("generate_hard", "generate_easy")
-KNOWN_OPTIONS = ("seed", "prompts_dir", "referee_noise", "position_bias", "correct_score", "wrong_score", "partial_credit",
-                 "judge_prompts")
+REFEREE_OPTIONS = {"referee_noise": "noise", "position_bias": "position_bias", "correct_score": "correct_score",
+                   "wrong_score": "wrong_score", "partial_credit": "partial_credit"}  # option -> RefereeSpec field
+KNOWN_OPTIONS = ("seed", "prompts_dir", *REFEREE_OPTIONS, "judge_prompts", "world")
 
 
 class PromptMismatch(LionError):
@@ -59,7 +62,7 @@ class OracleResponder:
     """`respond(body) -> str` for lion.sim.server; see the module docstring. Offers the loop its world
     (`self.world`, a lion.world.World): exact grading and held-out questions."""
 
-    world = TaskWorld()
+    world: TaskWorld
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(KNOWN_OPTIONS))
@@ -67,12 +70,21 @@ class OracleResponder:
             raise ConfigError(
                 f"sim.options.{unknown[0]}: unknown option of the oracle responder (known: {', '.join(KNOWN_OPTIONS)})"
             )
+        self.world = load_world(options.get("world"))
         self.seed = int(options.get("seed", 0))
-        self.referee_noise = float(options.get("referee_noise", 0.0))
-        self.position_bias = float(options.get("position_bias", 0.0))
-        self.correct_score = int(options.get("correct_score", 9))
-        self.wrong_score = int(options.get("wrong_score", 2))
-        self.partial_credit = bool(options.get("partial_credit", True))
+        ref = self.world.referee
+        if ref is not None:  # the world file sets the referee: one place only
+            twice = sorted(set(options) & set(REFEREE_OPTIONS))
+            if twice:
+                raise ConfigError(f"sim.options.{twice[0]}: the world file {self.world.source} sets the referee "
+                                  f"(referee.{REFEREE_OPTIONS[twice[0]]}); set it in one place")
+        else:
+            ref = RefereeSpec(**{field: options[opt] for opt, field in REFEREE_OPTIONS.items() if opt in options})
+        self.referee_noise = float(ref.noise)
+        self.position_bias = float(ref.position_bias)
+        self.correct_score = int(ref.correct_score)
+        self.wrong_score = int(ref.wrong_score)
+        self.partial_credit = bool(ref.partial_credit)
         if self.referee_noise < 0:
             raise ConfigError(f"sim.options.referee_noise: must be >= 0, got {self.referee_noise}")
         if not 1 <= self.wrong_score <= self.correct_score <= 10:
@@ -185,7 +197,7 @@ class OracleResponder:
             return float(self.correct_score), "gives exactly the requested output"
         s = float(self.wrong_score)
         if self.partial_credit:
-            cs = world.BY_NAME[task.family].case_sensitive
+            cs = world.CATALOGUE[task.family].case_sensitive
             sim = difflib.SequenceMatcher(
                 None, world.normalise_answer(answer, cs), world.normalise_answer(task.answer, cs)
             ).ratio()
@@ -210,19 +222,22 @@ class OracleResponder:
         return write(a, b, why_a, why_b)
 
     def _generate(self, kind: str, seed_instruction: str, rng: random.Random) -> str:
+        w, gen = self.world, self.world.generator
         seed = world.parse_task(seed_instruction)
-        if seed is None:  # a seed from outside the world: answer with a fresh task of ours
-            new = world.sample_task(rng)
+        if seed is None or seed.family not in w.by_name:  # a seed from outside the world: a fresh task of ours
+            new = w.sample_task(rng)
+        elif gen.fidelity < 1.0 and rng.random() >= gen.fidelity:  # the generator strays from its prompt
+            new = w.sample_task(rng)
         elif kind == "generate_hard":
-            new = _fresh(rng, seed, seed.family)
+            new = _fresh(w, rng, seed, seed.family, gen.difficulty_jitter)
         else:
-            fams = world.DOMAINS[seed.domain]
-            rarity = world.BY_NAME[seed.family].rarity
-            rarer = [f for f in fams if world.BY_NAME[f].rarity < rarity]
+            fams = w.domains[seed.domain]
+            rarity = w.by_name[seed.family].rarity
+            rarer = [f for f in fams if w.by_name[f].rarity < rarity]
             if not rarer:  # already the rarest of its domain: any other family of the domain, rarest first
                 rarer = [f for f in fams if f != seed.family] or [seed.family]
-            weights = [1.0 / world.BY_NAME[f].rarity for f in rarer]
-            new = _fresh(rng, seed, rng.choices(rarer, weights=weights)[0])
+            weights = [1.0 / w.by_name[f].rarity for f in rarer]
+            new = _fresh(w, rng, seed, rng.choices(rarer, weights=weights)[0], gen.difficulty_jitter)
         return f"{self._task_marker[kind]} {new.instruction}"
 
 
@@ -300,11 +315,12 @@ def _literal_lines(tpl: Template) -> list[str]:
     return out
 
 
-def _fresh(rng: random.Random, seed: world.Task, family: str) -> world.Task:
-    """A new instance of `family` near the seed's difficulty, different from the seed."""
+def _fresh(w: TaskWorld, rng: random.Random, seed: world.Task, family: str, jitter: int = 1) -> world.Task:
+    """A new instance of `family` near the seed's difficulty (+- `jitter`), different from the seed."""
+    steps = tuple(range(-jitter, jitter + 1))
     for _ in range(20):
-        d = seed.difficulty + rng.choice((-1, 0, 1))
-        t = world.sample_task(rng, family, d)
+        d = seed.difficulty + rng.choice(steps)
+        t = w.sample_task(rng, family, d)
         if t.instruction != seed.instruction:
             return t
     return t
@@ -327,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     o = OracleResponder(seed=args.seed, prompts_dir=args.prompts_dir, referee_noise=args.referee_noise,
                         position_bias=args.position_bias)
-    t = world.sample_task(random.Random(args.seed))
+    t = o.world.sample_task(random.Random(args.seed))
     T = o.templates
     bodies = {
         "teacher": [{"role": "system", "content": T["teacher_system"].render()},

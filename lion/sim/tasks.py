@@ -14,6 +14,14 @@ minute of CPU training, arithmetic with carries is not.
 
 A family's `rarity` weight sets how often it appears in the seed pool: common families dominate, rare ones
 are what the generator's "easy" branch (same domain, rarer topic) reaches for.
+
+A *world* is a choice of families with their rarity and difficulty range, the oracle referee's noise and bias,
+and the generator's fidelity (`TaskWorld`). The built-in one (`DEFAULT`, what the module-level functions use)
+is the world every earlier figure was measured in; others are read from YAML files (`load_world`, config key
+`sim.world`; configs/worlds/ holds the shipped ones, docs/efficacy.md says how each was chosen):
+
+    python -m lion.sim.tasks --world configs/worlds/rare_learnable.yaml --families
+    python -m lion.sim.tasks --world configs/worlds/rare_learnable.yaml --seed-pool 1000 --out seed.jsonl
 """
 
 from __future__ import annotations
@@ -23,9 +31,10 @@ import json
 import random
 import re
 import sys
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, NoReturn
 
 from ..world import HeldOutQuestion
 
@@ -85,6 +94,12 @@ class Family:
     solve: Callable[[dict[str, str]], str]
     difficulty_of: Callable[[dict[str, str]], int]
     case_sensitive: bool = False  # grading: does letter case matter in the answer?
+    difficulty: tuple[int, int] = (MIN_DIFFICULTY, MAX_DIFFICULTY)  # the range a world samples (and clips) from
+
+    def clip(self, d: int) -> int:
+        """A difficulty inside this family's range."""
+        lo, hi = self.difficulty
+        return max(lo, min(hi, d))
 
     def render(self, rng: random.Random, difficulty: int, phrasing: int | None = None) -> Task:
         slots = self.make(rng, difficulty)
@@ -308,32 +323,11 @@ FAMILIES: tuple[Family, ...] = (
     ),
 )
 
-BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
-DOMAINS: dict[str, list[str]] = {}
-for _f in FAMILIES:
-    DOMAINS.setdefault(_f.domain, []).append(_f.name)
-
+CATALOGUE: dict[str, Family] = {f.name: f for f in FAMILIES}  # every family this module knows, default settings
 _PATTERNS: list[tuple[Family, re.Pattern[str]]] = [(f, p) for f in FAMILIES for p in f.patterns()]
 
 
-# --------------------------------------------------------------------------------------------- public API
-
-
-def get_family(name: str) -> Family:
-    try:
-        return BY_NAME[name]
-    except KeyError:
-        raise KeyError(f"unknown task family {name!r} (families: {', '.join(BY_NAME)})") from None
-
-
-def sample_task(rng: random.Random, family: str | None = None, difficulty: int | None = None) -> Task:
-    """One instance: of `family` (default: drawn by rarity) at `difficulty` (default: uniform 1..5)."""
-    if family is None:
-        fam = rng.choices(FAMILIES, weights=[f.rarity for f in FAMILIES])[0]
-    else:
-        fam = get_family(family)
-    d = rng.randint(MIN_DIFFICULTY, MAX_DIFFICULTY) if difficulty is None else _clip(int(difficulty))
-    return fam.render(rng, d)
+# --------------------------------------------------------------------------------------------- truth (any world)
 
 
 def _normalise_instruction(text: str) -> str:
@@ -341,7 +335,8 @@ def _normalise_instruction(text: str) -> str:
 
 
 def parse_task(instruction: str) -> Task | None:
-    """Recognise an instruction written in any of our phrasings; None when it is not one of ours."""
+    """Recognise an instruction written in any of our phrasings (any family of the catalogue, whatever the world);
+    None when it is not one of ours."""
     text = _normalise_instruction(instruction)
     for fam, pat in _PATTERNS:
         m = pat.fullmatch(text)
@@ -369,15 +364,52 @@ def grade(instruction: str, answer: str) -> bool | None:
     task = parse_task(instruction)
     if task is None:
         return None
-    cs = BY_NAME[task.family].case_sensitive
+    cs = CATALOGUE[task.family].case_sensitive
     return normalise_answer(answer, cs) == normalise_answer(task.answer, cs)
 
 
+# --------------------------------------------------------------------------------------------- worlds
+
+
+@dataclass(frozen=True)
+class RefereeSpec:
+    """How the oracle referee scores (lion.sim.oracle): correctness, partial credit, then noise and a bias."""
+
+    noise: float = 0.0  # std of the gaussian noise added to each score
+    position_bias: float = 0.0  # points added to whichever answer is shown first
+    correct_score: int = 9
+    wrong_score: int = 2
+    partial_credit: bool = True  # a wrong answer close to the truth scores up to 3 points below a correct one
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """How faithfully the oracle generator follows its prompt."""
+
+    fidelity: float = 1.0  # share of replies that do what the prompt asks (hard: the seed's family; easy: a rarer
+    #                        family of the seed's domain); the rest are a task of a family drawn by the world's rarity
+    difficulty_jitter: int = 1  # a hard reply's difficulty is the seed's +- up to this much
+
+
 class TaskWorld:
-    """This world as the loop sees it (lion.world.World): exact grading and held-out questions."""
+    """One world: its families (with their rarity and difficulty range), its referee and its generator. Offers the
+    loop exact grading and held-out questions (lion.world.World). `referee` is None when the world leaves the
+    referee to the oracle's own options (the built-in world)."""
 
-    name = "tasks"
+    def __init__(self, families: Sequence[Family] = FAMILIES, *, name: str = "tasks",
+                 referee: RefereeSpec | None = None, generator: GeneratorSpec = GeneratorSpec(),
+                 source: str | None = None) -> None:
+        if not families:
+            raise ValueError("a world needs at least one family")
+        self.name, self.referee, self.generator, self.source = name, referee, generator, source
+        self.families: tuple[Family, ...] = tuple(families)
+        self.by_name: dict[str, Family] = {f.name: f for f in self.families}
+        self.domains: dict[str, list[str]] = {}
+        for f in self.families:
+            self.domains.setdefault(f.domain, []).append(f.name)
+        self._weights = [f.rarity for f in self.families]
 
+    # ---- the World protocol (lion.world)
     def family(self, instruction: str) -> str | None:
         task = parse_task(instruction)
         return None if task is None else task.family
@@ -388,48 +420,186 @@ class TaskWorld:
     def heldout(self, per_family: int, seed: int, exclude: Collection[str] = ()) -> list[HeldOutQuestion]:
         return [
             HeldOutQuestion(str(r["instruction"]), str(r["meta"]["family"]), str(r["answer"]))  # type: ignore[index]
-            for r in heldout_set(per_family, seed, exclude)
+            for r in self.heldout_set(per_family, seed, exclude)
         ]
 
+    # ---- sampling
+    def get_family(self, name: str) -> Family:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise KeyError(f"unknown task family {name!r} in world {self.name!r} (families: "
+                           f"{', '.join(self.by_name)})") from None
 
-def _rows(tasks: list[Task]) -> list[dict[str, object]]:
-    return [{"instruction": t.instruction, "meta": t.meta} for t in tasks]
+    def sample_task(self, rng: random.Random, family: str | None = None, difficulty: int | None = None) -> Task:
+        """One instance: of `family` (default: drawn by rarity) at `difficulty` (default: uniform over the family's
+        range; a given one is clipped to it)."""
+        fam = rng.choices(self.families, weights=self._weights)[0] if family is None else self.get_family(family)
+        d = rng.randint(*fam.difficulty) if difficulty is None else fam.clip(int(difficulty))
+        return fam.render(rng, d)
 
-
-def seed_pool(n: int, seed: int) -> list[dict[str, object]]:
-    """`n` distinct instructions drawn by rarity, difficulty uniform: rows {"instruction", "meta"}."""
-    rng = random.Random(f"seed-pool:{seed}")
-    seen: set[str] = set()
-    out: list[Task] = []
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 100 * n + 1000:
-            raise RuntimeError(f"cannot draw {n} distinct tasks")
-        t = sample_task(rng)
-        if t.instruction not in seen:
-            seen.add(t.instruction)
-            out.append(t)
-    return _rows(out)
-
-
-def heldout_set(n_per_family: int, seed: int, exclude: Collection[str] = ()) -> list[dict[str, object]]:
-    """`n_per_family` distinct instances of every family, difficulties cycling 1..5, none in `exclude` (compared
-    with whitespace normalised); rows carry the answer too."""
-    rng = random.Random(f"heldout:{seed}")
-    skip = {_normalise_instruction(x) for x in exclude}
-    rows: list[dict[str, object]] = []
-    for fam in FAMILIES:
+    def seed_pool(self, n: int, seed: int) -> list[dict[str, object]]:
+        """`n` distinct instructions drawn by rarity, difficulty uniform: rows {"instruction", "meta"}."""
+        rng = random.Random(f"seed-pool:{seed}")
         seen: set[str] = set()
-        i = 0
-        while len(seen) < n_per_family:
-            t = fam.render(rng, MIN_DIFFICULTY + i % (MAX_DIFFICULTY - MIN_DIFFICULTY + 1))
-            i += 1
-            if t.instruction in seen or t.instruction in skip:
-                continue
-            seen.add(t.instruction)
-            rows.append({"instruction": t.instruction, "answer": t.answer, "meta": t.meta})
-    return rows
+        out: list[Task] = []
+        tries = 0
+        while len(out) < n:
+            tries += 1
+            if tries > 100 * n + 1000:
+                raise RuntimeError(f"cannot draw {n} distinct tasks")
+            t = self.sample_task(rng)
+            if t.instruction not in seen:
+                seen.add(t.instruction)
+                out.append(t)
+        return [{"instruction": t.instruction, "meta": t.meta} for t in out]
+
+    def heldout_set(self, n_per_family: int, seed: int, exclude: Collection[str] = ()) -> list[dict[str, object]]:
+        """`n_per_family` distinct instances of every family, difficulties cycling over the family's range, none in
+        `exclude` (compared with whitespace normalised); rows carry the answer too."""
+        rng = random.Random(f"heldout:{seed}")
+        skip = {_normalise_instruction(x) for x in exclude}
+        rows: list[dict[str, object]] = []
+        for fam in self.families:
+            lo, hi = fam.difficulty
+            seen: set[str] = set()
+            i = 0
+            while len(seen) < n_per_family:
+                t = fam.render(rng, lo + i % (hi - lo + 1))
+                i += 1
+                if t.instruction in seen or t.instruction in skip:
+                    continue
+                seen.add(t.instruction)
+                rows.append({"instruction": t.instruction, "answer": t.answer, "meta": t.meta})
+        return rows
+
+    def describe(self) -> list[str]:
+        total = sum(self._weights)
+        return [f"{f.domain:8s} {f.name:13s} share {f.rarity / total:5.1%}  difficulty {f.difficulty[0]}..{f.difficulty[1]}"
+                for f in self.families]
+
+
+DEFAULT = TaskWorld()  # the built-in world: the catalogue's families and rarities; the referee from sim.options
+
+# the built-in world's pieces, as module-level names (used across lion and its tests)
+BY_NAME: dict[str, Family] = DEFAULT.by_name
+DOMAINS: dict[str, list[str]] = DEFAULT.domains
+get_family = DEFAULT.get_family
+sample_task = DEFAULT.sample_task
+seed_pool = DEFAULT.seed_pool
+heldout_set = DEFAULT.heldout_set
+
+
+# --------------------------------------------------------------------------------------------- world files
+
+_WORLD_KEYS = ("name", "description", "families", "referee", "generator")
+_FAMILY_KEYS = ("rarity", "difficulty")
+
+
+def _fail(where: str, key: str, why: str) -> NoReturn:
+    from ..errors import ConfigError
+
+    raise ConfigError(f"{where}: {key}: {why}")
+
+
+def _num(value: Any, where: str, key: str, *, lo: float | None = None, hi: float | None = None,
+            positive: bool = False, integer: bool = False) -> Any:
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        _fail(where, key, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+    if positive and not value > 0:
+        _fail(where, key, f"must be > 0, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        _fail(where, key, f"must be between {lo:g} and {hi:g}, got {value!r}")
+    return value
+
+
+def _section(data: Mapping[str, Any], name: str, known: Sequence[str], where: str) -> dict[str, Any]:
+    sec = data.get(name) or {}
+    if not isinstance(sec, Mapping):
+        _fail(where, name, f"expected a mapping, got {type(sec).__name__}")
+    for k in sec:
+        if k not in known:
+            _fail(where, f"{name}.{k}", f"unknown key (known keys here: {', '.join(known)})")
+    return dict(sec)
+
+
+def world_from_dict(data: Any, where: str = "world", source: str | None = None) -> TaskWorld:
+    """A TaskWorld from a world file's mapping; a bad value raises ConfigError naming `where` and the key."""
+    if not isinstance(data, Mapping):
+        _fail(where, "top level", "a world file is a mapping (keys: " + ", ".join(_WORLD_KEYS) + ")")
+    for k in data:
+        if k not in _WORLD_KEYS:
+            _fail(where, str(k), f"unknown key (known keys here: {', '.join(_WORLD_KEYS)})")
+    fams = data.get("families")
+    if not isinstance(fams, Mapping) or not fams:
+        _fail(where, "families", "must map at least one family name to its settings "
+                                 f"(families: {', '.join(CATALOGUE)})")
+    families = []
+    for name, spec in fams.items():
+        key = f"families.{name}"
+        if name not in CATALOGUE:
+            _fail(where, key, f"unknown family (families: {', '.join(CATALOGUE)})")
+        spec = {} if spec is None else spec
+        if not isinstance(spec, Mapping):
+            _fail(where, key, f"expected a mapping with {', '.join(_FAMILY_KEYS)}, got {spec!r}")
+        for k in spec:
+            if k not in _FAMILY_KEYS:
+                _fail(where, f"{key}.{k}", f"unknown key (known keys here: {', '.join(_FAMILY_KEYS)})")
+        base = CATALOGUE[name]
+        rarity = float(_num(spec.get("rarity", base.rarity), where, f"{key}.rarity", positive=True))
+        rng_ = spec.get("difficulty", list(base.difficulty))
+        if (not isinstance(rng_, (list, tuple)) or len(rng_) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in rng_)
+                or not MIN_DIFFICULTY <= rng_[0] <= rng_[1] <= MAX_DIFFICULTY):
+            _fail(where, f"{key}.difficulty", f"expected [low, high] with {MIN_DIFFICULTY} <= low <= high <= "
+                                              f"{MAX_DIFFICULTY}, got {rng_!r}")
+        families.append(replace(base, rarity=rarity, difficulty=(int(rng_[0]), int(rng_[1]))))
+    ref = _section(data, "referee", [f.name for f in RefereeSpec.__dataclass_fields__.values()], where)
+    referee = None
+    if ref:
+        for k in ("noise", "position_bias"):
+            if k in ref:
+                _num(ref[k], where, f"referee.{k}", lo=0.0 if k == "noise" else -10.0, hi=10.0)
+        for k in ("correct_score", "wrong_score"):
+            if k in ref:
+                _num(ref[k], where, f"referee.{k}", lo=1, hi=10, integer=True)
+        if "partial_credit" in ref and not isinstance(ref["partial_credit"], bool):
+            _fail(where, "referee.partial_credit", f"expected true or false, got {ref['partial_credit']!r}")
+        referee = RefereeSpec(**ref)
+        if referee.wrong_score > referee.correct_score:
+            _fail(where, "referee.wrong_score", f"must be <= referee.correct_score ({referee.correct_score}), got "
+                                                f"{referee.wrong_score}")
+    gen = _section(data, "generator", list(GeneratorSpec.__dataclass_fields__), where)
+    if "fidelity" in gen:
+        _num(gen["fidelity"], where, "generator.fidelity", lo=0.0, hi=1.0)
+    if "difficulty_jitter" in gen:
+        _num(gen["difficulty_jitter"], where, "generator.difficulty_jitter", lo=0, hi=4, integer=True)
+    name = data.get("name", "tasks")
+    if not isinstance(name, str) or not name:
+        _fail(where, "name", f"expected a non-empty string, got {name!r}")
+    return TaskWorld(families, name=name, referee=referee, generator=GeneratorSpec(**gen), source=source)
+
+
+def load_world(path: str | Path | None) -> TaskWorld:
+    """The world of a YAML file (config key `sim.world`); None: the built-in world."""
+    if path is None:
+        return DEFAULT
+    import yaml
+
+    from ..errors import ConfigError
+
+    p = Path(path)
+    where = f"sim.world ({p})"
+    if not p.is_file():
+        raise ConfigError(f"sim.world: {p} does not exist (a world file, e.g. configs/worlds/default.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(f"{p}{f':{mark.line + 1}' if mark is not None else ''}: not a valid YAML world file "
+                          f"({getattr(e, 'problem', None) or e})") from None
+    return world_from_dict(data, where, source=str(p))
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -443,6 +613,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=int, default=0, help="write N held-out instances per family to --out")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--world", default=None, help="a world file (configs/worlds/*.yaml); default: the built-in world")
     return p
 
 
@@ -451,16 +622,16 @@ def main(argv: list[str] | None = None) -> int:
     from ..records import atomic_write_text
 
     args = make_parser().parse_args(argv)
+    w = load_world(args.world)
     if args.families or not (args.sample or args.seed_pool or args.heldout):
-        total = sum(f.rarity for f in FAMILIES)
-        for f in FAMILIES:
-            print(f"{f.domain:8s} {f.name:13s} share {f.rarity / total:5.1%}  difficulty {MIN_DIFFICULTY}..{MAX_DIFFICULTY}")
+        print(f"world {w.name}" + (f" ({w.source})" if w.source else " (built in)"))
+        print("\n".join(w.describe()))
     if args.sample:
         rng = random.Random(args.seed)
         for _ in range(args.sample):
-            t = sample_task(rng)
+            t = w.sample_task(rng)
             print(f"[{t.family} d{t.difficulty}] {t.instruction}  ->  {t.answer}")
-    for n, fn in ((args.seed_pool, seed_pool), (args.heldout, heldout_set)):
+    for n, fn in ((args.seed_pool, w.seed_pool), (args.heldout, w.heldout_set)):
         if n:
             if args.out is None:
                 raise ConfigError("--out: required with --seed-pool / --heldout")
