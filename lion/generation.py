@@ -13,6 +13,8 @@ through the filters of `lion.filters` (parse, length, meta words, ROUGE-L near-d
 against the Cache Pool and everything accepted so far, decontamination against evaluation sets); each
 rejected candidate is kept with its reason. Requests go out in concurrent waves until both targets are met
 or `generation.max_attempts_factor` × target requests were made, and the phase reports which.
+With the `progress` selector, each kind's requests are shared among the clusters its seeds belong to by the
+shares of round_XX/allocation.json (`QuotaSampler`).
 Everything is deterministic given the seed and the (cached) replies, so a resumed phase replays exactly.
 The Cache Pool is read in one streamed pass (its texts into the near-duplicate index, the byte offsets of its
 hard and easy rows kept); a drawn seed is read back from the pool file, so only the index grows with the pool.
@@ -94,6 +96,33 @@ class SeedSampler:
         return None
 
 
+class QuotaSampler:
+    """Seeds grouped by cluster, drawn so that each cluster's share of the draws follows `shares` (the progress
+    selector's allocation: a smooth weighted round robin over the clusters that still have seeds); within a cluster
+    a `SeedSampler` (without replacement while seeds last, then reshuffled; uses counted across rounds)."""
+
+    def __init__(self, seeds: dict[str, Sequence[Instruction]], shares: dict[str, float], rng: random.Random,
+                 full: Callable[[Instruction], bool] = lambda s: False, used: Counter[str] | None = None):
+        self.subs = {c: SeedSampler(rows, rng, full, used) for c, rows in sorted(seeds.items()) if len(rows)}
+        w = {c: max(0.0, float(shares.get(c, 0.0))) for c in self.subs}
+        total = sum(w.values())
+        self.w = {c: (v / total if total > 0 else 1 / len(w)) for c, v in w.items()}
+        self.drawn: Counter[str] = Counter()
+
+    def next(self) -> tuple[Instruction, int] | None:
+        open_ = [c for c in self.subs if self.w[c] > 0] or list(self.subs)
+        n = sum(self.drawn.values())
+        while open_:
+            c = max(open_, key=lambda c: (self.w[c] * (n + 1) - self.drawn[c], c))
+            got = self.subs[c].next()
+            if got is None:  # every seed of the cluster hit the category cap
+                open_.remove(c)
+                continue
+            self.drawn[c] += 1
+            return got
+        return None
+
+
 def earlier_uses(ctx: RunContext, r: int) -> dict[str, Counter[str]]:
     """How often each seed id was asked for, per kind, in the generation phases of rounds before r.
 
@@ -139,12 +168,13 @@ class PoolRows(Sequence[Instruction]):
             self._f = None
 
 
-def scan_pool(pool: Path, split: Path, offsets: dict[str, array.array[int]]) -> Iterator[str]:
+def scan_pool(pool: Path, split: Path, offsets: dict[str, array.array[int]],
+              by_cluster: dict[str, dict[str, array.array[int]]] | None = None) -> Iterator[str]:
     """The Cache Pool's instruction texts (for the filter's index), streamed; on the way, the byte offset of each
-    row the round's split labels hard or easy is appended to `offsets[label]`, in pool order. split.jsonl is
-    written in pool order, so the two files are read side by side; a split in another order falls back to a
-    label per id."""
-    labels: dict[str, str] | None = None
+    row the round's split labels hard or easy is appended to `offsets[label]`, in pool order (and, with
+    `by_cluster`, to `by_cluster[label][cluster]` when the split row names a cluster). split.jsonl is written in
+    pool order, so the two files are read side by side; a split in another order falls back to a label per id."""
+    labels: dict[str, tuple[str, str | None]] | None = None
     with pool.open("rb") as fp:
         split_rows = iter_jsonl(split)
         at = 0
@@ -156,18 +186,20 @@ def scan_pool(pool: Path, split: Path, offsets: dict[str, array.array[int]]) -> 
                 row = json.loads(raw)
             except json.JSONDecodeError as e:
                 raise DataError(f"{pool}:{lineno}: not valid JSON ({e.msg})") from None
-            label = None
+            label = cluster = None
             if labels is None:
                 nxt = next(split_rows, None)
                 if nxt is not None and nxt[1].get("id") == row.get("id"):
-                    label = nxt[1].get("label")
+                    label, cluster = nxt[1].get("label"), nxt[1].get("cluster")
                 else:  # not in pool order: read the labels by id
-                    labels = {str(r["id"]): r["label"] for r in read_jsonl(split)}
+                    labels = {str(r["id"]): (r["label"], r.get("cluster")) for r in read_jsonl(split)}
             if labels is not None:
-                label = labels.get(row.get("id"))
+                label, cluster = labels.get(row.get("id"), (None, None))
             # an unjudged item (selector none: Self-Instruct) seeds both branches; stuck and excluded ones neither
             for kind in (KINDS if label == "unjudged" else (label,) if label in offsets else ()):
                 offsets[kind].append(here)
+                if by_cluster is not None and cluster is not None:
+                    by_cluster[kind].setdefault(str(cluster), array.array("q")).append(here)
             yield row["instruction"]
 
 
@@ -184,10 +216,13 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         )
     gc = ctx.cfg.generation
     offsets: dict[str, array.array[int]] = {k: array.array("q") for k in KINDS}
+    # the progress selector's shares of the requests per cluster (round_XX/allocation.json), when it ran
+    shares = read_json_or_empty(rp.allocation).get("clusters") or {}
+    by_cluster: dict[str, dict[str, array.array[int]]] | None = {k: {} for k in KINDS} if shares else None
     held_out = [q.instruction for q in ctx.heldout()] if ctx.cfg.eval.questions == "oracle" else []
     # one pass over the Cache Pool: its texts go into the near-duplicate index, its hard/easy rows' offsets kept
-    filt = CandidateFilter(gc, scan_pool(rp.cache_pool, rp.split, offsets), load_eval_questions(gc.decontaminate),
-                           held_out)
+    filt = CandidateFilter(gc, scan_pool(rp.cache_pool, rp.split, offsets, by_cluster),
+                           load_eval_questions(gc.decontaminate), held_out)
     seeds = {k: PoolRows(rp.cache_pool, offsets[k]) for k in KINDS}
     wanted = {"hard": gc.n_hard, "easy": gc.n_easy}
     budget = {k: math.ceil(wanted[k] * gc.max_attempts_factor) if seeds[k] else 0 for k in KINDS}
@@ -200,7 +235,13 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         return lambda s: cap is not None and (c := category(ctx, s)) is not None and grown[k][c] >= cap
 
     used = earlier_uses(ctx, r)
-    samplers = {k: SeedSampler(seeds[k], rng, full(k), used[k]) for k in KINDS}
+    samplers: dict[str, SeedSampler | QuotaSampler] = {k: SeedSampler(seeds[k], rng, full(k), used[k]) for k in KINDS}
+    cluster_rows: list[PoolRows] = []
+    if by_cluster is not None:
+        for k in KINDS:
+            rows = {c: PoolRows(rp.cache_pool, offs) for c, offs in by_cluster[k].items()}
+            cluster_rows += rows.values()
+            samplers[k] = QuotaSampler(rows, {c: v["share"] for c, v in shares.items()}, rng, full(k), used[k])
     templates = {k: ctx.template(f"generate_{k}") for k in KINDS}
     markers = {k: reply_marker(templates[k]) for k in KINDS}
 
@@ -267,7 +308,7 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             new = Instruction(instruction=text, round=r, kind=k, parent=seed.id, meta={"parent_kind": seed.kind})
             accepted[k].append(new)
 
-    for rows in seeds.values():
+    for rows in [*seeds.values(), *cluster_rows]:
         rows.close()
     check_failures(ctx.cfg, r, "generation", "generator calls",
                    sum(1 for x in rejected if x["reason"] == "call_failed"), sum(sent.values()))
@@ -288,6 +329,8 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         "rejected": dict(Counter(x["reason"] for x in rejected)),
         "stopped": stopped,
     }
+    if by_cluster is not None:  # the progress selector's shares, as drawn
+        metrics["cluster_requests"] = {k: dict(sorted(getattr(samplers[k], "drawn", {}).items())) for k in KINDS}
     write_json(rp.phase_metrics("generation"), metrics)
     ctx.run.mark_done(r, "generation")
     return metrics

@@ -157,6 +157,16 @@ class RoundPaths:
         """Every shadow selector's split and verdict files written so far."""
         return sorted(self.dir.glob("shadow_*_split.jsonl")) + sorted(self.dir.glob("shadow_*_judgements.jsonl"))
 
+    @property
+    def probe_losses(self) -> Path:
+        """selector progress: the probe set's per-item loss before and after this round's training, with clusters."""
+        return self.dir / "probe_losses.jsonl"
+
+    @property
+    def allocation(self) -> Path:
+        """selector progress: each cluster's gain per new example, share of the hard items, and count."""
+        return self.dir / "allocation.json"
+
     # generation
     @property
     def generated(self) -> Path:
@@ -290,6 +300,16 @@ class RunLayout:
     def lock(self) -> Path:
         """The one-writer lock (lion.lock): flock'ed by the process writing the run, naming its host and PID."""
         return self.root / "run.lock"
+
+    @property
+    def probe(self) -> Path:
+        """selector progress: the held-in probe set (Cache Pool items never in a Train Pool), drawn at round 1."""
+        return self.root / "probe.jsonl"
+
+    @property
+    def clusters(self) -> Path:
+        """selector progress in a real run: the k-means centroids of instruction embeddings, fitted once."""
+        return self.root / "clusters.json"
 
     @property
     def seed_report(self) -> Path:

@@ -150,3 +150,68 @@ def test_the_shadow_sample_is_a_fixed_draw_of_about_its_share():
     assert quarter == [i for i in ids if in_shadow_sample(0, 1, i, 0.25)]  # the same draw every time
     assert quarter != [i for i in ids if in_shadow_sample(0, 2, i, 0.25)]  # another round, another sample
     assert all(in_shadow_sample(0, 1, i, 1.0) for i in ids[:10])
+
+
+def _split_seeds(tmp_path: Path, n_train: int, n_cache: int) -> list[str]:
+    """A train seed file and a cache seed file holding it plus `n_cache - n_train` instructions more."""
+    rows = W.seed_pool(n_cache, 3)
+    train, cache = tmp_path / "train.jsonl", tmp_path / "cache.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:n_train]))
+    cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [f"pools.train_seed={train}", f"pools.cache_seed={cache}", "pools.limit=null"]
+
+
+def test_progress_shares_generation_by_gain_per_example_on_a_probe_never_trained(tmp_path: Path) -> None:
+    """selector progress: no referee; a probe set drawn from Cache Pool items outside every Train Pool is scored
+    before and after each round's training; allocation.json gives each family (the offline clusters) a share of
+    the next round's requests, at least its floor; generation draws each kind's seeds by those shares; within a
+    family the hard items are its highest-loss ones; no probe item ever reaches a Train Pool."""
+    cfg, split, usage = run(tmp_path, *_split_seeds(tmp_path, 40, 70), "discrimination.selector=progress",
+                            "discrimination.probe_size=20", "discrimination.progress_floor=0.3",
+                            "generation.n_hard=12", "generation.n_easy=6", "final_imitation=true", rounds=2)
+    assert "referee" not in roles(usage)
+    run_dir = tmp_path / "run"
+    probe = {r["id"] for r in read_jsonl(run_dir / "probe.jsonl")}
+    assert len(probe) == 20
+    for r in (1, 2, 3):
+        assert not probe & {row["id"] for row in read_jsonl(run_dir / f"round_{r:02d}" / "train_pool.jsonl")}
+    for r in (1, 2):
+        rd = run_dir / f"round_{r:02d}"
+        alloc = json.loads((rd / "allocation.json").read_text())
+        shares = {c: v["share"] for c, v in alloc["clusters"].items()}
+        assert abs(sum(shares.values()) - 1) < 1e-6 and min(shares.values()) >= 0.3 / len(shares) - 1e-9
+        losses = read_jsonl(rd / "probe_losses.jsonl")
+        assert len(losses) == 20 and all(x["before"] is not None and x["after"] is not None for x in losses)
+        rows = [x for x in split[r] if x["label"] in ("hard", "easy")]
+        assert all(x["cluster"] == W.parse_task(x["instruction"]).family for x in rows)  # type: ignore[union-attr]
+        for fam in {x["cluster"] for x in rows}:  # within a family the hard items are its highest-loss ones
+            mine = [x for x in rows if x["cluster"] == fam]
+            hard = [x["loss"] for x in mine if x["label"] == "hard"]
+            easy = [x["loss"] for x in mine if x["label"] == "easy"]
+            assert hard and (not easy or min(hard) >= max(easy))
+        drawn = json.loads((rd / "generation.json").read_text())["cluster_requests"]["hard"]
+        with_seeds = {c: shares[c] for c in drawn}
+        total, norm = sum(drawn.values()), sum(with_seeds.values())
+        for c, n in drawn.items():  # requests follow the shares (smooth round robin: within one request)
+            assert abs(n - total * with_seeds[c] / norm) <= 1.0 + 1e-9, (c, n, total, with_seeds)
+
+
+def test_progress_needs_cache_pool_items_outside_the_train_pool(tmp_path: Path) -> None:
+    from lion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="discrimination.probe_size"):
+        run(tmp_path, "discrimination.selector=progress", "discrimination.probe_size=20")
+
+
+def test_progress_shares_rule() -> None:
+    """The share rule: the floor evenly, the rest by max(gain, 0) / (new examples + prior); unmeasured = mean."""
+    from lion.selectors import shares
+
+    s = shares({"a": 0.4, "b": -0.1, "c": 0.4}, {"a": 100, "b": 100, "c": 10}, ["a", "b", "c", "d"], 0.2)
+    assert abs(sum(v["share"] for v in s.values()) - 1) < 1e-9
+    assert s["b"]["share"] == pytest.approx(0.05)  # no gain: the floor alone
+    assert s["c"]["share"] > s["a"]["share"] > s["b"]["share"]  # the same gain on fewer examples pays more
+    assert s["d"]["gain_per_example"] == pytest.approx((s["a"]["gain_per_example"] + s["c"]["gain_per_example"]
+                                                        + 0.0) / 3)
+    flat = shares({}, {}, ["x", "y"], 0.0)
+    assert flat["x"]["share"] == flat["y"]["share"] == 0.5
