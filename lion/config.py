@@ -413,6 +413,11 @@ class PoolsConfig:
                                                    "0 = no limit", ge=0)
     too_long: Literal["skip", "error"] = opt("skip", "a seed row over max_instruction_tokens: skip it (counted and "
                                                      "reported) or stop with an error naming file:line")
+    fresh_share: float = opt(0.0, "share of each round's new instructions (generation.n_hard + n_easy) drawn from the "
+                                  "train seed file's rows no pool holds yet (past pools.limit), instead of generated: "
+                                  "plain distillation inside the loop, a floor under any selector; kind 'fresh' in "
+                                  "generated.jsonl; when the file runs out, generation makes up the rest",
+                             range=(0.0, 1.0))
 
     def check(self, key: str) -> None:
         if not self.train_seed:

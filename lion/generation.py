@@ -15,6 +15,8 @@ rejected candidate is kept with its reason. Requests go out in concurrent waves 
 or `generation.max_attempts_factor` × target requests were made, and the phase reports which.
 With the `progress` selector, each kind's requests are shared among the clusters its seeds belong to by the
 shares of round_XX/allocation.json (`QuotaSampler`).
+With `pools.fresh_share`, that share of the round's new instructions is drawn from the train seed file's rows no
+pool holds yet (kind `fresh`, lion.pools.unused_seeds) and the generator is asked for the rest.
 Everything is deterministic given the seed and the (cached) replies, so a resumed phase replays exactly.
 The Cache Pool is read in one streamed pass (its texts into the near-duplicate index, the byte offsets of its
 hard and easy rows kept); a drawn seed is read back from the pool file, so only the index grows with the pool.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import array
 import json
+import logging
 import math
 import random
 import re
@@ -38,10 +41,11 @@ from .context import RunContext, make_phase_parser, run_phase
 from .errors import DataError, LionError
 from .failures import check_failures
 from .prompts import reply_marker
-from .records import Instruction, iter_jsonl, read_json_or_empty, read_jsonl, write_json, write_jsonl
+from .records import Instruction, iter_jsonl, read_json_or_empty, read_jsonl, read_pool, write_json, write_jsonl
 from .teachers.base import ChatRequest
 
 KINDS = ("hard", "easy")
+log = logging.getLogger("lion.generation")
 
 
 def parse_task(reply: str | None, marker: str = "TASK:") -> str | None:
@@ -215,6 +219,7 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             f"round {r} generation needs round {r}'s discrimination first ({rp.done('discrimination')} missing)"
         )
     gc = ctx.cfg.generation
+    fresh = fresh_rows(ctx, r)
     offsets: dict[str, array.array[int]] = {k: array.array("q") for k in KINDS}
     # the progress selector's shares of the requests per cluster (round_XX/allocation.json), when it ran
     shares = read_json_or_empty(rp.allocation).get("clusters") or {}
@@ -223,8 +228,10 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
     # one pass over the Cache Pool: its texts go into the near-duplicate index, its hard/easy rows' offsets kept
     filt = CandidateFilter(gc, scan_pool(rp.cache_pool, rp.split, offsets, by_cluster),
                            load_eval_questions(gc.decontaminate), held_out)
+    for i in fresh:  # a generated instruction may not repeat a fresh one either
+        filt.accept(i.instruction)
     seeds = {k: PoolRows(rp.cache_pool, offsets[k]) for k in KINDS}
-    wanted = {"hard": gc.n_hard, "easy": gc.n_easy}
+    wanted = generation_targets(gc.n_hard, gc.n_easy, len(fresh))
     budget = {k: math.ceil(wanted[k] * gc.max_attempts_factor) if seeds[k] else 0 for k in KINDS}
     rng = random.Random(f"{ctx.cfg.seed}/{gc.seed}/{r}")
     accepted: dict[str, list[Instruction]] = {k: [] for k in KINDS}
@@ -319,7 +326,7 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         stopped = "no_seeds"
     else:
         stopped = "category_cap" if capped else "max_attempts"
-    write_jsonl(rp.generated, (i.to_json() for k in KINDS for i in accepted[k]))
+    write_jsonl(rp.generated, [*(i.to_json() for k in KINDS for i in accepted[k]), *(i.to_json() for i in fresh)])
     write_jsonl(rp.rejected, rejected)
     metrics = {
         "wanted": wanted,
@@ -328,12 +335,45 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         "requests": dict(sent),
         "rejected": dict(Counter(x["reason"] for x in rejected)),
         "stopped": stopped,
+        "fresh": len(fresh),
     }
     if by_cluster is not None:  # the progress selector's shares, as drawn
         metrics["cluster_requests"] = {k: dict(sorted(getattr(samplers[k], "drawn", {}).items())) for k in KINDS}
     write_json(rp.phase_metrics("generation"), metrics)
     ctx.run.mark_done(r, "generation")
     return metrics
+
+
+def generation_targets(n_hard: int, n_easy: int, n_fresh: int) -> dict[str, int]:
+    """What the generator is asked for when `n_fresh` of the round's new instructions come from the seed file: the
+    rest, split between hard and easy in the configured proportion."""
+    total = n_hard + n_easy
+    left = max(0, total - n_fresh)
+    hard = round(left * n_hard / total) if total else 0
+    return {"hard": hard, "easy": left - hard}
+
+
+def fresh_rows(ctx: RunContext, r: int) -> list[Instruction]:
+    """`pools.fresh_share` of the round's new instructions, drawn from the train seed file's unused rows (never a
+    held-out or evaluation question: the same checks as generated ones, but not the near-duplicate one, which the
+    seed pool itself never went through), as kind `fresh` of round r."""
+    from .filters import CandidateFilter, load_eval_questions
+    from .pools import unused_seeds
+
+    gc, share = ctx.cfg.generation, ctx.cfg.pools.fresh_share
+    n = round(share * (gc.n_hard + gc.n_easy))
+    if not n:
+        return []
+    held_out = [q.instruction for q in ctx.heldout()] if ctx.cfg.eval.questions == "oracle" else []
+    probe = [i.id for i in read_pool(ctx.run.probe)] if ctx.run.probe.is_file() else []
+    filt = CandidateFilter(gc, (), load_eval_questions(gc.decontaminate), held_out)
+    rows = [i for i in unused_seeds(ctx, r, 2 * n, salt="fresh", exclude=probe)
+            if filt.check(i.instruction).reason in (None, "near_duplicate", "too_short", "too_long", "meta_word")]
+    if len(rows) < n:
+        log.warning("round %d: pools.fresh_share wants %d fresh seed instructions, the seed file has %d unused "
+                    "ones left; generation makes up the rest", r, n, len(rows))
+    return [Instruction(i.instruction, i.input, round=r, kind="fresh", meta={**i.meta, "fresh_from": "train_seed"})
+            for i in rows[:n]]
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .context import RunContext
 from .errors import ConfigError, LionError
 from .records import (
+    IdSet,
     Instruction,
     LoadReport,
     RowCheck,
@@ -144,6 +145,37 @@ def seed_cache_pool(ctx: RunContext) -> Iterator[Instruction]:
     if pc.cache_seed and pc.cache_seed != pc.train_seed:
         return union_pools(seeds(pc.cache_seed), seeds(pc.train_seed))
     return seeds(pc.train_seed)
+
+
+def unused_seeds(ctx: RunContext, r: int, n: int, *, salt: str, exclude: Iterable[str] = ()) -> list[Instruction]:
+    """`n` instructions of the train seed file (all of it, past `pools.limit`) that no pool of round r holds (round
+    r's Cache Pool holds every Train Pool so far) and that are not in `exclude` (ids), drawn by a hash of (run seed,
+    `salt`, round, id): the same draw on a resume, a different one per round and per use. Streamed: the file is read
+    once and only the `n` best-ranked rows are kept. Fewer than `n` when the file has no more unused rows."""
+    import hashlib
+    import heapq
+
+    pc = ctx.cfg.pools
+    taken = IdSet(i.id for i in iter_pool(ctx.run.round(r).cache_pool))
+    for id in exclude:
+        taken.add(id)
+    best: list[tuple[int, int, Instruction]] = []  # a max-heap by rank (negated), n long
+    for k, inst in enumerate(iter_instructions(pc.train_seed, None, check=token_check(ctx), on_reject="skip")):
+        if inst.id in taken:
+            continue
+        rank = int.from_bytes(hashlib.sha256(f"{ctx.cfg.seed}/{salt}/{r}/{inst.id}".encode()).digest()[:8], "big")
+        if len(best) < n:
+            heapq.heappush(best, (-rank, k, inst))
+        elif n and -best[0][0] > rank:
+            heapq.heapreplace(best, (-rank, k, inst))
+    return [inst for _, _, inst in sorted(best, key=lambda t: -t[0])]
+
+
+def count_unused_seeds(ctx: RunContext, r: int) -> int:
+    """How many train seed rows no pool of round r holds (what `unused_seeds` can still draw from)."""
+    taken = IdSet(i.id for i in iter_pool(ctx.run.round(r).cache_pool))
+    return sum(1 for inst in iter_instructions(ctx.cfg.pools.train_seed, None, check=token_check(ctx),
+                                               on_reject="skip") if inst.id not in taken)
 
 
 def prepare_round(ctx: RunContext, r: int) -> None:

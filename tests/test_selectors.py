@@ -215,3 +215,40 @@ def test_progress_shares_rule() -> None:
                                                         + 0.0) / 3)
     flat = shares({}, {}, ["x", "y"], 0.0)
     assert flat["x"]["share"] == flat["y"]["share"] == 0.5
+
+
+def test_fresh_share_draws_part_of_each_round_from_unused_seed_rows(tmp_path: Path) -> None:
+    """pools.fresh_share: that share of a round's new instructions are train seed rows past pools.limit that no pool
+    holds (kind fresh), the generator is asked for the rest; the next Train Pool holds them; the draw is the same
+    on a re-run; a file with too few unused rows is made up by the generator."""
+    rows = W.seed_pool(70, 5)
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first = {" ".join(str(r["instruction"]).split()) for r in rows[:40]}
+    _, split, _ = run(tmp_path, f"pools.train_seed={seeds}", "pools.limit=40", "pools.fresh_share=0.5",
+                      "discrimination.selector=student_loss", "final_imitation=true", rounds=2)
+    rd = tmp_path / "run"
+    for r in (1, 2):
+        gen = read_jsonl(rd / f"round_{r:02d}" / "generated.jsonl")
+        kinds = Counter(g["kind"] for g in gen)
+        assert kinds == {"fresh": 5, "hard": 3, "easy": 2}, kinds
+        fresh = [g for g in gen if g["kind"] == "fresh"]
+        assert all(g["instruction"] not in first and g["round"] == r for g in fresh)
+        later = {x["id"] for x in read_jsonl(rd / f"round_{r + 1:02d}" / "train_pool.jsonl")}
+        assert {g["id"] for g in fresh} <= later
+    gen1 = {g["id"] for g in read_jsonl(rd / "round_01" / "generated.jsonl") if g["kind"] == "fresh"}
+    gen2 = {g["id"] for g in read_jsonl(rd / "round_02" / "generated.jsonl") if g["kind"] == "fresh"}
+    assert not gen1 & gen2
+    assert json.loads((rd / "round_01" / "generation.json").read_text())["fresh"] == 5
+    # the same draw again, from scratch
+    from lion.context import RunContext
+    from lion.generation import fresh_rows
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", [*TINY, f"run_dir={rd}", f"pools.train_seed={seeds}",
+                                                        "pools.limit=40", "pools.fresh_share=0.5", "rounds=2",
+                                                        "final_imitation=true", "discrimination.selector=student_loss"])
+    with RunContext(cfg, progress=False) as ctx:
+        assert {i.id for i in fresh_rows(ctx, 1)} == gen1
+        # 70 rows, 40 + 5 + 5 taken: 20 unused, fewer than the 34 wanted -> the generator makes up the rest
+        cfg.pools.fresh_share, cfg.generation.n_hard = 1.0, 30
+        assert len(fresh_rows(ctx, 3)) == 20
