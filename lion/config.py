@@ -604,11 +604,30 @@ class LogConfig:
 
 @dataclass
 class ImitationConfig:
-    """Which teacher answers become training targets (phase 1, `python -m lion.imitation`)."""
+    """Which teacher answers become training targets (phase 1, `python -m lion.imitation`), and the optional
+    preference stage on the student's own answers (`python -m lion.preference`)."""
 
     truncated: Literal["drop", "keep"] = opt("drop", 'a teacher answer cut at max_tokens (finish_reason "length"): '
                                                      '"drop" = not a training target (counted per round), "keep" = '
                                                      "train on it anyway")
+    preference: Literal["none", "dpo", "spin"] = opt(
+        "none", "a preference stage after each round's discrimination, on the student's own answers it collected "
+                "(lion.preference): chosen = the teacher's answer, rejected = the student's; dpo = the pairs the "
+                "referee judged (both orders agreeing, gap >= tau: needs discrimination.selector referee, or "
+                "learnable on it), spin = every pair whose two answers differ (no referee needed). The next "
+                "round's training (and the final imitation) starts from its student (round_XX/student_pref)")
+    preference_beta: float = opt(0.1, "preference stage: DPO's beta (how far the student may move from the "
+                                      "round's student, the reference)", gt=0)
+    preference_sft_weight: float = opt(0.0, "preference stage: weight of the chosen answer's per-token NLL added to "
+                                            "the DPO loss (RPO); 0 = plain DPO", ge=0)
+    preference_lr: float | None = opt(None, "preference stage: peak learning rate; None = student.lr / 10", gt=0)
+    preference_epochs: float = opt(1.0, "preference stage: passes over the pairs", gt=0)
+    preference_max_steps: int = opt(-1, "preference stage: > 0 overrides preference_epochs")
+    preference_max_pairs: int | None = opt(None, "preference stage: at most this many pairs per round (drawn by "
+                                                 "instruction id and round); None = all", gt=0)
+
+    def check(self, key: str) -> None:
+        _check_fields(self, key)
 
 
 @dataclass
@@ -640,6 +659,15 @@ class LionConfig:
         self.eval.check("eval")
         self.log.check("log")
         self.sim.check("sim")
+        self.imitation.check("imitation")
+        if self.imitation.preference == "dpo":
+            dc = self.discrimination
+            base = dc.learnable_base if dc.selector == "learnable" else dc.selector
+            if base != "referee":
+                raise ConfigError(f"imitation.preference: dpo trains on the referee's verdicts, but "
+                                  f"discrimination.selector is {dc.selector!r}"
+                                  f"{f' on {base!r}' if dc.selector == 'learnable' else ''}; use spin (no referee), "
+                                  "or the referee selector")
 
     @property
     def run_path(self) -> Path:

@@ -6,7 +6,8 @@ Teacher answers are kept per (instruction id, teacher identity) in the run's ans
 discrimination and by later rounds, so no answer is ever bought twice. An empty, truncated-to-nothing or
 failed answer is never a training target: it is counted and left out. An answer cut at the teacher's max_tokens
 (finish_reason "length") is counted too, and left out unless `imitation.truncated: keep`.
-Round R's student starts from round R-1's student (`student.continue_from_previous`) or from the base model.
+Round R's student starts from round R-1's student (`student.continue_from_previous`; after round R-1's preference
+stage, when `imitation.preference` is set, its result) or from the base model.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def previous_student(ctx: RunContext, r: int) -> str:
     from .student import resolve_base_model
 
     if r > 1 and ctx.cfg.student.continue_from_previous:
-        prev = ctx.run.round(r - 1).student
+        rp = ctx.run.round(r - 1)
+        if ctx.run.is_done(r - 1, "preference") and rp.preference_student.is_dir():
+            return str(rp.preference_student)  # the round's student after its preference stage (lion.preference)
+        prev = rp.student
         if not prev.is_dir():
             raise LionError(
                 f"{prev}: round {r - 1}'s student is missing; round {r} continues from it "

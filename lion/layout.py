@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PHASES = ("imitation", "discrimination", "generation")
+OPTIONAL_PHASES = ("preference",)  # run only when configured (imitation.preference), after discrimination
 
 _ROUND = re.compile(r"^round_(\d+)$")
 
@@ -166,6 +167,17 @@ class RoundPaths:
     def allocation(self) -> Path:
         """selector progress: each cluster's gain per new example, share of the hard items, and count."""
         return self.dir / "allocation.json"
+
+    # preference stage (imitation.preference)
+    @property
+    def preference_pairs(self) -> Path:
+        """The (chosen, rejected) pairs of the round's preference stage, with the reference log-probabilities."""
+        return self.dir / "preference_pairs.jsonl"
+
+    @property
+    def preference_student(self) -> Path:
+        """The round's student after the preference stage: where the next round's training starts."""
+        return self.dir / "student_pref"
 
     # generation
     @property

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import plots
 from .errors import DataError, LionError
-from .layout import PHASES, RoundPaths, RunLayout
+from .layout import OPTIONAL_PHASES, PHASES, RoundPaths, RunLayout
 from .records import atomic_write_text, read_jsonl
 from .roundtable import collect_round, shadow_text, table_rows
 
@@ -76,7 +76,7 @@ class RoundData:
         return "held-out" if (self.eval or {}).get("oracle") else "Cache Pool"
 
     def phases_done(self) -> list[str]:
-        return [p for p in PHASES if self.paths.done(p).exists()]
+        return [p for p in (*PHASES, *OPTIONAL_PHASES) if self.paths.done(p).exists()]
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 from .layout import RoundPaths
 from .records import read_json_or_empty
 
-FIGURES = ("imitation", "discrimination", "generation")
+FIGURES = ("imitation", "discrimination", "preference", "generation")
 
 
 def collect_round(rp: RoundPaths) -> dict[str, Any]:
@@ -64,6 +64,7 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("S mean", lambda m: _fmt(_disc(m, "student_mean"))),
     ("flip%", lambda m: _pct(_disc(m, "swap_flip_rate"))),
     ("parse fail", lambda m: str(_disc(m, "parse_failures") if _disc(m, "parse_failures") is not None else "-")),
+    ("pref pairs", lambda m: str(m["preference"].get("pairs", "-")) if "preference" in m else "-"),
     ("new hard", lambda m: _accepted(m, "hard")),
     ("new easy", lambda m: _accepted(m, "easy")),
     ("rejected", lambda m: str(sum(m["generation"]["rejected"].values())) if "generation" in m else "-"),
@@ -106,8 +107,11 @@ def round_line(m: dict[str, Any]) -> str:
         ]
     for name, sh in (d.get("shadows") or {}).items():
         parts += [shadow_text(name, sh)]
+    if m.get("preference"):
+        parts += [preference_text(m["preference"])]
     if g:
-        parts += [f"new {g['accepted']['hard']}h+{g['accepted']['easy']}e ({g['stopped']})"]
+        fresh = f"+{g['fresh']}f" if g.get("fresh") else ""
+        parts += [f"new {g['accepted']['hard']}h+{g['accepted']['easy']}e{fresh} ({g['stopped']})"]
     if "oracle" in m:
         parts += [f"pool acc {_pct(m['oracle'].get('overall'))}%"]
     held_out = m.get("eval", {}).get("oracle", {}).get("overall")
@@ -128,6 +132,16 @@ def shadow_text(name: str, sh: dict[str, Any]) -> str:
     if sh.get("excluded"):
         text += f", excluded {sh['excluded']}"
     return text + "]"
+
+
+def preference_text(p: dict[str, Any]) -> str:
+    """The preference stage in a few words: method, pairs, the implicit reward margin and the share ranked right."""
+    t = p.get("train") or {}
+    if not t:
+        return f"[{p.get('method')}: {p.get('pairs', 0)} pairs, not trained]"
+    return (f"[{p.get('method')}: {p.get('pairs', 0)} pairs, margin {_fmt(t.get('margin_first'))}->"
+            f"{_fmt(t.get('margin_last'))}, right {_pct(t.get('ranked_right_first'))}->"
+            f"{_pct(t.get('ranked_right_last'))}%]")
 
 
 def family_table(rounds: Sequence[dict[str, Any]]) -> str | None:

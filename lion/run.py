@@ -8,6 +8,7 @@
         imitation(r):      the teacher answers the Train Pool; the student is fine-tuned   (lion.imitation)
         discrimination(r): teacher vs student on the Cache Pool, judged by the referee     (lion.discrimination)
                            -> hard and easy instructions
+        preference(r):     optional: teacher answer over the student's, DPO or SPIN       (lion.preference)
         generation(r):     new instructions from hard and easy seeds, filtered             (lion.generation)
     final imitation on the last Train Pool (= imitation of round N+1)
 
@@ -35,6 +36,7 @@ from .imitation import imitation
 from .layout import RunLayout
 from .plan import add_plan_args, print_plan
 from .pools import prepare_round
+from .preference import preference
 from .records import write_json
 from .roundtable import collect_round, family_table, round_line, summary_table
 from .trackers import Trackers, open_trackers
@@ -52,7 +54,8 @@ def lion_loop(cfg: LionConfig, *, progress: bool = True, echo: bool = True) -> l
             for r in range(1, rounds + 1):
                 prepare_round(ctx, r)
                 for name, phase in (("imitation", imitation), ("evaluation", evaluate_student),
-                                    ("discrimination", discrimination), ("generation", generation)):
+                                    ("discrimination", discrimination), ("preference", preference),
+                                    ("generation", generation)):
                     log.info("round %d: %s", r, name)
                     phase(ctx, r)
                 summaries.append(round_metrics(ctx, r, trackers))

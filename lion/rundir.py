@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import LionConfig
 from .errors import LionError
-from .layout import PHASES, RunLayout
+from .layout import OPTIONAL_PHASES, PHASES, RunLayout
 from .records import write_json
 
 # keys whose change would make finished work inconsistent with new work
@@ -126,7 +126,7 @@ class RunDir(RunLayout):
         if state is not None:
             lines.append(f"  rounds completed: {state.get('rounds_completed', 0)}")
         for rp in self.rounds():
-            done = [p for p in PHASES if rp.done(p).exists()]
+            done = [p for p in (*PHASES, *OPTIONAL_PHASES) if rp.done(p).exists()]
             lines.append(f"  {rp.dir.name}: {', '.join(done) or 'nothing'} done")
         return "\n".join(lines)
 

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from .errors import LionError
-from .layout import PHASES, RoundPaths, RunLayout
+from .layout import OPTIONAL_PHASES, PHASES, RoundPaths, RunLayout
 from .records import read_json_or_empty, read_jsonl_tolerant
 
 
@@ -61,7 +61,7 @@ def round_status(layout: RunLayout, rp: RoundPaths, *, final: bool = False) -> d
     """Round rp.no: each phase done (with its time) or, for the first unfinished one, what it has produced so far.
     `final`: the final imitation's round (after the last round: imitation, and evaluation, only)."""
     out: dict[str, Any] = {"round": rp.no, "done": {}, "in_flight": [], "final_imitation": final}
-    for phase in PHASES:
+    for phase in (*PHASES, *OPTIONAL_PHASES):
         if rp.done(phase).exists():
             out["done"][phase] = read_json_or_empty(rp.done(phase)).get("finished_at", "")
     train, cache = _ids(rp.train_pool), _ids(rp.cache_pool)
@@ -161,6 +161,7 @@ def format_status(s: dict[str, Any]) -> str:
             lines += [f"      in flight: {note}" for note in rs["in_flight"]]
             continue
         phases = [f"{p} done" if p in rs["done"] else f"{p} -" for p in PHASES]
+        phases += [f"{p} done" for p in OPTIONAL_PHASES if p in rs["done"]]
         lines.append(f"  round {rs['round']:>2}: " + ", ".join(phases)
                      + f"   (train pool {rs['train_pool']}, cache pool {rs['cache_pool']})")
         for note in rs["in_flight"]:

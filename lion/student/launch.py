@@ -124,22 +124,24 @@ def _fill(template: str, **values: str) -> str:
 
 
 def write_spec(cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, out_dir: Path,
-               seed: int, logging_dir: str | Path | None = None) -> Path:
+               seed: int, logging_dir: str | Path | None = None, objective: dict[str, Any] | None = None) -> Path:
     """OUT.launch/spec.json (+ examples.jsonl): everything a training process needs, as absolute paths."""
     work = out_dir.with_name(out_dir.name + ".launch")
     work.mkdir(parents=True, exist_ok=True)
     write_jsonl(work / "examples.jsonl", examples)
     init = str(Path(init_from).resolve()) if Path(init_from).exists() else str(init_from)
     spec = {"cfg": dataclasses.asdict(cfg), "examples": str(work / "examples.jsonl"), "init_from": init,
-            "out_dir": str(out_dir), "seed": seed, "logging_dir": str(logging_dir) if logging_dir else None}
+            "out_dir": str(out_dir), "seed": seed, "logging_dir": str(logging_dir) if logging_dir else None,
+            "objective": objective}
     (work / "spec.json").write_text(json.dumps(spec, indent=1))
     return work / "spec.json"
 
 
 def launch_training(cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, out_dir: Path,
-                    *, seed: int = 0, logging_dir: str | Path | None = None) -> TrainResult:
+                    *, seed: int = 0, logging_dir: str | Path | None = None,
+                    objective: dict[str, Any] | None = None) -> TrainResult:
     out_dir = Path(out_dir).resolve()
-    spec = write_spec(cfg, examples, init_from, out_dir, seed, logging_dir)
+    spec = write_spec(cfg, examples, init_from, out_dir, seed, logging_dir, objective)
     work = spec.parent
     env = _child_env()
     workers: list[tuple[int, subprocess.Popen[bytes], IO[bytes], Path]] = []

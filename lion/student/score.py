@@ -2,7 +2,8 @@
 
     python -m lion.student.score --model RUN/round_01/student --data rows.jsonl [--config CFG]   # rows: instruction, input?, output
 
-Python: ``answer_losses(model_path, prompts, answers, cfg.student.infer, max_length=...) -> list[float | None]``.
+Python: ``answer_losses(model_path, prompts, answers, cfg.student.infer, max_length=...) -> list[float | None]``,
+``answer_nll(...) -> list[(summed NLL, tokens) | None]``.
 
 The student sees exactly what it sees in training (`lion.student.data.tokenize_example`: BOS + prompt, then the
 answer and EOS), and the loss is the mean negative log-likelihood (nats) over the answer tokens and EOS, the same
@@ -36,6 +37,22 @@ def answer_losses(
     progress: bool = False,
 ) -> list[float | None]:
     """Mean per-token loss (nats) of the model at `model_path` on each answer after its formatted prompt."""
+    return [None if s is None else s[0] / max(1, s[1]) for s in answer_nll(
+        model_path, prompts, answers, cfg, max_length=max_length, progress=progress)]
+
+
+def answer_nll(
+    model_path: str | Path,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    cfg: InferConfig,
+    *,
+    max_length: int,
+    progress: bool = False,
+) -> list[tuple[float, int] | None]:
+    """(summed negative log-likelihood in nats, tokens) of each answer (its tokens and EOS, as training scores them)
+    after its formatted prompt; None where the prompt leaves no answer token. The sum is what a preference stage
+    takes as the reference model's log-probability of an answer (lion.student.objectives)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -50,7 +67,7 @@ def answer_losses(
     tokenizer = load_tokenizer(info.adapter if info.adapter is not None else model_path, info.base)
     model = load_model(info.base, cfg, adapter=info.adapter)
     rows = [tokenize_example(tokenizer, p, a, max_length)[0] for p, a in zip(prompts, answers, strict=True)]
-    out: list[float | None] = [None] * len(rows)
+    out: list[tuple[float, int] | None] = [None] * len(rows)
     order = sorted((i for i, r in enumerate(rows) if r is not None), key=lambda i: (-len(rows[i]), i))  # type: ignore[arg-type]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
@@ -74,9 +91,9 @@ def answer_losses(
             target = labels[:, 1:].to(device)
             keep = target != IGNORE
             nll = -logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
-            per_row = nll.sum(-1) / keep.sum(-1).clamp(min=1)
+            sums, counts = nll.sum(-1), keep.sum(-1)
             for b, i in enumerate(batch):
-                out[i] = float(per_row[b])
+                out[i] = (float(sums[b]), int(counts[b]))
     return out
 
 

@@ -47,6 +47,7 @@ from ..config import StudentConfig
 from ..errors import ConfigError, DataError
 from ..layout import training_checkpoints
 from .checkpoint import META, TrainResult, checkpoint_info
+from .objectives import SFT, Objective, objective_from_spec
 from .resume import (
     Checkpoints,
     TrainingTally,
@@ -80,22 +81,34 @@ def train_student(
     progress: bool = True,
     keep_model: bool = False,
     logging_dir: str | Path | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
-    """Fine-tune the model at `init_from` on `examples` ([{"instruction", "input", "output"}]); save into `out_dir`.
+    """Fine-tune the model at `init_from` on `examples` ([{"instruction", "input", "output"}] for SFT, the default
+    `objective`; lion.student.objectives for others); save into `out_dir`.
 
     `logging_dir`: where the Trainer's TensorBoard events go (student.report_to: tensorboard); default: inside
     the checkpoint's `_trainer` folder."""
     out = Path(out_dir)
+    objective = objective if objective is not None else SFT()
     if needs_launch(cfg):
-        done = _finished(out, training_fingerprint(cfg, examples, init_from, seed))
+        done = _finished(out, _fingerprint(cfg, examples, init_from, seed, objective))
         if done is not None:  # saved before a crash that came before the caller noted it
             Checkpoints(training_checkpoints(out), "").remove()
             return TrainResult(out, done)
         from .launch import launch_training
 
-        return launch_training(cfg, examples, init_from, out, seed=seed, logging_dir=logging_dir)
+        return launch_training(cfg, examples, init_from, out, seed=seed, logging_dir=logging_dir,
+                               objective=objective.spec())
     return _train_here(cfg, examples, init_from, out, seed=seed, progress=progress, keep_model=keep_model,
-                       logging_dir=logging_dir)
+                       logging_dir=logging_dir, objective=objective)
+
+
+def _fingerprint(cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, seed: int,
+                 objective: Objective) -> str:
+    """The training's identity; an SFT training's is what it was before objectives existed (saved runs resume)."""
+    spec = objective.spec()
+    rows = examples if spec.get("name") == "sft" else [{"objective": spec}, *examples]
+    return training_fingerprint(cfg, rows, init_from, seed)
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -358,12 +371,11 @@ def _heartbeat_callback(progress: bool):
 
 def _train_here(
     cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, out: Path, *, seed: int, progress: bool,
-    keep_model: bool = False, logging_dir: str | Path | None = None,
+    keep_model: bool = False, logging_dir: str | Path | None = None, objective: Objective | None = None,
 ) -> TrainResult:
-    from .data import build_dataset, tokenize_examples
-
+    objective = objective if objective is not None else SFT()
     rank0 = _rank() == 0
-    fingerprint = training_fingerprint(cfg, examples, init_from, seed)
+    fingerprint = _fingerprint(cfg, examples, init_from, seed, objective)
     ckpts = Checkpoints(training_checkpoints(out), fingerprint, keep=cfg.save_total_limit)
     done = _finished(out, fingerprint)
     if done is not None:  # saved before a crash that came before the caller noted it: not trained again
@@ -379,17 +391,8 @@ def _train_here(
     t_start = time.perf_counter()
     info = checkpoint_info(init_from)
     tokenizer = _load_tokenizer(init_from, info.base)
-    tokenized, stats = tokenize_examples(tokenizer, examples, max_length=cfg.max_length, fmt=cfg.prompt_format)
-    if not tokenized:
-        raise DataError(
-            f"none of the {stats.n_examples} training examples fits student.max_length={cfg.max_length} "
-            f"(every prompt alone is that long); raise student.max_length"
-        )
     the_seed = cfg.seed + seed
-    dataset, collator = build_dataset(
-        tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length,
-        pad_id=tokenizer.pad_token_id, seed=the_seed,
-    )
+    dataset, collator, data_figures = objective.build(tokenizer, cfg, examples, the_seed)
     if cfg.fsdp and cfg.cpu_ram_efficient_loading:
         os.environ.setdefault("ACCELERATE_USE_FSDP", "true")  # from_pretrained loads on rank 0 only (meta elsewhere)
     # the arguments first: under FSDP they set what from_pretrained reads (cpu_ram_efficient_loading)
@@ -409,9 +412,9 @@ def _train_here(
             print(f"resuming the training from {resume}", flush=True)
     meter = meter_callback(tally, ckpts if args.save_strategy != "no" else None, cfg)
     with _env("TENSORBOARD_LOGGING_DIR", str(logging_dir) if logging_dir is not None else None):
-        trainer = tallied_trainer(tally)(model=model, args=args, train_dataset=dataset,
-                                         data_collator=counting_collator(collator), processing_class=tokenizer,
-                                         callbacks=[meter, _heartbeat_callback(progress)])
+        trainer = objective.trainer_class(tallied_trainer(tally))(
+            model=model, args=args, train_dataset=dataset, data_collator=counting_collator(collator),
+            processing_class=tokenizer, callbacks=[meter, _heartbeat_callback(progress)])
     if not progress:
         from transformers.trainer_callback import PrinterCallback
 
@@ -436,11 +439,7 @@ def _train_here(
     steady_s /= world  # each rank timed the same wall clock
     metrics: dict[str, Any] = {
         "mode": cfg.mode,
-        "n_examples": stats.n_examples,
-        "n_dropped": stats.n_dropped,
-        "n_truncated": stats.n_truncated,
-        "n_rows": len(dataset),
-        "packing": cfg.packing,
+        **data_figures,
         "steps": int(out_train.global_step),
         "train_loss": tally.loss_sum / tally.loss_steps if tally.loss_steps else float(out_train.training_loss),
         "train_loss_first": tally.losses[0] if tally.losses else None,
@@ -457,6 +456,7 @@ def _train_here(
         "seed": the_seed,
         "resumed_at": tally.resumed_at,  # steps a restarted training continued from (its checkpoints)
         "checkpoints": tally.checkpoints,  # mid-training checkpoints written
+        **objective.metrics(),
     }
     _save(cfg, trainer, tokenizer, info, tmp, metrics, init_from, fingerprint)
     if rank0:
@@ -626,7 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = student_config_from_dict(spec["cfg"])
         examples = list(read_jsonl(Path(spec["examples"])))
         _train_here(cfg, examples, spec["init_from"], Path(spec["out_dir"]), seed=spec["seed"],
-                    progress=_rank() == 0, logging_dir=spec.get("logging_dir"))
+                    progress=_rank() == 0, logging_dir=spec.get("logging_dir"),
+                    objective=objective_from_spec(spec.get("objective")))
         return 0
     if not (args.config and args.data and args.init_from and args.out):
         raise ConfigError("give --config, --data, --init-from and --out (or --spec)")

@@ -1,0 +1,206 @@
+"""What a student training optimises: supervised fine-tuning (the default), or a preference loss on answer pairs.
+
+    from lion.student.objectives import SFT, Preference, objective_from_spec
+    train_student(cfg, examples, init_from, out, objective=Preference(beta=0.1))     # lion.student.train
+
+An objective turns the training's example rows into the Trainer's dataset and collator, supplies the Trainer
+subclass that computes its loss, and reports its own figures; `lion.student.train` does the rest (model, LoRA or
+full, checkpoints and resume, launch under torchrun, saving) the same for every objective.
+
+- `SFT`: rows {"instruction", "input"?, "output"}; next-token cross-entropy on the answer (lion.student.data).
+- `Preference` (DPO, Rafailov et al. 2023; with SPIN's choice of pairs, Chen et al. 2024, the same loss): rows
+  {"instruction", "input"?, "chosen", "rejected", "ref_chosen", "ref_rejected"}, the last two the reference model's
+  summed log-probabilities of each answer, computed before training (lion.student.score.answer_nll: the same
+  tokens the loss sums, answer and EOS), so no reference model is held during training. The loss of a pair is
+  -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), plus `sft_weight` times the chosen answer's mean
+  per-token NLL (RPO, Pang et al. 2024; 0 = plain DPO). Figures: pairs trained and dropped, loss, the implicit
+  reward margin beta * ((pi_c - ref_c) - (pi_r - ref_r)) and the share of pairs it ranks right (first and last
+  logged step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import DataError
+from .data import IGNORE, Tokenized, _Counting, build_dataset, format_prompt, tokenize_example, tokenize_examples
+
+
+class Objective(Protocol):
+    name: str
+
+    def build(self, tokenizer: Any, cfg: Any, examples: list[dict[str, Any]], seed: int) -> tuple[Any, Any, dict]:
+        """(dataset, collator with lion's token counters, figures of the data: n_examples, n_dropped, ...)."""
+        ...
+
+    def trainer_class(self, base: type) -> type:
+        """The Trainer subclass that trains this objective (SFT: `base` itself)."""
+        ...
+
+    def spec(self) -> dict[str, Any]:
+        """What the objective is, as JSON (a launched job rebuilds it; part of the training's fingerprint)."""
+        ...
+
+    def metrics(self) -> dict[str, Any]:
+        """The objective's own figures after training."""
+        ...
+
+
+class SFT:
+    name = "sft"
+
+    def build(self, tokenizer: Any, cfg: Any, examples: list[dict[str, Any]], seed: int) -> tuple[Any, Any, dict]:
+        tokenized, stats = tokenize_examples(tokenizer, examples, max_length=cfg.max_length, fmt=cfg.prompt_format)
+        if not tokenized:
+            raise DataError(f"none of the {stats.n_examples} training examples fits student.max_length="
+                            f"{cfg.max_length} (every prompt alone is that long); raise student.max_length")
+        dataset, collator = build_dataset(tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length,
+                                          pad_id=tokenizer.pad_token_id, seed=seed)
+        return dataset, collator, {"n_examples": stats.n_examples, "n_dropped": stats.n_dropped,
+                                   "n_truncated": stats.n_truncated, "n_rows": len(dataset), "packing": cfg.packing}
+
+    def trainer_class(self, base: type) -> type:
+        return base
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def metrics(self) -> dict[str, Any]:
+        return {}
+
+
+# --------------------------------------------------------------------------------------------- preference
+
+
+@dataclass
+class Pair:
+    chosen: Tokenized
+    rejected: Tokenized
+    ref_chosen: float
+    ref_rejected: float
+
+
+class PairCollator(_Counting):
+    """A batch of pairs as one right-padded batch of 2B sequences (the chosen answers first, then the rejected
+    ones), with the reference log-probabilities beside it."""
+
+    def __init__(self, pad_id: int) -> None:
+        super().__init__()
+        self.pad_id = pad_id
+
+    def __call__(self, pairs: list[Pair]) -> dict[str, Any]:
+        import torch
+
+        seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        width = max(len(t) for t in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for b, t in enumerate(seqs):
+            n = len(t)
+            ids[b, :n] = torch.tensor(t.input_ids)
+            labels[b, :n] = torch.tensor(t.labels)
+            mask[b, :n] = 1
+        self.tokens += int(mask.sum())
+        self.supervised += int((labels != IGNORE).sum())
+        self.padded += ids.numel()
+        ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in pairs], dtype=torch.float32)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "ref_logps": ref}
+
+
+def sequence_logps(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """(summed log-probability of each row's supervised tokens, their count): token t predicted at t - 1."""
+    import torch
+
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
+    return picked.sum(-1), keep.sum(-1)
+
+
+def preference_loss(pi: Any, ref: Any, beta: float) -> tuple[Any, Any]:
+    """Per pair: the DPO loss -log sigmoid(beta * margin) and the implicit reward margin beta * ((pi_c - ref_c) -
+    (pi_r - ref_r)), for `pi` and `ref` of shape (pairs, 2) = (chosen, rejected) summed log-probabilities."""
+    import torch.nn.functional as F
+
+    margin = beta * ((pi[:, 0] - ref[:, 0]) - (pi[:, 1] - ref[:, 1]))
+    return -F.logsigmoid(margin), margin
+
+
+@dataclass
+class Preference:
+    """DPO's loss on (chosen, rejected) pairs against precomputed reference log-probabilities (see the module doc)."""
+
+    beta: float = 0.1
+    sft_weight: float = 0.0
+    name: str = "preference"
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, tokenizer: Any, cfg: Any, examples: list[dict[str, Any]], seed: int) -> tuple[Any, Any, dict]:
+        from .data import ListDataset
+
+        pairs: list[Pair] = []
+        dropped = truncated = 0
+        for i, ex in enumerate(examples):
+            for k in ("instruction", "chosen", "rejected"):
+                if not isinstance(ex.get(k), str):
+                    raise DataError(f"preference pairs[{i}].{k}: expected a string, got {ex.get(k)!r:.80}")
+            prompt = format_prompt(ex["instruction"], ex.get("input") or "", fmt=cfg.prompt_format, tokenizer=tokenizer)
+            c, cut_c = tokenize_example(tokenizer, prompt, ex["chosen"], cfg.max_length)
+            r, cut_r = tokenize_example(tokenizer, prompt, ex["rejected"], cfg.max_length)
+            if c is None or r is None or cut_c or cut_r:  # a cut answer's reference log-prob is of another text
+                dropped += 1
+                truncated += bool(cut_c or cut_r)
+                continue
+            pairs.append(Pair(c, r, float(ex["ref_chosen"]), float(ex["ref_rejected"])))
+        if not pairs:
+            raise DataError(f"none of the {len(examples)} preference pairs fits student.max_length={cfg.max_length}")
+        self.figures.update(n_pairs=len(pairs), n_dropped=dropped, n_truncated=truncated)
+        return ListDataset(pairs), PairCollator(tokenizer.pad_token_id), {
+            "n_examples": len(examples), "n_dropped": dropped, "n_truncated": truncated, "n_rows": len(pairs),
+            "packing": False}
+
+    def trainer_class(self, base: type) -> type:
+        beta, sft_weight, figures = self.beta, self.sft_weight, self.figures
+
+        class PreferenceTrainer(base):  # type: ignore[misc, valid-type]
+            loss_is_scaled_for_ga = False  # the mean over the micro-batch's pairs: the Trainer divides by GA
+
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                ref = inputs.pop("ref_logps")
+                labels = inputs.pop("labels")
+                out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+                logps, counts = sequence_logps(out.logits, labels)
+                n = ref.shape[0]
+                pi = logps.view(2, n).T  # (pairs, [chosen, rejected])
+                losses, margin = preference_loss(pi, ref.to(pi.device), beta)
+                loss = losses.mean()
+                if sft_weight:
+                    loss = loss + sft_weight * (-logps[:n] / counts[:n].clamp(min=1)).mean()
+                if model.training:
+                    step = figures.setdefault("steps", [])
+                    step.append([float(losses.mean()), float(margin.mean()), float((margin > 0).float().mean())])
+                return (loss, out) if return_outputs else loss
+
+        return PreferenceTrainer
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "beta": self.beta, "sft_weight": self.sft_weight}
+
+    def metrics(self) -> dict[str, Any]:
+        steps = self.figures.get("steps") or []
+        first, last = (steps[0], steps[-1]) if steps else ([None] * 3, [None] * 3)
+        return {"objective": self.spec(), "n_pairs": self.figures.get("n_pairs"),
+                "pairs_dropped": self.figures.get("n_dropped"),
+                "loss_first": first[0], "loss_last": last[0], "margin_first": first[1], "margin_last": last[1],
+                "ranked_right_first": first[2], "ranked_right_last": last[2]}
+
+
+def objective_from_spec(spec: dict[str, Any] | None) -> Objective:
+    if not spec or spec.get("name") == "sft":
+        return SFT()
+    if spec.get("name") == "preference":
+        return Preference(beta=float(spec["beta"]), sft_weight=float(spec.get("sft_weight", 0.0)))
+    raise ValueError(f"unknown training objective {spec!r}")
