@@ -66,6 +66,11 @@ class RoundData:
         return self.figures.get("generation") or {}
 
     @property
+    def pref(self) -> dict[str, Any]:
+        """The preference stage's figures (imitation.preference), {} when it did not run."""
+        return self.figures.get("preference") or {}
+
+    @property
     def oracle(self) -> dict[str, Any] | None:
         """Offline world: the student's exact accuracy per family, on the held-out evaluation questions when
         the round was evaluated, else on the Cache Pool (measured by discrimination)."""
@@ -225,6 +230,22 @@ def _referee_health(run: RunData) -> bytes | None:
     return plots.line_chart("Referee health per round", _xs(run), series, ylabel="rate", percent=True, ymin=0)
 
 
+# ---------------------------------------------------------------- preference stage
+
+
+def _preference(run: RunData) -> bytes | None:
+    """Pairs trained per round, and the implicit reward margin and loss at the stage's first and last step."""
+    t = [r.pref.get("train") or {} for r in run.rounds]
+    series = {
+        "reward margin, first step": [x.get("margin_first") for x in t],
+        "reward margin, last step": [x.get("margin_last") for x in t],
+        "loss, first step": [x.get("loss_first") for x in t],
+        "loss, last step": [x.get("loss_last") for x in t],
+    }
+    pairs = ", ".join(f"r{r.no}: {r.pref.get('pairs', 0)}" for r in run.rounds if r.pref)
+    return plots.line_chart(f"Preference stage ({pairs} pairs)", _xs(run), series, ylabel="nats")
+
+
 # ---------------------------------------------------------------- generation
 
 
@@ -337,6 +358,8 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("Discrimination", "Hard share under each selector (shadow selectors)", _selectors_hard,
                lambda run: bool(_shadows(run))),
     FigureSpec("Referee health", "Swap-flip and parse-failure rates", _referee_health),
+    FigureSpec("Preference stage", "Reward margin and loss of the preference stage", _preference,
+               lambda run: any(r.pref.get("train") for r in run.rounds)),
     FigureSpec("Generation", "New instructions by kind", _new_by_kind),
     FigureSpec("Generation", "Rejected candidates by reason", _rejections),
     FigureSpec("Spend", "Tokens by role and phase", _tokens),

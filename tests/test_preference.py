@@ -70,6 +70,12 @@ def test_spin_trains_on_every_differing_pair_and_the_next_round_starts_from_it(t
     assert nxt["init_from"] == str(rd / "student_pref")
     assert "referee" not in {u["role"] for u in json.loads((tmp_path / "run" / "usage.json").read_text())["by"]}
     assert summaries[0]["preference"]["pairs"] == len(pairs)
+    from lion.report import build_figures, load_run
+    from lion.roundtable import round_line
+
+    assert "[spin: " in round_line(summaries[0]) and "pairs, margin" in round_line(summaries[0])
+    figures = {title: png for _, title, png in build_figures(load_run(tmp_path / "run"))}
+    assert figures["Reward margin and loss of the preference stage"]  # drawn (PNG bytes)
 
 
 def test_dpo_takes_only_pairs_the_referee_judged_hard_in_both_orders(tmp_path: Path) -> None:
