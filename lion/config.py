@@ -89,7 +89,10 @@ class RoleConfig:
                                       "call-cache key")
     temperature: float | None = opt(None, "sampling temperature of a call that does not set its own; None: not sent "
                                           "(the model's default; gpt-5 and o-series models accept no other) (part of "
-                                          "the call-cache key)", range=(0.0, 2.0))
+                                          "the call-cache key). Built in: the referee 0 (a repeatable split), the "
+                                          "judge 0.2 (the Lion paper's and FastChat's GPT-4 review); neither is sent "
+                                          "to a gpt-5 or o-series model, which says so when the run starts",
+                                    range=(0.0, 2.0))
     top_p: float | None = opt(None, "nucleus sampling of a call that does not set its own; None: not sent (Claude "
                                     "4.5+ refuses temperature and top_p together) (part of the call-cache key)",
                               range=(0.0, 1.0))
@@ -157,9 +160,12 @@ class LLMConfig:
 
     default: RoleConfig = field(default_factory=RoleConfig)
     teacher: RoleConfig = field(default_factory=RoleConfig)
-    referee: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=512))
+    # the referee at 0: the same pair gets the same verdict, so a split is repeatable (its retries of unreadable
+    # verdicts sample anew: discrimination.referee_retry_temperature); the judge at 0.2, as the Lion paper's
+    # evaluation and FastChat's GPT-4 review (eval_gpt_review.py) ask it
+    referee: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=512, temperature=0.0))
     generator: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=256))
-    judge: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=512))
+    judge: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=512, temperature=0.2))
     prices: dict[str, Price] = opt_factory(dict, "model name -> USD per 1M tokens", key_name="model")
     budget_usd: float | None = opt(None, "stop cleanly before spending more than this (whole run)", ge=0)
     budget_tokens: int | None = opt(None, "stop cleanly before using more tokens than this (in + out)", ge=0)
@@ -189,6 +195,19 @@ class LLMConfig:
         if name not in ROLES and name != "student":
             raise ConfigError(f"llm: unknown role {name!r} (roles: {', '.join(ROLES)}, student)")
         return getattr(self, name)
+
+    def notes(self) -> list[str]:
+        """What the run should say about the roles' sampling when it starts: a role whose built-in temperature is
+        not sent because its model takes only the default (gpt-5 and o-series)."""
+        from .teachers.base import is_reasoning_family
+
+        out = []
+        for role, keys in _role_defaults().items():
+            rc, built_in = self.role(role), keys.get("temperature")
+            if built_in is not None and rc.temperature is None and is_reasoning_family(rc.model):
+                out.append(f"llm.{role}: {rc.model} takes only its default temperature (1), so the {role}'s built-in "
+                           f"temperature {built_in:g} is not sent (set llm.{role}.temperature to send one anyway)")
+        return out
 
 
 @dataclass
@@ -741,13 +760,24 @@ def _merge_roles(data: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(own, dict):
             raise ConfigError(f"llm.{role}: expected a mapping")
         # role-specific built-in defaults (e.g. referee temperature 0) apply unless default or role sets them
-        llm[role] = {**role_defaults[role], **default, **own}
+        merged = {**role_defaults[role], **default, **own}
+        if "temperature" not in default and "temperature" not in own and _default_sampling_only(merged):
+            merged.pop("temperature", None)  # a gpt-5 / o-series model refuses it (LLMConfig.notes says so)
+        llm[role] = merged
     if llm.get("student") is not None:  # the student's endpoint: its own built-in defaults, not llm.default
         if not isinstance(llm["student"], dict):
             raise ConfigError("llm.student: expected a mapping")
         base, student = dataclasses.asdict(RoleConfig()), dataclasses.asdict(LLMConfig().student)
         llm["student"] = {**{k: v for k, v in student.items() if v != base[k]}, **llm["student"]}
     return data
+
+
+def _default_sampling_only(role: dict[str, Any]) -> bool:
+    """Does this role's model take only the default temperature (gpt-5 and o-series)?"""
+    from .teachers.base import is_reasoning_family
+
+    model = role.get("model", RoleConfig.model)
+    return isinstance(model, str) and is_reasoning_family(model)
 
 
 def _role_defaults() -> dict[str, dict[str, Any]]:
@@ -909,7 +939,8 @@ def _role_defaults_note() -> str:
     specific = [f"`llm.{role}`: " + ", ".join(f"{k} {_show(v)}" for k, v in keys.items())
                 for role, keys in _role_defaults().items() if keys]
     return ("Built-in defaults of some roles differ from the ones below; each applies unless `llm.default` or the "
-            "role sets that key: " + "; ".join(specific) + ".")
+            "role sets that key: " + "; ".join(specific) + ". A built-in temperature is not sent to a gpt-5 or "
+            "o-series model (they refuse any but the default), and the run says so when it starts.")
 
 
 def config_reference() -> str:

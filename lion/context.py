@@ -16,6 +16,7 @@ questions) makes it `ctx.world`; in a real run `ctx.world` is None and no simula
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +31,8 @@ from .world import HeldOutQuestion, World
 
 if TYPE_CHECKING:
     from .answers import AnswerStore
+
+log = logging.getLogger("lion.run")
 
 
 class RunContext:
@@ -54,6 +57,8 @@ class RunContext:
             lc = self.cfg.log
             setup_logging(lc.level, self.run.log if lc.file else None, heartbeat_s=lc.heartbeat_s,
                           progress=self.progress)
+            for line in self.cfg.llm.notes():  # e.g. a built-in temperature a gpt-5 referee does not take
+                log.info("%s", line)
             self.run.check_or_init_state(self.cfg)
             save_resolved(self.cfg, self.run.config)
             if self.cfg.sim.enabled:

@@ -277,6 +277,7 @@ class _Planner:
     def build(self, gpu_gb: float | None, calibrate: str | Path | None = None) -> Plan:
         """The plan; gpu_gb None leaves out the student's memory estimate."""
         cfg, plan, counter = self.cfg, self.plan, self.counter
+        plan.assumptions.extend(cfg.llm.notes())
         from .answers import teacher_messages
         from .referee import referee_messages
 

@@ -115,15 +115,21 @@ class ResolvedParams:
         return {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p)) if v is not None}
 
 
-_COMPLETION_TOKENS_FAMILY = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
+_REASONING_FAMILY = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
+
+
+def is_reasoning_family(model: str) -> bool:
+    """The o-series and gpt-5 families (the name may carry a router prefix such as `openai/gpt-5-mini`): they refuse
+    max_tokens (max_completion_tokens instead) and any temperature / top_p but the default (1)."""
+    return bool(_REASONING_FAMILY.match(model.rsplit("/", 1)[-1]))
 
 
 def resolve_token_param(token_param: str, model: str) -> str:
-    """`auto` -> max_completion_tokens for the o-series and gpt-5 families (they refuse max_tokens; the name may
-    carry a router prefix such as `openai/gpt-5-mini`), max_tokens otherwise; an explicit choice is kept."""
+    """`auto` -> max_completion_tokens for the o-series and gpt-5 families (they refuse max_tokens), max_tokens
+    otherwise; an explicit choice is kept."""
     if token_param != "auto":
         return token_param
-    return "max_completion_tokens" if _COMPLETION_TOKENS_FAMILY.match(model.rsplit("/", 1)[-1]) else "max_tokens"
+    return "max_completion_tokens" if is_reasoning_family(model) else "max_tokens"
 
 
 @dataclass
