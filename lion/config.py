@@ -173,8 +173,16 @@ class LLMConfig:
     tokenizer: str | None = opt(None, "optional local HF tokenizer dir for exact-ish token estimates")
     cache: bool = opt(True, "SQLite call cache in the run dir (turning it off means paying again on resume)")
     max_failure_rate: float = opt(0.01, "a phase whose share of failed calls exceeds this stops without its .done "
-                                        "marker (re-run to retry them; nothing is trained on a partial Train Pool)",
-                                  range=(0.0, 1.0))
+                                        "marker (re-run to retry them; nothing is trained on a partial Train Pool); "
+                                        "an evaluation (lion.evaluate) whose judge calls fail more stops without its "
+                                        "summary", range=(0.0, 1.0))
+    max_unparsed_rate: float = opt(0.05, "a discrimination whose share of referee pairs left without a readable "
+                                         "verdict after discrimination.referee_attempts tries (excluded from the "
+                                         "split) exceeds this stops without its .done marker, and an evaluation "
+                                         "whose judge pairs do (eval.judge_attempts) without its summary (exit "
+                                         "status 4); the shadow selectors are not gated. A re-run replays the same "
+                                         "replies: raise the attempts, change the model or prompt, or raise this",
+                                   range=(0.0, 1.0))
     student: RoleConfig = field(default_factory=lambda: RoleConfig(
         provider="openai_completions", api_key_env="LION_STUDENT_API_KEY", model="student", temperature=0.0,
         max_tokens=512, rpm=1e6, tpm=1e9, max_in_flight=256, cache_namespace="student"))
