@@ -65,9 +65,13 @@ class Price:
     output: float = opt(0.0, "USD per million completion (output) tokens", ge=0)
     cached_input: float | None = opt(None, "USD per million prompt tokens read from the provider's prompt cache "
                                            "(OpenAI usage.prompt_tokens_details.cached_tokens, Anthropic "
-                                           "cache_read_input_tokens); None: 10% of input", ge=0)
+                                           "cache_read_input_tokens); None: the model family's published share of "
+                                           "input (lion.teachers.pricing: gpt-5 10%, gpt-4.1 25%, gpt-4o 50%, o3 25%, "
+                                           "claude 10%, ...), or the full input price for a model it does not know "
+                                           "(never undercounted; lion.plan names it)", ge=0)
     cache_write: float | None = opt(None, "USD per million prompt tokens written to the prompt cache (Anthropic "
-                                          "cache_creation_input_tokens); None: 125% of input", ge=0)
+                                          "cache_creation_input_tokens); None: 125% of input (Anthropic's 5-minute "
+                                          "cache; its 1-hour cache is 200%: set it)", ge=0)
     batch_discount: float = opt(0.5, "a batch-mode call (llm.<role>.mode: batch) costs this fraction of the online "
                                      "price (OpenAI Batch API and Anthropic Message Batches: 0.5)", range=(0.0, 1.0))
 

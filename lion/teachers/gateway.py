@@ -57,7 +57,7 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 from tqdm import tqdm
 
-from ..config import LLMConfig, Price, RoleConfig
+from ..config import LLMConfig, RoleConfig
 from ..errors import BudgetExceeded, ConfigError, LionError, ProviderError
 from ..layout import RunLayout
 from ..logs import heartbeat
@@ -75,6 +75,7 @@ from .base import (
     resolve_token_param,
 )
 from .plugins import load_provider
+from .pricing import price_usd
 from .ratelimit import RoleLimiter
 from .store import CachedCall, CallStore
 from .tokens import TokenCounter
@@ -177,20 +178,6 @@ class _Wait:
         return backoff
 
 
-def price_usd(price: Price | None, resp: ChatResponse, mode: str = "online") -> float:
-    """USD of one answered call: plain prompt tokens, prompt-cache reads and writes and completion tokens at their
-    own rates (cache reads default to 10% of input, writes to 125%), times `batch_discount` in batch mode."""
-    if price is None:
-        return 0.0
-    read = max(0, min(resp.cached_tokens, resp.prompt_tokens))
-    write = max(0, min(resp.cache_write_tokens, resp.prompt_tokens - read))
-    plain = resp.prompt_tokens - read - write
-    cached_in = price.cached_input if price.cached_input is not None else 0.1 * price.input
-    cache_write = price.cache_write if price.cache_write is not None else 1.25 * price.input
-    usd = (plain * price.input + read * cached_in + write * cache_write + resp.completion_tokens * price.output) / 1e6
-    return usd * (price.batch_discount if mode == "batch" else 1.0)
-
-
 def permanent_message(e: PermanentError) -> str:
     """A failed item's error text for a permanent error (a billed reply without text says so itself)."""
     return str(e) if e.kind == NO_TEXT else f"permanent error: {e}"
@@ -286,7 +273,7 @@ class Gateway:
         return (p.input, p.output) if p is not None else (0.0, 0.0)
 
     def usd(self, model: str, resp: ChatResponse, mode: str = "online") -> float:
-        return price_usd(self.llm.prices.get(model), resp, mode)
+        return price_usd(self.llm.prices.get(model), resp, mode, model)
 
     def batch_factor(self, model: str) -> float:
         p = self.llm.prices.get(model)
