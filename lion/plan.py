@@ -20,8 +20,9 @@ How the numbers are made (printed with the plan as its assumptions):
   and the generator's acceptance rate is measured through the real filters; otherwise the seeds' own outputs
   (Alpaca-style rows), else half of each role's max_tokens, and an acceptance rate of 0.8;
 - prompt-cache reads are not predicted (they only lower the cost); USD follows the ledger's rule
-  (lion.teachers.pricing.tokens_usd), and the models whose cache reads it prices at full input are named; TPM counts prompt + max_tokens per call, as the
-  providers do; latency (`--latency-s`) bounds calls per second through max_in_flight;
+  (lion.teachers.pricing.tokens_usd), and each priced model's cache-read rate is named (the full input price for a
+  model the table does not know); TPM counts prompt + max_tokens per call, as the providers do; latency
+  (`--latency-s`) bounds calls per second through max_in_flight;
 - every referee / judge pair is paid in both orders: an upper bound. When a student answer is identical to the
   teacher's, both orders are the same prompt (sent once), and a student that answers an instruction as it did the
   round before makes a prompt the cache already holds; short exact answers (the offline world) do this a lot:
