@@ -880,6 +880,16 @@ def save_resolved(cfg: LionConfig, path: str | os.PathLike[str]) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def add_run_dir_arg(parser: argparse.ArgumentParser) -> None:
+    """`--run-dir DIR`: the run directory, over the config's `run_dir` (lion.run and the phase commands)."""
+    parser.add_argument("--run-dir", default=None, help="run directory (overrides the config's `run_dir`)")
+
+
+def run_dir_override(run_dir: str | None) -> list[str]:
+    """The --set override `--run-dir` stands for (quoted, so a name YAML would read as a number stays a path)."""
+    return [] if run_dir is None else [f"run_dir={json.dumps(run_dir)}"]
+
+
 class _LogLevel(argparse.Action):
     """`--log-level L` is `--set log.level=L` (so every entry point that takes a config has it)."""
 
