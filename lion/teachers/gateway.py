@@ -62,13 +62,13 @@ from ..errors import BudgetExceeded, ConfigError, LionError, ProviderError
 from ..layout import RunLayout
 from ..logs import heartbeat
 from .base import (
+    NO_TEXT,
     ChatProvider,
     ChatRequest,
     ChatResponse,
     PermanentError,
     ResolvedParams,
     TransientError,
-    NO_TEXT,
     failure_reason,
     messages_as_dicts,
     redact,
