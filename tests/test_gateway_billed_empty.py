@@ -101,3 +101,27 @@ def test_a_reply_with_neither_usage_nor_text_is_retried_as_malformed(sim_server,
         total = gw.usage_summary()["total"]
     assert all(r.ok and r.text == "fine" for r in res) and any(r.attempts > 1 for r in res)
     assert (total["tokens_in"], total["tokens_out"]) == server.billed_tokens()
+
+
+def test_replies_without_text_count_toward_the_phase_failure_gate(tmp_path, sim_server, monkeypatch):
+    from lion.answers import buy_teacher_answers
+    from lion.config import config_from_dict
+    from lion.context import RunContext
+    from lion.errors import TooManyFailures
+    from lion.failures import check_failures
+    from lion.records import Instruction
+
+    server = sim_server(ScriptedResponder(default="fine"), fault_rate=0.25, faults=("no_text",), seed=3)
+    cfg = config_from_dict({
+        "run_dir": str(tmp_path / "run"), "student": {"model": "tiny"}, "pools": {"train_seed": "x"},
+        "llm": {"default": {"base_url": server.base_url, "model": "gpt-5-mini", "max_tokens": 64,
+                            "backoff_initial_s": 0.01}},
+    })
+    pool = [Instruction(f"Question number {i}: what is {i} times {i}?") for i in range(40)]
+    with RunContext(cfg, progress=False) as ctx:
+        counts = buy_teacher_answers(ctx, pool, "imitation")
+    assert counts["failed"] == sum(_billed_faults(server).values()) > 0.01 * len(pool)
+    with pytest.raises(TooManyFailures, match=r"teacher answers to the Train Pool failed"):
+        check_failures(cfg, 1, "imitation", "teacher answers to the Train Pool", counts["failed"], len(pool))
+    usage = (tmp_path / "run" / "gateway.log").read_text()
+    assert f"{counts['failed']} no_text" in usage
