@@ -163,6 +163,7 @@ def _config(work: Path, url: str, n: int) -> Any:
 def child(step: str, n: int, work: Path, url: str) -> dict[str, Any]:
     from lion.answers import AnswerStore, buy_teacher_answers
     from lion.context import RunContext
+    from lion.layout import RunLayout
     from lion.records import count_rows, iter_pool
 
     base = _rss_mb()
@@ -190,16 +191,16 @@ def child(step: str, n: int, work: Path, url: str) -> dict[str, Any]:
             prepare_round(ctx, 1)
             out["cache_pool"] = count_rows(ctx.run.round(1).cache_pool)
     elif step == "store":
-        d = work / "store"
-        shutil.rmtree(d, ignore_errors=True)
-        store = AnswerStore(d / "teacher_answers.jsonl", d / "calls.answers.sqlite")
+        d = RunLayout(work / "store")
+        shutil.rmtree(d.root, ignore_errors=True)
+        store = AnswerStore(d.teacher_answers, d.answer_index())
         answer = "The answer, with the explanation a teacher would give, runs to a couple of sentences. " * 3
         for i in range(n):
             store.put(f"{i:016x}", "teacher|model|t=0.7", answer, "stop")
         store.close()
         t_put = time.perf_counter() - t0
         t1 = time.perf_counter()
-        store = AnswerStore(d / "teacher_answers.jsonl", d / "calls.answers.sqlite")
+        store = AnswerStore(d.teacher_answers, d.answer_index())
         t_open = time.perf_counter() - t1
         order = list(range(n))
         random.Random(1).shuffle(order)
@@ -208,13 +209,13 @@ def child(step: str, n: int, work: Path, url: str) -> dict[str, Any]:
         t_get = time.perf_counter() - t2
         store.close()
         out.update(put_s=round(t_put, 2), reopen_s=round(t_open, 3), get_s=round(t_get, 2),
-                   index_bytes_per_answer=round((d / "calls.answers.sqlite").stat().st_size / n, 1),
-                   log_bytes_per_answer=round((d / "teacher_answers.jsonl").stat().st_size / n, 1))
+                   index_bytes_per_answer=round(d.answer_index().stat().st_size / n, 1),
+                   log_bytes_per_answer=round(d.teacher_answers.stat().st_size / n, 1))
     elif step in ("teacher_cold", "teacher_warm"):
         cfg = _config(work, url, n)
-        run = Path(cfg.run_dir)
+        run = RunLayout(cfg.run_dir)
         if step == "teacher_warm":  # the answers are gone, the call cache holds every call: a replay
-            for p in (run / "teacher_answers.jsonl", run / "calls.answers.sqlite"):
+            for p in (run.teacher_answers, run.answer_index(cfg.llm.cache_path)):
                 p.unlink(missing_ok=True)
         with RunContext(cfg, progress=False) as ctx:
             pool = ctx.run.round(1).cache_pool
@@ -227,7 +228,7 @@ def child(step: str, n: int, work: Path, url: str) -> dict[str, Any]:
 
         lion.answers.open_student = FastStudent  # the model's work is not what this measures
         cfg = _config(work, url, n)
-        (Path(cfg.run_dir) / "round_01" / "student").mkdir(parents=True, exist_ok=True)
+        RunLayout(cfg.run_dir).round(1).student.mkdir(parents=True, exist_ok=True)
         with RunContext(cfg, progress=False) as ctx:
             out["metrics"] = {k: v for k, v in discrimination(ctx, 1).items() if k in ("n", "hard", "easy", "excluded")}
     elif step == "dedup":
@@ -235,11 +236,11 @@ def child(step: str, n: int, work: Path, url: str) -> dict[str, Any]:
         from lion.generation import KINDS, scan_pool
 
         cfg = _config(work, url, n)
-        rp = Path(cfg.run_dir) / "round_01"
+        rp = RunLayout(cfg.run_dir).round(1)
         import array
 
         offsets = {k: array.array("q") for k in KINDS}
-        filt = CandidateFilter(cfg.generation, scan_pool(rp / "cache_pool.jsonl", rp / "split.jsonl", offsets))
+        filt = CandidateFilter(cfg.generation, scan_pool(rp.cache_pool, rp.split, offsets))
         t_build = time.perf_counter() - t0
         index_mb = _rss_mb() - base
         rng = random.Random(7)

@@ -65,9 +65,13 @@ class Price:
     output: float = opt(0.0, "USD per million completion (output) tokens", ge=0)
     cached_input: float | None = opt(None, "USD per million prompt tokens read from the provider's prompt cache "
                                            "(OpenAI usage.prompt_tokens_details.cached_tokens, Anthropic "
-                                           "cache_read_input_tokens); None: 10% of input", ge=0)
+                                           "cache_read_input_tokens); None: the model family's published share of "
+                                           "input (lion.teachers.pricing: gpt-5 10%, gpt-4.1 25%, gpt-4o 50%, o3 25%, "
+                                           "claude 10%, ...), or the full input price for a model it does not know "
+                                           "(never undercounted; lion.plan names it)", ge=0)
     cache_write: float | None = opt(None, "USD per million prompt tokens written to the prompt cache (Anthropic "
-                                          "cache_creation_input_tokens); None: 125% of input", ge=0)
+                                          "cache_creation_input_tokens); None: 125% of input (Anthropic's 5-minute "
+                                          "cache; its 1-hour cache is 200%: set it)", ge=0)
     batch_discount: float = opt(0.5, "a batch-mode call (llm.<role>.mode: batch) costs this fraction of the online "
                                      "price (OpenAI Batch API and Anthropic Message Batches: 0.5)", range=(0.0, 1.0))
 
@@ -89,7 +93,10 @@ class RoleConfig:
                                       "call-cache key")
     temperature: float | None = opt(None, "sampling temperature of a call that does not set its own; None: not sent "
                                           "(the model's default; gpt-5 and o-series models accept no other) (part of "
-                                          "the call-cache key)", range=(0.0, 2.0))
+                                          "the call-cache key). Built in: the referee 0 (a repeatable split), the "
+                                          "judge 0.2 (the Lion paper's and FastChat's GPT-4 review); neither is sent "
+                                          "to a gpt-5 or o-series model, which says so when the run starts",
+                                    range=(0.0, 2.0))
     top_p: float | None = opt(None, "nucleus sampling of a call that does not set its own; None: not sent (Claude "
                                     "4.5+ refuses temperature and top_p together) (part of the call-cache key)",
                               range=(0.0, 1.0))
@@ -157,9 +164,12 @@ class LLMConfig:
 
     default: RoleConfig = field(default_factory=RoleConfig)
     teacher: RoleConfig = field(default_factory=RoleConfig)
-    referee: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=512))
+    # the referee at 0: the same pair gets the same verdict, so a split is repeatable (its retries of unreadable
+    # verdicts sample anew: discrimination.referee_retry_temperature); the judge at 0.2, as the Lion paper's
+    # evaluation and FastChat's GPT-4 review (eval_gpt_review.py) ask it
+    referee: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=512, temperature=0.0))
     generator: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=256))
-    judge: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=512))
+    judge: RoleConfig = field(default_factory=lambda: RoleConfig(max_tokens=512, temperature=0.2))
     prices: dict[str, Price] = opt_factory(dict, "model name -> USD per 1M tokens", key_name="model")
     budget_usd: float | None = opt(None, "stop cleanly before spending more than this (whole run)", ge=0)
     budget_tokens: int | None = opt(None, "stop cleanly before using more tokens than this (in + out)", ge=0)
@@ -167,8 +177,16 @@ class LLMConfig:
     tokenizer: str | None = opt(None, "optional local HF tokenizer dir for exact-ish token estimates")
     cache: bool = opt(True, "SQLite call cache in the run dir (turning it off means paying again on resume)")
     max_failure_rate: float = opt(0.01, "a phase whose share of failed calls exceeds this stops without its .done "
-                                        "marker (re-run to retry them; nothing is trained on a partial Train Pool)",
-                                  range=(0.0, 1.0))
+                                        "marker (re-run to retry them; nothing is trained on a partial Train Pool); "
+                                        "an evaluation (lion.evaluate) whose judge calls fail more stops without its "
+                                        "summary", range=(0.0, 1.0))
+    max_unparsed_rate: float = opt(0.05, "a discrimination whose share of referee pairs left without a readable "
+                                         "verdict after discrimination.referee_attempts tries (excluded from the "
+                                         "split) exceeds this stops without its .done marker, and an evaluation "
+                                         "whose judge pairs do (eval.judge_attempts) without its summary (exit "
+                                         "status 4); the shadow selectors are not gated. A re-run replays the same "
+                                         "replies: raise the attempts, change the model or prompt, or raise this",
+                                   range=(0.0, 1.0))
     student: RoleConfig = field(default_factory=lambda: RoleConfig(
         provider="openai_completions", api_key_env="LION_STUDENT_API_KEY", model="student", temperature=0.0,
         max_tokens=512, rpm=1e6, tpm=1e9, max_in_flight=256, cache_namespace="student"))
@@ -189,6 +207,19 @@ class LLMConfig:
         if name not in ROLES and name != "student":
             raise ConfigError(f"llm: unknown role {name!r} (roles: {', '.join(ROLES)}, student)")
         return getattr(self, name)
+
+    def notes(self) -> list[str]:
+        """What the run should say about the roles' sampling when it starts: a role whose built-in temperature is
+        not sent because its model takes only the default (gpt-5 and o-series)."""
+        from .teachers.base import is_reasoning_family
+
+        out = []
+        for role, keys in _role_defaults().items():
+            rc, built_in = self.role(role), keys.get("temperature")
+            if built_in is not None and rc.temperature is None and is_reasoning_family(rc.model):
+                out.append(f"llm.{role}: {rc.model} takes only its default temperature (1), so the {role}'s built-in "
+                           f"temperature {built_in:g} is not sent (set llm.{role}.temperature to send one anyway)")
+        return out
 
 
 @dataclass
@@ -797,13 +828,24 @@ def _merge_roles(data: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(own, dict):
             raise ConfigError(f"llm.{role}: expected a mapping")
         # role-specific built-in defaults (e.g. referee temperature 0) apply unless default or role sets them
-        llm[role] = {**role_defaults[role], **default, **own}
+        merged = {**role_defaults[role], **default, **own}
+        if "temperature" not in default and "temperature" not in own and _default_sampling_only(merged):
+            merged.pop("temperature", None)  # a gpt-5 / o-series model refuses it (LLMConfig.notes says so)
+        llm[role] = merged
     if llm.get("student") is not None:  # the student's endpoint: its own built-in defaults, not llm.default
         if not isinstance(llm["student"], dict):
             raise ConfigError("llm.student: expected a mapping")
         base, student = dataclasses.asdict(RoleConfig()), dataclasses.asdict(LLMConfig().student)
         llm["student"] = {**{k: v for k, v in student.items() if v != base[k]}, **llm["student"]}
     return data
+
+
+def _default_sampling_only(role: dict[str, Any]) -> bool:
+    """Does this role's model take only the default temperature (gpt-5 and o-series)?"""
+    from .teachers.base import is_reasoning_family
+
+    model = role.get("model", RoleConfig.model)
+    return isinstance(model, str) and is_reasoning_family(model)
 
 
 def _role_defaults() -> dict[str, dict[str, Any]]:
@@ -894,6 +936,16 @@ def save_resolved(cfg: LionConfig, path: str | os.PathLike[str]) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def add_run_dir_arg(parser: argparse.ArgumentParser) -> None:
+    """`--run-dir DIR`: the run directory, over the config's `run_dir` (lion.run and the phase commands)."""
+    parser.add_argument("--run-dir", default=None, help="run directory (overrides the config's `run_dir`)")
+
+
+def run_dir_override(run_dir: str | None) -> list[str]:
+    """The --set override `--run-dir` stands for (quoted, so a name YAML would read as a number stays a path)."""
+    return [] if run_dir is None else [f"run_dir={json.dumps(run_dir)}"]
+
+
 class _LogLevel(argparse.Action):
     """`--log-level L` is `--set log.level=L` (so every entry point that takes a config has it)."""
 
@@ -965,7 +1017,8 @@ def _role_defaults_note() -> str:
     specific = [f"`llm.{role}`: " + ", ".join(f"{k} {_show(v)}" for k, v in keys.items())
                 for role, keys in _role_defaults().items() if keys]
     return ("Built-in defaults of some roles differ from the ones below; each applies unless `llm.default` or the "
-            "role sets that key: " + "; ".join(specific) + ".")
+            "role sets that key: " + "; ".join(specific) + ". A built-in temperature is not sent to a gpt-5 or "
+            "o-series model (they refuse any but the default), and the run says so when it starts.")
 
 
 def config_reference() -> str:

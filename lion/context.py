@@ -16,12 +16,21 @@ questions) makes it `ctx.world`; in a real run `ctx.world` is None and no simula
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ROLES, LionConfig, add_config_args, load_config, save_resolved
+from .config import (
+    ROLES,
+    LionConfig,
+    add_config_args,
+    add_run_dir_arg,
+    load_config,
+    run_dir_override,
+    save_resolved,
+)
 from .errors import LionError
 from .lock import RunLock
 from .prompts import Template, load_template
@@ -30,6 +39,8 @@ from .world import HeldOutQuestion, World
 
 if TYPE_CHECKING:
     from .answers import AnswerStore
+
+log = logging.getLogger("lion.run")
 
 
 class RunContext:
@@ -54,6 +65,8 @@ class RunContext:
             lc = self.cfg.log
             setup_logging(lc.level, self.run.log if lc.file else None, heartbeat_s=lc.heartbeat_s,
                           progress=self.progress)
+            for line in self.cfg.llm.notes():  # e.g. a built-in temperature a gpt-5 referee does not take
+                log.info("%s", line)
             self.run.check_or_init_state(self.cfg)
             save_resolved(self.cfg, self.run.config)
             if self.cfg.sim.enabled:
@@ -173,10 +186,11 @@ def offline_world(cfg: LionConfig) -> World | None:
 
 
 def make_phase_parser(phase: str, doc: str | None) -> argparse.ArgumentParser:
-    """The command line every phase shares: `python -m lion.<phase> --config C --round R [--set k=v]`."""
+    """The command line every phase shares: `python -m lion.<phase> --config C --round R [--run-dir D] [--set k=v]`."""
     p = argparse.ArgumentParser(prog=f"python -m lion.{phase}", description=(doc or "").split("\n\n")[0])
     add_config_args(p)
     p.add_argument("--round", "-r", type=int, required=True, help="round number (1-based)")
+    add_run_dir_arg(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
@@ -189,7 +203,7 @@ def run_phase(
     """Load the config, run one phase of one round inside a RunContext, print a one-line summary."""
     if args.round < 1:
         raise LionError(f"--round: must be >= 1, got {args.round}")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.overrides, *run_dir_override(args.run_dir)])
     with RunContext(cfg, progress=args.progress) as ctx:
         metrics = phase(ctx, args.round)
     print(f"round {args.round} {phase.__name__}: {describe(metrics)}")

@@ -11,7 +11,9 @@ reference, the student's the candidate), with the prompts/ referee template or, 
 each read in the verdict format it declares; the gap is the teacher's mean score minus the student's, over the
 two orders; an instruction is hard when gap >= discrimination.tau, easy otherwise. A pair whose verdict could not
 be parsed after the retries, that has no teacher answer, or whose prompt the student skipped (longer than its
-context, lion.student.infer), is excluded and counted: it is never given a number.
+context, lion.student.infer), is excluded and counted: it is never given a number. Gates (lion.failures): failed
+referee calls above llm.max_failure_rate, and pairs left without a readable verdict above llm.max_unparsed_rate
+(over the pairs judged so far, checked after each chunk), stop the phase without its .done marker (exit status 4).
 With `discrimination.only_unseen`, only Cache Pool items the student was never trained on are judged.
 
 Each chunk's judgements and split rows are appended as it finishes and `discrimination.progress.json` records
@@ -39,7 +41,7 @@ from typing import Any
 from .answers import StudentAnswerer, buy_teacher_answers, teacher_identity
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
-from .failures import check_failures
+from .failures import check_failures, check_unparsed
 from .judge_prompts import load_judge_prompts
 from .layout import RoundPaths
 from .pools import prepare_round
@@ -93,23 +95,27 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
             candidates = [i for i in chunk if i.id not in trained]
             sel = selector.select(ctx, r, candidates, t_ans, s_ans)
             verdicts = [v for j in sel.judged for v in j.verdicts]
-            failed = sum(1 for v in verdicts if (v.error or "").startswith("call failed"))
+            failed = sum(1 for v in verdicts if v.call_failed)
             check_failures(ctx.cfg, r, "discrimination", "referee calls", failed, len(verdicts))  # this chunk
+            unparsed = sum(1 for j in sel.judged if j.unparsed)
             by_id = {row.id: row for row in sel.rows}
             split = [by_id.get(i.id) or excluded(i, "in a Train Pool (discrimination.only_unseen)") for i in chunk]
             if sel.judged:
                 append_jsonl_rows(rp.judgements, (v.to_row(j.id, "teacher", "student") for j in sel.judged
                                                   for v in j.verdicts))
             append_jsonl_rows(rp.split, (row.to_json() for row in split))
+            # the pairs so far (the replies of this chunk are in judgements.jsonl; a resume cuts them and replays)
+            _check_unparsed(ctx, r, progress.unparsed + unparsed, progress.pairs + len(sel.judged))
             sampled = [i for i in candidates if in_shadow_sample(ctx.cfg.seed, r, i.id, dc.shadow_sample)]
             for name, shadow_selector in shadows.items():
                 if sampled:
                     shadow_chunk(ctx, r, name, shadow_selector, sampled, t_ans, s_ans)
             if ctx.world is not None:  # offline world: the student's exact accuracy on the Cache Pool
                 progress.add_oracle(family_accuracy(ctx.world, ((i.instruction, s_ans[i.id] or "") for i in chunk)))
-            progress.advance(rp, len(chunk), answerer.end_offset(), failed, len(verdicts))
+            progress.advance(rp, len(chunk), answerer.end_offset(), failed, len(verdicts), len(sel.judged), unparsed)
     try:  # the whole pool's share (each chunk passed on its own)
         check_failures(ctx.cfg, r, "discrimination", "referee calls", progress.call_failures, progress.verdicts)
+        _check_unparsed(ctx, r, progress.unparsed, progress.pairs)
     except LionError:
         rp.discrimination_progress.unlink(missing_ok=True)  # a re-run judges every chunk again (cache replays)
         raise
@@ -122,6 +128,16 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
     ctx.run.mark_done(r, "discrimination")
     rp.discrimination_progress.unlink(missing_ok=True)
     return metrics
+
+
+def _check_unparsed(ctx: RunContext, r: int, unparsed: int, pairs: int) -> None:
+    """The gate on referee pairs excluded for want of a readable verdict (llm.max_unparsed_rate)."""
+    dc = ctx.cfg.discrimination
+    check_unparsed(ctx.cfg, r, "discrimination", "referee pairs", unparsed, pairs,
+                   replies=str(ctx.run.round(r).judgements),
+                   remedy=f"raise discrimination.referee_attempts (now {dc.referee_attempts}; "
+                          "discrimination.referee_retry_temperature makes the retries differ), or give llm.referee a "
+                          "model or a prompt (discrimination.referee_prompts) whose replies follow the verdict format")
 
 
 def _chunks(items: Iterator[Instruction], n: int) -> Iterator[list[Instruction]]:
@@ -141,6 +157,8 @@ class _Progress:
     student_answers: int = 0
     call_failures: int = 0
     verdicts: int = 0
+    pairs: int = 0  # referee pairs judged so far
+    unparsed: int = 0  # of them, left without a readable verdict (excluded)
     correct: dict[str, int] = field(default_factory=dict)
     graded: dict[str, int] = field(default_factory=dict)
     shadow_files: dict[str, int] = field(default_factory=dict)  # the shadow selectors' files: name -> byte length
@@ -161,7 +179,8 @@ class _Progress:
                     f.truncate(length)
         return progress
 
-    def advance(self, rp: RoundPaths, rows: int, student_answers: int, call_failures: int, verdicts: int) -> None:
+    def advance(self, rp: RoundPaths, rows: int, student_answers: int, call_failures: int, verdicts: int,
+                pairs: int = 0, unparsed: int = 0) -> None:
         self.rows += rows
         self.judgements = rp.judgements.stat().st_size if rp.judgements.exists() else 0
         self.split = rp.split.stat().st_size if rp.split.exists() else 0
@@ -169,6 +188,8 @@ class _Progress:
         self.student_answers = student_answers
         self.call_failures += call_failures
         self.verdicts += verdicts
+        self.pairs += pairs
+        self.unparsed += unparsed
         write_json(rp.discrimination_progress, asdict(self))
 
     def add_oracle(self, acc: dict[str, Any]) -> None:
@@ -201,7 +222,7 @@ def shadow_chunk(ctx: RunContext, r: int, name: str, selector: Any, candidates: 
     sel = selector.select(ctx, r, candidates, t_ans, s_ans)
     verdicts = [v for j in sel.judged for v in j.verdicts]
     check_failures(ctx.cfg, r, "discrimination", f"{name} (shadow) calls",
-                   sum(1 for v in verdicts if (v.error or "").startswith("call failed")), len(verdicts))
+                   sum(1 for v in verdicts if v.call_failed), len(verdicts))
     if sel.judged:
         append_jsonl_rows(rp.shadow_judgements(name), (v.to_row(j.id, "teacher", "student") for j in sel.judged
                                                        for v in j.verdicts))

@@ -16,7 +16,9 @@ The judge (role llm.judge) scores every (reference, candidate) pair in both orde
 and failure rules (lion.referee.judge_pairs), prompted with the template eval.judge_template or, when
 eval.judge_prompts names a FastChat-style prompt.jsonl, with the prompt of each question's category (coding,
 math, else general), and read in the verdict format that prompt declares (lion.verdicts); a pair whose verdict
-cannot be parsed is excluded and counted, never scored. Arithmetic: lion.evalscore.
+cannot be parsed is excluded and counted, never scored. Arithmetic: lion.evalscore. Gates (lion.failures): judge
+pairs whose call failed above llm.max_failure_rate, or whose every verdict was unreadable above
+llm.max_unparsed_rate, stop the evaluation before its summary.json (exit status 4: not finished; the rest is written).
 
 --reviews replays a file of judge reviews that already exist (FastChat's review files, or our judgements.jsonl)
 through the verdict parser and recomputes the relative score from them, calling no model (lion.reviews).
@@ -40,6 +42,7 @@ interrupted evaluation resumes where it stopped without paying for any call twic
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import sys
@@ -53,6 +56,7 @@ from .config import add_config_args, load_config
 from .context import RunContext
 from .errors import ConfigError, DataError, LionError
 from .evalscore import ORDERS, QuestionScores, format_summary, summarize
+from .failures import check_failures, check_unparsed
 from .judge_prompts import JudgePrompts, TemplateJudge, load_judge_prompts
 from .layout import EvalPaths, RunLayout
 from .prompts import Template, teacher_request
@@ -72,6 +76,8 @@ from .world import HeldOutQuestion, World, family_accuracy
 
 ORACLE = "oracle"
 PHASE = "eval"
+JUDGE_CALL_FAILED = "judge call failed"  # why a question is excluded (table.jsonl "excluded")
+JUDGE_UNPARSED = "judge verdict unparseable"
 
 
 @dataclass
@@ -342,8 +348,7 @@ def tabulate(
         elif cand[q.id] is None:
             reason = "candidate skipped the prompt (longer than its context)"
         elif not qsc.ok:
-            failed_call = any((v.error or "").startswith("call failed") for v in verdicts)
-            reason = "judge call failed" if failed_call else "judge verdict unparseable"
+            reason = JUDGE_CALL_FAILED if any(v.call_failed for v in verdicts) else JUDGE_UNPARSED
         trow: dict[str, Any] = {"id": q.id, "question_id": q.question_id, "category": q.category}
         for o in ORDERS:
             s = scores[o]
@@ -433,8 +438,24 @@ def write(
             "this run (the student was trained on them)"
         )
     atomic_write_text(out.summary_txt, text + "\n")
+    check_judge(ctx, plan, scored)  # everything above is written to look at; no summary, so not done
     write_json(out.summary, summary)  # last: its presence (with this fingerprint) marks the evaluation done
     return summary
+
+
+def check_judge(ctx: RunContext, plan: EvalPlan, scored: Scored) -> None:
+    """The failure gates of the judge: questions whose judge call failed (llm.max_failure_rate) or whose every
+    verdict was unreadable (llm.max_unparsed_rate), over the questions judged, stop the evaluation before its
+    summary.json (exit status 4); the answers, judgements and table are written, the calls cached."""
+    judged = len(scored.rows)
+    excluded = collections.Counter(t["excluded"] for t in scored.table)
+    where, marker = f"evaluation {plan.name}", f"{plan.out.summary.name} (it is not finished)"
+    check_failures(ctx.cfg, None, PHASE, "judge pairs", excluded[JUDGE_CALL_FAILED], judged, where=where,
+                   marker=marker)
+    check_unparsed(ctx.cfg, None, PHASE, "judge pairs", excluded[JUDGE_UNPARSED], judged, where=where, marker=marker,
+                   replies=str(plan.out.judgements),
+                   remedy=f"raise eval.judge_attempts (now {ctx.cfg.eval.judge_attempts}), or give llm.judge a model or "
+                          "a prompt (eval.judge_template, eval.judge_prompts) whose replies follow its verdict format")
 
 
 def seen_in_training(run: RunLayout, qs: Sequence[EvalQuestion]) -> int:

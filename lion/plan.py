@@ -19,8 +19,10 @@ How the numbers are made (printed with the plan as its assumptions):
 - answer lengths: in the offline world (`sim.enabled`) the responder itself answers a sample of the real prompts
   and the generator's acceptance rate is measured through the real filters; otherwise the seeds' own outputs
   (Alpaca-style rows), else half of each role's max_tokens, and an acceptance rate of 0.8;
-- prompt-cache reads are not predicted (they only lower the cost); TPM counts prompt + max_tokens per call, as the
-  providers do; latency (`--latency-s`) bounds calls per second through max_in_flight;
+- prompt-cache reads are not predicted (they only lower the cost); USD follows the ledger's rule
+  (lion.teachers.pricing.tokens_usd), and each priced model's cache-read rate is named (the full input price for a
+  model the table does not know); TPM counts prompt + max_tokens per call, as the providers do; latency
+  (`--latency-s`) bounds calls per second through max_in_flight;
 - every referee / judge pair is paid in both orders: an upper bound. When a student answer is identical to the
   teacher's, both orders are the same prompt (sent once), and a student that answers an instruction as it did the
   round before makes a prompt the cache already holds; short exact answers (the offline world) do this a lot:
@@ -44,10 +46,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import LionConfig, RoleConfig, add_config_args, load_config
+from .config import ROLES, LionConfig, RoleConfig, add_config_args, load_config
 from .errors import ConfigError, DataError
 from .prompts import Template, load_template, reply_marker, teacher_request
 from .records import Instruction, load_instructions
+from .teachers.pricing import pricing_notes, tokens_usd
 from .teachers.tokens import TokenCounter
 
 SAMPLE = 96  # prompts the offline world's responder answers to measure lengths
@@ -266,7 +269,8 @@ class _Planner:
         rc = self.cfg.llm.role(role)
         price = self.cfg.llm.prices.get(rc.model)
         tin, tout = calls * prompt, calls * min(out, rc.max_tokens)
-        usd = (tin * price.input + tout * price.output) / 1e6 if price else 0.0
+        # the ledger's own rule (lion.teachers.pricing); no prompt-cache read is predicted
+        usd = tokens_usd(price, rc.model, tin, tout)
         minutes = {"rpm": calls / rc.rpm, "tpm": calls * (prompt + rc.max_tokens) / rc.tpm,
                    "in_flight": calls * self.latency_s / rc.max_in_flight / 60}
         binds = max(minutes, key=lambda k: minutes[k])
@@ -277,6 +281,8 @@ class _Planner:
     def build(self, gpu_gb: float | None, calibrate: str | Path | None = None) -> Plan:
         """The plan; gpu_gb None leaves out the student's memory estimate."""
         cfg, plan, counter = self.cfg, self.plan, self.counter
+        plan.assumptions.extend(cfg.llm.notes())
+        plan.assumptions.extend(pricing_notes(cfg.llm.prices, [cfg.llm.role(r).model for r in ROLES]))
         from .answers import teacher_messages
         from .referee import referee_messages
 

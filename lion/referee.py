@@ -61,6 +61,7 @@ def referee_messages(template: Template, instruction: str, answer_a: str, answer
 # A pair holds a reference answer (the teacher's in discrimination, the reference in evaluation) and a candidate
 # answer (the student's). The two presentation orders: the reference shown as A, or the candidate shown as A.
 Order = Literal["ref_first", "cand_first"]
+CALL_FAILED = "call failed"  # the start of an OrderVerdict's error when its call failed (not its verdict)
 ORDERS: tuple[Order, Order] = ("ref_first", "cand_first")
 
 
@@ -100,6 +101,11 @@ class OrderVerdict:
     def ok(self) -> bool:
         return self.error is None and self.reference_score is not None and self.candidate_score is not None
 
+    @property
+    def call_failed(self) -> bool:
+        """No verdict because the last try's call failed (the gateway's reason is in `error`), not its text."""
+        return (self.error or "").startswith(CALL_FAILED)
+
     def to_row(self, id: str, reference: str = "reference", candidate: str = "candidate") -> dict[str, Any]:
         """A judgements.jsonl row; the scores are named after the pair's roles (e.g. teacher / student)."""
         return {
@@ -126,6 +132,11 @@ class PairJudgement:
     @property
     def ok(self) -> bool:
         return all(v.ok for v in self.verdicts)
+
+    @property
+    def unparsed(self) -> bool:
+        """No score because an order's every reply was unreadable (not because a call failed)."""
+        return not self.ok and not any(v.call_failed for v in self.verdicts)
 
     def _mean(self, scores: list[float | None]) -> float | None:
         return sum(s for s in scores if s is not None) / len(scores) if self.ok else None
@@ -204,7 +215,7 @@ def judge_pairs(
             rejected = (*before.rejected, Attempt(before.raw, before.error)) if before is not None else ()
             name = prompts[k].name
             if not res.ok:
-                error = f"call failed: {res.error}"
+                error = f"{CALL_FAILED}: {res.error}"
                 last[(k, o)] = OrderVerdict(o, None, None, None, error, attempt + 1, rejected, name)
                 retry.append((k, o))
                 continue

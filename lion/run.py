@@ -27,7 +27,7 @@ import logging
 import sys
 from typing import Any
 
-from .config import LionConfig, add_config_args, load_config
+from .config import LionConfig, add_config_args, add_run_dir_arg, load_config, run_dir_override
 from .context import RunContext
 from .discrimination import discrimination
 from .errors import BudgetExceeded, LionError
@@ -109,7 +109,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lion.run", description="Run or resume the Lion adversarial loop.")
     add_config_args(p)
     p.add_argument("--rounds", type=int, default=None, help="number of rounds (overrides the config's `rounds`)")
-    p.add_argument("--run-dir", default=None, help="run directory (overrides the config's `run_dir`)")
+    add_run_dir_arg(p)
     p.add_argument(
         "--no-resume",
         dest="resume",
@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.rounds is not None:
         overrides.append(f"rounds={args.rounds}")
-    if args.run_dir is not None:
-        overrides.append(f"run_dir={args.run_dir}")
+    overrides += run_dir_override(args.run_dir)
     cfg = load_config(args.config, overrides)
     if args.dry_run:
         print_plan(cfg, args.config, args)

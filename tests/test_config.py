@@ -27,7 +27,9 @@ def test_roles_inherit_default_and_keep_their_own_overrides():
     assert cfg.llm.referee.model == "judge-x" and cfg.llm.referee.rpm == 100
     assert cfg.llm.referee.max_tokens == 512  # role-specific built-in default survives
     assert cfg.llm.generator.max_tokens == 256
-    assert cfg.llm.referee.temperature is None  # sampling keys nobody set are not sent
+    assert cfg.llm.teacher.top_p is None and cfg.llm.referee.top_p is None  # sampling keys nobody set are not sent
+    assert cfg.llm.referee.temperature == 0.0 and cfg.llm.judge.temperature == 0.2  # the built-in ones are
+    assert cfg.llm.teacher.temperature is None
 
 
 @pytest.mark.parametrize(

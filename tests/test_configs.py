@@ -43,3 +43,14 @@ def test_2026_configs_use_hub_ids_chat_templates_and_state_their_estimate(name: 
     assert re.search(r"Estimate per round", header)
     assert re.search(r"round 1: .*= ~\d+K calls, ~\$\d+", header) and re.search(r"~\d+ h", header)
     assert re.search(r"round r >= 2: .*~\d+K calls, ~\$\d+, ~\d+ h", header)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_configs_name_no_file_a_user_lacks_and_say_batch_mode_exists(path: Path) -> None:
+    """A clean clone has no ../shared beside it: no config sets or suggests such a path; and batch mode exists."""
+    text = path.read_text()
+    assert "../shared" not in text
+    assert "not used by lion" not in text
+    cfg = load_config(path)
+    for p in cfg.generation.decontaminate:
+        assert (ROOT / p).exists(), f"{path.name}: generation.decontaminate names {p}, not in the repository"

@@ -50,8 +50,8 @@ def test_key_covers_params_and_sample_and_batch_duplicates_are_sent_once(sim_ser
     assert all(r.ok for r in res)
     assert server.stats.requests == 4  # (default) x3 collapse to one call; sample / temperature / max_tokens differ
     assert [r.cached for r in res] == [False, True, False, False, False, True]
-    # the referee's defaults (no temperature or top_p sent, same model/server/max_tokens) make the very call the
-    # generator already made with its defaults above: the key is about the call, not the role, so it replays
+    # the referee's defaults (its built-in temperature 0, no top_p, same model/server/max_tokens) make the very call
+    # the generator already made with temperature 0 above: the key is about the call, not the role, so it replays
     assert gw.chat_many("referee", "discrimination", [msgs])[0].cached
     assert server.stats.requests == 4
     assert not gw.chat_many("referee", "discrimination", [ChatRequest(msgs, top_p=0.5)])[0].cached

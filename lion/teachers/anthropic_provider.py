@@ -8,7 +8,8 @@
   `extra_body: {cache_control: {type: ephemeral}}` asks for prompt caching). The same body goes online and into
   Message Batches.
 - Response: the text blocks joined; stop_reason end_turn / stop_sequence -> "stop", max_tokens -> "length",
-  refusal -> a permanent error; usage: prompt tokens = input + cache read + cache write tokens, with the cache
+  refusal -> a permanent error; a billed message with no text (a thinking block only: the budget used up; or an
+  empty content list) -> a no_text failure carrying its usage (charged, not retried); usage: prompt tokens = input + cache read + cache write tokens, with the cache
   read (`cache_read_input_tokens`) and write (`cache_creation_input_tokens`) tokens kept apart for pricing.
 - Errors, mapped like the OpenAI provider's: 429 (Retry-After honoured), 529 overloaded, 408/409/5xx, timeouts
   and dropped connections are transient; 401/403 (auth), 404 (model), 402 and "credit balance is too low"
@@ -30,7 +31,7 @@ from typing import Any
 import anthropic
 
 from ..config import RoleConfig
-from .base import ChatRequest, ChatResponse, PermanentError, ResolvedParams, TransientError, redact
+from .base import ChatRequest, ChatResponse, PermanentError, ResolvedParams, TransientError, no_text_error, redact
 from .batch import BatchLine, BatchLost, BatchOutcome, BatchProgress
 from .openai_compat import classify_status, local_or_key, parse_retry_after
 from .tokens import estimate_prompt_tokens, estimate_text_tokens
@@ -122,21 +123,28 @@ class AnthropicProvider:
         stop = getattr(resp, "stop_reason", None)
         texts = [b.text for b in blocks if getattr(b, "type", None) == "text" and isinstance(getattr(b, "text", None),
                                                                                             str)]
-        if stop == "refusal":
-            raise PermanentError(self.clean(f"the model refused: {''.join(texts)[:200]}"))
-        if not texts:
-            raise TransientError("malformed response (no text block)")
-        text = "".join(texts)
         usage = getattr(resp, "usage", None)
         inp, out = getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None)
         read = getattr(usage, "cache_read_input_tokens", None) or 0
         write = getattr(usage, "cache_creation_input_tokens", None) or 0
+        finish = FINISH.get(str(stop), str(stop) if stop else "unknown")
+        billed = ChatResponse(text="", finish_reason=finish, prompt_tokens=inp + read + write, completion_tokens=out,
+                              cached_tokens=read, cache_write_tokens=write) \
+            if isinstance(inp, int) and isinstance(out, int) else None
+        if stop == "refusal":
+            raise PermanentError(self.clean(f"the model refused: {''.join(texts)[:200]}"), billed=billed)
+        kinds = sorted({str(getattr(b, "type", "?")) for b in blocks})
+        thought_only = not "".join(texts) and any(k in ("thinking", "redacted_thinking") for k in kinds)
+        if billed is not None and (not texts or thought_only):  # billed, nothing to use (a thinking budget used up)
+            raise no_text_error(finish, billed, what=f"content blocks: {', '.join(kinds) or 'none'}")
+        if not texts:
+            raise TransientError("malformed response (no text block)")
+        text = "".join(texts)
         if not isinstance(inp, int) or not isinstance(out, int):
             inp = estimate_prompt_tokens(request.messages) if request is not None else 0
             out, read, write = estimate_text_tokens(text), 0, 0
-        return ChatResponse(text=text, finish_reason=FINISH.get(str(stop), str(stop) if stop else "unknown"),
-                            prompt_tokens=inp + read + write, completion_tokens=out, cached_tokens=read,
-                            cache_write_tokens=write)
+        return ChatResponse(text=text, finish_reason=finish, prompt_tokens=inp + read + write, completion_tokens=out,
+                            cached_tokens=read, cache_write_tokens=write)
 
     # ------------------------------------------------------------------ batch mode
     def batch_api(self) -> AnthropicBatchAPI:

@@ -4,8 +4,12 @@
 
 A provider does one thing: send one chat request and return the text, finish reason and token usage, or
 raise `TransientError` (worth retrying: 429, 5xx, timeouts, dropped connections, malformed bodies) or
-`PermanentError` (not worth retrying: 400, 401, 403, 404, context too long). Batching, caching, rate
-limits, retries, cost and progress bars live in the gateway and work for every provider.
+`PermanentError` (not worth retrying: 400, 401, 403, 404, context too long). A reply the service billed (it
+carries usage) but that holds no text to use (`no_text_error`: a reasoning model that spent its whole max tokens
+on reasoning, a thinking budget used up, an empty choices list) or a refusal is a PermanentError that carries
+that usage (`billed`): the gateway charges it to the ledger and the budget and fails the call with its reason,
+never retrying it (a retry would pay again for the same outcome). Batching, caching, rate limits, retries, cost
+and progress bars live in the gateway and work for every provider.
 
 A plugin is any class with an `identity` string and an async `chat(request, params)` method, constructed
 as `Class(role_cfg)` (a `lion.config.RoleConfig`; plugin-specific settings go in `role_cfg.options`).
@@ -111,15 +115,21 @@ class ResolvedParams:
         return {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p)) if v is not None}
 
 
-_COMPLETION_TOKENS_FAMILY = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
+_REASONING_FAMILY = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
+
+
+def is_reasoning_family(model: str) -> bool:
+    """The o-series and gpt-5 families (the name may carry a router prefix such as `openai/gpt-5-mini`): they refuse
+    max_tokens (max_completion_tokens instead) and any temperature / top_p but the default (1)."""
+    return bool(_REASONING_FAMILY.match(model.rsplit("/", 1)[-1]))
 
 
 def resolve_token_param(token_param: str, model: str) -> str:
-    """`auto` -> max_completion_tokens for the o-series and gpt-5 families (they refuse max_tokens; the name may
-    carry a router prefix such as `openai/gpt-5-mini`), max_tokens otherwise; an explicit choice is kept."""
+    """`auto` -> max_completion_tokens for the o-series and gpt-5 families (they refuse max_tokens), max_tokens
+    otherwise; an explicit choice is kept."""
     if token_param != "auto":
         return token_param
-    return "max_completion_tokens" if _COMPLETION_TOKENS_FAMILY.match(model.rsplit("/", 1)[-1]) else "max_tokens"
+    return "max_completion_tokens" if is_reasoning_family(model) else "max_tokens"
 
 
 @dataclass
@@ -153,14 +163,33 @@ class TransientError(Exception):
 class PermanentError(Exception):
     """Not worth retrying. status 401/403/404, and a `kind` of auth / quota / model / param, make the whole batch
     hopeless (every call would fail the same way: the run stops naming the key to change); else it fails one item.
-    `param` is the request parameter a server refused (kind "param")."""
+    `param` is the request parameter a server refused (kind "param"). `billed`: the usage of a reply the service
+    charged for although it is no answer (a refusal, kind "no_text"); the gateway puts it in the ledger."""
 
     def __init__(self, message: str, *, status: int | None = None, kind: str | None = None,
-                 param: str | None = None) -> None:
+                 param: str | None = None, billed: ChatResponse | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
         self.param = param
+        self.billed = billed
+
+
+NO_TEXT = "no_text"  # the failure reason of a billed reply without text
+
+
+def no_text_error(finish: str, usage: ChatResponse, reasoning_tokens: int | None = None,
+                  what: str = "") -> PermanentError:
+    """A billed reply that holds no text: the call fails (reason no_text) with its usage charged. The message says
+    why, e.g. "the model returned no text: finish_reason length, 4,096 reasoning tokens of 4,096 completion
+    tokens"."""
+    spent = f"{usage.completion_tokens:,} completion tokens"
+    if reasoning_tokens:
+        spent = f"{reasoning_tokens:,} reasoning tokens of {spent}"
+    detail = f"{what}; " if what else ""
+    return PermanentError(f"the model returned no text: {detail}finish_reason {finish}, {spent} "
+                          f"(billed: {usage.prompt_tokens:,} prompt + {usage.completion_tokens:,} completion tokens)",
+                          kind=NO_TEXT, billed=usage)
 
 
 def failure_reason(exc: BaseException) -> str:

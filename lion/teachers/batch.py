@@ -13,7 +13,7 @@ in the cache go out. `BatchRunner.run`:
    left unnamed is looked up by its tag on resume (`BatchAPI.find`), so a batch is never paid twice;
 3. every `batch_poll_s` the open batches are polled; an ended batch's results go into the same call cache as online
    calls (the key does not depend on the mode) and the ledger, priced at `llm.prices.<model>.batch_discount`, mode
-   "batch";
+   "batch"; an item billed without an answer (no text, a refusal) is charged there too and fails with its reason;
 4. items a batch errored transiently (5xx, overloaded, rate limited), expired, cancelled or left out go in the next
    batch, up to `batch_attempts` batches; then online if `batch_fallback_online`, else they count as failed. An item
    refused for good (a 400) fails; auth, quota, unknown model and refused parameters stop the run (ProviderError).
@@ -361,7 +361,7 @@ class BatchRunner:
             elif isinstance(out.error, PermanentError):
                 if self.gw.is_fatal(out.error):
                     self.gw.set_fatal(self.state, self.role, self.rc, self.provider, out.error)
-                self._refused(key, out.error)
+                self._refused(bid, key, out.error)
             else:
                 self.last_error[key] = out.error or TransientError("no result", reason="batch_missing")
         for key in wanted - seen:
@@ -394,14 +394,24 @@ class BatchRunner:
             self.gw.fill(self.results, self.pending[key], res)
             self.bar.update(len(self.pending[key]))
 
-    def _refused(self, key: str, err: PermanentError) -> None:
+    def _refused(self, bid: str, key: str, err: PermanentError) -> None:
+        """An item that failed for good; a reply billed without an answer (no text, a refusal) is charged even when
+        no call of this run asks for it (an earlier run's batch): paid for, so in the ledger all the same."""
+        from .gateway import permanent_message
+
         self._release(key)
         if key not in self.todo:
+            if err.billed is not None and key not in self.pending and (stored := self.gw.store.batch_item(bid, key)):
+                model = str(stored[0].get("model", self.rc.model))
+                usd = self.gw.charge(self.role, err.billed, model, "batch", self.state)
+                self.gw.store.record_billed(role=self.role, model=model, phase=self.phase, mode="batch",
+                                            billed=err.billed, usd=usd)
             return
         self.todo.discard(key)
         it = self.items[self.pending[key][0]]
-        res = self.gw.record_failure(self.role, self.phase, self.provider, it, f"permanent error: {err}",
-                                     err.status, self.sent[key], _reason(err), self.state, mode="batch")
+        res = self.gw.record_failure(self.role, self.phase, self.provider, it, permanent_message(err),
+                                     err.status, self.sent[key], _reason(err), self.state, mode="batch",
+                                     billed=err.billed)
         self.gw.fill(self.results, self.pending[key], res)
         self.bar.update(len(self.pending[key]))
 

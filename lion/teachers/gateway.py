@@ -21,8 +21,13 @@ What it guarantees, for any provider (lion.teachers.base):
 - permanent errors fail fast: auth (401/403), unknown model (404), exhausted quota and a refused request
   parameter stop the batch at once with ProviderError naming the role and the key to change; any other 400
   (e.g. context too long) fails only its item.
-- failures you can see: after every batch of calls with failures, one line (failures by reason, one redacted
-  example) is printed on stderr, logged, and appended to RUN/gateway.log.
+- failures you can see: after every batch of calls with failures, one line (failures by reason, the tokens
+  billed for them, one redacted example) is printed on stderr, logged, and appended to RUN/gateway.log.
+- every billed token is counted: a reply that carries usage but no text (a reasoning model that spent its whole
+  max_tokens on reasoning, a thinking budget used up, an empty choices list) or a refusal is charged to the
+  ledger and the budget and fails its call at once with its reason (no_text, refused), never retried (a retry
+  would pay again for the same outcome); online and in batch mode alike. A reply with neither usage nor text is
+  malformed: transient, retried.
 - a usage ledger (tokens in/out, prompt-cache tokens read/written, USD, calls, cached replays per role, model,
   phase and mode; RUN/usage.json) and a budget cap: before each call the worst case (estimated prompt +
   max_tokens at the model's price, batch discount applied) is reserved; a call that could push spend over
@@ -52,11 +57,12 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 from tqdm import tqdm
 
-from ..config import LLMConfig, Price, RoleConfig
+from ..config import LLMConfig, RoleConfig
 from ..errors import BudgetExceeded, ConfigError, LionError, ProviderError
 from ..layout import RunLayout
 from ..logs import heartbeat
 from .base import (
+    NO_TEXT,
     ChatProvider,
     ChatRequest,
     ChatResponse,
@@ -69,6 +75,7 @@ from .base import (
     resolve_token_param,
 )
 from .plugins import load_provider
+from .pricing import price_usd
 from .ratelimit import RoleLimiter
 from .store import CachedCall, CallStore
 from .tokens import TokenCounter
@@ -171,18 +178,9 @@ class _Wait:
         return backoff
 
 
-def price_usd(price: Price | None, resp: ChatResponse, mode: str = "online") -> float:
-    """USD of one answered call: plain prompt tokens, prompt-cache reads and writes and completion tokens at their
-    own rates (cache reads default to 10% of input, writes to 125%), times `batch_discount` in batch mode."""
-    if price is None:
-        return 0.0
-    read = max(0, min(resp.cached_tokens, resp.prompt_tokens))
-    write = max(0, min(resp.cache_write_tokens, resp.prompt_tokens - read))
-    plain = resp.prompt_tokens - read - write
-    cached_in = price.cached_input if price.cached_input is not None else 0.1 * price.input
-    cache_write = price.cache_write if price.cache_write is not None else 1.25 * price.input
-    usd = (plain * price.input + read * cached_in + write * cache_write + resp.completion_tokens * price.output) / 1e6
-    return usd * (price.batch_discount if mode == "batch" else 1.0)
+def permanent_message(e: PermanentError) -> str:
+    """A failed item's error text for a permanent error (a billed reply without text says so itself)."""
+    return str(e) if e.kind == NO_TEXT else f"permanent error: {e}"
 
 
 def param_hint(role: str, rc: RoleConfig, param: str | None) -> str:
@@ -275,7 +273,7 @@ class Gateway:
         return (p.input, p.output) if p is not None else (0.0, 0.0)
 
     def usd(self, model: str, resp: ChatResponse, mode: str = "online") -> float:
-        return price_usd(self.llm.prices.get(model), resp, mode)
+        return price_usd(self.llm.prices.get(model), resp, mode, model)
 
     def batch_factor(self, model: str) -> float:
         p = self.llm.prices.get(model)
@@ -508,8 +506,8 @@ class Gateway:
             if self.is_fatal(e):
                 self.set_fatal(state, role, rc, provider, e)
                 return None
-            return self.record_failure(role, phase, provider, it, f"permanent error: {e}", e.status, attempts,
-                                       failure_reason(e), state)
+            return self.record_failure(role, phase, provider, it, permanent_message(e), e.status, attempts,
+                                       failure_reason(e), state, billed=e.billed)
         except LionError as e:  # e.g. a plugin's ConfigError: the whole batch is hopeless
             state.stop, state.fatal = "fatal", e
             return None
@@ -552,13 +550,29 @@ class Gateway:
 
     def record_failure(self, role: str, phase: str, provider: ChatProvider, it: _Item, error: str,
                        status: int | None, attempts: int, reason: str, state: _BatchState,
-                       mode: str = "online") -> CallResult:
+                       mode: str = "online", billed: ChatResponse | None = None) -> CallResult:
+        """A call that ended without an answer. `billed`: the usage of a reply the service charged for anyway (no
+        text, a refusal): it goes to the ledger and the budget with the failure, in one transaction."""
         error = redact(error or "no response", [])
         state.failed += 1
         state.stats["failed"] += 1
+        usd = self.charge(role, billed, it.params.model, mode, state) if billed is not None else 0.0
         self.store.record_failure(it.key, role=role, phase=phase, provider=provider.identity,
-                                  model=it.params.model, error=error, status=status, attempts=attempts, mode=mode)
-        return CallResult(False, None, error, None, 0, 0, cached=False, attempts=attempts, reason=reason)
+                                  model=it.params.model, error=error, status=status, attempts=attempts, mode=mode,
+                                  billed=billed, usd=usd)
+        pt, ct = (billed.prompt_tokens, billed.completion_tokens) if billed is not None else (0, 0)
+        return CallResult(False, None, error, None, pt, ct, cached=False, attempts=attempts, reason=reason)
+
+    def charge(self, role: str, resp: ChatResponse, model: str, mode: str, state: _BatchState) -> float:
+        """Count a billed reply that is no answer against the budget and the batch's spend; its USD (the caller
+        writes it to the ledger)."""
+        usd = self.usd(model, resp, mode)
+        self._budget.spent_usd += usd
+        self._budget.spent_tokens += resp.prompt_tokens + resp.completion_tokens
+        state.tokens += resp.prompt_tokens + resp.completion_tokens
+        state.usd += usd
+        state.stats["billed_failures"] += 1
+        return usd
 
     def _hopeless_message(self, role: str, rc: RoleConfig, provider: ChatProvider, e: PermanentError) -> str:
         env = rc.api_key_env or getattr(provider, "key_env", None) or "the key variable"
@@ -596,9 +610,14 @@ class Gateway:
             return
         by = self.last_failures[(role, phase)]
         reasons = ", ".join(f"{n} {reason}" for reason, n in by.most_common())
-        example = redact((failed[0].error or "")[:200], [])
+        first = next((r for r in failed if r.reason == NO_TEXT), failed[0])
+        example = redact((first.error or "")[:300], [])
+        paid = sum(r.prompt_tokens + r.completion_tokens for r in failed)
+        billed = f"; {paid:,} tokens billed for them (in the ledger and the budget)" if paid else ""
+        hint = (f" (no_text: billed replies without any text, e.g. a reasoning model that spent llm.{role}.max_tokens "
+                f"= {rc.max_tokens} on reasoning: raise it, or lower llm.{role}.reasoning_effort)") if NO_TEXT in by else ""
         self.say(f"llm.{role} ({phase}, {rc.model}, {rc.mode}): {len(failed)} of {len(items)} calls failed — "
-                 f"{reasons}; e.g. {example}")
+                 f"{reasons}{billed}; e.g. {example}{hint}")
 
     # ------------------------------------------------------------------ ledger
     def usage_summary(self) -> dict[str, Any]:

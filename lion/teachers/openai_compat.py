@@ -38,6 +38,7 @@ from .base import (
     ResolvedParams,
     TransientError,
     messages_as_dicts,
+    no_text_error,
     redact,
     resolve_token_param,
 )
@@ -108,6 +109,17 @@ def classify_status(status: int, message: str, *, code: str | None = None, param
     if refused is not None:
         return PermanentError(message, status=status, kind="param", param=refused)
     return PermanentError(message, status=status)
+
+
+def billed_usage(usage: Any) -> ChatResponse | None:
+    """The usage of a reply without text (prompt and completion tokens, prompt-cache reads), when it has one: such
+    a reply was billed. None when the body carries no usable usage."""
+    pt, ct = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+    if not isinstance(pt, int) or not isinstance(ct, int) or isinstance(pt, bool) or pt < 0 or ct < 0:
+        return None
+    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+    return ChatResponse(text="", finish_reason="no_text", prompt_tokens=pt, completion_tokens=ct,
+                        cached_tokens=cached if isinstance(cached, int) and 0 <= cached <= pt else 0)
 
 
 def local_or_key(base_url: str, env_name: str, key: str) -> str:
@@ -216,21 +228,31 @@ class OpenAICompatProvider:
         return classify_status(status, msg, code=err.get("code"), param=err.get("param"))
 
     def parse(self, resp: Any, request: ChatRequest | None) -> ChatResponse:
-        """Validate the body field by field: a malformed body is an error, never an answer."""
+        """Validate the body field by field: a malformed body is an error, never an answer. A body with usage but no
+        text (no choices, content null, or content "" after reasoning only) was billed: a no_text failure carrying
+        that usage; without usage it is malformed (transient)."""
         choices = getattr(resp, "choices", None)
+        usage = getattr(resp, "usage", None)
         if not isinstance(choices, list) or not choices:
+            if (billed := billed_usage(usage)) is not None:
+                raise no_text_error("none", billed, what="no choices")
             raise TransientError("malformed response (no choices)")
         choice = choices[0]
         message = getattr(choice, "message", None)
         text = getattr(message, "content", None)
+        finish = getattr(choice, "finish_reason", None)
+        finish = finish if isinstance(finish, str) else "unknown"
+        billed = billed_usage(usage)
+        reasoning = getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", None)
         if not isinstance(text, str):
             refusal = getattr(message, "refusal", None)
             if isinstance(refusal, str) and refusal:
-                raise PermanentError(self.clean(f"the model refused: {refusal}")[:300])
+                raise PermanentError(self.clean(f"the model refused: {refusal}")[:300], billed=billed)
+            if billed is not None:
+                raise no_text_error(finish, billed, reasoning if isinstance(reasoning, int) else None, "content null")
             raise TransientError("malformed response (no message content)")
-        finish = getattr(choice, "finish_reason", None)
-        finish = finish if isinstance(finish, str) else "unknown"
-        usage = getattr(resp, "usage", None)
+        if not text and billed is not None and isinstance(reasoning, int) and reasoning > 0:
+            raise no_text_error(finish, billed, reasoning)  # what a reasoning model sends when it spent it all
         pt = getattr(usage, "prompt_tokens", None)
         ct = getattr(usage, "completion_tokens", None)
         if not isinstance(pt, int) or not isinstance(ct, int):  # some servers omit usage: estimate it
@@ -271,10 +293,12 @@ class OpenAICompletionsProvider(OpenAICompatProvider):
         ), params.timeout_s)
         choices = getattr(resp, "choices", None)
         text = getattr(choices[0], "text", None) if isinstance(choices, list) and choices else None
+        usage = getattr(resp, "usage", None)
         if not isinstance(text, str):
+            if (billed := billed_usage(usage)) is not None:
+                raise no_text_error("none", billed, what="no completion text")
             raise TransientError("malformed response (no completion text)")
         finish = getattr(choices[0], "finish_reason", None)
-        usage = getattr(resp, "usage", None)
         pt, ct = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
         if not isinstance(pt, int) or not isinstance(ct, int):
             pt, ct = estimate_prompt_tokens(request.messages), estimate_text_tokens(text)

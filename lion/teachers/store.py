@@ -9,7 +9,8 @@ Tables:
   failures  calls that ended in an error (for reporting only; never served as an answer, so a re-run
             tries them again).
   usage     ledger per (role, model, phase, mode): paid calls, cached replays, failures, tokens in/out,
-            prompt-cache tokens read / written, USD.
+            prompt-cache tokens read / written, USD. The tokens and USD include replies that were billed but
+            failed their call (no text, a refusal): `calls` counts answers, the tokens count everything billed.
   batches, batch_items
             every batch submitted in batch mode (id, role, phase, provider, model, items, status), recorded
             before the run waits on it, with each item's params and messages: a killed run re-polls the
@@ -30,9 +31,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LionError
+
+if TYPE_CHECKING:
+    from .base import ChatResponse
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls(
@@ -137,11 +141,25 @@ class CallStore:
             self._db.commit()
 
     def record_failure(self, key: str, *, role: str, phase: str, provider: str, model: str, error: str,
-                       status: int | None, attempts: int, mode: str = "online") -> None:
+                       status: int | None, attempts: int, mode: str = "online", billed: ChatResponse | None = None,
+                       usd: float = 0.0) -> None:
+        """Record a failed call; `billed` (a ChatResponse: a reply charged although it held no answer) adds its tokens
+        and `usd` to the ledger in the same transaction."""
         with self._lock:
             self._db.execute("INSERT INTO failures VALUES (?,?,?,?,?,?,?,?,?)",
                              (key, role, phase, provider, model, error, status, attempts, time.time()))
-            self._bump(role, model, phase, mode, failed=1)
+            tokens = {} if billed is None else {
+                "tokens_in": billed.prompt_tokens, "tokens_out": billed.completion_tokens,
+                "tokens_cache_read": billed.cached_tokens, "tokens_cache_write": billed.cache_write_tokens, "usd": usd}
+            self._bump(role, model, phase, mode, failed=1, **tokens)
+            self._db.commit()
+
+    def record_billed(self, *, role: str, model: str, phase: str, mode: str, billed: ChatResponse, usd: float) -> None:
+        """Add a billed reply that is no answer and belongs to no call of this run's (e.g. an earlier run's batch
+        item nobody asks for now) to the ledger."""
+        with self._lock:
+            self._bump(role, model, phase, mode, tokens_in=billed.prompt_tokens, tokens_out=billed.completion_tokens,
+                       tokens_cache_read=billed.cached_tokens, tokens_cache_write=billed.cache_write_tokens, usd=usd)
             self._db.commit()
 
     def record_cached(self, role: str, model: str, phase: str, n: int, mode: str = "online") -> None:
