@@ -171,6 +171,12 @@ def _attn_kwargs(cfg: StudentConfig) -> dict[str, Any]:
     return {"attn_implementation": cfg.attn_implementation}
 
 
+def attention_of(model: Any) -> str | None:
+    """The attention implementation `model` runs (from_pretrained's resolution of attn_implementation)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) if config is not None else None
+
+
 def wrap_classes(model_path: str) -> list[str]:
     """The decoder-layer classes FSDP should wrap: the model class's `_no_split_modules` (read from its config,
     no weights loaded), e.g. ["Qwen2DecoderLayer"] for Qwen2.5, ["LlamaDecoderLayer"] for Llama."""
@@ -386,10 +392,6 @@ def _train_here(
             f"(every prompt alone is that long); raise student.max_length"
         )
     the_seed = cfg.seed + seed
-    dataset, collator = build_dataset(
-        tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length,
-        pad_id=tokenizer.pad_token_id, seed=the_seed,
-    )
     if cfg.fsdp and cfg.cpu_ram_efficient_loading:
         os.environ.setdefault("ACCELERATE_USE_FSDP", "true")  # from_pretrained loads on rank 0 only (meta elsewhere)
     # the arguments first: under FSDP they set what from_pretrained reads (cpu_ram_efficient_loading)
@@ -401,6 +403,11 @@ def _train_here(
     set_seed(the_seed)  # a fresh LoRA adapter is initialised from the global RNG: the same seed, the same adapter
     model, info = _prepare_model(cfg, init_from)
     model.config.use_cache = False  # training: no KV cache (also lets packed position ids take effect)
+    # the collator follows the attention the model really runs (FlashAttention: packed micro-batches flattened)
+    dataset, collator = build_dataset(
+        tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length,
+        pad_id=tokenizer.pad_token_id, seed=the_seed, attn_implementation=attention_of(model),
+    )
     resume = ckpts.prepare() if cfg.save_steps or cfg.save_minutes else None
     tally = TrainingTally.from_json(ckpts.tally_of(resume)) if resume is not None else TrainingTally()
     if resume is not None:
