@@ -46,7 +46,7 @@ from typing import Any
 from ..config import StudentConfig
 from ..errors import ConfigError, DataError
 from ..layout import training_checkpoints
-from .checkpoint import META, TrainResult, checkpoint_info
+from .checkpoint import META, CheckpointInfo, TrainResult, checkpoint_info
 from .resume import (
     Checkpoints,
     TrainingTally,
@@ -238,17 +238,37 @@ def _load_model(cfg: StudentConfig, path: str, *, quantize: bool):
         raise ConfigError(f"student.model: cannot load a model from {path!r}: {e}") from None
 
 
+def starting_weights(info: CheckpointInfo, base: Any) -> Any:
+    """The model a training starts from, given `base` (the loaded `info.base`): when `init_from` was an adapter
+    checkpoint (`info.adapter`), that adapter folded into the weights. The one owner of that rule: the training
+    (`_prepare_model`, except `between_rounds: continue`, which trains the adapter itself) and the merge on save
+    (`merged_for_save`) both build on it, so a round's merged student keeps the earlier rounds' learning."""
+    if info.adapter is None:
+        return base
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(info.adapter)).merge_and_unload()
+
+
+def merged_for_save(info: CheckpointInfo, adapter_dir: Path, dtype: Any) -> Any:
+    """The full model a sharded or quantized LoRA training (merge policy) saves: its starting weights, loaded
+    unquantised in `dtype` (`starting_weights`: the base with any adapter it started from folded in), with the
+    adapter it trained (`adapter_dir`) merged on top."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    start = starting_weights(info, AutoModelForCausalLM.from_pretrained(info.base, dtype=dtype))
+    return PeftModel.from_pretrained(start, str(adapter_dir)).merge_and_unload()
+
+
 def _prepare_model(cfg: StudentConfig, init_from: str | Path):
     """The trainable model and a description of what it was built from."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import PeftModel, get_peft_model
 
     info = checkpoint_info(init_from)
-    if cfg.mode == "full":
-        model = _load_model(cfg, info.base, quantize=False)
-        if info.adapter is not None:  # an adapter checkpoint feeding full fine-tuning: fold it in first
-            model = PeftModel.from_pretrained(model, str(info.adapter)).merge_and_unload()
-        return model, info
+    if cfg.mode == "full":  # an adapter checkpoint feeding full fine-tuning: folded in first
+        return starting_weights(info, _load_model(cfg, info.base, quantize=False)), info
     quantize = cfg.mode == "qlora"
     base = _load_model(cfg, info.base, quantize=quantize)
     if quantize:
@@ -257,8 +277,7 @@ def _prepare_model(cfg: StudentConfig, init_from: str | Path):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing)
     if info.adapter is not None and cfg.lora.between_rounds == "continue":
         return PeftModel.from_pretrained(base, str(info.adapter), is_trainable=True), info
-    if info.adapter is not None:  # merge policy, but handed an adapter: fold it in, then a fresh adapter
-        base = PeftModel.from_pretrained(base, str(info.adapter)).merge_and_unload()
+    base = starting_weights(info, base)  # merge policy, but handed an adapter: fold it in, then a fresh adapter
     lcfg = PeftLoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
@@ -551,7 +570,6 @@ def _warm(step_s: list[float]) -> int:
 def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path, metrics: dict, init_from,
           fingerprint: str = "") -> None:
     import torch
-    from peft import PeftModel
 
     rank0 = _rank() == 0
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
@@ -578,11 +596,7 @@ def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path
         trainer.save_model(str(adapter_dir))
         _barrier()
         if rank0:
-            dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-            from transformers import AutoModelForCausalLM
-
-            base = AutoModelForCausalLM.from_pretrained(info.base, dtype=dtype)
-            merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+            merged = merged_for_save(info, adapter_dir, torch.bfloat16 if cfg.bf16 else torch.float32)
             merged.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
             shutil.rmtree(adapter_dir)
