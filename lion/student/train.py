@@ -493,7 +493,32 @@ def _train_here(
         keep_logs = cfg.report_targets() and logging_dir is None
         ckpts.remove(keep_logs_in=out / "_trainer" if keep_logs else None)
     _barrier()
-    return TrainResult(out, metrics, trainer.model if keep_model else None)
+    kept = trainer.model if keep_model else None
+    del trainer, model, out_train  # the last references of this frame; the rest are cycles
+    release_training_memory(compiled=cfg.torch_compile)
+    return TrainResult(out, metrics, kept)
+
+
+def release_training_memory(*, compiled: bool = False) -> None:
+    """Free what a finished in-process training held, before this process runs inference on the same GPU.
+
+    The trainer, its accelerator and the model stay alive after the last reference is dropped: they form
+    reference cycles (e.g. accelerate's mixed-precision wrapper binds `model.forward` to the model), freed only by
+    a garbage collection. Collected first, their tensors go back to the CUDA caching allocator, and
+    `empty_cache` returns its blocks to the device, so a vLLM engine started next (vLLM >= 0.9 checks the free
+    memory against gpu_memory_utilization x total) sees the GPU free but for this process's CUDA context (vLLM's
+    engine itself runs in a worker process whenever this one used CUDA, `lion.student.vllm_backend`).
+    `compiled`: the training ran under torch.compile, whose caches also hold the compiled model."""
+    import gc
+
+    import torch
+
+    if compiled:
+        torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 class _env:
