@@ -1,7 +1,7 @@
 """Student training data: prompt format, tokenisation with prompt-loss masking, padding and packing.
 
     from lion.student.data import format_prompt, tokenize_examples, PaddedCollator, PackedCollator, pack_rows
-    from lion.student.data import BatchLayout, build_dataset, flattens_packed_rows
+    from lion.student.data import BatchLayout, build_rows, make_collator, flattens_packed_rows
 
 Used by `python -m lion.student.train` and by the inference backends (so that a prompt is tokenised the same way
 at training and at answering time).
@@ -342,12 +342,24 @@ class ListDataset:
         return self.items[i]
 
 
-def build_dataset(tokenized: list[Tokenized], *, packing: bool, pack_length: int, pad_id: int, seed: int = 0,
-                  attn_implementation: str | None = None):
-    """(dataset, collator) for the Trainer: one example per item, or one packed row per item. With packing under
-    FlashAttention (`attn_implementation`, the model's own) each micro-batch is flattened into one row."""
+def build_rows(tokenized: list[Tokenized], *, packing: bool, pack_length: int, seed: int = 0) -> ListDataset:
+    """The Trainer's dataset: one example per item, or one packed row (a list of examples) per item."""
     if packing:
         rows = pack_rows([len(t) for t in tokenized], pack_length, seed)
-        return (ListDataset([[tokenized[i] for i in row] for row in rows]),
-                PackedCollator(pad_id, flatten=flattens_packed_rows(attn_implementation)))
-    return ListDataset(tokenized), PaddedCollator(pad_id)
+        return ListDataset([[tokenized[i] for i in row] for row in rows])
+    return ListDataset(tokenized)
+
+
+def make_collator(*, packing: bool, pad_id: int, attn_implementation: str | None = None) -> _Collator:
+    """The collator for `build_rows`'s items; with packing under FlashAttention (`attn_implementation`, the one
+    the model runs) each micro-batch is flattened into one row."""
+    if packing:
+        return PackedCollator(pad_id, flatten=flattens_packed_rows(attn_implementation))
+    return PaddedCollator(pad_id)
+
+
+def build_dataset(tokenized: list[Tokenized], *, packing: bool, pack_length: int, pad_id: int, seed: int = 0,
+                  attn_implementation: str | None = None) -> tuple[ListDataset, _Collator]:
+    """(dataset, collator) for the Trainer: `build_rows` and `make_collator`."""
+    return (build_rows(tokenized, packing=packing, pack_length=pack_length, seed=seed),
+            make_collator(packing=packing, pad_id=pad_id, attn_implementation=attn_implementation))

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import time
@@ -46,6 +47,7 @@ from typing import Any
 from ..config import StudentConfig
 from ..errors import ConfigError, DataError
 from ..layout import training_checkpoints
+from .batching import BatchPlan, batch_plan
 from .checkpoint import META, CheckpointInfo, TrainResult, checkpoint_info
 from .resume import (
     Checkpoints,
@@ -56,6 +58,9 @@ from .resume import (
     tallied_trainer,
     training_fingerprint,
 )
+
+
+log = logging.getLogger("lion.student")
 
 
 def in_distributed_launch() -> bool:
@@ -301,8 +306,9 @@ def _load_tokenizer(init_from: str | Path, base: str):
 
 
 def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool, model_path: str = "",
-                   ckpt_dir: Path | None = None):
-    """The Trainer's arguments; `out` names the wandb run, `ckpt_dir` holds the resumable checkpoints."""
+                   ckpt_dir: Path | None = None, grad_accum: int | None = None):
+    """The Trainer's arguments; `out` names the wandb run, `ckpt_dir` holds the resumable checkpoints, `grad_accum`
+    the accumulation of the training's `BatchPlan` (default: student.grad_accum)."""
     import torch
     from transformers import TrainingArguments
 
@@ -325,7 +331,7 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool, mod
     return TrainingArguments(
         output_dir=str(ckpt_dir if ckpt_dir is not None else out / "_trainer"),  # checkpoint-N (lion.student.resume)
         per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_accumulation_steps=grad_accum or cfg.grad_accum or 1,
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -385,7 +391,7 @@ def _train_here(
     cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, out: Path, *, seed: int, progress: bool,
     keep_model: bool = False, logging_dir: str | Path | None = None,
 ) -> TrainResult:
-    from .data import build_dataset, tokenize_examples
+    from .data import build_rows, make_collator, tokenize_examples
 
     rank0 = _rank() == 0
     fingerprint = training_fingerprint(cfg, examples, init_from, seed)
@@ -411,10 +417,15 @@ def _train_here(
             f"(every prompt alone is that long); raise student.max_length"
         )
     the_seed = cfg.seed + seed
+    dataset = build_rows(tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length, seed=the_seed)
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    plan = _plan(cfg, dataset, world)
+    if rank0:
+        log.info(plan.line(cfg))
     if cfg.fsdp and cfg.cpu_ram_efficient_loading:
         os.environ.setdefault("ACCELERATE_USE_FSDP", "true")  # from_pretrained loads on rank 0 only (meta elsewhere)
     # the arguments first: under FSDP they set what from_pretrained reads (cpu_ram_efficient_loading)
-    args = _training_args(cfg, tmp, the_seed, progress, info.base, ckpt_dir=ckpts.dir)
+    args = _training_args(cfg, tmp, the_seed, progress, info.base, ckpt_dir=ckpts.dir, grad_accum=plan.grad_accum)
     if cfg.fsdp:
         _ = args.device  # sets up the process group, which from_pretrained's rank-0-only loading checks for
     from transformers import set_seed
@@ -423,10 +434,7 @@ def _train_here(
     model, info = _prepare_model(cfg, init_from)
     model.config.use_cache = False  # training: no KV cache (also lets packed position ids take effect)
     # the collator follows the attention the model really runs (FlashAttention: packed micro-batches flattened)
-    dataset, collator = build_dataset(
-        tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length,
-        pad_id=tokenizer.pad_token_id, seed=the_seed, attn_implementation=attention_of(model),
-    )
+    collator = make_collator(packing=cfg.packing, pad_id=tokenizer.pad_token_id, attn_implementation=attention_of(model))
     resume = ckpts.prepare() if cfg.save_steps or cfg.save_minutes else None
     tally = TrainingTally.from_json(ckpts.tally_of(resume)) if resume is not None else TrainingTally()
     if resume is not None:
@@ -451,7 +459,6 @@ def _train_here(
 
         if wandb.run is not None:  # the Trainer's run of this round: the next round's training gets its own
             wandb.finish()
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     seconds = time.perf_counter() - t_start
     train_s = sum(tally.step_s)
     warm = _warm(tally.step_s)
@@ -467,6 +474,7 @@ def _train_here(
         "n_truncated": stats.n_truncated,
         "n_rows": len(dataset),
         "packing": cfg.packing,
+        "batch": plan.to_metrics(),  # what an optimizer step holds: rows, examples, tokens (lion.student.batching)
         "steps": int(out_train.global_step),
         "train_loss": tally.loss_sum / tally.loss_steps if tally.loss_steps else float(out_train.training_loss),
         "train_loss_first": tally.losses[0] if tally.losses else None,
@@ -519,6 +527,14 @@ def release_training_memory(*, compiled: bool = False) -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
+
+
+def _plan(cfg: StudentConfig, dataset: Any, world: int) -> BatchPlan:
+    """The training's `BatchPlan` from its dataset items (examples, or packed rows: lists of examples)."""
+    items = dataset.items
+    if cfg.packing:
+        return batch_plan(cfg, [len(r) for r in items], [sum(len(t) for t in r) for r in items], world)
+    return batch_plan(cfg, [1] * len(items), [len(t) for t in items], world)
 
 
 class _env:
@@ -663,7 +679,10 @@ def student_config_from_dict(data: dict[str, Any]) -> StudentConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     from ..records import read_jsonl
 
+    from ..logs import setup_logging
+
     args = make_parser().parse_args(argv)
+    setup_logging("info")  # the batch plan line when the training starts (lion.student)
     spec_path = args.spec or args.spec_path
     if spec_path is not None:
         if not spec_path.is_file():
