@@ -185,8 +185,9 @@ def test_training_collates_for_the_attention_the_model_runs(tmp_path, tiny_char_
     """train_student picks the collator from the loaded model's attention: rows under sdpa; under FlashAttention
     (transformers' path with the reference kernels) flattened micro-batches that reach the varlen kernel through
     the Trainer, with the same losses as the sdpa training."""
-    import lion.student.train as train_mod
     from conftest import student_fact_examples
+
+    import lion.student.train as train_mod
     from lion.config import StudentConfig
 
     flattened: list[bool] = []

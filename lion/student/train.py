@@ -59,7 +59,6 @@ from .resume import (
     training_fingerprint,
 )
 
-
 log = logging.getLogger("lion.student")
 
 
@@ -677,9 +676,8 @@ def student_config_from_dict(data: dict[str, Any]) -> StudentConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..records import read_jsonl
-
     from ..logs import setup_logging
+    from ..records import read_jsonl
 
     args = make_parser().parse_args(argv)
     setup_logging("info")  # the batch plan line when the training starts (lion.student)
