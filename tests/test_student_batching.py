@@ -94,3 +94,22 @@ def test_memory_advice_keeps_the_derived_accumulation() -> None:
     assert not any("grad_accum: 0" in c for c in changes)
     halving = [c for c in changes if c.startswith("student.per_device_batch_size")]
     assert all("grad_accum follows from student.examples_per_step" in c for c in halving)
+
+
+def test_a_training_fingerprinted_before_examples_per_step_still_resumes() -> None:
+    """The fingerprint of a training that leaves examples_per_step at 0 is the one lion computed before the key
+    existed (the same keys, the same hashing), so a crashed training resumes across the upgrade."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from lion.student.resume import NOT_TRAINING, training_fingerprint
+
+    cfg = StudentConfig(model="m", packing=True)
+    examples = [{"instruction": "a", "output": "b"}]
+    before = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_TRAINING and k != "examples_per_step"}
+    h = hashlib.sha256(json.dumps({"cfg": before, "init_from": "m", "seed": 1}, sort_keys=True, default=str).encode())
+    h.update(json.dumps(examples[0], sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n")
+    assert training_fingerprint(cfg, examples, "m", 1) == h.hexdigest()[:24]
+    derived = StudentConfig(model="m", packing=True, grad_accum=0, examples_per_step=128)
+    assert training_fingerprint(derived, examples, "m", 1) != training_fingerprint(cfg, examples, "m", 1)
