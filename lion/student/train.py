@@ -30,6 +30,9 @@ and the progress bar are the Trainer's own). The seed used is ``student.seed + s
   FSDP's own (``fsdp_config.activation_checkpointing``, no redundant AllGather) and ``cpu_ram_efficient_loading``
   lets rank 0 alone read the weights. A full fine-tuning with ``bf16`` saves its checkpoint in bf16 (half the
   disk of fp32; the fp32 master weights exist only while training).
+- When the training starts it logs what an optimizer step holds (rows, examples, tokens; `lion.student.batching`,
+  also in the metrics); before `train_student` returns it frees the training's memory (`release_training_memory`),
+  so vLLM can start on the same GPU next.
 """
 
 from __future__ import annotations
