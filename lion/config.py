@@ -323,7 +323,10 @@ class StudentConfig:
         "alpaca", "alpaca (the paper's), chat_template (the tokenizer's), or plain "
                   '("Q: {instruction}\\nA: ", short: tiny CPU students)')
     max_length: int = opt(1024, "tokens per example (prompt + answer); a prompt this long drops the example", gt=0)
-    packing: bool = opt(False, "bin-pack examples into rows (no cross-example attention); batch = packed rows")
+    packing: bool = opt(False, "bin-pack examples into rows of pack_length tokens (no cross-example attention; under "
+                               "flash_attention_2 each micro-batch is flattened into one row); per_device_batch_size "
+                               "then counts rows, each holding several examples, so a step holds several times more "
+                               "examples (logged when training starts; see examples_per_step)")
     pack_length: int = opt(0, "tokens per packed row; 0 = max_length, else at least max_length", ge=0)
     epochs: float = opt(3.0, "passes over the Train Pool per round", gt=0)
     max_steps: int = opt(-1, "> 0 overrides epochs")
@@ -331,8 +334,16 @@ class StudentConfig:
     lr_scheduler: str = opt("cosine", "transformers scheduler name: cosine, linear, constant, ...")
     warmup_ratio: float = opt(0.03, "fraction of the steps spent warming up", range=(0.0, 1.0))
     weight_decay: float = opt(0.0, "AdamW weight decay", ge=0)
-    per_device_batch_size: int = opt(4, "examples (packed rows with packing) per process per micro-step", gt=0)
-    grad_accum: int = opt(32, "effective batch = per_device_batch_size * grad_accum * world size", gt=0)
+    per_device_batch_size: int = opt(4, "items per process per micro-step: examples, or with packing packed rows "
+                                        "(several examples each)", gt=0)
+    grad_accum: int = opt(32, "micro-steps per optimizer step: a step trains per_device_batch_size x grad_accum x "
+                              "processes items (examples, or packed rows with packing: examples per step = that x "
+                              "the mean examples per row, logged when training starts and kept in the training's "
+                              "metrics); 0 = derived from examples_per_step", ge=0)
+    examples_per_step: int = opt(0, "with grad_accum 0: examples per optimizer step wanted (the paper's: 128); "
+                                    "grad_accum is chosen when each training starts so that rows per step x the "
+                                    "round's mean examples per packed row comes closest (without packing: "
+                                    "examples_per_step / (per_device_batch_size x processes))", ge=0)
     bf16: bool = opt(False, "bf16 autocast (full FT keeps fp32 weights; LoRA loads the frozen base in bf16)")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, ~30% more compute")
     cpu_threads: int = opt(0, "CPU only: torch threads while training; 0 = auto (1 for models under 20M "
@@ -407,6 +418,11 @@ class StudentConfig:
         _check_fields(self, key)
         if self.pack_length and self.pack_length < self.max_length:
             raise ConfigError(f"{key}.pack_length: must be 0 or >= {key}.max_length ({self.max_length}), got {self.pack_length}")
+        if self.grad_accum == 0 and self.examples_per_step == 0:
+            raise ConfigError(f"{key}.grad_accum: 0 derives it from {key}.examples_per_step, which is 0; set one")
+        if self.grad_accum > 0 and self.examples_per_step > 0:
+            raise ConfigError(f"{key}.examples_per_step: {self.examples_per_step} needs {key}.grad_accum: 0 (derived "
+                              f"from it), got grad_accum {self.grad_accum}; set one of them")
         if self.fsdp and self.deepspeed:
             raise ConfigError(f"{key}.deepspeed: cannot be combined with {key}.fsdp; choose one")
         if self.mode == "qlora" and self.fsdp:

@@ -213,8 +213,12 @@ def alternatives(sc: StudentConfig, shape: ModelShape, capacity: float) -> list[
     b, acc = sc.per_device_batch_size, sc.grad_accum
     while b > 1:
         b, acc = max(1, b // 2), acc * 2
-        steps.append((f"student.per_device_batch_size: {b} with student.grad_accum: {acc} (same effective batch)",
-                      {"per_device_batch_size": b, "grad_accum": acc}))
+        if acc:
+            steps.append((f"student.per_device_batch_size: {b} with student.grad_accum: {acc} (same effective batch)",
+                          {"per_device_batch_size": b, "grad_accum": acc}))
+        else:  # grad_accum 0: derived from student.examples_per_step, which keeps the examples per step
+            steps.append((f"student.per_device_batch_size: {b} (grad_accum follows from student.examples_per_step)",
+                          {"per_device_batch_size": b}))
     if sc.mode == "full":
         steps.append(("student.mode: lora", {"mode": "lora"}))
     if sc.mode in ("full", "lora") and not sc.fsdp:

@@ -1,6 +1,7 @@
 """Student training data: prompt format, tokenisation with prompt-loss masking, padding and packing.
 
     from lion.student.data import format_prompt, tokenize_examples, PaddedCollator, PackedCollator, pack_rows
+    from lion.student.data import BatchLayout, build_rows, make_collator, flattens_packed_rows
 
 Used by `python -m lion.student.train` and by the inference backends (so that a prompt is tokenised the same way
 at training and at answering time).
@@ -16,7 +17,10 @@ at training and at answering time).
   a long response is truncated at ``max_length``.
 - Packing: examples are bin-packed (best fit, longest first) into rows of at most ``pack_length`` tokens; each
   example's position ids restart at 0 and no attention mask is passed, which makes transformers build a
-  block-diagonal causal mask (or use varlen kernels with flash attention): examples never attend to each other.
+  block-diagonal causal mask (sdpa, eager). FlashAttention separates examples only within one row, so under it
+  each micro-batch is flattened into a single row with the varlen boundaries (``cu_seq_lens_*``,
+  ``max_length_*``): examples never attend to each other under either. `BatchLayout` is the one place a
+  micro-batch is laid out (padded, packed or flattened).
 """
 
 from __future__ import annotations
@@ -153,80 +157,176 @@ def pack_rows(lengths: Sequence[int], capacity: int, seed: int = 0) -> list[list
     return rows
 
 
-class _Counting:
-    """Counts the real (non-pad) and supervised tokens the collator has produced (for throughput metrics)."""
+def flattens_packed_rows(attn_implementation: str | None) -> bool:
+    """True for the attention kernels that keep packed examples apart only in one flattened row.
 
-    def __init__(self) -> None:
+    transformers (5.x) builds the per-example (block-diagonal) mask from restarting position ids at any batch size
+    for sdpa, eager and flex attention (``masking_utils.find_packed_sequence_indices``). FlashAttention takes no
+    mask: ``modeling_flash_attention_utils._flash_attention_forward`` uses its varlen kernel when it is given
+    ``cu_seq_lens_q/k`` and ``max_length_q/k``, or when ``_is_packed_sequence`` detects restarting position ids,
+    which it does only at batch size 1; a [B > 1, L] packed batch runs one causal attention over each whole row.
+    The names follow transformers' own rule (``is_flash_attention_requested``: "flash" in the name)."""
+    return bool(attn_implementation) and "flash" in str(attn_implementation)
+
+
+@dataclass(frozen=True)
+class Span:
+    """One example's place in a micro-batch: `length` tokens of row `row` from `start`."""
+
+    row: int
+    start: int
+    length: int
+
+
+@dataclass
+class BatchLayout:
+    """Where the examples of one micro-batch sit: `rows` x `width` token slots, example k at `spans[k]`.
+
+    The one place a micro-batch is laid out: every per-token field (input ids, labels, and any a new objective
+    adds, e.g. a teacher's top-k ids and log-probabilities of shape [tokens, k]) is placed with `place`, so all of
+    them line up with the positions, the attention mask and the sequence boundaries.
+    """
+
+    rows: int
+    width: int
+    spans: list[Span]
+
+    @classmethod
+    def padded(cls, lengths: Sequence[int], multiple: int | None = None) -> BatchLayout:
+        """One example per row, right-padded to the longest (rounded up to `multiple`)."""
+        width = max(lengths)
+        if multiple:
+            width = -(-width // multiple) * multiple
+        return cls(len(lengths), width, [Span(b, 0, n) for b, n in enumerate(lengths)])
+
+    @classmethod
+    def packed(cls, rows: Sequence[Sequence[int]]) -> BatchLayout:
+        """Rows of examples (their lengths) one after another, rows right-padded to the longest row."""
+        spans, width = [], 0
+        for b, row in enumerate(rows):
+            at = 0
+            for n in row:
+                spans.append(Span(b, at, n))
+                at += n
+            width = max(width, at)
+        return cls(len(rows), width, spans)
+
+    @classmethod
+    def flat(cls, lengths: Sequence[int]) -> BatchLayout:
+        """Every example of the micro-batch one after another in a single row, no padding."""
+        spans, at = [], 0
+        for n in lengths:
+            spans.append(Span(0, at, n))
+            at += n
+        return cls(1, at, spans)
+
+    def place(self, values: Sequence[Any], fill: int | float, dtype: Any = None):
+        """A [rows, width, *rest] tensor: example k's per-token `values[k]` ([length, *rest]) at its span, `fill`
+        in every other slot."""
+        import torch
+
+        first = torch.as_tensor(values[0], dtype=dtype)
+        out = torch.full((self.rows, self.width, *first.shape[1:]), fill, dtype=first.dtype)
+        for s, v in zip(self.spans, values, strict=True):
+            out[s.row, s.start : s.start + s.length] = torch.as_tensor(v, dtype=first.dtype)
+        return out
+
+    def attention_mask(self):
+        """1 on the examples' tokens, 0 on padding."""
+        return self.place([[1] * s.length for s in self.spans], 0, None)
+
+    def position_ids(self):
+        """Positions restarting at 0 for each example; a row's padding tail is a segment of its own (from 0)."""
+        import torch
+
+        pos = self.place([range(s.length) for s in self.spans], 0, torch.long)
+        used = [0] * self.rows
+        for s in self.spans:
+            used[s.row] = max(used[s.row], s.start + s.length)
+        for b, at in enumerate(used):
+            if at < self.width:
+                pos[b, at:] = torch.arange(self.width - at)
+        return pos
+
+    def varlen_kwargs(self) -> dict[str, Any]:
+        """FlashAttention's varlen arguments for a single-row layout (what transformers would otherwise infer from
+        the position ids in every layer, with a device sync each time): cumulative example boundaries, longest."""
+        import torch
+
+        if self.rows != 1:
+            raise ValueError("varlen kwargs describe one flattened row")
+        cu = [0]
+        for s in self.spans:
+            cu.append(cu[-1] + s.length)
+        cu_t = torch.tensor(cu, dtype=torch.int32)
+        longest = max(s.length for s in self.spans)
+        return {"cu_seq_lens_q": cu_t, "cu_seq_lens_k": cu_t, "max_length_q": longest, "max_length_k": longest}
+
+
+class _Collator:
+    """Lays out a micro-batch (`BatchLayout`) and counts the real (non-pad) and supervised tokens it has produced
+    (for throughput metrics)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
         self.tokens = 0
         self.supervised = 0
         self.padded = 0  # token slots including padding
 
+    def _fields(self, lay: BatchLayout, examples: Sequence[Tokenized]) -> dict[str, Any]:
+        """input_ids and labels of `examples` placed by `lay`. The first label of each example is -100: in a
+        packed row it would be predicted from the previous example's last token (and in a padded row it is never
+        a target anyway)."""
+        import torch
 
-class PaddedCollator(_Counting):
+        ids = lay.place([t.input_ids for t in examples], self.pad_id, torch.long)
+        labels = lay.place([[IGNORE, *t.labels[1:]] for t in examples], IGNORE, torch.long)
+        self.tokens += sum(s.length for s in lay.spans)
+        self.supervised += int((labels != IGNORE).sum())
+        self.padded += ids.numel()
+        return {"input_ids": ids, "labels": labels}
+
+
+class PaddedCollator(_Collator):
     """Items are `Tokenized`; right-pads to the longest in the batch, with an attention mask."""
 
     def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None) -> None:
-        super().__init__()
-        self.pad_id = pad_id
+        super().__init__(pad_id)
         self.multiple = pad_to_multiple_of
 
     def __call__(self, items: list[Tokenized]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(t) for t in items)
-        if self.multiple:
-            width = -(-width // self.multiple) * self.multiple
-        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for b, t in enumerate(items):
-            n = len(t)
-            ids[b, :n] = torch.tensor(t.input_ids)
-            labels[b, :n] = torch.tensor(t.labels)
-            mask[b, :n] = 1
-        self.tokens += int(mask.sum())
-        self.supervised += int((labels != IGNORE).sum())
-        self.padded += ids.numel()
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        lay = BatchLayout.padded([len(t) for t in items], self.multiple)
+        return {**self._fields(lay, items), "attention_mask": lay.attention_mask()}
 
 
-class PackedCollator(_Counting):
-    """Items are rows (lists of `Tokenized`); concatenates each row with restarting position ids, no attention mask.
+class PackedCollator(_Collator):
+    """Items are rows (lists of `Tokenized`); each example's position ids restart at 0, no attention mask.
 
-    Rows are right-padded to the longest row in the batch; the padding forms its own segment (positions from 0,
-    labels -100), so it neither sees nor is seen by the real examples.
+    ``flatten=False`` (sdpa, eager): a [rows, longest row] batch, rows right-padded; the padding forms its own
+    segment (positions from 0, labels -100), so it neither sees nor is seen by the real examples, and transformers
+    builds the block-diagonal causal mask of each row from the position ids.
+    ``flatten=True`` (FlashAttention, see `flattens_packed_rows`): the micro-batch's rows are concatenated into
+    one [1, tokens] row without padding, with the varlen arguments (``cu_seq_lens_q/k``, ``max_length_q/k``) so
+    FlashAttention runs each example on its own. (sdpa is never flattened: it would build one explicit
+    [tokens x tokens] mask, quadratic in the micro-batch's tokens.)
     """
 
-    def __init__(self, pad_id: int) -> None:
-        super().__init__()
-        self.pad_id = pad_id
+    def __init__(self, pad_id: int, *, flatten: bool = False) -> None:
+        super().__init__(pad_id)
+        self.flatten = flatten
 
     def __call__(self, rows: list[list[Tokenized]]) -> dict[str, Any]:
-        import torch
-
-        width = max(sum(len(t) for t in row) for row in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        pos = torch.zeros((len(rows), width), dtype=torch.long)
-        real = 0
-        for b, row in enumerate(rows):
-            at = 0
-            for t in row:
-                n = len(t)
-                ids[b, at : at + n] = torch.tensor(t.input_ids)
-                lab = torch.tensor(t.labels)
-                lab[0] = IGNORE  # never predict across an example boundary
-                labels[b, at : at + n] = lab
-                pos[b, at : at + n] = torch.arange(n)
-                at += n
-            real += at
-            if at < width:
-                pos[b, at:] = torch.arange(width - at)
-        self.tokens += real
-        self.supervised += int((labels != IGNORE).sum())
-        self.padded += ids.numel()
+        examples = [t for row in rows for t in row]
+        if self.flatten:
+            lay = BatchLayout.flat([len(t) for t in examples])
+        else:
+            lay = BatchLayout.packed([[len(t) for t in row] for row in rows])
+        batch = {**self._fields(lay, examples), "position_ids": lay.position_ids()}
+        if self.flatten:
+            batch.update(lay.varlen_kwargs())
         # no attention mask and no KV cache: transformers then derives a block-diagonal causal mask from positions
-        return {"input_ids": ids, "position_ids": pos, "labels": labels, "use_cache": False}
+        batch["use_cache"] = False
+        return batch
 
 
 class ListDataset:
@@ -242,9 +342,24 @@ class ListDataset:
         return self.items[i]
 
 
-def build_dataset(tokenized: list[Tokenized], *, packing: bool, pack_length: int, pad_id: int, seed: int = 0):
-    """(dataset, collator) for the Trainer: one example per item, or one packed row per item."""
+def build_rows(tokenized: list[Tokenized], *, packing: bool, pack_length: int, seed: int = 0) -> ListDataset:
+    """The Trainer's dataset: one example per item, or one packed row (a list of examples) per item."""
     if packing:
         rows = pack_rows([len(t) for t in tokenized], pack_length, seed)
-        return ListDataset([[tokenized[i] for i in row] for row in rows]), PackedCollator(pad_id)
-    return ListDataset(tokenized), PaddedCollator(pad_id)
+        return ListDataset([[tokenized[i] for i in row] for row in rows])
+    return ListDataset(tokenized)
+
+
+def make_collator(*, packing: bool, pad_id: int, attn_implementation: str | None = None) -> _Collator:
+    """The collator for `build_rows`'s items; with packing under FlashAttention (`attn_implementation`, the one
+    the model runs) each micro-batch is flattened into one row."""
+    if packing:
+        return PackedCollator(pad_id, flatten=flattens_packed_rows(attn_implementation))
+    return PaddedCollator(pad_id)
+
+
+def build_dataset(tokenized: list[Tokenized], *, packing: bool, pack_length: int, pad_id: int, seed: int = 0,
+                  attn_implementation: str | None = None) -> tuple[ListDataset, _Collator]:
+    """(dataset, collator) for the Trainer: `build_rows` and `make_collator`."""
+    return (build_rows(tokenized, packing=packing, pack_length=pack_length, seed=seed),
+            make_collator(packing=packing, pad_id=pad_id, attn_implementation=attn_implementation))

@@ -24,14 +24,31 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import DataError
-from .data import IGNORE, Tokenized, _Counting, build_dataset, format_prompt, tokenize_example, tokenize_examples
+from .data import (
+    IGNORE,
+    Tokenized,
+    _Counting,
+    build_rows,
+    format_prompt,
+    make_collator,
+    tokenize_example,
+    tokenize_examples,
+)
 
 
 class Objective(Protocol):
     name: str
 
-    def build(self, tokenizer: Any, cfg: Any, examples: list[dict[str, Any]], seed: int) -> tuple[Any, Any, dict]:
-        """(dataset, collator with lion's token counters, figures of the data: n_examples, n_dropped, ...)."""
+    def build(self, tokenizer: Any, cfg: Any, examples: list[dict[str, Any]], seed: int) -> tuple[Any, dict]:
+        """(the Trainer's dataset, figures of the data: n_examples, n_dropped, ...)."""
+        ...
+
+    def row_sizes(self, dataset: Any) -> tuple[list[int], list[int]]:
+        """(examples, real tokens) per dataset item: what lion.student.batching plans an optimizer step from."""
+        ...
+
+    def collator(self, tokenizer: Any, cfg: Any, attn_implementation: str | None) -> Any:
+        """The collator (with lion's token counters) for the attention the model really runs."""
         ...
 
     def trainer_class(self, base: type) -> type:
@@ -50,15 +67,24 @@ class Objective(Protocol):
 class SFT:
     name = "sft"
 
-    def build(self, tokenizer: Any, cfg: Any, examples: list[dict[str, Any]], seed: int) -> tuple[Any, Any, dict]:
+    def build(self, tokenizer: Any, cfg: Any, examples: list[dict[str, Any]], seed: int) -> tuple[Any, dict]:
         tokenized, stats = tokenize_examples(tokenizer, examples, max_length=cfg.max_length, fmt=cfg.prompt_format)
         if not tokenized:
             raise DataError(f"none of the {stats.n_examples} training examples fits student.max_length="
                             f"{cfg.max_length} (every prompt alone is that long); raise student.max_length")
-        dataset, collator = build_dataset(tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length,
-                                          pad_id=tokenizer.pad_token_id, seed=seed)
-        return dataset, collator, {"n_examples": stats.n_examples, "n_dropped": stats.n_dropped,
-                                   "n_truncated": stats.n_truncated, "n_rows": len(dataset), "packing": cfg.packing}
+        dataset = build_rows(tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length, seed=seed)
+        return dataset, {"n_examples": stats.n_examples, "n_dropped": stats.n_dropped,
+                         "n_truncated": stats.n_truncated, "n_rows": len(dataset), "packing": cfg.packing}
+
+    def row_sizes(self, dataset: Any) -> tuple[list[int], list[int]]:
+        items = dataset.items
+        if items and isinstance(items[0], list):  # packed rows: lists of examples
+            return [len(r) for r in items], [sum(len(t) for t in r) for r in items]
+        return [1] * len(items), [len(t) for t in items]
+
+    def collator(self, tokenizer: Any, cfg: Any, attn_implementation: str | None) -> Any:
+        return make_collator(packing=cfg.packing, pad_id=tokenizer.pad_token_id,
+                             attn_implementation=attn_implementation)
 
     def trainer_class(self, base: type) -> type:
         return base
@@ -138,7 +164,7 @@ class Preference:
     name: str = "preference"
     figures: dict[str, Any] = field(default_factory=dict)
 
-    def build(self, tokenizer: Any, cfg: Any, examples: list[dict[str, Any]], seed: int) -> tuple[Any, Any, dict]:
+    def build(self, tokenizer: Any, cfg: Any, examples: list[dict[str, Any]], seed: int) -> tuple[Any, dict]:
         from .data import ListDataset
 
         pairs: list[Pair] = []
@@ -158,9 +184,14 @@ class Preference:
         if not pairs:
             raise DataError(f"none of the {len(examples)} preference pairs fits student.max_length={cfg.max_length}")
         self.figures.update(n_pairs=len(pairs), n_dropped=dropped, n_truncated=truncated)
-        return ListDataset(pairs), PairCollator(tokenizer.pad_token_id), {
-            "n_examples": len(examples), "n_dropped": dropped, "n_truncated": truncated, "n_rows": len(pairs),
-            "packing": False}
+        return ListDataset(pairs), {"n_examples": len(examples), "n_dropped": dropped, "n_truncated": truncated,
+                                    "n_rows": len(pairs), "packing": False}
+
+    def row_sizes(self, dataset: Any) -> tuple[list[int], list[int]]:
+        return [1] * len(dataset.items), [len(p.chosen) + len(p.rejected) for p in dataset.items]
+
+    def collator(self, tokenizer: Any, cfg: Any, attn_implementation: str | None) -> Any:
+        return PairCollator(tokenizer.pad_token_id)  # padded with a mask: FlashAttention unpads it itself
 
     def trainer_class(self, base: type) -> type:
         beta, sft_weight, figures = self.beta, self.sft_weight, self.figures

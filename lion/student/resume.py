@@ -41,6 +41,9 @@ _CKPT = re.compile(r"^checkpoint-(\d+)$")
 # StudentConfig keys that do not change what a training computes (a resumed training may change them freely)
 NOT_TRAINING = ("infer", "save_steps", "save_minutes", "save_total_limit", "report_to", "logging_steps",
                 "cpu_threads", "continue_from_previous")
+# training keys added after trainings were first fingerprinted, left out at these values (what a training without
+# the key computed), so that a training started before the key existed still resumes and is still recognised
+LATER_KEYS: dict[str, Any] = {"examples_per_step": 0}
 
 
 def _rank() -> int:
@@ -56,7 +59,8 @@ def _barrier() -> None:
 
 def training_fingerprint(cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, seed: int) -> str:
     """What a training computes: its examples, starting point, seed and training keys (world size included)."""
-    keys = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_TRAINING}  # num_gpus, nnodes: the world
+    keys = {k: v for k, v in dataclasses.asdict(cfg).items()  # num_gpus, nnodes: the world
+            if k not in NOT_TRAINING and not (k in LATER_KEYS and v == LATER_KEYS[k])}
     start = str(Path(init_from).resolve()) if Path(init_from).exists() else str(init_from)
     h = hashlib.sha256()
     h.update(json.dumps({"cfg": keys, "init_from": start, "seed": seed}, sort_keys=True, default=str).encode())

@@ -30,12 +30,16 @@ and the progress bar are the Trainer's own). The seed used is ``student.seed + s
   FSDP's own (``fsdp_config.activation_checkpointing``, no redundant AllGather) and ``cpu_ram_efficient_loading``
   lets rank 0 alone read the weights. A full fine-tuning with ``bf16`` saves its checkpoint in bf16 (half the
   disk of fp32; the fp32 master weights exist only while training).
+- When the training starts it logs what an optimizer step holds (rows, examples, tokens; `lion.student.batching`,
+  also in the metrics); before `train_student` returns it frees the training's memory (`release_training_memory`),
+  so vLLM can start on the same GPU next.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import time
@@ -46,7 +50,8 @@ from typing import Any
 from ..config import StudentConfig
 from ..errors import ConfigError, DataError
 from ..layout import training_checkpoints
-from .checkpoint import META, TrainResult, checkpoint_info
+from .batching import batch_plan
+from .checkpoint import META, CheckpointInfo, TrainResult, checkpoint_info
 from .objectives import SFT, Objective, objective_from_spec
 from .resume import (
     Checkpoints,
@@ -57,6 +62,8 @@ from .resume import (
     tallied_trainer,
     training_fingerprint,
 )
+
+log = logging.getLogger("lion.student")
 
 
 def in_distributed_launch() -> bool:
@@ -184,6 +191,12 @@ def _attn_kwargs(cfg: StudentConfig) -> dict[str, Any]:
     return {"attn_implementation": cfg.attn_implementation}
 
 
+def attention_of(model: Any) -> str | None:
+    """The attention implementation `model` runs (from_pretrained's resolution of attn_implementation)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) if config is not None else None
+
+
 def wrap_classes(model_path: str) -> list[str]:
     """The decoder-layer classes FSDP should wrap: the model class's `_no_split_modules` (read from its config,
     no weights loaded), e.g. ["Qwen2DecoderLayer"] for Qwen2.5, ["LlamaDecoderLayer"] for Llama."""
@@ -245,17 +258,37 @@ def _load_model(cfg: StudentConfig, path: str, *, quantize: bool):
         raise ConfigError(f"student.model: cannot load a model from {path!r}: {e}") from None
 
 
+def starting_weights(info: CheckpointInfo, base: Any) -> Any:
+    """The model a training starts from, given `base` (the loaded `info.base`): when `init_from` was an adapter
+    checkpoint (`info.adapter`), that adapter folded into the weights. The one owner of that rule: the training
+    (`_prepare_model`, except `between_rounds: continue`, which trains the adapter itself) and the merge on save
+    (`merged_for_save`) both build on it, so a round's merged student keeps the earlier rounds' learning."""
+    if info.adapter is None:
+        return base
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(info.adapter)).merge_and_unload()
+
+
+def merged_for_save(info: CheckpointInfo, adapter_dir: Path, dtype: Any) -> Any:
+    """The full model a sharded or quantized LoRA training (merge policy) saves: its starting weights, loaded
+    unquantised in `dtype` (`starting_weights`: the base with any adapter it started from folded in), with the
+    adapter it trained (`adapter_dir`) merged on top."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    start = starting_weights(info, AutoModelForCausalLM.from_pretrained(info.base, dtype=dtype))
+    return PeftModel.from_pretrained(start, str(adapter_dir)).merge_and_unload()
+
+
 def _prepare_model(cfg: StudentConfig, init_from: str | Path):
     """The trainable model and a description of what it was built from."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import PeftModel, get_peft_model
 
     info = checkpoint_info(init_from)
-    if cfg.mode == "full":
-        model = _load_model(cfg, info.base, quantize=False)
-        if info.adapter is not None:  # an adapter checkpoint feeding full fine-tuning: fold it in first
-            model = PeftModel.from_pretrained(model, str(info.adapter)).merge_and_unload()
-        return model, info
+    if cfg.mode == "full":  # an adapter checkpoint feeding full fine-tuning: folded in first
+        return starting_weights(info, _load_model(cfg, info.base, quantize=False)), info
     quantize = cfg.mode == "qlora"
     base = _load_model(cfg, info.base, quantize=quantize)
     if quantize:
@@ -264,8 +297,7 @@ def _prepare_model(cfg: StudentConfig, init_from: str | Path):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing)
     if info.adapter is not None and cfg.lora.between_rounds == "continue":
         return PeftModel.from_pretrained(base, str(info.adapter), is_trainable=True), info
-    if info.adapter is not None:  # merge policy, but handed an adapter: fold it in, then a fresh adapter
-        base = PeftModel.from_pretrained(base, str(info.adapter)).merge_and_unload()
+    base = starting_weights(info, base)  # merge policy, but handed an adapter: fold it in, then a fresh adapter
     lcfg = PeftLoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
@@ -289,8 +321,9 @@ def _load_tokenizer(init_from: str | Path, base: str):
 
 
 def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool, model_path: str = "",
-                   ckpt_dir: Path | None = None):
-    """The Trainer's arguments; `out` names the wandb run, `ckpt_dir` holds the resumable checkpoints."""
+                   ckpt_dir: Path | None = None, grad_accum: int | None = None):
+    """The Trainer's arguments; `out` names the wandb run, `ckpt_dir` holds the resumable checkpoints, `grad_accum`
+    the accumulation of the training's `BatchPlan` (default: student.grad_accum)."""
     import torch
     from transformers import TrainingArguments
 
@@ -313,7 +346,7 @@ def _training_args(cfg: StudentConfig, out: Path, seed: int, progress: bool, mod
     return TrainingArguments(
         output_dir=str(ckpt_dir if ckpt_dir is not None else out / "_trainer"),  # checkpoint-N (lion.student.resume)
         per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_accumulation_steps=grad_accum or cfg.grad_accum or 1,
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -392,11 +425,15 @@ def _train_here(
     info = checkpoint_info(init_from)
     tokenizer = _load_tokenizer(init_from, info.base)
     the_seed = cfg.seed + seed
-    dataset, collator, data_figures = objective.build(tokenizer, cfg, examples, the_seed)
+    dataset, data_figures = objective.build(tokenizer, cfg, examples, the_seed)
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    plan = batch_plan(cfg, *objective.row_sizes(dataset), world)
+    if rank0:
+        log.info(plan.line(cfg))
     if cfg.fsdp and cfg.cpu_ram_efficient_loading:
         os.environ.setdefault("ACCELERATE_USE_FSDP", "true")  # from_pretrained loads on rank 0 only (meta elsewhere)
     # the arguments first: under FSDP they set what from_pretrained reads (cpu_ram_efficient_loading)
-    args = _training_args(cfg, tmp, the_seed, progress, info.base, ckpt_dir=ckpts.dir)
+    args = _training_args(cfg, tmp, the_seed, progress, info.base, ckpt_dir=ckpts.dir, grad_accum=plan.grad_accum)
     if cfg.fsdp:
         _ = args.device  # sets up the process group, which from_pretrained's rank-0-only loading checks for
     from transformers import set_seed
@@ -404,6 +441,8 @@ def _train_here(
     set_seed(the_seed)  # a fresh LoRA adapter is initialised from the global RNG: the same seed, the same adapter
     model, info = _prepare_model(cfg, init_from)
     model.config.use_cache = False  # training: no KV cache (also lets packed position ids take effect)
+    # the collator follows the attention the model really runs (FlashAttention: packed micro-batches flattened)
+    collator = objective.collator(tokenizer, cfg, attention_of(model))
     resume = ckpts.prepare() if cfg.save_steps or cfg.save_minutes else None
     tally = TrainingTally.from_json(ckpts.tally_of(resume)) if resume is not None else TrainingTally()
     if resume is not None:
@@ -428,7 +467,6 @@ def _train_here(
 
         if wandb.run is not None:  # the Trainer's run of this round: the next round's training gets its own
             wandb.finish()
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     seconds = time.perf_counter() - t_start
     train_s = sum(tally.step_s)
     warm = _warm(tally.step_s)
@@ -440,6 +478,7 @@ def _train_here(
     metrics: dict[str, Any] = {
         "mode": cfg.mode,
         **data_figures,
+        "batch": plan.to_metrics(),  # what an optimizer step holds: rows, examples, tokens (lion.student.batching)
         "steps": int(out_train.global_step),
         "train_loss": tally.loss_sum / tally.loss_steps if tally.loss_steps else float(out_train.training_loss),
         "train_loss_first": tally.losses[0] if tally.losses else None,
@@ -467,7 +506,32 @@ def _train_here(
         keep_logs = cfg.report_targets() and logging_dir is None
         ckpts.remove(keep_logs_in=out / "_trainer" if keep_logs else None)
     _barrier()
-    return TrainResult(out, metrics, trainer.model if keep_model else None)
+    kept = trainer.model if keep_model else None
+    del trainer, model, out_train  # the last references of this frame; the rest are cycles
+    release_training_memory(compiled=cfg.torch_compile)
+    return TrainResult(out, metrics, kept)
+
+
+def release_training_memory(*, compiled: bool = False) -> None:
+    """Free what a finished in-process training held, before this process runs inference on the same GPU.
+
+    The trainer, its accelerator and the model stay alive after the last reference is dropped: they form
+    reference cycles (e.g. accelerate's mixed-precision wrapper binds `model.forward` to the model), freed only by
+    a garbage collection. Collected first, their tensors go back to the CUDA caching allocator, and
+    `empty_cache` returns its blocks to the device, so a vLLM engine started next (vLLM >= 0.9 checks the free
+    memory against gpu_memory_utilization x total) sees the GPU free but for this process's CUDA context (vLLM's
+    engine itself runs in a worker process whenever this one used CUDA, `lion.student.vllm_backend`).
+    `compiled`: the training ran under torch.compile, whose caches also hold the compiled model."""
+    import gc
+
+    import torch
+
+    if compiled:
+        torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 class _env:
@@ -544,7 +608,6 @@ def _warm(step_s: list[float]) -> int:
 def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path, metrics: dict, init_from,
           fingerprint: str = "") -> None:
     import torch
-    from peft import PeftModel
 
     rank0 = _rank() == 0
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
@@ -571,11 +634,7 @@ def _save(cfg: StudentConfig, trainer: Any, tokenizer: Any, info: Any, tmp: Path
         trainer.save_model(str(adapter_dir))
         _barrier()
         if rank0:
-            dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-            from transformers import AutoModelForCausalLM
-
-            base = AutoModelForCausalLM.from_pretrained(info.base, dtype=dtype)
-            merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+            merged = merged_for_save(info, adapter_dir, torch.bfloat16 if cfg.bf16 else torch.float32)
             merged.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
             shutil.rmtree(adapter_dir)
@@ -615,9 +674,11 @@ def student_config_from_dict(data: dict[str, Any]) -> StudentConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..logs import setup_logging
     from ..records import read_jsonl
 
     args = make_parser().parse_args(argv)
+    setup_logging("info")  # the batch plan line when the training starts (lion.student)
     spec_path = args.spec or args.spec_path
     if spec_path is not None:
         if not spec_path.is_file():
