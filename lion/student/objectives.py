@@ -26,8 +26,9 @@ from typing import Any, Protocol
 from ..errors import DataError
 from .data import (
     IGNORE,
+    BatchLayout,
     Tokenized,
-    _Counting,
+    _Collator,
     build_rows,
     format_prompt,
     make_collator,
@@ -107,32 +108,17 @@ class Pair:
     ref_rejected: float
 
 
-class PairCollator(_Counting):
+class PairCollator(_Collator):
     """A batch of pairs as one right-padded batch of 2B sequences (the chosen answers first, then the rejected
     ones), with the reference log-probabilities beside it."""
-
-    def __init__(self, pad_id: int) -> None:
-        super().__init__()
-        self.pad_id = pad_id
 
     def __call__(self, pairs: list[Pair]) -> dict[str, Any]:
         import torch
 
         seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        width = max(len(t) for t in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for b, t in enumerate(seqs):
-            n = len(t)
-            ids[b, :n] = torch.tensor(t.input_ids)
-            labels[b, :n] = torch.tensor(t.labels)
-            mask[b, :n] = 1
-        self.tokens += int(mask.sum())
-        self.supervised += int((labels != IGNORE).sum())
-        self.padded += ids.numel()
+        lay = BatchLayout.padded([len(t) for t in seqs])
         ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in pairs], dtype=torch.float32)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "ref_logps": ref}
+        return {**self._fields(lay, seqs), "attention_mask": lay.attention_mask(), "ref_logps": ref}
 
 
 def sequence_logps(logits: Any, labels: Any) -> tuple[Any, Any]:
