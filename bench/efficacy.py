@@ -353,9 +353,9 @@ def result_path(work: Path, spec: dict[str, Any]) -> Path:
     return work / "results" / f"{name}.json"
 
 
-def run_pool(specs: list[dict[str, Any]], workers: int) -> list[str]:
-    """Run the specs not done yet, `workers` at a time, each in its own process; return the failures. A job's
-    result gets its wall and CPU seconds (user + system of its process)."""
+def run_pool(specs: list[dict[str, Any]], workers: int, script: Path = Path(__file__)) -> list[str]:
+    """Run the specs not done yet, `workers` at a time, each in its own process (`script --job SPEC`); return the
+    failures. A job's result gets its wall and CPU seconds (user + system of its process)."""
     todo = [s for s in specs if not result_path(Path(s["work"]), s).exists()]
     failures: list[str] = []
     if not todo:
@@ -369,7 +369,7 @@ def run_pool(specs: list[dict[str, Any]], workers: int) -> list[str]:
         log.parent.mkdir(parents=True, exist_ok=True)
         start = time.time()
         with open(log, "w") as f:
-            p = subprocess.Popen([sys.executable, __file__, "--job", json.dumps(spec)], env=env, stdout=f,
+            p = subprocess.Popen([sys.executable, str(script), "--job", json.dumps(spec)], env=env, stdout=f,
                                  stderr=subprocess.STDOUT)  # fmt: skip
             _, status, usage = os.wait4(p.pid, 0)  # its own CPU time, whatever else runs
             rc = p.returncode = os.waitstatus_to_exitcode(status)

@@ -314,10 +314,24 @@ class _Planner:
         gen_base = _mean(counter.prompt((("user", self.tpl.template(f"generate_{k}").render(instruction="")),))
                          for k in ("hard", "easy"))
         gen_prompt = gen_base + _mean(counter.text(i.instruction) for i in train)
-        gc = cfg.generation
-        hard, w_h = _wave_requests(gc.n_hard, lengths.accept, gc.max_attempts_factor, gc.batch_size)
-        easy, w_e = _wave_requests(gc.n_easy, lengths.accept, gc.max_attempts_factor, gc.batch_size)
-        n_new = min(gc.n_hard, lengths.accept * hard) + min(gc.n_easy, lengths.accept * easy)
+        gc, dc = cfg.generation, cfg.discrimination
+        from .generation import generation_targets
+
+        n_fresh = round(cfg.pools.fresh_share * (gc.n_hard + gc.n_easy))
+        want = generation_targets(gc.n_hard, gc.n_easy, n_fresh)
+        hard, w_h = _wave_requests(want["hard"], lengths.accept, gc.max_attempts_factor, gc.batch_size)
+        easy, w_e = _wave_requests(want["easy"], lengths.accept, gc.max_attempts_factor, gc.batch_size)
+        n_new = min(want["hard"], lengths.accept * hard) + min(want["easy"], lengths.accept * easy) + n_fresh
+        if n_fresh:
+            plan.assumptions.append(f"{n_fresh:,} of each round's new instructions from the seed file's unused rows "
+                                    "(pools.fresh_share), the rest generated")
+        # the referee judges the Cache Pool only for a referee-based split, and a shadow referee its sample of it
+        base = dc.learnable_base if dc.selector == "learnable" else dc.selector
+        referee_share = (1.0 if base == "referee" else 0.0) + (
+            dc.shadow_sample if "referee" in dc.shadow_selectors else 0.0)
+        if referee_share != 1.0:
+            plan.assumptions.append(f"the referee judges {referee_share:.0%} of the Cache Pool (discrimination.selector "
+                                    f"{dc.selector}{', a shadow referee' if 'referee' in dc.shadow_selectors else ''})")
         retry = 1 + lengths.referee_retry
         # a pair whose two answers are identical shows the same prompt in both orders: the gateway sends it once
         orders = 2 - self.student_match
@@ -352,12 +366,13 @@ class _Planner:
                 break
             if r == 1:
                 self._step(r, "discrimination", "teacher", n_cache - n_train, teacher_prompt, lengths.teacher_out)
-            self._step(r, "discrimination", "referee", orders * cache_n * retry, referee_prompt, lengths.referee_out,
-                       batches=1 + (1 if lengths.referee_retry > 0 else 0))
+            if referee_share:
+                self._step(r, "discrimination", "referee", orders * cache_n * retry * referee_share, referee_prompt,
+                           lengths.referee_out, batches=1 + (1 if lengths.referee_retry > 0 else 0))
             self._step(r, "generation", "generator", hard + easy, gen_prompt, lengths.generator_out,
                        batches=max(w_h, w_e))
             cache_n += n_new
-        plan.assumptions.append(f"{n_new:,.0f} new instructions per round (of {gc.n_hard + gc.n_easy:,} wanted) from "
+        plan.assumptions.append(f"{n_new:,.0f} new instructions per round (of {want['hard'] + want['easy'] + n_fresh:,} wanted) from "
                                 f"{hard + easy:,.0f} generator requests in {max(w_h, w_e)} waves")
         plan.assumptions.append(f"online hours at each role's rpm / tpm / max_in_flight with {self.latency_s:g} s a "
                                 "call; no prompt-cache discount")

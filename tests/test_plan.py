@@ -211,3 +211,20 @@ def test_calibrate_names_what_is_missing(tmp_path):
     (tmp_path / "empty" / "config.yaml").write_text(json.dumps(small(tmp_path / "empty")))
     with pytest.raises(ConfigError, match="no finished round"):
         make_plan(cfg, calibrate=tmp_path / "empty")
+
+
+def test_the_plan_asks_the_referee_only_when_the_selector_does(tmp_path):
+    """A referee-free selector (student_loss, progress) plans no referee call; a shadow referee its sample's share;
+    pools.fresh_share plans that share of the new instructions without the generator."""
+    def referee_calls(**disc: Any) -> float:
+        plan = make_plan(config_from_dict(small(tmp_path / "run", discrimination=disc)))
+        return sum(s.calls for s in steps(plan, "discrimination", "referee"))
+
+    full = referee_calls()
+    assert full > 0
+    assert referee_calls(selector="student_loss") == 0 and referee_calls(selector="progress") == 0
+    assert referee_calls(selector="student_loss", shadow_selectors=["referee"], shadow_sample=0.1) == \
+        pytest.approx(0.1 * full)
+    gen = lambda **pools: sum(s.calls for s in steps(make_plan(config_from_dict(small(  # noqa: E731
+        tmp_path / "run", pools={"train_seed": str(SEEDS), "limit": 10, **pools}))), "generation", "generator"))
+    assert 0 < gen(fresh_share=0.5) < gen() and gen(fresh_share=1.0) == 0
