@@ -379,12 +379,20 @@ def _train_here(
     t_start = time.perf_counter()
     info = checkpoint_info(init_from)
     tokenizer = _load_tokenizer(init_from, info.base)
-    tokenized, stats = tokenize_examples(tokenizer, examples, max_length=cfg.max_length, fmt=cfg.prompt_format)
+    aligner = None
+    if cfg.objective == "topk_kd":
+        from .kd import TokenAligner
+
+        aligner = TokenAligner(tokenizer, cfg.kd_top_k)
+    tokenized, stats = tokenize_examples(tokenizer, examples, max_length=cfg.max_length, fmt=cfg.prompt_format,
+                                         aligner=aligner)
     if not tokenized:
         raise DataError(
             f"none of the {stats.n_examples} training examples fits student.max_length={cfg.max_length} "
             f"(every prompt alone is that long); raise student.max_length"
         )
+    if aligner is not None:
+        _check_alignment(cfg, aligner.stats, len(tokenized))
     the_seed = cfg.seed + seed
     dataset, collator = build_dataset(
         tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length,
@@ -408,10 +416,15 @@ def _train_here(
         if rank0:
             print(f"resuming the training from {resume}", flush=True)
     meter = meter_callback(tally, ckpts if args.save_strategy != "no" else None, cfg)
+    trainer_cls = tallied_trainer(tally)
+    if aligner is not None:
+        from .kd import kd_trainer
+
+        trainer_cls = kd_trainer(trainer_cls, cfg.kd_weight)
     with _env("TENSORBOARD_LOGGING_DIR", str(logging_dir) if logging_dir is not None else None):
-        trainer = tallied_trainer(tally)(model=model, args=args, train_dataset=dataset,
-                                         data_collator=counting_collator(collator), processing_class=tokenizer,
-                                         callbacks=[meter, _heartbeat_callback(progress)])
+        trainer = trainer_cls(model=model, args=args, train_dataset=dataset,
+                              data_collator=counting_collator(collator), processing_class=tokenizer,
+                              callbacks=[meter, _heartbeat_callback(progress)])
     if not progress:
         from transformers.trainer_callback import PrinterCallback
 
@@ -457,7 +470,10 @@ def _train_here(
         "seed": the_seed,
         "resumed_at": tally.resumed_at,  # steps a restarted training continued from (its checkpoints)
         "checkpoints": tally.checkpoints,  # mid-training checkpoints written
+        "objective": cfg.objective,
     }
+    if aligner is not None:
+        metrics["kd"] = {**aligner.stats.to_json(), "weight": cfg.kd_weight, "top_k": cfg.kd_top_k}
     _save(cfg, trainer, tokenizer, info, tmp, metrics, init_from, fingerprint)
     if rank0:
         if out.exists():
@@ -468,6 +484,28 @@ def _train_here(
         ckpts.remove(keep_logs_in=out / "_trainer" if keep_logs else None)
     _barrier()
     return TrainResult(out, metrics, trainer.model if keep_model else None)
+
+
+def _check_alignment(cfg: StudentConfig, st: Any, n: int) -> None:
+    """topk_kd: stop when no answer has logprobs, or when too few align (the tokenizers differ); else say how many
+    answers train with cross-entropy only."""
+    seen = st.with_targets + st.mismatched
+    if not seen:
+        raise DataError(f"student.objective: topk_kd, but none of the {n} training answers has teacher logprobs "
+                        f"({st.without_logprobs} without): set llm.teacher.top_logprobs before the teacher answers "
+                        "(answers bought without it keep none), or student.objective: sft")
+    share = st.with_targets / seen
+    if share < cfg.kd_min_match:
+        raise DataError(
+            f"student.objective: topk_kd: the student's tokenizer reproduces the teacher's tokens for only "
+            f"{st.with_targets} of {seen} answers ({share:.0%} < student.kd_min_match {cfg.kd_min_match:g}; e.g. "
+            f"{', '.join(st.examples) or '-'}): the teacher and the student tokenise differently, and lion does not "
+            "align two vocabularies (docs/student.md) — set student.objective: sft, or use a student with the "
+            "teacher's tokenizer")
+    if (st.mismatched or st.without_logprobs) and _rank() == 0:
+        print(f"note: topk_kd: {st.with_targets} answers train on the teacher's top-k; {st.mismatched} whose tokens "
+              f"the student's tokenizer does not reproduce and {st.without_logprobs} without logprobs train with "
+              "cross-entropy only", flush=True)
 
 
 class _env:
