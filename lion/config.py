@@ -1,6 +1,7 @@
 """Typed run configuration: YAML file + command-line overrides, validated on load.
 
     python -m lion.config --config configs/smoke.yaml [--set student.lr=1e-4 ...]   # print resolved config
+    (warns on stderr when a configured model is past or near its provider's announced retirement: lion.snapshots)
 
 Every section is a dataclass. `load_config` builds them from YAML with strict checking: an unknown key,
 a wrong type or an impossible value raises `ConfigError` naming the dotted key
@@ -21,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -1007,6 +1009,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--config: required (or --reference)")
     cfg = load_config(args.config, args.overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    from .snapshots import configured_models, retirement_warnings
+
+    for w in retirement_warnings(configured_models(cfg)):  # a model past or near its announced shutdown
+        print(f"warning: {w}", file=sys.stderr)
     return 0
 
 

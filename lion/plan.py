@@ -455,6 +455,9 @@ class _Planner:
                 slow = max(steps, key=lambda s: s.hours)
                 plan.warnings.append(f"round {r} takes {hours:,.1f} h online (> a day); the slowest part is "
                                      f"{slow.role} in {slow.phase}, bound by llm.{slow.role}.{slow.binds}")
+        from .snapshots import configured_models, retirement_warnings
+
+        plan.warnings += retirement_warnings(configured_models(self.cfg))
         for s in plan.steps:
             if s.mode == "batch" and s.batches > 3:
                 plan.warnings.append(f"round {s.round} {s.phase}: {s.batches} batches one after another in batch mode "
