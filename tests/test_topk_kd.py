@@ -61,6 +61,13 @@ def test_kd_loss_against_a_hand_computed_case() -> None:
     assert float(total1) == pytest.approx(0.247884 + 1.386294, abs=1e-5)
     total0, _ = topk_kd_loss(logits.detach(), labels, ids, logp, 0.0)
     assert float(total0) == pytest.approx(1.440189 + 1.386294, abs=1e-5)
+    # a padding entry before the targets must not mask token 0 out of the tail: targets 1 (p 0.5) and 2 (p 0.3),
+    # tail = tokens 0 and 3: log q_tail = ln(0.643914 + 0.032059) = -0.391681;
+    # KL = 0.5 (ln 0.5 + 1.440189) + 0.3 (ln 0.3 + 2.440189) + 0.2 (ln 0.2 + 0.391681) = 0.500835
+    ids_p = torch.tensor([[[-1, -1, -1], [-1, 1, 2], [-1, -1, -1]]])
+    logp_p = torch.tensor([[[0.0, 0.0, 0.0], [0.0, math.log(0.5), math.log(0.3)], [0.0, 0.0, 0.0]]])
+    total_p, _ = topk_kd_loss(logits.detach(), labels, ids_p, logp_p, 0.5)
+    assert float(total_p) == pytest.approx(0.5 * 0.500835 + 0.5 * 1.440189 + 1.386294, abs=1e-5)
 
 
 def test_kd_loss_is_zero_kl_when_the_student_is_the_teacher() -> None:

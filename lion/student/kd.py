@@ -258,9 +258,12 @@ def topk_kd_loss(logits: Any, labels: Any, kd_ids: Any, kd_logp: Any, weight: fl
         return ce.sum(), keep.sum()
     safe = ids.clamp(min=0)
     q_log = lg.gather(-1, safe) - logz.unsqueeze(-1)  # student log q at the teacher's ids
-    # the student's mass outside the K ids, exactly: logsumexp of the logits with those ids masked out (scatter_add:
-    # the padding entries, redirected to id 0, add nothing, so they cannot mask id 0 by accident)
-    hit = torch.zeros_like(lg).scatter_add_(-1, safe, valid.to(lg.dtype)) > 0
+    # the student's mass outside the K ids, exactly: logsumexp of the logits with those ids masked out. The mask is
+    # one byte per vocabulary entry; a padding entry writes True at its row's first id (True anyway), or False at id
+    # 0 in a row without targets, so no two writes to one place disagree.
+    first = safe.gather(-1, valid.int().argmax(-1, keepdim=True)).expand_as(safe)
+    hit = torch.zeros(lg.shape, dtype=torch.bool, device=lg.device).scatter_(
+        -1, torch.where(valid, safe, first), has.unsqueeze(-1).expand_as(valid))
     q_tail_log = (torch.logsumexp(lg.masked_fill(hit, float("-inf")), dim=-1) - logz).clamp(min=-1e4)
     p = torch.where(valid, tlp.exp(), torch.zeros_like(tlp))
     p_tail = (1.0 - p.sum(-1)).clamp(min=0.0)
