@@ -263,6 +263,7 @@ def test_the_real_model_server_answers_through_the_gateway(smollm2_dir: Path, si
     assert not too_long.ok and "maximum context length" in (too_long.error or "")  # refused, never cut silently
 
 
+@pytest.mark.slow
 def test_the_real_model_serves_its_top_k_logprobs_that_its_student_aligns(smollm2_dir: Path) -> None:
     """SmolLM2-135M-Instruct behind the hf responder: greedy tokens are the top-1 of the reported distribution, the
     reply's end token is reported last (as vLLM does), and a student with its tokenizer reproduces the teacher's

@@ -97,7 +97,8 @@ def tiny_bpe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def teacher_logprobs(model_dir: Path, prompt: str, answer: str, k: int = 5, style: str = "openai") -> str:
     """The top-k a server with this model's tokenizer returns for `answer` after `prompt`, base64 of the record:
-    `openai`: exact token bytes, no stop token; `vllm`: tokens named by decode([id]), the EOS reported last."""
+    `openai`: exact token bytes, no stop token; `vllm`: tokens named by decode([id]), the EOS reported last;
+    `ids`: vLLM with return_tokens_as_token_ids (`token_id:N`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -106,12 +107,14 @@ def teacher_logprobs(model_dir: Path, prompt: str, answer: str, k: int = 5, styl
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     p = tok(prompt, add_special_tokens=False)["input_ids"]
-    a = tok(answer, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if style == "vllm" else [])
+    a = tok(answer, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if style != "openai" else [])
     with torch.inference_mode():
         logp = torch.log_softmax(model(torch.tensor([[tok.bos_token_id] + p + a])).logits[0], -1)
     vocab = Vocab(tok)
 
     def name(i: int) -> bytes:
+        if style == "ids":
+            return f"token_id:{i}".encode()
         return vocab.exact[i] if style == "openai" and vocab.exact[i] is not None else vocab.text[i].encode()
 
     content = []
@@ -142,7 +145,7 @@ def kd_examples(teacher: Path, style: str = "openai", repeat: int = 4,
     return rows * repeat
 
 
-@pytest.mark.parametrize("style", ["openai", "vllm"])
+@pytest.mark.parametrize("style", ["openai", "vllm", "ids"])
 def test_same_tokenizer_aligns_every_answer(tiny_bpe: Path, style: str) -> None:
     from transformers import AutoTokenizer
 
@@ -158,12 +161,13 @@ def test_same_tokenizer_aligns_every_answer(tiny_bpe: Path, style: str) -> None:
         assert t.kd is not None and t.kd.start == len(t.input_ids) - n_answer - 1
         targets = (t.kd.ids >= 0).any(-1)
         # every answer token has a target; the EOS only when the server reported the stop token (vLLM does)
-        assert targets[:n_answer].all() and bool(targets[n_answer]) == (style == "vllm")
+        assert targets[:n_answer].all() and bool(targets[n_answer]) == (style != "openai")
         # the teacher's token is among its own top-5 with the same id the student uses (greedy-free: any answer)
         answer_ids = t.input_ids[t.kd.start:t.kd.start + n_answer]
         lp = TokenLogprobs.decode(base64.b64decode(row["teacher_logprobs"]))
-        assert len(lp) == n_answer + (style == "vllm")
-        assert all(tok.decode([i]) == tb.decode() for i, tb in zip(answer_ids, lp.tokens, strict=False))
+        assert len(lp) == n_answer + (style != "openai")
+        assert all(tok.decode([i]) == tb.decode() or tb == f"token_id:{i}".encode()
+                   for i, tb in zip(answer_ids, lp.tokens, strict=False))
     # exact bytes name every alternative; vLLM's decoded text cannot name a token that is part of a character
     # (all 128 of them read U+FFFD): those go to the tail, counted
     lossy = sum(1 for row in rows for alts in TokenLogprobs.decode(base64.b64decode(row["teacher_logprobs"])).top

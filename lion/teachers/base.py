@@ -16,6 +16,10 @@ raise `ConfigError` early), `async aclose()` (after a batch, on the batch's even
 Only the sampling parameters that are set are sent: `ResolvedParams.temperature` / `top_p` are None when neither
 the request nor the role sets them, `token_param` names the field that carries max_tokens (`max_completion_tokens`
 for the o-series and gpt-5 families), and `extra` holds fields added to the request body as they are.
+`ResolvedParams.top_logprobs` > 0 asks for the top-K logprobs of every answer token: a provider that can return
+them fills `ChatResponse.logprobs` (lion.teachers.logprobs.TokenLogprobs); one that answers without them stops the
+run at its first reply (the gateway names llm.<role>.top_logprobs). `ChatResponse.served_model` / `fingerprint`
+carry the snapshot the provider says answered (lion.snapshots).
 """
 
 from __future__ import annotations

@@ -5,8 +5,11 @@ llama.cpp, SGLang, TGI, DeepSeek, Together, Anthropic's OpenAI-compatible endpoi
 
 Requests are shaped for the model (`request_body`): only the sampling keys that are set are sent, max_tokens goes
 in the field `token_param` names (`auto`: max_completion_tokens for the o-series and gpt-5 families),
-`reasoning_effort` when set, then `extra_body` / `options` as they are. The same body goes online
-(`chat.completions.create`) and into the Batch API's JSONL (`batch_api()`, lion.teachers.openai_batch).
+`reasoning_effort` when set, `logprobs: true, top_logprobs: K` when `llm.teacher.top_logprobs` is set, then
+`extra_body` / `options` as they are. The same body goes online (`chat.completions.create`) and into the Batch
+API's JSONL (`batch_api()`, lion.teachers.openai_batch). A reply's logprobs (chat: `logprobs.content`; completions:
+the legacy lists), its `model` and `system_fingerprint` are kept (ChatResponse.logprobs / served_model /
+fingerprint); a refusal of logprobs (OpenAI's 403 for reasoning models, vLLM above --max-logprobs) is kind `param`.
 
 The SDK's own retries are off (`max_retries=0`): the gateway owns retries, so the two do not multiply. SDK
 exceptions map to `TransientError` (429 unless the quota is exhausted, 408/409/5xx, timeouts, dropped
