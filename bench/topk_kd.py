@@ -15,7 +15,8 @@ Arms, each trained from the same pruned base with the same seeds (paired by seed
 the student on the teacher's answers and its KL to the teacher's top-20 (+ tail) on them, both also for the
 untrained base ("before"); the ROUGE-L F of the student's greedy answers against the teacher's; training tokens/s;
 and the bytes stored per answer token (the side file at K = 20, and re-encoded at K = 5). Deltas (kd - sft) are
-paired by seed: mean and standard deviation over the seeds.
+paired by seed: mean and standard deviation over the seeds. Training speed is also measured side by side (`speed`:
+the same batch through the SFT and the KD loss in turn), since the trainings run minutes apart on shared cores.
 
 Resumable: the teacher's answers replay from OUT/run (call cache + answer store); a finished training is found by
 its fingerprint in OUT/students/<arm>-s<seed> and not trained again; each evaluation is saved in OUT/eval/. Ends with
@@ -157,6 +158,63 @@ def evaluate(cfg: Any, name: str, model: str, data: dict[str, Any], out: Path) -
     return res
 
 
+def speed(cfg: Any, data: dict[str, Any], out: Path, reps: int = 6) -> dict[str, Any]:
+    """Training throughput of each objective measured side by side: the same LoRA student and the same batch (the
+    first `per_device_batch_size` training answers, padded), forward + backward of the SFT loss and of the top-k KD
+    loss (K = 20 and 5) in turn, `reps` times; medians. (The trainings' own tokens/s above ran minutes apart on
+    shared cores.)"""
+    import dataclasses
+    import statistics as st
+
+    import torch
+
+    from lion.student.data import PaddedCollator, tokenize_examples
+    from lion.student.kd import TokenAligner, topk_kd_loss
+    from lion.student.threads import cpu_threads
+    from lion.student.train import _load_tokenizer, _prepare_model
+
+    path = out / "eval" / "speed.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    sc = dataclasses.replace(cfg.student, objective="topk_kd")
+    tok = _load_tokenizer(data["base"], data["base"])
+    torch.manual_seed(0)
+    model, _ = _prepare_model(sc, data["base"])
+    model.train()
+    rows = [r for r in data["train"] if r["teacher_logprobs"]][: sc.per_device_batch_size]
+    batches = {}
+    for name, k in (("kd20", 0), ("kd5", 5)):
+        tokenized, _ = tokenize_examples(tok, rows, max_length=sc.max_length, fmt=sc.prompt_format,
+                                         aligner=TokenAligner(tok, k))
+        batches[name] = PaddedCollator(tok.pad_token_id)(tokenized)
+    batch = batches["kd20"]
+    n_tokens = int(batch["attention_mask"].sum())
+    times: dict[str, list[float]] = {"sft": [], "kd5": [], "kd20": []}
+    with cpu_threads(model, sc.cpu_threads):
+        for _ in range(reps):
+            for name in times:
+                b = batches.get(name, batch)
+                t0 = time.perf_counter()
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                if name == "sft":
+                    total, n = topk_kd_loss(logits, b["labels"], torch.full_like(b["kd_ids"][..., :1], -1),
+                                            torch.zeros_like(b["kd_logp"][..., :1]), 0.0)
+                else:
+                    total, n = topk_kd_loss(logits, b["labels"], b["kd_ids"], b["kd_logp"], sc.kd_weight)
+                (total / n).backward()
+                model.zero_grad(set_to_none=True)
+                times[name].append(time.perf_counter() - t0)
+    res = {"tokens_per_batch": n_tokens, "reps": reps,
+           "tokens_per_s": {k: round(n_tokens / st.median(v), 1) for k, v in times.items()}}
+    res["kd20_over_sft"] = round(res["tokens_per_s"]["kd20"] / res["tokens_per_s"]["sft"], 3)
+    res["kd5_over_sft"] = round(res["tokens_per_s"]["kd5"] / res["tokens_per_s"]["sft"], 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1))
+    log(f"speed (side by side, {n_tokens} tokens a batch): {res['tokens_per_s']} tokens/s; kd20/sft "
+        f"{res['kd20_over_sft']}, kd5/sft {res['kd5_over_sft']}")
+    return res
+
+
 def paired(evals: dict[str, dict[str, Any]], arm: str, seeds: list[int], key: str) -> dict[str, Any]:
     deltas = [evals[f"{arm}-s{s}"][key] - evals[f"sft-s{s}"][key] for s in seeds
               if evals[f"{arm}-s{s}"][key] is not None and evals[f"sft-s{s}"][key] is not None]
@@ -192,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{arm}-s{seed}"
             trained[name] = train_arm(cfg, arm, seed, data, args.out, args.epochs, args.progress)
             evals[name] = evaluate(cfg, name, trained[name]["path"], data, args.out)
-    summary: dict[str, Any] = {"arms": {}}
+    fast = speed(cfg, data, args.out)
+    summary: dict[str, Any] = {"arms": {}, "speed": fast}
     for arm in arms:
         names = [f"{arm}-s{s}" for s in seeds]
         summary["arms"][arm] = {
@@ -223,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"KL {v['kl']['mean']:+.4f}±{v['kl']['sd'] or 0:.4f}, "
                      f"ROUGE-L {v['rouge_l']['mean']:+.4f}±{v['rouge_l']['sd'] or 0:.4f}")
         print(line)
+    print(f"training speed side by side (forward + backward, same batch): {fast['tokens_per_s']} tokens/s; "
+          f"kd20/sft {fast['kd20_over_sft']}, kd5/sft {fast['kd5_over_sft']}")
     print(f"stored: {st['bytes_per_token_k20']} bytes per answer token at K=20, {st['bytes_per_token_k5']} at K=5 "
           f"({st['side_file_bytes']} bytes for {st['answers']} answers)")
     print(json.dumps(figures, default=str))
