@@ -264,11 +264,22 @@ def test_a_snapshot_change_mid_run_is_one_line_then_warn_or_stop(sim_server, sim
     summary = per_role(read_snapshots(run / "calls.sqlite"))["teacher"]["gpt-x"]
     assert summary["snapshots"] == {"gpt-x-2026-01-01": 3, "gpt-x-2026-06-01": 2}
     assert summary["fingerprints"] == {"fp_a": 3, "fp_b": 2}
-    # on_model_change: stop — a later run that meets a third snapshot stops; what was answered is cached
+    # on_model_change: stop, in another run: the first reply of a new snapshot stops the run (it is cached)
+    run2 = tmp_path / "run2"
     llm.teacher.on_model_change = "stop"
-    server.served_models["gpt-x"] = "gpt-x-2026-09-01"
-    with Gateway(llm, run, progress=False) as gw, \
-            pytest.raises(ProviderError, match=r"gpt-x-2026-09-01 \(1 calls\) — the run stops here"):
-        gw.chat_many("teacher", "imitation", [[{"role": "user", "content": f"s{i}"}] for i in range(3)])
-    db = sqlite3.connect(run / "calls.sqlite")
+    with Gateway(llm, run2, progress=False) as gw:
+        gw.chat_many("teacher", "imitation", [[{"role": "user", "content": f"q{i}"}] for i in range(3)])
+        server.served_models["gpt-x"] = "gpt-x-2026-09-01"
+        with pytest.raises(ProviderError, match=r"gpt-x-2026-06-01 \(3 calls\), gpt-x-2026-09-01 \(1 calls\) — the run "
+                                                r"stops here"):
+            gw.chat_many("teacher", "imitation", [[{"role": "user", "content": f"s{i}"}] for i in range(3)])
+    db = sqlite3.connect(run2 / "calls.sqlite")
     assert db.execute("select count(*) from calls where served_model='gpt-x-2026-09-01'").fetchone()[0] == 1
+    # run again unchanged: it stops before paying for anything; what was answered still replays
+    before = server.stats.requests
+    with Gateway(llm, run2, progress=False) as gw:
+        with pytest.raises(ProviderError, match=r"was served by another snapshot"):
+            gw.chat_many("teacher", "imitation", [[{"role": "user", "content": "t0"}]])
+        assert all(r.cached for r in gw.chat_many("teacher", "imitation",
+                                                  [[{"role": "user", "content": f"q{i}"}] for i in range(3)]))
+    assert server.stats.requests == before

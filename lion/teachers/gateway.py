@@ -391,6 +391,8 @@ class Gateway:
                 pending[it.key] = [i]
         self.store.record_cached(role, rc.model, phase, n_cached + sum(len(v) - 1 for v in pending.values()),
                                  mode=rc.mode)
+        if pending and rc.on_model_change == "stop":
+            self._refuse_mixed_snapshots(role, rc)
 
         state = _BatchState()
         bar = tqdm(total=len(items), initial=len(items) - sum(len(v) for v in pending.values()),
@@ -578,6 +580,15 @@ class Gateway:
         return CallResult(True, resp.text, None, resp.finish_reason, resp.prompt_tokens, resp.completion_tokens,
                           cached=False, attempts=attempts, logprobs=blob, served_model=resp.served_model,
                           fingerprint=resp.fingerprint)
+
+    def _refuse_mixed_snapshots(self, role: str, rc: RoleConfig) -> None:
+        """on_model_change: stop, and this run directory already holds answers of two snapshots of the role's
+        model (a run stopped on it, then started again unchanged): stop before paying for another call."""
+        rows = self.store.snapshots(role, rc.model)
+        if len({r["served"] for r in rows if r["served"]}) > 1:
+            from ..snapshots import change_line
+
+            raise ProviderError(change_line(role, rc.model, rows, "stop"))
 
     def _watch_snapshot(self, role: str, model: str, served: str | None, state: _BatchState) -> None:
         """A served snapshot the role's configured model has not answered with before in this run directory, after
