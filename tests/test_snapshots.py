@@ -79,3 +79,17 @@ def test_plan_and_config_warn_about_a_retired_model(tmp_path: Path, capsys) -> N
     # the offline world answers with its own model: nothing to warn about
     sim = config_from_dict({**data, "sim": {"enabled": True}})
     assert not any("shut down" in w for w in make_plan(sim).warnings)
+
+
+def test_the_plan_counts_the_disk_the_teacher_logprobs_take(tmp_path: Path) -> None:
+    from lion.config import config_from_dict
+    from lion.plan import logprobs_bytes_per_token, make_plan
+
+    data = {**CFG, "llm": {"default": {"model": "gpt-4.1-mini"}, "teacher": {"top_logprobs": 20}},
+            "pools": {"train_seed": str(Path(__file__).resolve().parents[1] / "data" / "smoke_seed.jsonl"),
+                      "limit": 4}, "rounds": 1, "run_dir": str(tmp_path / "run")}
+    plan = make_plan(config_from_dict(data), gpu_gb=None)
+    tokens = sum(s.tokens_out for s in plan.steps if s.role == "teacher")
+    line = next(a for a in plan.assumptions if a.startswith("llm.teacher.top_logprobs 20"))
+    assert f"~{2 * logprobs_bytes_per_token(20) * tokens / 1e9:,.2f} GB" in line
+    assert logprobs_bytes_per_token(5) == 29.5 and logprobs_bytes_per_token(20) == 98.8
