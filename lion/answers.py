@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS answers(id TEXT NOT NULL, tid INTEGER NOT NULL, offse
                                    PRIMARY KEY(id, tid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
 """
+_LP_MAGIC = b"LPR1"  # one record of the logprobs side file: magic, length, crc32, the encoded TokenLogprobs
 _HEAD = 4096  # bytes of the log whose hash tells the index which log it indexes
 COMMIT_EVERY = 2048  # index rows per commit (the log is the record; an uncommitted index tail is re-read on open)
 
@@ -58,13 +59,21 @@ class AnswerStore:
     open it indexes whatever the log holds beyond what it has seen (rows appended before a crash), and it is
     rebuilt from scratch when it is missing, belongs to another log, or the log shrank. `index_path=None` keeps
     the index in memory (rebuilt on every open).
+    A row records the snapshot that answered (`model`, `fingerprint`) when the provider named it, and, when the
+    teacher was asked for logprobs (llm.teacher.top_logprobs), where its record is in the side file
+    (RUN/teacher_answers.logprobs.bin, appended before the row: a crash leaves at most an unreferenced record).
     """
 
     def __init__(self, path: Path, index_path: Path | None = None, *, allow_network_fs: bool = False):
         import sqlite3
 
+        from .layout import answer_logprobs
+
         self.path = Path(path)
         self.index_path = index_path
+        self.logprobs_path = answer_logprobs(self.path)  # opened on the first answer that has logprobs
+        self._lp_writer: Any = None
+        self._lp_reader: Any = None
         if index_path is not None:
             from .fscheck import check_sqlite_home
 
@@ -166,14 +175,23 @@ class AnswerStore:
         with self._lock:
             return self._find(id, teacher) is not None
 
-    def put(self, id: str, teacher: str, answer: str, finish_reason: str | None, *, source: str | None = None) -> None:
+    def put(self, id: str, teacher: str, answer: str, finish_reason: str | None, *, source: str | None = None,
+            model: str | None = None, fingerprint: str | None = None, logprobs: bytes | None = None) -> None:
         """Record an answer; `source="seed"` marks one taken from the seed file (pools.seed_answers: teacher),
-        never bought."""
-        row = {"id": id, "teacher": teacher, "answer": answer, "finish_reason": finish_reason}
+        never bought. `model` / `fingerprint`: the snapshot the provider said answered; `logprobs`: the answer's
+        top-k logprobs (lion.teachers.logprobs, encoded), written to the side file first and pointed at by the row
+        ({"at", "bytes", "k", "tokens"}), so the JSONL stays readable."""
+        row: dict[str, Any] = {"id": id, "teacher": teacher, "answer": answer, "finish_reason": finish_reason}
         if source is not None:
             row["source"] = source
-        data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        if model is not None:
+            row["model"] = model
+        if fingerprint is not None:
+            row["fingerprint"] = fingerprint
         with self._lock:
+            if logprobs is not None:
+                row["logprobs"] = self._write_logprobs(logprobs)
+            data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
             offset = self._writer.tell()
             self._writer.write(data)
             self._writer.flush()  # the log is the record: it is written before the index
@@ -182,6 +200,53 @@ class AnswerStore:
             self._uncommitted += 1
             if self._uncommitted >= COMMIT_EVERY:
                 self.commit()
+
+    # ------------------------------------------------------------------ logprobs (the side file)
+    def _write_logprobs(self, blob: bytes) -> dict[str, int]:
+        """Append one record (magic, length, crc32, blob) and flush it before its row is written."""
+        import struct
+        import zlib
+
+        from .teachers.logprobs import TokenLogprobs
+
+        lp = TokenLogprobs.decode(blob)
+        if self._lp_writer is None:
+            self._lp_writer = self.logprobs_path.open("ab")
+        at = self._lp_writer.tell()
+        self._lp_writer.write(_LP_MAGIC + struct.pack("<II", len(blob), zlib.crc32(blob)) + blob)
+        self._lp_writer.flush()
+        return {"at": at, "bytes": len(blob), "k": lp.k, "tokens": len(lp)}
+
+    def logprobs(self, row: dict[str, Any]) -> bytes | None:
+        """The encoded logprobs of an answer row (None when it has none); a record that does not read back (the
+        side file edited or cut) is a DataError naming the file and the answer."""
+        import struct
+        import zlib
+
+        ref = row.get("logprobs")
+        if not isinstance(ref, dict):
+            return None
+        with self._lock:
+            if self._lp_writer is not None:
+                self._lp_writer.flush()
+            if self._lp_reader is None:
+                if not self.logprobs_path.exists():
+                    raise DataError(f"{self.logprobs_path}: missing; the answer {row.get('id')} in {self.path} points "
+                                    "at its logprobs there")
+                self._lp_reader = self.logprobs_path.open("rb")
+            self._lp_reader.seek(int(ref.get("at", -1)))
+            head = self._lp_reader.read(len(_LP_MAGIC) + 8)
+            ok = len(head) == len(_LP_MAGIC) + 8 and head.startswith(_LP_MAGIC)
+            blob = b""
+            if ok:
+                n, crc = struct.unpack("<II", head[len(_LP_MAGIC):])
+                blob = self._lp_reader.read(n)
+                ok = n == ref.get("bytes") and len(blob) == n and zlib.crc32(blob) == crc
+        if not ok:
+            raise DataError(f"{self.logprobs_path} (byte {ref.get('at')}): the logprobs of answer {row.get('id')} do "
+                            f"not read back (the file was cut or edited); delete the logprobs reference from its row in "
+                            f"{self.path} to train it without them")
+        return blob
 
     def commit(self) -> None:
         with self._lock:
@@ -200,6 +265,9 @@ class AnswerStore:
             self.commit()
             self._writer.close()
             self._reader.close()
+            for f in (self._lp_writer, self._lp_reader):
+                if f is not None:
+                    f.close()
             self._db.close()
 
     def seed(self, answers: dict[str, str] | Iterable[tuple[str, str]], teacher: str) -> int:
@@ -263,7 +331,8 @@ def buy_teacher_answers(ctx: RunContext, items: Iterable[Prompted], phase: str, 
             it = waiting.pop(i)
             counts["asked"] += 1
             if _stored(res) and not store.has(it.id, who):
-                store.put(it.id, who, res.text.strip(), res.finish_reason)
+                store.put(it.id, who, res.text.strip(), res.finish_reason, model=res.served_model,
+                          fingerprint=res.fingerprint, logprobs=res.logprobs)
                 counts["stored"] += 1
             elif not _stored(res):
                 counts["failed"] += 1

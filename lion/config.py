@@ -1,6 +1,7 @@
 """Typed run configuration: YAML file + command-line overrides, validated on load.
 
     python -m lion.config --config configs/smoke.yaml [--set student.lr=1e-4 ...]   # print resolved config
+    (warns on stderr when a configured model is past or near its provider's announced retirement: lion.snapshots)
 
 Every section is a dataclass. `load_config` builds them from YAML with strict checking: an unknown key,
 a wrong type or an impossible value raises `ConfigError` naming the dotted key
@@ -21,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -140,6 +142,15 @@ class RoleConfig:
                                  "go in the next one", gt=0)
     batch_fallback_online: bool = opt(False, "batch mode: items still failed after batch_attempts batches are tried "
                                              "online (full price) instead of counting as failed")
+    top_logprobs: int = opt(0, "teacher only: ask for the log-probabilities of this many most likely tokens at each "
+                               "answer token (OpenAI-compatible chat and completions, the Batch API too; OpenAI allows "
+                               "up to 20, vLLM up to its --max-logprobs), kept with each answer for "
+                               "student.objective: topk_kd; 0 = off. Anthropic and the o-series / gpt-5 families "
+                               "return none (refused at config check) (part of the call-cache key)", range=(0, 20))
+    on_model_change: Literal["warn", "stop"] = opt(
+        "warn", "when the model the provider reports serving (a dated snapshot behind an alias, `model` in each "
+                "response) changes during the run: warn = one line with the calls per snapshot, stop = stop the run "
+                "(calls made so far are cached); every answer, verdict and generated instruction records its snapshot")
 
     def __post_init__(self) -> None:
         if self.api_key_env is None:  # the provider's own variable
@@ -151,6 +162,12 @@ class RoleConfig:
         if not self.model:
             raise ConfigError(f"{key}.model: must not be empty")
         _check_fields(self, key)
+        if self.top_logprobs:
+            from .teachers.base import logprobs_refusal  # what a provider or model is known to refuse
+
+            why = logprobs_refusal(self.provider, self.model)
+            if why is not None:
+                raise ConfigError(f"{key}.top_logprobs: {why}; set it to 0 (now {self.top_logprobs})")
 
 
 ROLES = ("teacher", "referee", "generator", "judge")
@@ -199,6 +216,9 @@ class LLMConfig:
     def check(self, key: str) -> None:
         for role in ("default", *ROLES, "student"):
             getattr(self, role).check(f"{key}.{role}")
+            if role != "teacher" and getattr(self, role).top_logprobs:
+                raise ConfigError(f"{key}.{role}.top_logprobs: only the teacher's logprobs are used (set "
+                                  f"{key}.teacher.top_logprobs, not {key}.default.top_logprobs or {key}.{role})")
         for model, price in self.prices.items():
             price.check(f"{key}.prices.{model}")
         _check_fields(self, key)
@@ -403,6 +423,17 @@ class StudentConfig:
     save_total_limit: int = opt(1, "checkpoints kept (the newest; an older one is deleted only once a newer one is "
                                    "complete)", gt=0)
     init: InitConfig = field(default_factory=InitConfig)
+    objective: Literal["sft", "topk_kd"] = opt(
+        "sft", "sft: cross-entropy on the teacher's answer tokens; topk_kd: also a sparse forward KL to the teacher's "
+               "top-k at each answer token plus a tail bucket for the rest of its mass (needs llm.teacher.top_logprobs "
+               "and a student with the teacher's tokenizer; lion.student.kd, docs/student.md)")
+    kd_weight: float = opt(0.5, "topk_kd: per answer token, kd_weight * KL + (1 - kd_weight) * cross-entropy on the "
+                                "token the teacher wrote", range=(0.0, 1.0))
+    kd_top_k: int = opt(0, "topk_kd: use only the teacher's top this many alternatives per token; 0 = all it "
+                           "returned (llm.teacher.top_logprobs)", ge=0)
+    kd_min_match: float = opt(0.5, "topk_kd: the share of answers whose teacher tokens the student's tokenizer must "
+                                   "reproduce (the others train with cross-entropy only, counted); below it the "
+                                   "training stops: the two tokenizers differ", range=(0.0, 1.0))
 
     def report_targets(self) -> list[str]:
         """`report_to` as a list of tracker names ([] for "none")."""
@@ -715,6 +746,16 @@ class LionConfig:
                                   f"discrimination.selector is {dc.selector!r}"
                                   f"{f' on {base!r}' if dc.selector == 'learnable' else ''}; use spin (no referee), "
                                   "or the referee selector")
+        if self.student.objective == "topk_kd":
+            t = self.llm.teacher
+            if not t.top_logprobs:
+                raise ConfigError("student.objective: topk_kd needs the teacher's logprobs; set llm.teacher.top_logprobs "
+                                  "(e.g. 20), or student.objective: sft")
+            if not self.sim.enabled and t.provider == "openai" and "api.openai.com" in (t.base_url or "api.openai.com"):
+                raise ConfigError(f"student.objective: topk_kd needs a student with the teacher's tokenizer, and "
+                                  f"OpenAI's models ({t.model}) tokenise with their own vocabulary (tiktoken), which "
+                                  "no open student shares; lion does not align two vocabularies (docs/student.md): "
+                                  "set student.objective: sft, or distil from an open teacher served by vLLM / SGLang")
 
     @property
     def run_path(self) -> Path:
@@ -1093,6 +1134,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--config: required (or --reference)")
     cfg = load_config(args.config, args.overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    from .snapshots import configured_models, retirement_warnings
+
+    for w in retirement_warnings(configured_models(cfg)):  # a model past or near its announced shutdown
+        print(f"warning: {w}", file=sys.stderr)
     return 0
 
 

@@ -259,7 +259,17 @@ def dataset_card(run: RunReader, ex: Export) -> str:
     roles = [[role, getattr(cfg.llm, role).model, getattr(cfg.llm, role).temperature]
              for role in ("teacher", "referee", "generator")]
     out += ["## Models", "", _md_table(["role", "model", "temperature"], roles), "",
-            f"Student: `{cfg.student.model}` ({cfg.student.mode}).", ""]
+            f"Student: `{cfg.student.model}` ({cfg.student.mode}, objective {cfg.student.objective}).", ""]
+    from .snapshots import per_role, read_snapshots
+
+    snaps = per_role(read_snapshots(run.layout.calls_file(cfg.llm.cache_path)))
+    out += ["### Served snapshots", "",
+            "The model each provider said answered (`model` in its responses), per role, with the paid calls it "
+            "served; every answer, verdict and generated instruction records its own (lion.snapshots).", ""]
+    rows = [[role, model, served, n, len(entry["fingerprints"])] for role, models in snaps.items()
+            for model, entry in models.items() for served, n in entry["snapshots"].items()]
+    out += ([_md_table(["role", "configured model", "served snapshot", "paid calls", "system fingerprints"], rows), ""]
+            if rows else ["No paid call recorded a served snapshot (a run from before lion recorded them).", ""])
     usage = read_json_or_empty(run.layout.usage)
     total = usage.get("total", {})
     out += ["## Spend (the whole run so far)", ""]

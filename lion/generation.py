@@ -312,7 +312,12 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             filt.accept(text)
             if (c := category(ctx, seed)) is not None:
                 grown[k][c] += 1
-            new = Instruction(instruction=text, round=r, kind=k, parent=seed.id, meta={"parent_kind": seed.kind})
+            meta = {"parent_kind": seed.kind}
+            if res.served_model:  # the snapshot that wrote it (lion.snapshots)
+                meta["model"] = res.served_model
+            if res.fingerprint:
+                meta["fingerprint"] = res.fingerprint
+            new = Instruction(instruction=text, round=r, kind=k, parent=seed.id, meta=meta)
             accepted[k].append(new)
 
     for rows in [*seeds.values(), *cluster_rows]:

@@ -8,11 +8,13 @@ failed answer is never a training target: it is counted and left out. An answer 
 (finish_reason "length") is counted too, and left out unless `imitation.truncated: keep`.
 Round R's student starts from round R-1's student (`student.continue_from_previous`; after round R-1's preference
 stage, when `imitation.preference` is set, its result) or from the base model.
+With `student.objective: topk_kd` each example carries its answer's top-k logprobs from the answer store.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
 from typing import Any
 
@@ -51,6 +53,7 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
     buy_teacher_answers(ctx, iter_pool(rp.train_pool), "imitation", total=n_pool, desc=f"round {r} teacher answers")
     who = teacher_identity(ctx.cfg)
     drop = ctx.cfg.imitation.truncated == "drop"
+    kd = ctx.cfg.student.objective == "topk_kd"
     examples, n_failed, n_truncated = [], 0, 0
     for i in iter_pool(rp.train_pool):  # streamed; the answers come from the store one by one
         row = ctx.answers.get(i.id, who)
@@ -60,7 +63,10 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
         cut = row.get("finish_reason") == "length"  # cut at llm.teacher.max_tokens
         n_truncated += cut
         if not (drop and cut):
-            examples.append({"instruction": i.instruction, "input": i.input, "output": row["answer"]})
+            ex = {"instruction": i.instruction, "input": i.input, "output": row["answer"]}
+            if kd and (blob := ctx.answers.logprobs(row)) is not None:  # the teacher's top-k (objective topk_kd)
+                ex["teacher_logprobs"] = base64.b64encode(blob).decode("ascii")
+            examples.append(ex)
     if not examples:
         why = (f"{n_truncated} answers were cut at llm.teacher.max_tokens and imitation.truncated is drop; "
                "raise llm.teacher.max_tokens" if n_truncated else "see the gateway errors above")

@@ -26,6 +26,12 @@ def training_checkpoints(student_dir: Path) -> Path:
     return student_dir.with_name(student_dir.name + ".ckpt")
 
 
+def answer_logprobs(answers: Path) -> Path:
+    """Where an answer store keeps its logprobs: teacher_answers.jsonl -> teacher_answers.logprobs.bin beside it."""
+    answers = Path(answers)
+    return answers.with_name(answers.stem + ".logprobs.bin")
+
+
 CHECKPOINT_DONE = "lion_checkpoint.json"  # inside each checkpoint-N/ of a STUDENT.ckpt/: written last
 TRAINING_FINGERPRINT = "lion_training.json"  # in STUDENT.ckpt/: which training the checkpoints belong to
 
@@ -253,6 +259,11 @@ class RunLayout:
     @property
     def teacher_answers(self) -> Path:
         return self.root / "teacher_answers.jsonl"
+
+    @property
+    def teacher_logprobs(self) -> Path:
+        """The teacher answers' top-k logprobs (llm.teacher.top_logprobs): binary records the answer rows point at."""
+        return answer_logprobs(self.teacher_answers)
 
     @property
     def gateway_log(self) -> Path:

@@ -378,6 +378,14 @@ class _Planner:
                                 "call; no prompt-cache discount")
         if calibrate is not None:
             self._calibrate(Path(calibrate))
+        k = cfg.llm.teacher.top_logprobs
+        if k:
+            tokens = sum(st.tokens_out for st in plan.steps if st.role == "teacher")
+            per = logprobs_bytes_per_token(k)
+            plan.assumptions.append(
+                f"llm.teacher.top_logprobs {k}: ~{per:.0f} bytes per teacher answer token, kept twice (call cache and "
+                f"answer store): ~{2 * per * tokens / 1e9:,.2f} GB for the {tokens:,.0f} answer tokens planned "
+                "(bytes per token measured by bench/topk_kd.py)")
         self._warn()
         if gpu_gb is None:
             return plan
@@ -476,11 +484,20 @@ class _Planner:
                 slow = max(steps, key=lambda s: s.hours)
                 plan.warnings.append(f"round {r} takes {hours:,.1f} h online (> a day); the slowest part is "
                                      f"{slow.role} in {slow.phase}, bound by llm.{slow.role}.{slow.binds}")
+        from .snapshots import configured_models, retirement_warnings
+
+        plan.warnings += retirement_warnings(configured_models(self.cfg))
         for s in plan.steps:
             if s.mode == "batch" and s.batches > 3:
                 plan.warnings.append(f"round {s.round} {s.phase}: {s.batches} batches one after another in batch mode "
                                      "(each may take up to 24 h); raise generation.batch_size to send fewer waves")
                 break
+
+
+def logprobs_bytes_per_token(k: int) -> float:
+    """Disk bytes per answer token of one logprobs record (lion.teachers.logprobs) at K alternatives: the line through
+    what bench/topk_kd.py measured on SmolLM2's answers (29.5 at K = 5, 98.8 at K = 20)."""
+    return 29.5 + (98.8 - 29.5) * (k - 5) / 15
 
 
 def make_plan(cfg: LionConfig, config_name: str = "", *, gpu_gb: float = 80.0, latency_s: float | None = None,

@@ -96,6 +96,8 @@ class OrderVerdict:
     attempts: int
     rejected: tuple[Attempt, ...] = ()  # earlier unusable replies
     prompt: str | None = None  # the judge prompt that asked (a template name, or FILE:category)
+    model: str | None = None  # the snapshot the provider said answered (lion.snapshots), when it said
+    fingerprint: str | None = None  # its system_fingerprint, when given
 
     @property
     def ok(self) -> bool:
@@ -119,6 +121,8 @@ class OrderVerdict:
             "attempts": self.attempts,
             "rejected": [asdict(a) for a in self.rejected],
             "prompt": self.prompt,
+            **({"model": self.model} if self.model else {}),
+            **({"fingerprint": self.fingerprint} if self.fingerprint else {}),
         }
 
 
@@ -221,13 +225,14 @@ def judge_pairs(
                 continue
             _, a, b = shown(k, o)
             v = get_format(prompts[k].verdict_format)(res.text, (a, b))
+            snap = {"model": res.served_model, "fingerprint": res.fingerprint}
             if not v.ok:
                 error = f"unparseable verdict: {v.error}"
-                last[(k, o)] = OrderVerdict(o, res.text, None, None, error, attempt + 1, rejected, name)
+                last[(k, o)] = OrderVerdict(o, res.text, None, None, error, attempt + 1, rejected, name, **snap)
                 retry.append((k, o))
                 continue
             ref, cand = (v.a, v.b) if o == "ref_first" else (v.b, v.a)
-            last[(k, o)] = OrderVerdict(o, res.text, ref, cand, None, attempt + 1, rejected, name)
+            last[(k, o)] = OrderVerdict(o, res.text, ref, cand, None, attempt + 1, rejected, name, **snap)
         pending = retry
     return [PairJudgement(p.id, tuple(last[(k, o)] for o in orders)) for k, p in enumerate(pairs)]
 

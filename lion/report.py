@@ -26,6 +26,7 @@ from .errors import DataError, LionError
 from .layout import OPTIONAL_PHASES, PHASES, RoundPaths, RunLayout
 from .records import atomic_write_text, read_jsonl
 from .roundtable import collect_round, shadow_text, table_rows
+from .snapshots import format_roles, per_role, read_snapshots
 
 # --------------------------------------------------------------------------------------------- reading
 
@@ -92,6 +93,7 @@ class RunData:
     state: dict[str, Any] | None
     config: dict[str, Any] | None
     other_evals: dict[str, dict[str, Any]]
+    snapshots: list[dict[str, Any]] = field(default_factory=list)  # lion.snapshots: served model per role
 
     @property
     def path(self) -> Path:
@@ -140,6 +142,8 @@ def load_run(run_dir: str | Path) -> RunData:
         state=_json(layout.state),
         config=config if isinstance(config, dict) else None,
         other_evals=others,
+        snapshots=read_snapshots(layout.calls_file(_get(config if isinstance(config, dict) else None, "llm",
+                                                         "cache_path"))),
     )
 
 
@@ -497,6 +501,9 @@ def text_summary(run: RunData) -> str:
     for name, e in run.other_evals.items():
         rel = _get(e, "overall", "relative") or {}
         lines.append(f"evaluation of {name}: relative score {_f(rel.get('mean'))}%")
+    if run.snapshots:
+        lines.append("served snapshots (the model each provider said answered, paid calls):")
+        lines += format_roles(per_role(run.snapshots))
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@
 
 Reads only (safe while the run is going): the phase markers, the round files written so far (a resumable file's
 rows are counted against the pool it answers), the live usage ledger in RUN/calls.sqlite (opened read-only; every
-paid call is committed there as it completes), the budget from the run's config, and the last line of
+paid call is committed there as it completes) with the snapshots the providers said served each role, the budget from the run's config, and the last line of
 RUN/lion.log with its age, which tells a run that is working from one that stopped.
 """
 
@@ -122,6 +122,9 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         "budget_usd": llm.get("budget_usd"),
         "budget_tokens": llm.get("budget_tokens"),
     }
+    from .snapshots import per_role, read_snapshots
+
+    out["snapshots"] = per_role(read_snapshots(layout.calls_file(llm.get("cache_path"))))
     out["finished"] = finished(out)
     last = last_log_line(layout)
     out["last_log"] = {"line": last[0], "age_s": round(last[1], 1)} if last else None
@@ -176,6 +179,11 @@ def format_status(s: dict[str, Any]) -> str:
                      f"cache, {sp['failed']} failed; {sp['tokens_in']} tokens in, {sp['tokens_out']} out")
     else:
         lines.append("  spend: no LLM call yet")
+    if s.get("snapshots"):
+        from .snapshots import format_roles
+
+        lines.append("  served snapshots (paid calls):")
+        lines += format_roles(s["snapshots"], indent="    ")
     if s["last_log"]:
         lines.append(f"  last log line ({_ago(s['last_log']['age_s'])}): {s['last_log']['line']}")
     return "\n".join(lines)

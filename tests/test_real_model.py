@@ -261,3 +261,39 @@ def test_the_real_model_server_answers_through_the_gateway(smollm2_dir: Path, si
     assert faulty.stats.faults > 0
     assert [res.text for res in again] == [res.text for res in results]
     assert not too_long.ok and "maximum context length" in (too_long.error or "")  # refused, never cut silently
+
+
+@pytest.mark.slow
+def test_the_real_model_serves_its_top_k_logprobs_that_its_student_aligns(smollm2_dir: Path) -> None:
+    """SmolLM2-135M-Instruct behind the hf responder: greedy tokens are the top-1 of the reported distribution, the
+    reply's end token is reported last (as vLLM does), and a student with its tokenizer reproduces the teacher's
+    tokens for every answer. (The 2-layer pruning writes token sequences its tokenizer would not produce from the
+    text, e.g. ' strugg' + 'ChannelType': those answers are counted as mismatched and train with SFT only.)"""
+    import math
+
+    from transformers import AutoTokenizer
+
+    from lion.sim.hf_responder import HFResponder
+    from lion.student.data import format_prompt, tokenize_example
+    from lion.student.kd import TokenAligner
+    from lion.teachers.logprobs import TokenLogprobs
+
+    r = HFResponder(str(smollm2_dir), batch_size=4)
+    convs = [[{"role": "user", "content": q}] for q in ("Name a colour.", "What is two plus two?", "Say hi.")]
+    outs = r.generate(convs, 12, 0.0, logprobs=True)
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    aligner = TokenAligner(tok)
+    for conv, out in zip(convs, outs, strict=True):
+        lp = TokenLogprobs.from_openai(out.logprobs)
+        assert len(lp) == out.completion_tokens and lp.k == 20
+        assert all(alts[0][0] == t for t, alts in zip(lp.tokens, lp.top, strict=True))  # greedy = top-1
+        assert all(sum(math.exp(v) for _, v in alts) <= 1.0 + 1e-4 for alts in lp.top)
+        if out.finish == "stop":
+            assert lp.tokens[-1] == b"<|im_end|>"
+        prompt = format_prompt(conv[0]["content"], fmt="chat_template", tokenizer=tok)
+        row, _ = tokenize_example(tok, prompt, out.text.strip(), 256)
+        start = sum(1 for x in row.labels if x == -100)
+        assert aligner.align(row.input_ids[start:], start, lp.encode()) is not None
+    st = aligner.stats
+    assert st.mismatched == 0 and st.with_targets == len(convs)
+    assert st.unmapped / st.alternatives < 0.01  # vLLM-style names lose only the tokens that are part of a character

@@ -17,6 +17,10 @@ fault injection, strict mode, batch APIs, the request log); this responder only 
   ``batch_size`` requests with the same sampling parameters, gathered for at most ``wait_ms`` after the first.
   Greedy answers (temperature 0, or unset on a model whose generation config does not sample) equal the answers
   the same requests get one at a time; sampled ones are seeded by ``seed`` and the batch's contents.
+- `logprobs: true` (with `top_logprobs: K`): the reply carries the model's real log-probabilities at every
+  generated token, the end token included, with up to 20 alternatives (the raw distribution, before temperature
+  and top-p, in vLLM's chat shape: `token` = the decoded token, `bytes` its UTF-8), so the whole top-k
+  distillation path (student.objective: topk_kd) runs offline.
 - the model loads on the first request (a GGUF spec is converted once, lion.student.gguf), so building the
   responder (e.g. for `lion.plan`) costs nothing.
 - a prompt that does not fit the model's context with its ``max_tokens`` is refused (a 400, counted as a
@@ -41,6 +45,8 @@ from typing import Any
 from ..errors import LionError
 from .server import Completion
 
+TOP_LOGPROBS = 20  # alternatives computed per token (OpenAI's and vLLM's default maximum); requests get <= this
+
 
 @dataclass
 class _Item:
@@ -48,6 +54,7 @@ class _Item:
     max_tokens: int
     temperature: float | None
     top_p: float | None
+    logprobs: bool = False  # the request asked for logprobs (the server cuts them to its top_logprobs)
     future: Future = field(default_factory=Future)
 
     @property
@@ -150,7 +157,7 @@ class HFResponder:
         temperature = body.get("temperature")
         item = _Item(messages, min(max_tokens, self.max_tokens_cap),
                      None if temperature is None else float(temperature),
-                     None if body.get("top_p") is None else float(body["top_p"]))
+                     None if body.get("top_p") is None else float(body["top_p"]), bool(body.get("logprobs")))
         self._start()
         self._queue.put(item)
         return item.future.result()
@@ -207,7 +214,8 @@ class HFResponder:
     def _answer(self, group: list[_Item]) -> None:
         try:
             self.load()
-            results = self.generate([it.messages for it in group], *group[0].params)
+            results = self.generate([it.messages for it in group], *group[0].params,
+                                    logprobs=any(it.logprobs for it in group))
         except LionError as e:
             for it in group:
                 it.future.set_exception(e)
@@ -222,6 +230,35 @@ class HFResponder:
             else:
                 it.future.set_result(res)
 
+    # ------------------------------------------------------------------ logprobs
+    @staticmethod
+    def _top_logprobs(step_logits: Any) -> tuple[Any, Any, Any]:
+        """(log_softmax of every step's raw logits, their top-TOP_LOGPROBS values and ids): the model's own
+        distribution before temperature / top-p, as vLLM reports by default (raw logprobs)."""
+        import torch
+
+        logp = torch.log_softmax(torch.stack(step_logits, dim=1).float(), dim=-1)  # [batch, steps, vocab]
+        vals, ids = logp.topk(TOP_LOGPROBS, dim=-1)
+        return logp, vals, ids
+
+    def _logprobs(self, generated: list[int], top: tuple[Any, Any, Any], row: int) -> list[dict[str, Any]]:
+        """vLLM's chat `logprobs.content` for one reply: every generated token, the end token included, named by
+        `tokenizer.decode([id])` with `bytes` its UTF-8 (so a token that is part of a character reads U+FFFD, as
+        vLLM sends it), its logprob and the top alternatives, highest first."""
+        logp, vals, ids = top
+        tok = self._tok
+
+        def entry(tid: int, lp: float) -> dict[str, Any]:
+            text = tok.decode([tid])
+            return {"token": text, "logprob": max(lp, -9999.0), "bytes": list(text.encode("utf-8", errors="replace"))}
+
+        out = []
+        for step, tid in enumerate(generated):
+            alts = [entry(int(a), float(v)) for a, v in zip(ids[row, step].tolist(), vals[row, step].tolist(),
+                                                             strict=True)]
+            out.append({**entry(tid, float(logp[row, step, tid])), "top_logprobs": alts})
+        return out
+
     # ------------------------------------------------------------------ generation
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
         """The prompt's token ids: the chat template with the generation prompt."""
@@ -229,9 +266,10 @@ class HFResponder:
         return list(self._tok(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, conversations: list[list[dict[str, str]]], max_tokens: int, temperature: float | None = None,
-                 top_p: float | None = None) -> list[Completion | LionError]:
+                 top_p: float | None = None, *, logprobs: bool = False) -> list[Completion | LionError]:
         """One batched generate call for `conversations` (same sampling parameters); one Completion each, or a
-        LionError for a prompt that does not fit the context."""
+        LionError for a prompt that does not fit the context. `logprobs`: each Completion carries the model's own
+        top-`TOP_LOGPROBS` log-probabilities at every generated token, in vLLM's shape (see `_logprobs`)."""
         import torch
 
         self.load()
@@ -267,8 +305,13 @@ class HFResponder:
         from ..student.threads import cpu_threads
 
         t0 = time.perf_counter()
+        if logprobs:
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         with torch.inference_mode(), cpu_threads(model, self.cpu_threads):
             gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
+            top = self._top_logprobs(gen.logits) if logprobs else None
+            if logprobs:
+                gen = gen.sequences
         seconds = time.perf_counter() - t0
         new = gen[:, width:].tolist()
         n_out = 0
@@ -278,8 +321,9 @@ class HFResponder:
             finish = "stop" if cut is not None else "length"
             toks = toks[:cut] if cut is not None else toks
             n_out += len(toks) + (cut is not None)
-            out[i] = Completion(tok.decode(toks, skip_special_tokens=True), finish, len(ids[i]),
-                                len(toks) + (cut is not None))
+            n_gen = len(toks) + (cut is not None)
+            out[i] = Completion(tok.decode(toks, skip_special_tokens=True), finish, len(ids[i]), n_gen,
+                                logprobs=self._logprobs(new[b][:n_gen], top, b) if top is not None else None)
         with self._lock:
             s = self.stats
             s.requests += len(fits)

@@ -11,6 +11,11 @@ dynamic LoRA endpoints POST /v1/load_lora_adapter / /v1/unload_lora_adapter: loa
 served as models, and a responder with `load_adapter(name, path)` / `unload_adapter(name)` takes part (e.g.
 lion.sim.model:StudentModelResponder, which answers with a real checkpoint). On 127.0.0.1 only. Wire formats and the emulated prompt cache: lion.sim.wire.
 - strict (off by default): refuse request parameters exactly as the 2026 APIs do (lion.sim.strict).
+- logprobs: a responder whose `Completion` carries them (the `hf` responder: the model's real top-k) is answered
+  with `logprobs.content` cut to the request's `top_logprobs` (chat) or `logprobs` (completions, legacy shape);
+  one without them answers `logprobs: null`, like a server that ignores the parameter.
+- snapshots: `served_models` maps a requested name to the snapshot the response names (`model`), and
+  `system_fingerprint` is sent with every OpenAI-shaped reply; both may be changed while the server runs.
 - latency: every answered request (and injected 5xx) takes `latency_ms`.
 - limits: RPM and TPM token buckets holding `burst_s` seconds of their rate. TPM counts, as OpenAI does, the
   prompt estimate + max_tokens of each request (tokens: lion.teachers.tokens heuristic, 4 chars per token
@@ -73,9 +78,11 @@ from .wire import (
     anthropic_message,
     anthropic_no_text,
     anthropic_to_chat,
+    legacy_logprobs,
     openai_completion,
     openai_error,
     openai_no_text,
+    top_k,
     wants_cache,
 )
 
@@ -92,6 +99,9 @@ class Completion:
     finish: str = "stop"  # "stop" or "length"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # per generated token, chat completions' `logprobs.content` entries (token, logprob, bytes, top_logprobs): a
+    # responder that has them gives as many alternatives as it can; the server sends the `top_logprobs` asked for
+    logprobs: list[dict[str, Any]] | None = None
 
 
 class Responder(Protocol):
@@ -157,7 +167,8 @@ class SimServer:
                  burst_s: float = 2.0, api_key: str | None = None, known_models: Sequence[str] | None = None,
                  context_tokens: int | None = None, hang_s: float = 60.0, default_max_tokens: int = 256,
                  strict: bool = False, batch_delay_s: float = 0.0, batch_fail_rate: float = 0.0,
-                 batch_expire_rate: float = 0.0, quota_calls: int | None = None) -> None:
+                 batch_expire_rate: float = 0.0, quota_calls: int | None = None,
+                 served_models: dict[str, str] | None = None, system_fingerprint: str | None = None) -> None:
         bad = [f for f in faults if f not in FAULTS]
         if bad:
             raise ValueError(f"unknown fault kinds {bad}; choose from {', '.join(FAULTS)}")
@@ -178,6 +189,10 @@ class SimServer:
         self.seed = seed
         self.strict = strict
         self.quota_calls = quota_calls
+        # the snapshot each requested name is answered by (`model` in the response), as an API does behind an alias;
+        # a test may change it while the server runs (a provider moving an alias to a new snapshot)
+        self.served_models: dict[str, str] = dict(served_models or {})
+        self.system_fingerprint = system_fingerprint
         self.batches = BatchStore(self._batch_answer, delay_s=batch_delay_s, fail_rate=batch_fail_rate,
                                   expire_rate=batch_expire_rate, seed=seed,
                                   root_url=lambda: self.base_url.removesuffix("/v1"))
@@ -444,8 +459,9 @@ class SimServer:
             return Answer(404, self._err(api, 404, msg, "model_not_found"))
         refused = strict_refusal(body) if self.strict else None
         if refused is not None:
-            entry.update(status=400, kind="strict", error=refused.message)
-            return Answer(400, self._err(api, 400, refused.message, refused.code, refused.param))
+            entry.update(status=refused.status, kind="strict", error=refused.message)
+            return Answer(refused.status, self._err(api, refused.status, refused.message, refused.code,
+                                                    refused.param))
         return None
 
     def _context_refusal(self, api: str, need: int, entry: dict[str, Any]) -> Answer | None:
@@ -471,8 +487,9 @@ class SimServer:
         except Exception as e:  # noqa: BLE001 - a responder bug is a 500, visible in the log
             entry.update(status=500, kind="responder_error", error=f"{type(e).__name__}: {e}")
             return Answer(500, self._err(api, 500, f"responder failed: {type(e).__name__}", None, type_="server_error"))
+        content = None
         if isinstance(reply, Completion):  # the responder counted its own tokens
-            text, finish = reply.text, reply.finish
+            text, finish, content = reply.text, reply.finish, reply.logprobs
             completion_tokens = reply.completion_tokens if reply.completion_tokens is not None else \
                 estimate_text_tokens(text)
             if reply.prompt_tokens is not None:
@@ -486,19 +503,27 @@ class SimServer:
         with self._lock:
             self._n += 1
             n = self._n
+            served = self.served_models.get(model, model)
+        # logprobs only when asked for and the responder has them (else null, as a server without them answers)
+        want = body.get("logprobs")
+        k = int(body.get("top_logprobs") or 0) if api == "openai" else int(want or 0)
+        lp = None if not want or content is None else content
         if api == "completions":
             read = write = 0
-            payload = {"id": f"cmpl-sim{n}", "object": "text_completion", "created": int(time.time()), "model": model,
-                       "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+            payload = {"id": f"cmpl-sim{n}", "object": "text_completion", "created": int(time.time()), "model": served,
+                       "choices": [{"index": 0, "text": text, "finish_reason": finish,
+                                    "logprobs": None if lp is None else legacy_logprobs(lp, k)}],
                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                 "total_tokens": prompt_tokens + completion_tokens}}
+                                 "total_tokens": prompt_tokens + completion_tokens},
+                       "system_fingerprint": self.system_fingerprint}
         elif api == "anthropic":
             read = self._prompt_cache[api].lookup(chat["messages"], prompt_tokens) if wants_cache(body) else 0
             write = prompt_tokens - read if wants_cache(body) and prompt_tokens >= MIN_CACHED and not read else 0
-            payload = anthropic_message(n, model, text, finish, prompt_tokens, completion_tokens, read, write)
+            payload = anthropic_message(n, served, text, finish, prompt_tokens, completion_tokens, read, write)
         else:
             read, write = self._prompt_cache[api].lookup(chat["messages"], prompt_tokens), 0
-            payload = openai_completion(n, model, text, finish, prompt_tokens, completion_tokens, read)
+            payload = openai_completion(n, served, text, finish, prompt_tokens, completion_tokens, read,
+                                        None if lp is None else top_k(lp, k), self.system_fingerprint)
         entry.update(status=200, kind="ok", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                      cached_tokens=read, cache_write_tokens=write, billed=True)
         return Answer(200, payload)

@@ -4,8 +4,9 @@
 
 The rules and messages are the ones measured against the real services:
 - gpt-5 family and o-series (`gpt-5`, `gpt-5-mini`, `o3`, `o4-mini`, ... also behind a router prefix such as
-  `openai/gpt-5-mini`): `max_tokens` is refused (use `max_completion_tokens`), and `temperature` / `top_p`
-  other than the default 1 are refused;
+  `openai/gpt-5-mini`): `max_tokens` is refused (use `max_completion_tokens`), `temperature` / `top_p`
+  other than the default 1 are refused, and `logprobs` gets a 403 "You are not allowed to request logprobs from
+  this model" (OpenAI's answer on o4-mini);
 - Claude 4.5 and later (`claude-sonnet-4-5`, `claude-opus-4-5-20251101`, `claude-haiku-4-5`, `claude-opus-4-6`,
   ...), on the OpenAI-compatible endpoint and on /v1/messages: `temperature` and `top_p` together are refused.
 """
@@ -27,7 +28,8 @@ class Refusal:
 
     message: str
     param: str | None
-    code: str
+    code: str | None
+    status: int = 400
 
 
 def _base_name(model: str) -> str:
@@ -54,6 +56,10 @@ def _number(value: Any) -> str:
 def strict_refusal(body: dict[str, Any]) -> Refusal | None:
     """The refusal a 2026 API gives for this request body (chat completions or messages), or None."""
     model = str(body.get("model") or "")
+    if is_reasoning_model(model) and (body.get("logprobs") or body.get("top_logprobs")):
+        from ..teachers.base import LOGPROBS_REFUSED
+
+        return Refusal(LOGPROBS_REFUSED, None, None, status=403)  # OpenAI answers this one with a 403
     if is_reasoning_model(model):
         if body.get("max_tokens") is not None:
             return Refusal("Unsupported parameter: 'max_tokens' is not supported with this model. Use "

@@ -99,15 +99,34 @@ class PrefixCache:
 
 
 def openai_completion(n: int, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
-                      cached_tokens: int) -> dict[str, Any]:
+                      cached_tokens: int, logprobs: list[dict[str, Any]] | None = None,
+                      fingerprint: str | None = None) -> dict[str, Any]:
+    """A chat completion; `logprobs`: the `logprobs.content` entries (token, logprob, bytes, top_logprobs)."""
     return {
         "id": f"chatcmpl-sim{n}", "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                     "logprobs": None}],
+                     "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None}}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens,
                   "prompt_tokens_details": {"cached_tokens": cached_tokens}},
+        "system_fingerprint": fingerprint,
     }
+
+
+def top_k(content: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """Chat-completions logprobs entries with at most `k` alternatives each (what `top_logprobs: k` returns)."""
+    return [{**e, "top_logprobs": list(e.get("top_logprobs") or [])[:k]} for e in content]
+
+
+def legacy_logprobs(content: list[dict[str, Any]], k: int) -> dict[str, Any]:
+    """The same entries in /v1/completions' legacy shape (`logprobs: k`)."""
+    offsets, at = [], 0
+    for e in content:
+        offsets.append(at)
+        at += len(e["token"])
+    return {"tokens": [e["token"] for e in content], "token_logprobs": [e["logprob"] for e in content],
+            "top_logprobs": [{a["token"]: a["logprob"] for a in (e.get("top_logprobs") or [])[:k]} for e in content],
+            "text_offset": offsets}
 
 
 def anthropic_message(n: int, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,

@@ -9,7 +9,8 @@
 Importing this package is cheap (no torch); the modules import torch/transformers themselves:
 `lion.student.data`, `.train` (train_student), `.infer` (generate), `.tiny` (build_tiny),
 `.checkpoint` (resolve_base_model, checkpoint_info, TrainResult), `.resume` (mid-training checkpoints), `.gguf`
-(resolve_model), `.prune` (prune_layers), `.vllm_backend`, `.launch`.
+(resolve_model), `.prune` (prune_layers), `.vllm_backend`, `.launch`, `.kd` (top-k distillation from the
+teacher's logprobs: token alignment and the sparse KL loss), `.score` (answer_losses, topk_kl).
 """
 
 from __future__ import annotations

@@ -75,6 +75,7 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
 class Tokenized:
     input_ids: list[int]
     labels: list[int]
+    kd: Any = None  # lion.student.kd.KDTargets: the teacher's top-k at the answer tokens (objective topk_kd)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -109,8 +110,11 @@ def tokenize_examples(
     max_length: int,
     fmt: str = "alpaca",
     source: str = "examples",
+    aligner: Any = None,
 ) -> tuple[list[Tokenized], TokenizeStats]:
-    """Tokenise [{"instruction", "input"?, "output"}] rows; bad rows raise DataError naming `source` and the row."""
+    """Tokenise [{"instruction", "input"?, "output"}] rows; bad rows raise DataError naming `source` and the row.
+    `aligner` (lion.student.kd.TokenAligner, objective topk_kd): each row's "teacher_logprobs" (base64 of the
+    encoded TokenLogprobs) becomes the example's top-k targets where the teacher's tokens are reproduced."""
     out: list[Tokenized] = []
     stats = TokenizeStats(n_examples=len(examples))
     for i, ex in enumerate(examples):
@@ -126,8 +130,24 @@ def tokenize_examples(
             stats.dropped_ids.append(str(ex.get("id", i)))
             continue
         stats.n_truncated += int(truncated)
+        if aligner is not None:
+            start = sum(1 for x in tok.labels if x == IGNORE)
+            tok.kd = aligner.align(tok.input_ids[start:], start, _blob(ex.get("teacher_logprobs"), source, i),
+                                   where=str(ex.get("id", i)))
         out.append(tok)
     return out, stats
+
+
+def _blob(value: Any, source: str, i: int) -> bytes | None:
+    import base64
+    import binascii
+
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise DataError(f"{source}[{i}].teacher_logprobs: not base64 of an encoded TokenLogprobs") from None
 
 
 # --------------------------------------------------------------------------------------------- packing
@@ -284,7 +304,9 @@ class _Collator:
         self.tokens += sum(s.length for s in lay.spans)
         self.supervised += int((labels != IGNORE).sum())
         self.padded += ids.numel()
-        return {"input_ids": ids, "labels": labels}
+        # the teacher's top-k targets (objective topk_kd), at the same positions as the labels
+        kd = _kd_layout([(sp.row, sp.start, t) for sp, t in zip(lay.spans, examples, strict=True)], ids.shape)
+        return {"input_ids": ids, "labels": labels, **kd}
 
 
 class PaddedCollator(_Collator):
@@ -327,6 +349,15 @@ class PackedCollator(_Collator):
         # no attention mask and no KV cache: transformers then derives a block-diagonal causal mask from positions
         batch["use_cache"] = False
         return batch
+
+
+def _kd_layout(placed: list[tuple[int, int, Tokenized]], shape: Any) -> dict[str, Any]:
+    """kd_ids / kd_logp tensors beside the labels when any example of the batch has top-k targets, else nothing."""
+    if not any(t.kd is not None for _, _, t in placed):
+        return {}
+    from .kd import layout
+
+    return layout(placed, (int(shape[0]), int(shape[1]))) or {}
 
 
 class ListDataset:

@@ -20,6 +20,7 @@ full, checkpoints and resume, launch under torchrun, saving) the same for every 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -94,7 +95,70 @@ class SFT:
         return {"name": self.name}
 
     def metrics(self) -> dict[str, Any]:
-        return {}
+        return {"objective": self.name}
+
+
+class TopKKD(SFT):
+    """`student.objective: topk_kd`: SFT's rows, each answer with the teacher's top-k logprobs where the student's
+    tokenizer reproduces the teacher's tokens (lion.student.kd: the sparse KL over the top-k plus a tail bucket,
+    mixed with the cross-entropy by `student.kd_weight`); the others train with cross-entropy only, counted."""
+
+    name = "topk_kd"
+
+    def __init__(self, cfg: Any) -> None:
+        self.weight, self.top_k = cfg.kd_weight, cfg.kd_top_k
+        self.stats: Any = None
+
+    def build(self, tokenizer: Any, cfg: Any, examples: list[dict[str, Any]], seed: int) -> tuple[Any, dict]:
+        from .kd import TokenAligner
+
+        aligner = TokenAligner(tokenizer, cfg.kd_top_k)
+        tokenized, stats = tokenize_examples(tokenizer, examples, max_length=cfg.max_length, fmt=cfg.prompt_format,
+                                             aligner=aligner)
+        if not tokenized:
+            raise DataError(f"none of the {stats.n_examples} training examples fits student.max_length="
+                            f"{cfg.max_length} (every prompt alone is that long); raise student.max_length")
+        _check_alignment(cfg, aligner.stats, len(tokenized))
+        self.stats = aligner.stats
+        dataset = build_rows(tokenized, packing=cfg.packing, pack_length=cfg.pack_length or cfg.max_length, seed=seed)
+        return dataset, {"n_examples": stats.n_examples, "n_dropped": stats.n_dropped,
+                         "n_truncated": stats.n_truncated, "n_rows": len(dataset), "packing": cfg.packing}
+
+    def trainer_class(self, base: type) -> type:
+        from .kd import kd_trainer
+
+        return kd_trainer(base, self.weight)
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": "sft"}  # what it computes is in the student config (objective, kd_*): the fingerprint's
+
+    def metrics(self) -> dict[str, Any]:
+        return {"objective": self.name, "kd": {**(self.stats.to_json() if self.stats is not None else {}),
+                                               "weight": self.weight, "top_k": self.top_k}}
+
+
+def _check_alignment(cfg: Any, st: Any, n: int) -> None:
+    """topk_kd: stop when no answer has logprobs, or when too few align (the tokenizers differ); else say how many
+    answers train with cross-entropy only."""
+    seen = st.with_targets + st.mismatched
+    if not seen:
+        raise DataError(f"student.objective: topk_kd, but none of the {n} training answers has teacher logprobs "
+                        f"({st.without_logprobs} without): set llm.teacher.top_logprobs before the teacher answers "
+                        "(answers bought without it keep none), or student.objective: sft")
+    share = st.with_targets / seen
+    if share < cfg.kd_min_match:
+        raise DataError(
+            f"student.objective: topk_kd: the student's tokenizer reproduces the teacher's tokens for only "
+            f"{st.with_targets} of {seen} answers ({share:.0%} < student.kd_min_match {cfg.kd_min_match:g}; e.g. "
+            f"{', '.join(st.examples) or '-'}): the teacher and the student tokenise differently, and lion does not "
+            "align two vocabularies (docs/student.md) — set student.objective: sft, or use a student with the "
+            "teacher's tokenizer")
+    if (st.mismatched or st.without_logprobs) and int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: topk_kd: {st.with_targets} answers train on the teacher's top-k; {st.mismatched} whose tokens "
+              f"the student's tokenizer does not reproduce and {st.without_logprobs} without logprobs train with "
+              "cross-entropy only", flush=True)
+
+
 
 
 # --------------------------------------------------------------------------------------------- preference
@@ -215,9 +279,15 @@ class Preference:
                 "ranked_right_first": first[2], "ranked_right_last": last[2]}
 
 
-def objective_from_spec(spec: dict[str, Any] | None) -> Objective:
+def default_objective(cfg: Any) -> Objective:
+    """The objective `student.objective` names (a preference stage passes its own)."""
+    return TopKKD(cfg) if getattr(cfg, "objective", "sft") == "topk_kd" else SFT()
+
+
+def objective_from_spec(spec: dict[str, Any] | None, cfg: Any) -> Objective:
+    """The objective of a launched job, from the spec its parent wrote and the student config."""
     if not spec or spec.get("name") == "sft":
-        return SFT()
+        return default_objective(cfg)
     if spec.get("name") == "preference":
         return Preference(beta=float(spec["beta"]), sft_weight=float(spec.get("sft_weight", 0.0)))
     raise ValueError(f"unknown training objective {spec!r}")

@@ -3,7 +3,9 @@
     python -m lion.student.score --model RUN/round_01/student --data rows.jsonl [--config CFG]   # rows: instruction, input?, output
 
 Python: ``answer_losses(model_path, prompts, answers, cfg.student.infer, max_length=...) -> list[float | None]``,
-``answer_nll(...) -> list[(summed NLL, tokens) | None]``.
+``answer_nll(...) -> list[(summed NLL, tokens) | None]``;
+``topk_kl(model_path, prompts, answers, logprobs, cfg.student.infer, max_length=...)``: the mean KL from the
+teacher's top-k logprobs (+ tail) to the model on the same answer tokens (lion.student.kd).
 
 The student sees exactly what it sees in training (`lion.student.data.tokenize_example`: BOS + prompt, then the
 answer and EOS), and the loss is the mean negative log-likelihood (nats) over the answer tokens and EOS, the same
@@ -94,6 +96,56 @@ def answer_nll(
             sums, counts = nll.sum(-1), keep.sum(-1)
             for b, i in enumerate(batch):
                 out[i] = (float(sums[b]), int(counts[b]))
+    return out
+
+
+def topk_kl(
+    model_path: str | Path,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    logprobs: Sequence[bytes | None],
+    cfg: InferConfig,
+    *,
+    max_length: int,
+    top_k: int = 0,
+) -> list[float | None]:
+    """Mean per-token forward KL (nats) from the teacher's top-k (+ tail bucket) to the model at `model_path`, over
+    the answer tokens that have teacher targets (lion.student.kd: the loss of student.objective topk_kd at weight
+    1); None where the answer has no logprobs, or the model's tokenizer does not reproduce the teacher's tokens."""
+    import torch
+
+    from .infer import load_model, load_tokenizer
+    from .kd import TokenAligner, layout, topk_kd_loss
+    from .threads import cpu_threads
+
+    if not (len(prompts) == len(answers) == len(logprobs)):
+        raise ValueError("prompts, answers and logprobs differ in length")
+    info = checkpoint_info(model_path)
+    tokenizer = load_tokenizer(info.adapter if info.adapter is not None else model_path, info.base)
+    model = load_model(info.base, cfg, adapter=info.adapter)
+    aligner = TokenAligner(tokenizer, top_k)
+    rows = []
+    for p, a, blob in zip(prompts, answers, logprobs, strict=True):
+        row = tokenize_example(tokenizer, p, a, max_length)[0]
+        if row is not None:
+            start = sum(1 for x in row.labels if x == IGNORE)
+            row.kd = aligner.align(row.input_ids[start:], start, blob)
+        rows.append(row if row is not None and row.kd is not None else None)
+    out: list[float | None] = [None] * len(rows)
+    device = next(model.parameters()).device
+    with cpu_threads(model, cfg.cpu_threads), torch.inference_mode():
+        for i, row in enumerate(rows):
+            if row is None:
+                continue
+            kd = layout([(0, 0, row)], (1, len(row)))
+            assert kd is not None
+            labels = torch.tensor([row.labels])
+            # only the positions with teacher targets: the others would add their cross-entropy at weight 1
+            has = (kd["kd_ids"] >= 0).any(-1)
+            labels = torch.where(has, labels, torch.full_like(labels, IGNORE))
+            logits = model(input_ids=torch.tensor([row.input_ids], device=device)).logits.float().cpu()
+            total, n = topk_kd_loss(logits, labels, kd["kd_ids"], kd["kd_logp"], 1.0)
+            out[i] = float(total) / int(n) if int(n) else None
     return out
 
 

@@ -52,7 +52,7 @@ from ..errors import ConfigError, DataError
 from ..layout import training_checkpoints
 from .batching import batch_plan
 from .checkpoint import META, CheckpointInfo, TrainResult, checkpoint_info
-from .objectives import SFT, Objective, objective_from_spec
+from .objectives import Objective, default_objective, objective_from_spec
 from .resume import (
     Checkpoints,
     TrainingTally,
@@ -96,7 +96,7 @@ def train_student(
     `logging_dir`: where the Trainer's TensorBoard events go (student.report_to: tensorboard); default: inside
     the checkpoint's `_trainer` folder."""
     out = Path(out_dir)
-    objective = objective if objective is not None else SFT()
+    objective = objective if objective is not None else default_objective(cfg)
     if needs_launch(cfg):
         done = _finished(out, _fingerprint(cfg, examples, init_from, seed, objective))
         if done is not None:  # saved before a crash that came before the caller noted it
@@ -406,7 +406,7 @@ def _train_here(
     cfg: StudentConfig, examples: list[dict[str, Any]], init_from: str | Path, out: Path, *, seed: int, progress: bool,
     keep_model: bool = False, logging_dir: str | Path | None = None, objective: Objective | None = None,
 ) -> TrainResult:
-    objective = objective if objective is not None else SFT()
+    objective = objective if objective is not None else default_objective(cfg)
     rank0 = _rank() == 0
     fingerprint = _fingerprint(cfg, examples, init_from, seed, objective)
     ckpts = Checkpoints(training_checkpoints(out), fingerprint, keep=cfg.save_total_limit)
@@ -688,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         examples = list(read_jsonl(Path(spec["examples"])))
         _train_here(cfg, examples, spec["init_from"], Path(spec["out_dir"]), seed=spec["seed"],
                     progress=_rank() == 0, logging_dir=spec.get("logging_dir"),
-                    objective=objective_from_spec(spec.get("objective")))
+                    objective=objective_from_spec(spec.get("objective"), cfg))
         return 0
     if not (args.config and args.data and args.init_from and args.out):
         raise ConfigError("give --config, --data, --init-from and --out (or --spec)")

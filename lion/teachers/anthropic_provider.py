@@ -33,7 +33,7 @@ import anthropic
 from ..config import RoleConfig
 from .base import ChatRequest, ChatResponse, PermanentError, ResolvedParams, TransientError, no_text_error, redact
 from .batch import BatchLine, BatchLost, BatchOutcome, BatchProgress
-from .openai_compat import classify_status, local_or_key, parse_retry_after
+from .openai_compat import classify_status, local_or_key, parse_retry_after, served
 from .tokens import estimate_prompt_tokens, estimate_text_tokens
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -144,7 +144,7 @@ class AnthropicProvider:
             inp = estimate_prompt_tokens(request.messages) if request is not None else 0
             out, read, write = estimate_text_tokens(text), 0, 0
         return ChatResponse(text=text, finish_reason=finish, prompt_tokens=inp + read + write, completion_tokens=out,
-                            cached_tokens=read, cache_write_tokens=write)
+                            cached_tokens=read, cache_write_tokens=write, served_model=served(resp)["served_model"])
 
     # ------------------------------------------------------------------ batch mode
     def batch_api(self) -> AnthropicBatchAPI:

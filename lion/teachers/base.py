@@ -20,6 +20,10 @@ raise `ConfigError` early), `async aclose()` (after a batch, on the batch's even
 Only the sampling parameters that are set are sent: `ResolvedParams.temperature` / `top_p` are None when neither
 the request nor the role sets them, `token_param` names the field that carries max_tokens (`max_completion_tokens`
 for the o-series and gpt-5 families), and `extra` holds fields added to the request body as they are.
+`ResolvedParams.top_logprobs` > 0 asks for the top-K logprobs of every answer token: a provider that can return
+them fills `ChatResponse.logprobs` (lion.teachers.logprobs.TokenLogprobs); one that answers without them stops the
+run at its first reply (the gateway names llm.<role>.top_logprobs). `ChatResponse.served_model` / `fingerprint`
+carry the snapshot the provider says answered (lion.snapshots).
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .logprobs import TokenLogprobs
 
 Messages = tuple[tuple[str, str], ...]
 
@@ -93,12 +100,17 @@ class ResolvedParams:
     token_param: str = "max_tokens"  # the request field that carries max_tokens
     reasoning_effort: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # request-body fields sent as they are
+    top_logprobs: int = 0  # > 0: ask for the top-K logprobs of every generated token (logprobs: true)
 
     def key_fields(self) -> dict[str, Any]:
         """The fields that change the answer (part of the cache key); the timeout, the name of the max-tokens
-        field and the mode (online or batch) do not, so the same call made either way replays the other."""
+        field and the mode (online or batch) do not, so the same call made either way replays the other.
+        `top_logprobs` is in the key only when set (a reply with logprobs is another reply), so caches written
+        before it existed keep their keys."""
         out = {"model": self.model, "temperature": self.temperature, "top_p": self.top_p,
                "max_tokens": self.max_tokens, "sample": self.sample}
+        if self.top_logprobs:
+            out["top_logprobs"] = self.top_logprobs
         if self.reasoning_effort is not None:
             out["reasoning_effort"] = self.reasoning_effort
         if self.extra:
@@ -132,6 +144,21 @@ def resolve_token_param(token_param: str, model: str) -> str:
     return "max_completion_tokens" if is_reasoning_family(model) else "max_tokens"
 
 
+# what OpenAI answers when a reasoning model is asked for logprobs (a 403 invalid_request_error, seen on o4-mini)
+LOGPROBS_REFUSED = "You are not allowed to request logprobs from this model"
+
+
+def logprobs_refusal(provider: str, model: str) -> str | None:
+    """Why a provider or model is known to return no logprobs (None when it may): Anthropic's API has none; the
+    o-series and gpt-5 families refuse them (OpenAI: "You are not allowed to request logprobs from this model")."""
+    if provider == "anthropic":
+        return "Anthropic's messages API returns no logprobs"
+    if provider in ("openai", "openai_completions") and is_reasoning_family(model):
+        return (f"{model} is a reasoning model (o-series / gpt-5 family), which returns no logprobs "
+                f'(OpenAI: "{LOGPROBS_REFUSED}")')
+    return None
+
+
 @dataclass
 class ChatResponse:
     text: str
@@ -140,6 +167,9 @@ class ChatResponse:
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens read from the provider's prompt cache (priced at Price.cached_input)
     cache_write_tokens: int = 0  # prompt tokens written to the cache (Anthropic; priced at Price.cache_write)
+    logprobs: TokenLogprobs | None = None  # per answer token, when asked for (top_logprobs) and returned
+    served_model: str | None = None  # the model the provider says served the call (`model` in the response)
+    fingerprint: str | None = None  # OpenAI's system_fingerprint (the backend configuration), when given
 
 
 @runtime_checkable

@@ -100,6 +100,9 @@ class CallResult:
     cached: bool  # replayed from the cache (no HTTP call, no cost)
     attempts: int  # HTTP attempts made in this batch (0 when cached; batches the item went in, in batch mode)
     reason: str | None = None  # short failure reason (timeout, http_503, batch_expired, ...), None when ok
+    logprobs: bytes | None = None  # the answer's top-K logprobs (llm.<role>.top_logprobs), encoded: TokenLogprobs
+    served_model: str | None = None  # the snapshot the provider says answered (None: it did not say)
+    fingerprint: str | None = None  # its system_fingerprint, when given
 
 
 def _call_key(ident: str, fields: dict[str, Any], messages: Any) -> str:
@@ -197,6 +200,9 @@ def param_hint(role: str, rc: RoleConfig, param: str | None) -> str:
         return f"set {k}.{param}: null (not sent: the model's default; now {getattr(rc, param)!r}){also}"
     if param == "reasoning_effort":
         return f"change or unset {k}.reasoning_effort (now {rc.reasoning_effort!r})"
+    if param in ("top_logprobs", "logprobs"):
+        return (f"set {k}.top_logprobs: 0 (now {rc.top_logprobs}: this model or server does not return that many "
+                "logprobs, or none) and student.objective: sft, or use a model that returns them")
     if param:
         return f"remove {param!r} from {k}.extra_body / {k}.options"
     return f"check the request parameters of {k} (temperature, top_p, token_param, reasoning_effort, extra_body)"
@@ -233,6 +239,7 @@ class Gateway:
         self._last_ok: dict[str, float] = {}  # role -> monotonic time of its last successful call (outages)
         self.stats: collections.Counter[str] = collections.Counter()  # attempts, retries, rate_limited, ...
         self.last_failures: dict[tuple[str, str], collections.Counter[str]] = {}  # (role, phase) -> by reason
+        self._snapshots: dict[tuple[str, str], set[str]] = {}  # (role, configured model) -> served snapshots seen
         self._closed = False
 
     # ------------------------------------------------------------------ setup per role
@@ -297,6 +304,7 @@ class Gateway:
             token_param=resolve_token_param(rc.token_param, rc.model),
             reasoning_effort=rc.reasoning_effort,
             extra={**rc.options, **rc.extra_body} if rc.provider in ("openai", "anthropic") else dict(rc.extra_body),
+            top_logprobs=rc.top_logprobs,
         )
 
     def _item(self, rc: RoleConfig, provider: ChatProvider, req: ChatRequest | Any, index: int) -> _Item:
@@ -374,12 +382,15 @@ class Gateway:
             hit = self._cached(it) if self.llm.cache else None
             if hit is not None:
                 results[i] = CallResult(True, hit.text, None, hit.finish_reason, hit.prompt_tokens,
-                                        hit.completion_tokens, cached=True, attempts=0)
+                                        hit.completion_tokens, cached=True, attempts=0, logprobs=hit.logprobs,
+                                        served_model=hit.served_model, fingerprint=hit.fingerprint)
                 n_cached += 1
             else:
                 pending[it.key] = [i]
         self.store.record_cached(role, rc.model, phase, n_cached + sum(len(v) - 1 for v in pending.values()),
                                  mode=rc.mode)
+        if pending and rc.on_model_change == "stop":
+            self._refuse_mixed_snapshots(role, rc)
 
         state = _BatchState()
         bar = tqdm(total=len(items), initial=len(items) - sum(len(v) for v in pending.values()),
@@ -532,21 +543,74 @@ class Gateway:
     def record_success(self, role: str, phase: str, provider: ChatProvider, key: str, model: str,
                        key_fields: dict[str, Any], messages: list[dict[str, str]], resp: ChatResponse, attempts: int,
                        mode: str, state: _BatchState) -> CallResult:
+        """A paid reply: into the cache (unless it lacks the logprobs it was asked for: then the ledger only, and
+        the run stops naming llm.<role>.top_logprobs), the ledger, the budget and the role's served snapshots."""
         usd = self.usd(model, resp, mode)
+        wanted = int(key_fields.get("top_logprobs") or 0)
+        missing = bool(wanted) and resp.logprobs is None
+        blob = resp.logprobs.encode() if resp.logprobs is not None and wanted else None
         self.store.record_call(key, role=role, phase=phase, provider=provider.identity, model=model,
                                params=key_fields, messages=messages, text=resp.text,
                                finish_reason=resp.finish_reason, prompt_tokens=resp.prompt_tokens,
                                completion_tokens=resp.completion_tokens, usd=usd, attempts=attempts,
-                               cache=self.llm.cache, mode=mode, cached_tokens=resp.cached_tokens,
-                               cache_write_tokens=resp.cache_write_tokens)
+                               cache=self.llm.cache and not missing, mode=mode, cached_tokens=resp.cached_tokens,
+                               cache_write_tokens=resp.cache_write_tokens, logprobs=blob,
+                               served_model=resp.served_model, fingerprint=resp.fingerprint)
         self._last_ok[role] = time.monotonic()
         self._budget.spent_usd += usd
         self._budget.spent_tokens += resp.prompt_tokens + resp.completion_tokens
         state.tokens += resp.prompt_tokens + resp.completion_tokens
         state.usd += usd
+        if missing:
+            state.failed += 1
+            state.stats["failed"] += 1
+            if state.stop != "fatal":
+                rc = self.llm.role(role)
+                state.stop, state.fatal = "fatal", ProviderError(
+                    f"llm.{role}: {rc.base_url or provider.identity} ({model}) answered without the logprobs asked for "
+                    f"(llm.{role}.top_logprobs: {wanted}); this server or model does not return them — set "
+                    f"llm.{role}.top_logprobs: 0 (and student.objective: sft), or use a server that does (vLLM, "
+                    "SGLang, OpenAI's non-reasoning models); calls completed so far are cached")
+            return CallResult(False, None, "no logprobs in the reply", None, resp.prompt_tokens,
+                              resp.completion_tokens, cached=False, attempts=attempts, reason="no_logprobs")
         state.stats["completed"] += 1
+        self._watch_snapshot(role, model, resp.served_model, state)
         return CallResult(True, resp.text, None, resp.finish_reason, resp.prompt_tokens, resp.completion_tokens,
-                          cached=False, attempts=attempts)
+                          cached=False, attempts=attempts, logprobs=blob, served_model=resp.served_model,
+                          fingerprint=resp.fingerprint)
+
+    def _refuse_mixed_snapshots(self, role: str, rc: RoleConfig) -> None:
+        """on_model_change: stop, and this run directory already holds answers of two snapshots of the role's
+        model (a run stopped on it, then started again unchanged): stop before paying for another call."""
+        rows = self.store.snapshots(role, rc.model)
+        if len({r["served"] for r in rows if r["served"]}) > 1:
+            from ..snapshots import change_line
+
+            raise ProviderError(change_line(role, rc.model, rows, "stop"))
+
+    def _watch_snapshot(self, role: str, model: str, served: str | None, state: _BatchState) -> None:
+        """A served snapshot the role's configured model has not answered with before in this run directory, after
+        another one did: one line with the calls per snapshot, then llm.<role>.on_model_change (warn | stop)."""
+        if not served:
+            return
+        seen = self._snapshots.get((role, model))
+        if seen is None:
+            seen = self._snapshots[(role, model)] = {r["served"] for r in self.store.snapshots(role, model)
+                                                     if r["served"]} - {served}
+        if served in seen:
+            return
+        seen.add(served)
+        if len(seen) < 2:
+            return
+        from ..snapshots import change_line
+
+        rc = self.llm.role(role)
+        line = change_line(role, model, self.store.snapshots(role, model), rc.on_model_change)
+        if rc.on_model_change == "stop":
+            if state.stop != "fatal":
+                state.stop, state.fatal = "fatal", ProviderError(line)
+            return
+        self.say(line)
 
     def record_failure(self, role: str, phase: str, provider: ChatProvider, it: _Item, error: str,
                        status: int | None, attempts: int, reason: str, state: _BatchState,

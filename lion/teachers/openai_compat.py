@@ -5,8 +5,11 @@ llama.cpp, SGLang, TGI, DeepSeek, Together, Anthropic's OpenAI-compatible endpoi
 
 Requests are shaped for the model (`request_body`): only the sampling keys that are set are sent, max_tokens goes
 in the field `token_param` names (`auto`: max_completion_tokens for the o-series and gpt-5 families),
-`reasoning_effort` when set, then `extra_body` / `options` as they are. The same body goes online
-(`chat.completions.create`) and into the Batch API's JSONL (`batch_api()`, lion.teachers.openai_batch).
+`reasoning_effort` when set, `logprobs: true, top_logprobs: K` when `llm.teacher.top_logprobs` is set, then
+`extra_body` / `options` as they are. The same body goes online (`chat.completions.create`) and into the Batch
+API's JSONL (`batch_api()`, lion.teachers.openai_batch). A reply's logprobs (chat: `logprobs.content`; completions:
+the legacy lists), its `model` and `system_fingerprint` are kept (ChatResponse.logprobs / served_model /
+fingerprint); a refusal of logprobs (OpenAI's 403 for reasoning models, vLLM above --max-logprobs) is kind `param`.
 
 The SDK's own retries are off (`max_retries=0`): the gateway owns retries, so the two do not multiply. SDK
 exceptions map to `TransientError` (429 unless the quota is exhausted, 408/409/5xx, timeouts, dropped
@@ -42,6 +45,7 @@ from .base import (
     redact,
     resolve_token_param,
 )
+from .logprobs import TokenLogprobs
 from .tokens import estimate_prompt_tokens, estimate_text_tokens
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -55,6 +59,9 @@ _PARAM_TEXT = re.compile(r"Unsupported (?:parameter|value): '([\w.]+)'|Unrecogni
                          r"([\w.]+)|Unknown parameter: '([\w.]+)'")
 _BOTH_SAMPLING = re.compile(r"temperature.{0,4} and .{0,4}top_p.{0,4} cannot both be specified", re.IGNORECASE)
 _QUOTA_TEXT = re.compile(r"insufficient_quota|exceeded your current quota|credit balance is too low", re.IGNORECASE)
+# logprobs refused: OpenAI's reasoning models (a 403), vLLM above --max-logprobs, servers without them
+_LOGPROBS_TEXT = re.compile(r"not allowed to request logprobs|logprobs .{0,40}(?:not supported|greater than max|"
+                            r"not enabled|not available)|(?:top_)?logprobs.{0,20}(?:must be|exceed)", re.IGNORECASE)
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -84,6 +91,8 @@ def refused_param(message: str, code: str | None = None, param: str | None = Non
     the 400 is about something else (context length, content ...)."""
     if _BOTH_SAMPLING.search(message):
         return "temperature+top_p"
+    if _LOGPROBS_TEXT.search(message) or (param in ("logprobs", "top_logprobs") and code is not None):
+        return "top_logprobs"
     m = _PARAM_TEXT.search(message)
     if m:
         return next(g for g in m.groups() if g)
@@ -99,6 +108,8 @@ def classify_status(status: int, message: str, *, code: str | None = None, param
         return PermanentError(message, status=status, kind="quota")
     if status == 429 or status in (408, 409) or status >= 500:
         return TransientError(message, status=status, retry_after=retry_after)
+    if status in (400, 403, 422) and refused_param(message, code, param) == "top_logprobs":
+        return PermanentError(message, status=status, kind="param", param="top_logprobs")  # OpenAI: a 403
     if status in (401, 403):
         return PermanentError(message, status=status, kind="auth")
     if status == 404:
@@ -187,6 +198,9 @@ class OpenAICompatProvider:
         # server) return a distinct, reproducible sample; sample 0 sends no seed at all
         if params.sample:
             body["seed"] = params.sample
+        if params.top_logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = params.top_logprobs
         body.update(params.extra)
         return body
 
@@ -260,8 +274,10 @@ class OpenAICompatProvider:
             ct = estimate_text_tokens(text)
         cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
         cached = cached if isinstance(cached, int) and 0 <= cached <= pt else 0
+        content = getattr(getattr(choice, "logprobs", None), "content", None)
         return ChatResponse(text=text, finish_reason=finish, prompt_tokens=pt, completion_tokens=ct,
-                            cached_tokens=cached)
+                            cached_tokens=cached, logprobs=_logprobs(content, TokenLogprobs.from_openai),
+                            **served(resp))
 
     # ------------------------------------------------------------------ batch mode
     def batch_api(self) -> Any:
@@ -289,6 +305,7 @@ class OpenAICompletionsProvider(OpenAICompatProvider):
         resp = await self._send(lambda: client.completions.create(
             model=params.model, prompt=prompt, max_tokens=params.max_tokens, timeout=params.timeout_s,
             **params.sampling(), **({"seed": params.sample} if params.sample else {}),
+            **({"logprobs": params.top_logprobs} if params.top_logprobs else {}),
             **({"extra_body": dict(params.extra)} if params.extra else {}),
         ), params.timeout_s)
         choices = getattr(resp, "choices", None)
@@ -303,4 +320,22 @@ class OpenAICompletionsProvider(OpenAICompatProvider):
         if not isinstance(pt, int) or not isinstance(ct, int):
             pt, ct = estimate_prompt_tokens(request.messages), estimate_text_tokens(text)
         return ChatResponse(text=text, finish_reason=finish if isinstance(finish, str) else "unknown",
-                            prompt_tokens=pt, completion_tokens=ct)
+                            prompt_tokens=pt, completion_tokens=ct, **served(resp),
+                            logprobs=_logprobs(getattr(choices[0], "logprobs", None), TokenLogprobs.from_completions))
+
+
+def served(resp: Any) -> dict[str, str | None]:
+    """The snapshot that answered (`model` in the response) and OpenAI's system_fingerprint, when given."""
+    model, fp = getattr(resp, "model", None), getattr(resp, "system_fingerprint", None)
+    return {"served_model": model if isinstance(model, str) and model else None,
+            "fingerprint": fp if isinstance(fp, str) and fp else None}
+
+
+def _logprobs(raw: Any, parse: Callable[[Any], TokenLogprobs]) -> TokenLogprobs | None:
+    """The reply's logprobs (None when the server sent none); unreadable ones are a malformed body."""
+    if raw is None:
+        return None
+    try:
+        return parse(raw)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise TransientError(f"malformed response (logprobs: {e})") from None

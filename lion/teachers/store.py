@@ -4,13 +4,17 @@
 
 Tables:
   calls     one row per completed call, keyed by the cache key (provider identity, model, messages,
-            sampling params, sample index; not the mode): the answer, finish reason, tokens (with the
-            provider's prompt-cache reads and writes), USD, attempts, mode (online | batch).
+            sampling params, sample index, top_logprobs when set; not the mode): the answer, finish reason,
+            tokens (with the provider's prompt-cache reads and writes), USD, attempts, mode (online | batch),
+            the answer's logprobs when asked for (lion.teachers.logprobs, encoded), the served model and
+            system fingerprint.
   failures  calls that ended in an error (for reporting only; never served as an answer, so a re-run
             tries them again).
   usage     ledger per (role, model, phase, mode): paid calls, cached replays, failures, tokens in/out,
             prompt-cache tokens read / written, USD. The tokens and USD include replies that were billed but
             failed their call (no text, a refusal): `calls` counts answers, the tokens count everything billed.
+  snapshots paid calls per (role, configured model, the model the provider said served them, its
+            system_fingerprint): which snapshot behind an alias really answered (lion.snapshots).
   batches, batch_items
             every batch submitted in batch mode (id, role, phase, provider, model, items, status), recorded
             before the run waits on it, with each item's params and messages: a killed run re-polls the
@@ -51,6 +55,9 @@ CREATE TABLE IF NOT EXISTS batches(
   created REAL, ended REAL);
 CREATE TABLE IF NOT EXISTS batch_items(
   batch_id TEXT, key TEXT, params TEXT, messages TEXT, PRIMARY KEY(batch_id, key));
+CREATE TABLE IF NOT EXISTS snapshots(
+  role TEXT, model TEXT, served TEXT, fingerprint TEXT, calls INTEGER DEFAULT 0, first REAL, last REAL,
+  PRIMARY KEY(role, model, served, fingerprint));
 """
 
 USAGE = """
@@ -63,7 +70,8 @@ CREATE TABLE IF NOT EXISTS usage(
 
 # columns added to `calls` since the first schema (a cache from an older lion gains them, with these defaults)
 CALL_COLUMNS = {"mode": "TEXT DEFAULT 'online'", "cached_tokens": "INTEGER DEFAULT 0",
-                "cache_write_tokens": "INTEGER DEFAULT 0"}
+                "cache_write_tokens": "INTEGER DEFAULT 0", "logprobs": "BLOB", "served_model": "TEXT",
+                "fingerprint": "TEXT"}
 USAGE_KEYS = ("role", "model", "phase", "mode", "calls", "cached", "failed", "tokens_in", "tokens_out",
               "tokens_cache_read", "tokens_cache_write", "usd")
 
@@ -75,6 +83,9 @@ class CachedCall:
     prompt_tokens: int
     completion_tokens: int
     attempts: int
+    logprobs: bytes | None = None  # lion.teachers.logprobs.TokenLogprobs, encoded
+    served_model: str | None = None
+    fingerprint: str | None = None
 
 
 class CallStore:
@@ -117,28 +128,52 @@ class CallStore:
     def get(self, key: str) -> CachedCall | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT text, finish_reason, prompt_tokens, completion_tokens, attempts FROM calls WHERE key=?", (key,)
-            ).fetchone()
+                "SELECT text, finish_reason, prompt_tokens, completion_tokens, attempts, logprobs, served_model, "
+                "fingerprint FROM calls WHERE key=?", (key,)).fetchone()
         return None if row is None else CachedCall(*row)
 
     def record_call(self, key: str, *, role: str, phase: str, provider: str, model: str, params: dict[str, Any],
                     messages: list[dict[str, str]], text: str, finish_reason: str, prompt_tokens: int,
                     completion_tokens: int, usd: float, attempts: int, cache: bool = True, mode: str = "online",
-                    cached_tokens: int = 0, cache_write_tokens: int = 0) -> None:
-        """Store one completed call (if `cache`) and add it to the ledger, in one committed transaction."""
+                    cached_tokens: int = 0, cache_write_tokens: int = 0, logprobs: bytes | None = None,
+                    served_model: str | None = None, fingerprint: str | None = None) -> None:
+        """Store one completed call (if `cache`) and add it to the ledger and to the role's served snapshots, in one
+        committed transaction."""
+        now = time.time()
         with self._lock:
             if cache:
                 self._db.execute(
                     "INSERT OR REPLACE INTO calls(key, role, phase, provider, model, params, messages, text, "
                     "finish_reason, prompt_tokens, completion_tokens, usd, attempts, created, mode, cached_tokens, "
-                    "cache_write_tokens) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "cache_write_tokens, logprobs, served_model, fingerprint) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (key, role, phase, provider, model, json.dumps(params, sort_keys=True),
                      json.dumps(messages, ensure_ascii=False), text, finish_reason, prompt_tokens,
-                     completion_tokens, usd, attempts, time.time(), mode, cached_tokens, cache_write_tokens),
+                     completion_tokens, usd, attempts, now, mode, cached_tokens, cache_write_tokens, logprobs,
+                     served_model, fingerprint),
                 )
             self._bump(role, model, phase, mode, calls=1, tokens_in=prompt_tokens, tokens_out=completion_tokens,
                        tokens_cache_read=cached_tokens, tokens_cache_write=cache_write_tokens, usd=usd)
+            self._db.execute(
+                "INSERT INTO snapshots VALUES (?,?,?,?,1,?,?) ON CONFLICT(role, model, served, fingerprint) DO UPDATE "
+                "SET calls = calls + 1, last = excluded.last",
+                (role, model, served_model or "", fingerprint or "", now, now))
             self._db.commit()
+
+    def snapshots(self, role: str | None = None, model: str | None = None) -> list[dict[str, Any]]:
+        """Paid calls per (role, configured model, served snapshot, system fingerprint), oldest first ("" = the
+        provider did not say)."""
+        where, args = [], []
+        for col, val in (("role", role), ("model", model)):
+            if val is not None:
+                where.append(f"{col}=?")
+                args.append(val)
+        sql = "SELECT role, model, served, fingerprint, calls, first, last FROM snapshots"
+        with self._lock:
+            rows = self._db.execute(sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY first",
+                                    args).fetchall()
+        keys = ("role", "model", "served", "fingerprint", "calls", "first", "last")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def record_failure(self, key: str, *, role: str, phase: str, provider: str, model: str, error: str,
                        status: int | None, attempts: int, mode: str = "online", billed: ChatResponse | None = None,
