@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("lion.run", "run or resume the adversarial loop (imitation, discrimination, generation per round)"),
     "imitation": ("lion.imitation", "phase 1 of one round: teacher answers the Train Pool, the student trains"),
     "discrimination": ("lion.discrimination", "phase 2 of one round: the referee splits the Cache Pool hard/easy"),
+    "preference": ("lion.preference", "optional stage of one round (imitation.preference): DPO or SPIN on the "
+                                      "student's own answers"),
     "generation": ("lion.generation", "phase 3 of one round: new instructions from hard and easy seeds"),
     "evaluate": ("lion.evaluate", "relative score of a student against reference answers"),
     "report": ("lion.report", "HTML report and text summary of a run"),
