@@ -143,6 +143,23 @@ class RefereeSelector:
         return Selection(rows, judged)
 
 
+def loss_rows(pool: Sequence[Instruction], teacher: dict[str, str | None], loss: dict[str, float | None],
+              hard: set[str], cluster: dict[str, str] | None = None) -> list[SplitRow]:
+    """The split rows of a loss-based selector: hard for the ids in `hard`, easy for the other scored items,
+    excluded (with the reason) where there is no teacher answer or no loss."""
+    rows = []
+    for inst in pool:
+        if teacher[inst.id] is None:
+            rows.append(excluded(inst, "no teacher answer"))
+        elif loss.get(inst.id) is None:
+            rows.append(excluded(inst, "prompt fills student.max_length"))
+        else:
+            label: Label = "hard" if inst.id in hard else "easy"
+            rows.append(SplitRow(inst.id, label, None, None, None, None, None, **_lineage(inst), loss=loss[inst.id],
+                                 cluster=cluster[inst.id] if cluster is not None else None))
+    return rows
+
+
 class StudentLossSelector:
     name = "student_loss"
 
@@ -153,16 +170,7 @@ class StudentLossSelector:
         loss = {i.id: x for i, x in zip(answered, losses, strict=True)}
         scored = sorted((i for i in answered if loss[i.id] is not None), key=lambda i: -loss[i.id])  # type: ignore[operator]
         hard = {i.id for i in scored[: math.ceil(dc.hard_fraction * len(scored))]}
-        rows = []
-        for inst in pool:
-            if teacher[inst.id] is None:
-                rows.append(excluded(inst, "no teacher answer"))
-            elif loss[inst.id] is None:
-                rows.append(excluded(inst, "prompt fills student.max_length"))
-            else:
-                label: Label = "hard" if inst.id in hard else "easy"
-                rows.append(SplitRow(inst.id, label, None, None, None, None, None, **_lineage(inst), loss=loss[inst.id]))
-        return Selection(rows)
+        return Selection(loss_rows(pool, teacher, loss, hard))
 
 
 def _losses(ctx: RunContext, model: Any, items: Sequence[Instruction], answers: Sequence[str]) -> list[float | None]:
@@ -285,17 +293,7 @@ class ProgressSelector:
             "probe": len(p_items), "floor": dc.progress_floor, "hard": len(hard),
             "clusters": {c: {**v, "items": len(by_cluster[c]), "probe_items": len(deltas.get(c, [])),
                              "probe_gain": round(gain[c], 6) if c in gain else None} for c, v in plan.items()}})
-        rows = []
-        for inst in pool:
-            if teacher[inst.id] is None:
-                rows.append(excluded(inst, "no teacher answer"))
-            elif loss[inst.id] is None:
-                rows.append(excluded(inst, "prompt fills student.max_length"))
-            else:
-                label: Label = "hard" if inst.id in hard else "easy"
-                rows.append(SplitRow(inst.id, label, None, None, None, None, None, **_lineage(inst), loss=loss[inst.id],
-                                     cluster=cluster[inst.id]))
-        return Selection(rows)
+        return Selection(loss_rows(pool, teacher, loss, hard, cluster))
 
 
 def _teacher(ctx: RunContext) -> str:
