@@ -117,7 +117,14 @@ def judge_health(rows: Sequence[QuestionScores]) -> dict[str, Any]:
         "pairs_excluded": sum(1 for q in rows if not q.ok),
         "swap_flip_rate": (sum(1 for f in flips if f) / len(flips)) if flips else None,
         "first_position_advantage": _mean(adv),
+        "zero_scores": zero_scores(s for q in rows for o in ORDERS if (s := q.scores.get(o)) is not None),
     }
+
+
+def zero_scores(pairs: Iterable[tuple[float, float]]) -> int:
+    """How many scores of 0 the judge gave (FastChat's judge scores an empty answer 0; lion.verdicts): counted,
+    never excluded, since dropping the pair would raise the empty answer's side."""
+    return sum((c == 0) + (r == 0) for c, r in pairs)
 
 
 def summarize(rows: Iterable[QuestionScores]) -> dict[str, Any]:
@@ -153,9 +160,11 @@ def format_summary(summary: dict[str, Any], title: str = "") -> str:
     flip = "-" if j["swap_flip_rate"] is None else f"{j['swap_flip_rate']:.1%}"
     cm = "-" if o["candidate_mean"] is None else f"{o['candidate_mean']:.2f}"
     rm = "-" if o["reference_mean"] is None else f"{o['reference_mean']:.2f}"
+    zeros = f", {j['zero_scores']} zero scores" if j.get("zero_scores") else ""
     lines.append(
         f"mean score: candidate {cm}, reference {rm}; judge: {j['parse_failures']} parse failures "
         f"({j['parse_failure_rate']:.1%} of orders), swap-flip rate {flip}, {o['n_excluded']} questions excluded"
+        f"{zeros}"
     )
     return "\n".join(lines)
 
