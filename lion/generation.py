@@ -28,7 +28,8 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +174,6 @@ def scan_pool(pool: Path, split: Path, offsets: dict[str, array.array[int]]) -> 
 
 def generation(ctx: RunContext, r: int) -> dict[str, Any]:
     """Run phase 3 of round r (idempotent)."""
-    from .filters import CandidateFilter, load_eval_questions
-
     rp = ctx.run.round(r)
     if ctx.run.is_done(r, "generation"):
         return read_json_or_empty(rp.phase_metrics("generation"))
@@ -184,14 +183,70 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         )
     gc = ctx.cfg.generation
     offsets: dict[str, array.array[int]] = {k: array.array("q") for k in KINDS}
-    held_out = [q.instruction for q in ctx.heldout()] if ctx.cfg.eval.questions == "oracle" else []
     # one pass over the Cache Pool: its texts go into the near-duplicate index, its hard/easy rows' offsets kept
-    filt = CandidateFilter(gc, scan_pool(rp.cache_pool, rp.split, offsets), load_eval_questions(gc.decontaminate),
-                           held_out)
+    filt = candidate_filter(ctx, scan_pool(rp.cache_pool, rp.split, offsets))
     seeds = {k: PoolRows(rp.cache_pool, offsets[k]) for k in KINDS}
     wanted = {"hard": gc.n_hard, "easy": gc.n_easy}
-    budget = {k: math.ceil(wanted[k] * gc.max_attempts_factor) if seeds[k] else 0 for k in KINDS}
     rng = random.Random(f"{ctx.cfg.seed}/{gc.seed}/{r}")
+    try:
+        grown = grow(ctx, r, seeds, wanted, filt, rng, earlier_uses(ctx, r), phase="generation",
+                     desc=f"round {r} generation")
+    finally:
+        for rows in seeds.values():
+            rows.close()
+    write_jsonl(rp.generated, (i.to_json() for k in KINDS for i in grown.accepted[k]))
+    write_jsonl(rp.rejected, grown.rejected)
+    metrics = grown.metrics(wanted, seeds)
+    write_json(rp.phase_metrics("generation"), metrics)
+    ctx.run.mark_done(r, "generation")
+    return metrics
+
+
+def candidate_filter(ctx: RunContext, pool_texts: Iterable[str]) -> Any:
+    """The filters of lion.filters over `pool_texts` (the near-duplicate index), the evaluation sets of
+    generation.decontaminate and (offline) the held-out questions."""
+    from .filters import CandidateFilter, load_eval_questions
+
+    gc = ctx.cfg.generation
+    held_out = [q.instruction for q in ctx.heldout()] if ctx.cfg.eval.questions == "oracle" else []
+    return CandidateFilter(gc, pool_texts, load_eval_questions(gc.decontaminate), held_out)
+
+
+@dataclass
+class Grown:
+    """What one generation produced: accepted instructions per kind, rejected candidates, requests per kind."""
+
+    accepted: dict[str, list[Instruction]]
+    rejected: list[dict[str, Any]]
+    sent: Counter[str]
+    capped: set[str]
+
+    def metrics(self, wanted: dict[str, int], seeds: dict[str, Sequence[Instruction]]) -> dict[str, Any]:
+        """generation.json's figures, with why it stopped."""
+        if all(len(self.accepted[k]) >= wanted[k] for k in KINDS):
+            stopped = "targets_met"
+        elif any(wanted[k] and not seeds[k] for k in KINDS):
+            stopped = "no_seeds"
+        else:
+            stopped = "category_cap" if self.capped else "max_attempts"
+        return {
+            "wanted": wanted,
+            "seeds": {k: len(seeds[k]) for k in KINDS},
+            "accepted": {k: len(self.accepted[k]) for k in KINDS},
+            "requests": dict(self.sent),
+            "rejected": dict(Counter(x["reason"] for x in self.rejected)),
+            "stopped": stopped,
+        }
+
+
+def grow(ctx: RunContext, r: int, seeds: dict[str, Sequence[Instruction]], wanted: dict[str, int], filt: Any,
+         rng: random.Random, used: dict[str, Counter[str]], *, phase: str, desc: str, sample_base: int = 0) -> Grown:
+    """Ask the generator for new instructions from `seeds` (per kind: the hard and easy templates) in waves until
+    `wanted` are accepted by `filt` or generation.max_attempts_factor x wanted requests were made. A seed's n-th
+    use (`used`: uses so far) is sample `sample_base + n` of its prompt. Shared by the loop's generation and the
+    self_instruct control (lion.control: its own sample numbers, ledger phase "control-generation")."""
+    gc = ctx.cfg.generation
+    budget = {k: math.ceil(wanted[k] * gc.max_attempts_factor) if seeds[k] else 0 for k in KINDS}
     accepted: dict[str, list[Instruction]] = {k: [] for k in KINDS}
     grown = {k: Counter[str]() for k in KINDS}  # accepted per seed category (generation.max_category_share)
 
@@ -199,7 +254,6 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         cap = None if gc.max_category_share is None else max(1, math.floor(gc.max_category_share * wanted[k]))
         return lambda s: cap is not None and (c := category(ctx, s)) is not None and grown[k][c] >= cap
 
-    used = earlier_uses(ctx, r)
     samplers = {k: SeedSampler(seeds[k], rng, full(k), used[k]) for k in KINDS}
     templates = {k: ctx.template(f"generate_{k}") for k in KINDS}
     markers = {k: reply_marker(templates[k]) for k in KINDS}
@@ -225,11 +279,12 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         wave += 1
         requests = [
             ChatRequest(
-                messages=[{"role": "user", "content": templates[k].render(instruction=s.instruction)}], sample=sample
+                messages=[{"role": "user", "content": templates[k].render(instruction=s.instruction)}],
+                sample=sample_base + sample,
             )
             for k, s, sample in plan
         ]
-        results = ctx.gateway.chat_many("generator", "generation", requests, desc=f"round {r} generation wave {wave}")
+        results = ctx.gateway.chat_many("generator", phase, requests, desc=f"{desc} wave {wave}")
         for (k, seed, _), res in zip(plan, results):
             sent[k] += 1
             if len(accepted[k]) >= wanted[k]:  # the wave over-asked a little to absorb rejections
@@ -267,30 +322,9 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             new = Instruction(instruction=text, round=r, kind=k, parent=seed.id, meta={"parent_kind": seed.kind})
             accepted[k].append(new)
 
-    for rows in seeds.values():
-        rows.close()
-    check_failures(ctx.cfg, r, "generation", "generator calls",
+    check_failures(ctx.cfg, r, phase, "generator calls",
                    sum(1 for x in rejected if x["reason"] == "call_failed"), sum(sent.values()))
-    met = all(len(accepted[k]) >= wanted[k] for k in KINDS)
-    if met:
-        stopped = "targets_met"
-    elif any(wanted[k] and not seeds[k] for k in KINDS):
-        stopped = "no_seeds"
-    else:
-        stopped = "category_cap" if capped else "max_attempts"
-    write_jsonl(rp.generated, (i.to_json() for k in KINDS for i in accepted[k]))
-    write_jsonl(rp.rejected, rejected)
-    metrics = {
-        "wanted": wanted,
-        "seeds": {k: len(seeds[k]) for k in KINDS},
-        "accepted": {k: len(accepted[k]) for k in KINDS},
-        "requests": dict(sent),
-        "rejected": dict(Counter(x["reason"] for x in rejected)),
-        "stopped": stopped,
-    }
-    write_json(rp.phase_metrics("generation"), metrics)
-    ctx.run.mark_done(r, "generation")
-    return metrics
+    return Grown(accepted, rejected, sent, capped)
 
 
 def make_parser() -> argparse.ArgumentParser:
