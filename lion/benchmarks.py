@@ -77,6 +77,12 @@ def check_benchmarks(cfg: LionConfig) -> None:
     bc = cfg.eval.benchmarks
     if not bc.tasks:
         return
+    if bc.backend == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise ConfigError("eval.benchmarks.backend: vllm is not installed (pip install 'lion[vllm]'), or use "
+                              "backend: hf") from None
     tm = task_manager(bc)
     for t in bc.tasks:
         if t not in tm.all_tasks:

@@ -326,3 +326,51 @@ def test_a_kill_in_the_control_training_resumes_from_its_checkpoint(tmp_path: Pa
         cached_rows = db.execute("select count(*) from calls").fetchone()[0]
     paid = sum(r["calls"] for r in json.loads((run / "usage.json").read_text())["by"])
     assert paid == cached_rows  # every paid call is one cache row: none paid twice
+
+
+def test_benchmarks_run_a_lora_student_through_peft_and_do_not_run_a_finished_task_again(tmp_path: Path):
+    """A LoRA student (an adapter directory on its base) is benchmarked as lm-eval's hf model with peft= (its
+    logits are the merged model's); a finished task is read back, a changed setting runs it again."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lion.benchmarks import run_benchmarks
+    from lion.layout import EvalPaths
+    from lion.student.tiny import build_tiny
+
+    base = build_tiny(tmp_path / "base", hidden=32, layers=1, heads=2, max_position_embeddings=256)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
+    merged = tmp_path / "merged"
+    model.merge_and_unload().save_pretrained(merged)
+    AutoTokenizer.from_pretrained(base).save_pretrained(merged)
+    assert not (adapter / "config.json").exists()  # a plain PEFT adapter directory
+
+    local_task(tmp_path / "tasks", rows=8)
+    data = config(tmp_path / "run", benchmarks={"tasks": ["lion_tiny_mc"], "include_path": str(tmp_path / "tasks")})
+    cfg = config_from_dict(data)
+    from lion.benchmarks import make_lm
+
+    lm = make_lm(cfg, adapter)  # lm-eval's hf model: the base with the adapter through peft=
+    assert type(lm.model).__name__.startswith("Peft")
+    ids = torch.tensor([[5, 40, 41, 42, 43]])
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(merged)(ids).logits
+        assert torch.allclose(lm.model(ids).logits, want, atol=1e-5)
+    del lm
+    out_a = EvalPaths(tmp_path / "a")
+    a = run_benchmarks(cfg, adapter, out_a, name="adapter")
+    res_a = json.loads(out_a.benchmark("lion_tiny_mc").read_text())
+    assert res_a["settings"]["model"] == str(adapter.resolve()) and res_a["results"]["lion_tiny_mc"]["sample_len"] == 8
+    assert a["mean"] == a["tasks"]["lion_tiny_mc"]["value"] and a["n_finished"] == 1 and not a["failed"]
+    before = out_a.benchmark("lion_tiny_mc").stat().st_mtime_ns
+    assert run_benchmarks(cfg, adapter, out_a, name="adapter") == a  # finished: read back, not run again
+    assert out_a.benchmark("lion_tiny_mc").stat().st_mtime_ns == before
+    data["eval"]["benchmarks"]["limit"] = 3  # another setting: run again
+    again = run_benchmarks(config_from_dict(data), adapter, out_a, name="adapter")
+    assert json.loads(out_a.benchmark("lion_tiny_mc").read_text())["results"]["lion_tiny_mc"]["sample_len"] == 3
+    assert again["n_finished"] == 1
