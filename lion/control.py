@@ -295,7 +295,10 @@ def describe(m: dict[str, Any] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_phase(control_student, make_parser().parse_args(argv), describe)
+    def control(ctx: RunContext, r: int) -> dict[str, Any] | None:  # printed as "round R control: ..."
+        return control_student(ctx, r)
+
+    return run_phase(control, make_parser().parse_args(argv), describe)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
