@@ -284,7 +284,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def describe(m: dict[str, Any] | None) -> str:
     if m is None:
-        return "no control this round (eval.control: none, or the control joined later)"
+        return "no control student this round (round 1, eval.control: none, or a round before the control joined)"
     c = m.get("comparison") or {}
     sel = m.get("selection") or {}
     text = f"{sel.get('new', '-')} new instructions ({sel.get('rule', '?')})"
