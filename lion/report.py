@@ -339,7 +339,8 @@ def _cmp(r: RoundData) -> dict[str, Any]:
 
 def _control_relative(run: RunData) -> bytes | None:
     rule = sorted({str((_control(r).get("selection") or {}).get("rule")) for r in run.rounds if _control(r)})
-    series = {"loop's student": [_cmp(r).get("loop") for r in run.rounds],
+    # the loop's own score where no control was compared (round 1, rounds before it joined): its evaluation's
+    series = {"loop's student": [_cmp(r).get("loop", _eval_rel(r.eval)) for r in run.rounds],
               f"control ({' / '.join(rule)})": [_cmp(r).get("control") for r in run.rounds]}
     return plots.line_chart("Relative score on the same questions: loop vs control", _xs(run), series,
                             ylabel="relative score")
