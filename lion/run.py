@@ -41,7 +41,7 @@ from .imitation import imitation
 from .layout import RunLayout
 from .plan import add_plan_args, print_plan
 from .pools import prepare_round
-from .records import write_json
+from .records import read_json_or_empty, write_json
 from .roundtable import collect_round, family_table, round_line, summary_table
 from .trackers import Trackers, open_trackers
 
@@ -110,9 +110,12 @@ def check_before_spending(ctx: RunContext) -> None:
 
 def round_metrics(ctx: RunContext, r: int, trackers: Trackers | None = None) -> dict[str, Any]:
     """Collect round r's figures (and the spend so far) into round_XX/metrics.json, and send them to the trackers
-    (once per round: a resumed run does not send a finished round again)."""
-    m = collect_round(ctx.run.round(r))
-    m["usage"] = ctx.gateway.usage_summary()
+    (once per round: a resumed run does not send a finished round again). The spend is the ledger's when the round
+    first finished: a resumed run gathers a finished round's figures again but keeps that snapshot (the per-round
+    spend, and lion.plan --calibrate, take one round's share as the difference of two snapshots)."""
+    rp = ctx.run.round(r)
+    m = collect_round(rp)
+    m["usage"] = read_json_or_empty(rp.metrics).get("usage") or ctx.gateway.usage_summary()
     write_json(ctx.run.round(r).metrics, m)
     if trackers is not None:
         trackers.log_round(m)

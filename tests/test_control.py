@@ -374,3 +374,30 @@ def test_benchmarks_run_a_lora_student_through_peft_and_do_not_run_a_finished_ta
     again = run_benchmarks(config_from_dict(data), adapter, out_a, name="adapter")
     assert json.loads(out_a.benchmark("lion_tiny_mc").read_text())["results"]["lion_tiny_mc"]["sample_len"] == 3
     assert again["n_finished"] == 1
+
+
+def test_a_resumed_run_keeps_each_finished_rounds_spend_snapshot(tmp_path: Path):
+    """Resuming a run gathers the finished rounds' figures again; their spend stays what the ledger said when each
+    round first finished (it was overwritten with the spend at the resume, so after a kill in round 2 round 1
+    showed round 2's spend too, and lion.plan --calibrate took a wrong per-round share)."""
+    run = tmp_path / "run"
+    one = config(run)
+    one["rounds"], one["final_imitation"] = 1, False
+    first = lion_loop(config_from_dict(one), progress=False, echo=False)
+    snap = first[0]["usage"]["total"]
+    two = {**one, "rounds": 2}
+    from lion.imitation import imitation
+    from lion.pools import prepare_round
+
+    with RunContext(config_from_dict(two), progress=False) as ctx:  # round 2 half done, as by a run killed there
+        prepare_round(ctx, 2)
+        imitation(ctx, 2)
+    rounds = lion_loop(config_from_dict(two), progress=False, echo=False)
+    assert rounds[0]["usage"]["total"] == snap
+    assert json.loads((run / "round_01" / "metrics.json").read_text())["usage"]["total"] == snap
+    assert rounds[1]["usage"]["total"]["usd"] > snap["usd"]
+    from lion.plan import measured_rounds
+
+    share = measured_rounds(run)
+    assert share[(1, "teacher", "imitation")]["calls"] == snap["calls"] - sum(
+        v["calls"] for k, v in share.items() if k[0] == 1 and k != (1, "teacher", "imitation"))
