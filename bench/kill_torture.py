@@ -14,6 +14,10 @@ the same run with the same seed, started again and again: each start is SIGKILLe
 planned activity window (a random fraction of the window's reference length after it is seen starting), until
 the run finishes on its own.
 
+With `--control plain|self_instruct` the run has a control student (eval.control) from round 2, and its steps are
+activity windows of their own (control-selection: its new instructions, control-teacher, control-training,
+control-eval-inference, control-eval-judging); its files are compared like the round's own.
+
 Figures (the last line is one JSON object):
 - `differing_artifacts`: artifacts that differ from the uninterrupted run: pools, teacher answers, student
   answers, judgements, splits, generated and rejected instructions, phase metrics (timings left out),
@@ -195,7 +199,7 @@ def probe(run: RunLayout, since: float, server_log: Path) -> tuple[int, str] | N
     cp = rp.control
     if cp.dir.exists() and not rp.done("discrimination").exists() and not cp.comparison.exists():
         if not cp.done("selection").exists():
-            return (r, "control-generation") if _fresh(server_log, since) else None
+            return (r, "control-selection") if _fresh(server_log, since) else None
         if not cp.done("imitation").exists():
             if _fresh(cp.dir / "student.tmp", since) or _fresh(cp.student_ckpt, since):
                 return r, "control-training"
