@@ -3,6 +3,7 @@ with the same run uninterrupted.
 
     python bench/kill_torture.py [--kills 20] [--workdir runs/bench_kill_torture] [--seeds 40] [--max-steps 80]
     python bench/kill_torture.py --mode batch      # every role through the sim's batch API (llm.<role>.mode)
+    python bench/kill_torture.py --control plain   # with a control student (eval.control): kills in its steps too
 
 Two rounds (+ the final imitation, + an evaluation per round) with a tiny student, against the oracle world served
 by `python -m lion.sim.server` processes started apart (one per run), so each server outlives the kills and counts
@@ -12,6 +13,10 @@ a second `lion.run` on the same directory is started and must leave at once nami
 the same run with the same seed, started again and again: each start is SIGKILLed at a random moment inside a
 planned activity window (a random fraction of the window's reference length after it is seen starting), until
 the run finishes on its own.
+
+With `--control plain|self_instruct` the run has a control student (eval.control) from round 2, and its steps are
+activity windows of their own (control-selection: its new instructions, control-teacher, control-training,
+control-eval-inference, control-eval-judging); its files are compared like the round's own.
 
 Figures (the last line is one JSON object):
 - `differing_artifacts`: artifacts that differ from the uninterrupted run: pools, teacher answers, student
@@ -66,6 +71,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("online", "batch"), default="online",
                    help="llm.<role>.mode for every role: online calls, or the sim's batch API (see above)")
     p.add_argument("--batch-delay-s", type=float, default=0.3, help="--mode batch: seconds until a batch ends")
+    p.add_argument("--control", choices=("none", "plain", "self_instruct"), default="none",
+                   help="eval.control: a control student beside the loop's from round 2 (its training, evaluation "
+                        "and, for self_instruct, generation are killed too, and its files compared)")
     p.add_argument("--rng", type=int, default=0, help="seeds the kill moments")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -104,7 +112,7 @@ def bench_config(run_dir: Path, url: str, args: argparse.Namespace) -> dict[str,
         "pools": {"train_seed": str(ROOT / "data" / "smoke_seed.jsonl"), "limit": args.seeds,
                   "train_pool": "accumulate"},
         "generation": {"n_hard": 12, "n_easy": 8, "batch_size": 8, "rouge_threshold": 0.9},
-        "eval": {"every_round": True, "questions": "oracle", "oracle_per_family": 2},
+        "eval": {"every_round": True, "questions": "oracle", "oracle_per_family": 2, "control": args.control},
     }
 
 
@@ -188,6 +196,20 @@ def probe(run: RunLayout, since: float, server_log: Path) -> tuple[int, str] | N
         if _fresh(server_log, since):
             return r, "eval-judging"
         return None
+    cp = rp.control
+    if cp.dir.exists() and not rp.done("discrimination").exists() and not cp.comparison.exists():
+        if not cp.done("selection").exists():
+            return (r, "control-selection") if _fresh(server_log, since) else None
+        if not cp.done("imitation").exists():
+            if _fresh(cp.dir / "student.tmp", since) or _fresh(cp.student_ckpt, since):
+                return r, "control-training"
+            return (r, "control-teacher") if _fresh(run.teacher_answers, since) else None
+        ev = cp.eval
+        if not ev.questions.exists() or _rows(ev.candidate_answers) < _rows(ev.questions):
+            if _fresh(ev.questions, since) or _fresh(ev.candidate_answers, since):
+                return r, "control-eval-inference"
+            return None
+        return (r, "control-eval-judging") if _fresh(server_log, since) else None
     if not rp.done("discrimination").exists():
         if _fresh(rp.student_answers, since) and _rows(rp.student_answers) < _rows(rp.cache_pool):
             return r, "inference"
@@ -393,6 +415,18 @@ def artifacts(run: RunLayout) -> dict[str, Any]:
         out[f"{n}/eval.json"] = _json(rp.eval_summary, run.root)
         out[f"{n}/metrics.json"] = _json(rp.metrics, run.root)
         out[f"{n}/student_weights"] = _weights(rp.student)
+        cp = rp.control  # eval.control (--control): the control student's files, like the round's own
+        if cp.dir.exists():
+            for name, path in [("new", cp.new), ("rejected", cp.rejected), ("train_pool", cp.train_pool),
+                               ("cache_pool", cp.cache_pool), ("eval_answers", cp.eval.answers),
+                               ("eval_judgements", cp.eval.judgements), ("eval_table", cp.eval.table)]:
+                out[f"{n}/control/{name}"] = _jsonl(path)
+            out[f"{n}/control/eval_candidate_answers"] = _jsonl(cp.eval.candidate_answers, by_id=True)
+            for name, path in [("selection.json", cp.phase_metrics("selection")),
+                               ("imitation.json", cp.phase_metrics("imitation")), ("eval.json", cp.eval_summary),
+                               ("comparison.json", cp.comparison)]:
+                out[f"{n}/control/{name}"] = _json(path, run.root)
+            out[f"{n}/control/student_weights"] = _weights(cp.student)
     return out
 
 

@@ -23,7 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preference": ("lion.preference", "optional stage of one round (imitation.preference): DPO or SPIN on the "
                                       "student's own answers"),
     "generation": ("lion.generation", "phase 3 of one round: new instructions from hard and easy seeds"),
+    "control": ("lion.control", "the control student of one round: as many new instructions without the referee"),
     "evaluate": ("lion.evaluate", "relative score of a student against reference answers"),
+    "benchmarks": ("lion.benchmarks", "lm-evaluation-harness tasks (BBH, AGIEval, your own) on a round's student"),
     "report": ("lion.report", "HTML report and text summary of a run"),
     "export": ("lion.export", "a run as SFT data (alpaca, sharegpt, messages) or DPO pairs, with a dataset card"),
     "plan": ("lion.plan", "estimate calls, hours and USD of a config before running it"),

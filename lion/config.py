@@ -595,6 +595,32 @@ class GenerationConfig:
 
 
 @dataclass
+class BenchmarksConfig:
+    """Standard benchmarks with lm-evaluation-harness on each round's student and control (lion.benchmarks)."""
+
+    tasks: list[str] = opt_factory(list, "lm-eval task or group names run on each round's student (and the control "
+                                         "student) after its evaluation, e.g. [bbh_zeroshot, agieval_en] (the "
+                                         "paper's BBH and AGIEval; they need the hub); empty = none")
+    num_fewshot: int | None = opt(None, "few-shot examples per prompt; None = each task's own default", ge=0)
+    limit: int | None = opt(None, "evaluate only the first N examples of each task (quick trials)", gt=0)
+    batch_size: int = opt(8, "prompts per forward pass (lm-eval's batch_size)", gt=0)
+    include_path: str | None = opt(None, "a folder of your own lm-eval task YAMLs (TaskManager include_path), e.g. a "
+                                         "task over a local JSON file for offline runs")
+    backend: Literal["hf", "vllm"] = opt("hf", "lm-eval model type: hf (transformers; a LoRA student through "
+                                               "peft=) or vllm (lm-eval's vLLM model; a LoRA student as its "
+                                               "lora_local_path)")
+    device: str = opt("auto", 'hf backend: "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:1", ...')
+
+    def check(self, key: str) -> None:
+        _check_fields(self, key)
+        bad = [t for t in self.tasks if not isinstance(t, str) or not t.strip() or "/" in t]
+        if bad:
+            raise ConfigError(f"{key}.tasks: task names must be non-empty names without '/', got {bad[0]!r}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"{key}.tasks: a task is named twice")
+
+
+@dataclass
 class EvalConfig:
     """A student's answers against reference answers, scored by the judge role (`python -m lion.evaluate`)."""
 
@@ -616,11 +642,22 @@ class EvalConfig:
                                           "category) to use instead of judge_template: each question gets the "
                                           "prompt of its category (coding, math), else the general one, else the "
                                           "first; verdict format fastchat (docs/judging.md)")
+    control: Literal["none", "plain", "self_instruct"] = opt(
+        "none", "a control student beside the loop's (lion.control, docs/control.md): from round 2 (or the round "
+                "after it is switched on) it gets as many new instructions as the loop's, plain = seed-file "
+                "instructions no pool has used, self_instruct = grown by the generator from Cache Pool seeds drawn "
+                "at random; trained and evaluated like the loop's student, compared with a paired bootstrap CI")
+    bootstrap: int = opt(2000, "resamples of the questions for the loop-vs-control confidence interval", gt=0)
+    benchmarks: BenchmarksConfig = field(default_factory=BenchmarksConfig)
 
     def check(self, key: str) -> None:
         if self.every_round and not self.questions:
             raise ConfigError(f"{key}.questions: must be set when {key}.every_round is true "
                               "(a question file, or \"oracle\" for the offline world's held-out questions)")
+        if self.control != "none" and not (self.every_round or self.benchmarks.tasks):
+            raise ConfigError(f"{key}.control: the control student is compared with the loop's on the evaluation "
+                              f"or the benchmarks: set {key}.every_round: true or {key}.benchmarks.tasks")
+        self.benchmarks.check(key + ".benchmarks")
         _check_fields(self, key)
 
 

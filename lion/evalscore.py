@@ -11,9 +11,10 @@ and the headline number is the mean of the two orders (Lion-7B: 94.74 and 92.88,
 over the questions whose verdicts parsed in *both* orders, so the two orders compare the same questions; a
 question whose verdict failed after the retries is excluded and counted, never scored.
 
-Also here: win/tie/loss (per question, on the mean of the two orders), mean scores, per-category figures
-and judge health (parse failures, how often the preferred answer flips when the order is swapped, and the
-average advantage of the first position).
+Also here: win/tie/loss (per question, on the mean of the two orders), mean scores, per-category figures,
+judge health (parse failures, how often the preferred answer flips when the order is swapped, the average
+advantage of the first position, zero scores), and the paired difference of two candidates judged on the same
+questions with its bootstrap CI (`paired_difference`: the loop's student vs the control student, lion.control).
 """
 
 from __future__ import annotations
@@ -117,7 +118,14 @@ def judge_health(rows: Sequence[QuestionScores]) -> dict[str, Any]:
         "pairs_excluded": sum(1 for q in rows if not q.ok),
         "swap_flip_rate": (sum(1 for f in flips if f) / len(flips)) if flips else None,
         "first_position_advantage": _mean(adv),
+        "zero_scores": zero_scores(s for q in rows for o in ORDERS if (s := q.scores.get(o)) is not None),
     }
+
+
+def zero_scores(pairs: Iterable[tuple[float, float]]) -> int:
+    """How many scores of 0 the judge gave (FastChat's judge scores an empty answer 0; lion.verdicts): counted,
+    never excluded, since dropping the pair would raise the empty answer's side."""
+    return sum((c == 0) + (r == 0) for c, r in pairs)
 
 
 def summarize(rows: Iterable[QuestionScores]) -> dict[str, Any]:
@@ -131,6 +139,54 @@ def summarize(rows: Iterable[QuestionScores]) -> dict[str, Any]:
         "by_category": {c: summarize_group(cats[c]) for c in sorted(cats)},
         "judge": judge_health(rows),
     }
+
+
+def paired_difference(
+    a: Iterable[QuestionScores], b: Iterable[QuestionScores], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """Two candidates judged against the same reference on the same questions (the loop's student and a control):
+    the relative score (mean of both orders) of each and the difference a - b, over the questions both have
+    scored in both orders, with a paired percentile bootstrap CI: the questions are resampled with replacement
+    `n_boot` times (numpy, seeded: the same inputs give the same interval), and each resample's difference is
+    computed exactly like the point estimate (ratio of sums per order, then the mean of the orders).
+
+    Returns {"n", "relative_a", "relative_b", "difference", "ci_low", "ci_high", "level", "n_boot",
+    "n_only_a", "n_only_b"} (n_only_*: questions scored for one candidate only, left out of the pairing)."""
+    import numpy as np
+
+    sa = {q.id: q for q in a if q.ok}
+    sb = {q.id: q for q in b if q.ok}
+    ids = [i for i in sa if i in sb]
+    out: dict[str, Any] = {"n": len(ids), "level": level, "n_boot": n_boot, "n_only_a": len(sa) - len(ids),
+                           "n_only_b": len(sb) - len(ids), "relative_a": None, "relative_b": None,
+                           "difference": None, "ci_low": None, "ci_high": None}
+    if not ids:
+        return out
+    # per question: candidate and reference score in each order, for a then b -> shape (n, 2 candidates, 2 orders, 2)
+    x = np.array([[[sc.scores[o] for o in ORDERS] for sc in (sa[i], sb[i])] for i in ids], dtype=float)
+
+    def rel(sums: Any) -> Any:  # sums (..., 2 candidates, 2 orders, 2) -> relative score per candidate (..., 2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = 100.0 * sums[..., 0] / sums[..., 1]
+        r[sums[..., 1] <= 0] = np.nan
+        return r.mean(axis=-1)
+
+    point = rel(x.sum(axis=0))
+    out["relative_a"], out["relative_b"] = (None if np.isnan(v) else float(v) for v in point)
+    if np.isnan(point).any():
+        return out
+    out["difference"] = float(point[0] - point[1])
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    step = max(1, 2_000_000 // max(len(ids), 1))  # resamples per chunk: bounded memory for long question lists
+    for start in range(0, n_boot, step):
+        k = min(step, n_boot - start)
+        idx = rng.integers(0, len(ids), size=(k, len(ids)))
+        r = rel(x[idx].sum(axis=1))
+        diffs[start:start + k] = r[:, 0] - r[:, 1]
+    lo, hi = np.nanpercentile(diffs, [50 * (1 - level), 50 * (1 + level)])
+    out["ci_low"], out["ci_high"] = float(lo), float(hi)
+    return out
 
 
 def format_summary(summary: dict[str, Any], title: str = "") -> str:
@@ -153,9 +209,11 @@ def format_summary(summary: dict[str, Any], title: str = "") -> str:
     flip = "-" if j["swap_flip_rate"] is None else f"{j['swap_flip_rate']:.1%}"
     cm = "-" if o["candidate_mean"] is None else f"{o['candidate_mean']:.2f}"
     rm = "-" if o["reference_mean"] is None else f"{o['reference_mean']:.2f}"
+    zeros = f", {j['zero_scores']} zero scores" if j.get("zero_scores") else ""
     lines.append(
         f"mean score: candidate {cm}, reference {rm}; judge: {j['parse_failures']} parse failures "
         f"({j['parse_failure_rate']:.1%} of orders), swap-flip rate {flip}, {o['n_excluded']} questions excluded"
+        f"{zeros}"
     )
     return "\n".join(lines)
 

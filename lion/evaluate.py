@@ -58,7 +58,7 @@ from .errors import ConfigError, DataError, LionError
 from .evalscore import ORDERS, QuestionScores, format_summary, summarize
 from .failures import check_failures, check_unparsed
 from .judge_prompts import JudgePrompts, TemplateJudge, load_judge_prompts
-from .layout import EvalPaths, RunLayout
+from .layout import EvalPaths, RoundPaths, RunLayout
 from .prompts import Template, teacher_request
 from .records import (
     atomic_write_text,
@@ -190,6 +190,7 @@ class EvalPlan:
     fingerprint: str
     finished: dict[str, Any] | None = None  # the saved summary, when this very evaluation is already done
     judge: Template | JudgePrompts | None = None  # the judge's template, or its FastChat prompt file
+    phase: str = PHASE  # the ledger's phase of its calls ("control-eval" for the control student, lion.control)
 
 
 @dataclass
@@ -209,9 +210,12 @@ def evaluate(
     questions: str | None = None,
     answers: str | None = None,
     name: str = "",
+    phase: str = PHASE,
 ) -> dict[str, Any]:
-    """Evaluate `model`; write everything under `out`; return the summary (also out.summary)."""
+    """Evaluate `model`; write everything under `out`; return the summary (also out.summary). `phase`: the ledger
+    phase its calls are booked under."""
     plan = prepare(ctx, model, out, questions=questions, answers=answers, name=name)
+    plan.phase = phase
     if plan.finished is not None:
         return plan.finished
     cand, refs, ref_source = answer(ctx, plan)
@@ -290,10 +294,10 @@ def judge_prompts(ctx: RunContext) -> tuple[Template | JudgePrompts, dict[str, s
 
 def answer(ctx: RunContext, plan: EvalPlan) -> tuple[dict[str, str | None], dict[str, str | None], str]:
     """The candidate's answers (saved as they come), the reference answers and where the references came from."""
-    cand = student_answers(ctx, plan.model, plan.questions, plan.out.candidate_answers, phase=PHASE)
+    cand = student_answers(ctx, plan.model, plan.questions, plan.out.candidate_answers, phase=plan.phase)
     if plan.answers_file:
         return cand, dict(load_answers(plan.answers_file, plan.questions)), str(plan.answers_file)
-    return cand, teacher_answers(ctx, plan.questions, PHASE), f"teacher:{ctx.cfg.llm.teacher.model}"
+    return cand, teacher_answers(ctx, plan.questions, plan.phase), f"teacher:{ctx.cfg.llm.teacher.model}"
 
 
 def judge(
@@ -309,7 +313,7 @@ def judge(
     judged = judge_pairs(
         ctx.gateway,
         "judge",
-        PHASE,
+        plan.phase,
         pairs,
         plan.judge if plan.judge is not None else ctx.template(ec.judge_template),
         attempts=ec.judge_attempts,
@@ -459,21 +463,24 @@ def check_judge(ctx: RunContext, plan: EvalPlan, scored: Scored) -> None:
 
 
 def seen_in_training(run: RunLayout, qs: Sequence[EvalQuestion]) -> int:
-    """How many evaluated questions occur (same content id) in any Train Pool of the run: a leak check."""
+    """How many evaluated questions occur (same content id) in any Train Pool of the run (the control student's
+    too): a leak check."""
     ids = {q.id for q in qs}
     seen: set[str] = set()
     for rp in run.rounds():
-        if rp.train_pool.exists():
-            seen |= {str(r.get("id")) for r in read_jsonl(rp.train_pool)} & ids
+        for pool in (rp.train_pool, rp.control.train_pool):
+            if pool.exists():
+                seen |= {str(r.get("id")) for r in read_jsonl(pool)} & ids
     return len(seen)
 
 
 def pool_overlap(run: RunLayout, qs: Sequence[EvalQuestion]) -> int:
-    """How many evaluated questions occur (same content id) in any Train or Cache Pool of the run."""
+    """How many evaluated questions occur (same content id) in any Train or Cache Pool of the run (the control
+    student's too)."""
     ids = {q.id for q in qs}
     seen: set[str] = set()
     for rp in run.rounds():
-        for pool in (rp.train_pool, rp.cache_pool):
+        for pool in (rp.train_pool, rp.cache_pool, rp.control.train_pool, rp.control.cache_pool):
             if pool.exists():
                 seen |= {str(r.get("id")) for r in read_jsonl(pool)} & ids
     return len(seen)
@@ -522,13 +529,15 @@ def table_markdown(qs: Sequence[EvalQuestion], table: Sequence[dict[str, Any]]) 
     return "\n".join(lines) + "\n"
 
 
-def evaluate_round(ctx: RunContext, r: int) -> dict[str, Any]:
+def evaluate_round(ctx: RunContext, r: int, rp: RoundPaths | None = None, *, name: str = "",
+                   phase: str = PHASE) -> dict[str, Any]:
     """The loop's per-round hook: evaluate round r's student into round_XX/eval/ and keep the summary as the
-    round's eval.json (idempotent: a finished evaluation is read back)."""
-    rp = ctx.run.round(r)
+    round's eval.json (idempotent: a finished evaluation is read back). `rp`: another track's files of the round
+    (the control student's, lion.control), whose calls go to the ledger under `phase`."""
+    rp = rp or ctx.run.round(r)
     if rp.eval_summary.exists():
         return read_json_or_empty(rp.eval_summary)
-    summary = evaluate(ctx, rp.student, rp.eval, name=f"round {r}")
+    summary = evaluate(ctx, rp.student, rp.eval, name=name or f"round {r}", phase=phase)
     summary = {k: v for k, v in summary.items() if k != "fingerprint"}
     write_json(rp.eval_summary, summary)
     return summary

@@ -15,8 +15,8 @@ rejected candidate is kept with its reason. Requests go out in concurrent waves 
 or `generation.max_attempts_factor` × target requests were made, and the phase reports which.
 With the `progress` selector, each kind's requests are shared among the clusters its seeds belong to by the
 shares of round_XX/allocation.json (`QuotaSampler`).
-With `pools.fresh_share`, that share of the round's new instructions is drawn from the train seed file's rows no
-pool holds yet (kind `fresh`, lion.pools.unused_seeds) and the generator is asked for the rest.
+With `pools.fresh_share`, that share of the round's new instructions is drawn from the seed files' rows no pool
+holds yet (kind `fresh`, lion.pools.unused_seeds) and the generator is asked for the rest.
 Everything is deterministic given the seed and the (cached) replies, so a resumed phase replays exactly.
 The Cache Pool is read in one streamed pass (its texts into the near-duplicate index, the byte offsets of its
 hard and easy rows kept); a drawn seed is read back from the pool file, so only the index grows with the pool.
@@ -33,7 +33,8 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from .context import RunContext, make_phase_parser, run_phase
 from .errors import DataError, LionError
 from .failures import check_failures
 from .prompts import reply_marker
-from .records import Instruction, iter_jsonl, read_json_or_empty, read_jsonl, read_pool, write_json, write_jsonl
+from .records import Instruction, iter_jsonl, read_json_or_empty, read_jsonl, write_json, write_jsonl
 from .teachers.base import ChatRequest
 
 KINDS = ("hard", "easy")
@@ -209,8 +210,6 @@ def scan_pool(pool: Path, split: Path, offsets: dict[str, array.array[int]],
 
 def generation(ctx: RunContext, r: int) -> dict[str, Any]:
     """Run phase 3 of round r (idempotent)."""
-    from .filters import CandidateFilter, load_eval_questions
-
     rp = ctx.run.round(r)
     if ctx.run.is_done(r, "generation"):
         return read_json_or_empty(rp.phase_metrics("generation"))
@@ -224,16 +223,81 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
     # the progress selector's shares of the requests per cluster (round_XX/allocation.json), when it ran
     shares = read_json_or_empty(rp.allocation).get("clusters") or {}
     by_cluster: dict[str, dict[str, array.array[int]]] | None = {k: {} for k in KINDS} if shares else None
-    held_out = [q.instruction for q in ctx.heldout()] if ctx.cfg.eval.questions == "oracle" else []
     # one pass over the Cache Pool: its texts go into the near-duplicate index, its hard/easy rows' offsets kept
-    filt = CandidateFilter(gc, scan_pool(rp.cache_pool, rp.split, offsets, by_cluster),
-                           load_eval_questions(gc.decontaminate), held_out)
+    filt = candidate_filter(ctx, scan_pool(rp.cache_pool, rp.split, offsets, by_cluster))
     for i in fresh:  # a generated instruction may not repeat a fresh one either
         filt.accept(i.instruction)
     seeds = {k: PoolRows(rp.cache_pool, offsets[k]) for k in KINDS}
+    quota = None
+    if by_cluster is not None:
+        quota = ({k: {c: PoolRows(rp.cache_pool, offs) for c, offs in by_cluster[k].items()} for k in KINDS},
+                 {c: float(v["share"]) for c, v in shares.items()})
     wanted = generation_targets(gc.n_hard, gc.n_easy, len(fresh))
-    budget = {k: math.ceil(wanted[k] * gc.max_attempts_factor) if seeds[k] else 0 for k in KINDS}
     rng = random.Random(f"{ctx.cfg.seed}/{gc.seed}/{r}")
+    try:
+        grown = grow(ctx, r, seeds, wanted, filt, rng, earlier_uses(ctx, r), phase="generation",
+                     desc=f"round {r} generation", quota=quota)
+    finally:
+        for rows in [*seeds.values(), *(rows for per in (quota[0].values() if quota else ()) for rows in per.values())]:
+            rows.close()
+    write_jsonl(rp.generated, [*(i.to_json() for k in KINDS for i in grown.accepted[k]), *(i.to_json() for i in fresh)])
+    write_jsonl(rp.rejected, grown.rejected)
+    metrics = {**grown.metrics(wanted, seeds), "fresh": len(fresh)}
+    if grown.cluster_requests is not None:  # the progress selector's shares, as drawn
+        metrics["cluster_requests"] = grown.cluster_requests
+    write_json(rp.phase_metrics("generation"), metrics)
+    ctx.run.mark_done(r, "generation")
+    return metrics
+
+
+def candidate_filter(ctx: RunContext, pool_texts: Iterable[str]) -> Any:
+    """The filters of lion.filters over `pool_texts` (the near-duplicate index), the evaluation sets of
+    generation.decontaminate and (offline) the held-out questions."""
+    from .filters import CandidateFilter, load_eval_questions
+
+    gc = ctx.cfg.generation
+    held_out = [q.instruction for q in ctx.heldout()] if ctx.cfg.eval.questions == "oracle" else []
+    return CandidateFilter(gc, pool_texts, load_eval_questions(gc.decontaminate), held_out)
+
+
+@dataclass
+class Grown:
+    """What one generation produced: accepted instructions per kind, rejected candidates, requests per kind."""
+
+    accepted: dict[str, list[Instruction]]
+    rejected: list[dict[str, Any]]
+    sent: Counter[str]
+    capped: set[str]
+    cluster_requests: dict[str, dict[str, int]] | None = None  # QuotaSampler: requests per kind and cluster
+
+    def metrics(self, wanted: dict[str, int], seeds: dict[str, Sequence[Instruction]]) -> dict[str, Any]:
+        """generation.json's figures, with why it stopped."""
+        if all(len(self.accepted[k]) >= wanted[k] for k in KINDS):
+            stopped = "targets_met"
+        elif any(wanted[k] and not seeds[k] for k in KINDS):
+            stopped = "no_seeds"
+        else:
+            stopped = "category_cap" if self.capped else "max_attempts"
+        return {
+            "wanted": wanted,
+            "seeds": {k: len(seeds[k]) for k in KINDS},
+            "accepted": {k: len(self.accepted[k]) for k in KINDS},
+            "requests": dict(self.sent),
+            "rejected": dict(Counter(x["reason"] for x in self.rejected)),
+            "stopped": stopped,
+        }
+
+
+def grow(ctx: RunContext, r: int, seeds: dict[str, Sequence[Instruction]], wanted: dict[str, int], filt: Any,
+         rng: random.Random, used: dict[str, Counter[str]], *, phase: str, desc: str, sample_base: int = 0,
+         quota: tuple[dict[str, dict[str, Sequence[Instruction]]], dict[str, float]] | None = None) -> Grown:
+    """Ask the generator for new instructions from `seeds` (per kind: the hard and easy templates) in waves until
+    `wanted` are accepted by `filt` or generation.max_attempts_factor x wanted requests were made. A seed's n-th
+    use (`used`: uses so far) is sample `sample_base + n` of its prompt. Shared by the loop's generation and the
+    self_instruct control (lion.control: its own sample numbers, ledger phase "control-generation"). `quota`: each
+    kind's seeds by cluster and the clusters' shares (selector progress): the requests follow the shares."""
+    gc = ctx.cfg.generation
+    budget = {k: math.ceil(wanted[k] * gc.max_attempts_factor) if seeds[k] else 0 for k in KINDS}
     accepted: dict[str, list[Instruction]] = {k: [] for k in KINDS}
     grown = {k: Counter[str]() for k in KINDS}  # accepted per seed category (generation.max_category_share)
 
@@ -241,14 +305,10 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         cap = None if gc.max_category_share is None else max(1, math.floor(gc.max_category_share * wanted[k]))
         return lambda s: cap is not None and (c := category(ctx, s)) is not None and grown[k][c] >= cap
 
-    used = earlier_uses(ctx, r)
     samplers: dict[str, SeedSampler | QuotaSampler] = {k: SeedSampler(seeds[k], rng, full(k), used[k]) for k in KINDS}
-    cluster_rows: list[PoolRows] = []
-    if by_cluster is not None:
-        for k in KINDS:
-            rows = {c: PoolRows(rp.cache_pool, offs) for c, offs in by_cluster[k].items()}
-            cluster_rows += rows.values()
-            samplers[k] = QuotaSampler(rows, {c: v["share"] for c, v in shares.items()}, rng, full(k), used[k])
+    if quota is not None:
+        by_cluster, shares = quota
+        samplers = {k: QuotaSampler(by_cluster[k], shares, rng, full(k), used[k]) for k in KINDS}
     templates = {k: ctx.template(f"generate_{k}") for k in KINDS}
     markers = {k: reply_marker(templates[k]) for k in KINDS}
 
@@ -273,11 +333,12 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
         wave += 1
         requests = [
             ChatRequest(
-                messages=[{"role": "user", "content": templates[k].render(instruction=s.instruction)}], sample=sample
+                messages=[{"role": "user", "content": templates[k].render(instruction=s.instruction)}],
+                sample=sample_base + sample,
             )
             for k, s, sample in plan
         ]
-        results = ctx.gateway.chat_many("generator", "generation", requests, desc=f"round {r} generation wave {wave}")
+        results = ctx.gateway.chat_many("generator", phase, requests, desc=f"{desc} wave {wave}")
         for (k, seed, _), res in zip(plan, results):
             sent[k] += 1
             if len(accepted[k]) >= wanted[k]:  # the wave over-asked a little to absorb rejections
@@ -312,41 +373,13 @@ def generation(ctx: RunContext, r: int) -> dict[str, Any]:
             filt.accept(text)
             if (c := category(ctx, seed)) is not None:
                 grown[k][c] += 1
-            meta = {"parent_kind": seed.kind}
-            if res.served_model:  # the snapshot that wrote it (lion.snapshots)
-                meta["model"] = res.served_model
-            if res.fingerprint:
-                meta["fingerprint"] = res.fingerprint
-            new = Instruction(instruction=text, round=r, kind=k, parent=seed.id, meta=meta)
+            new = Instruction(instruction=text, round=r, kind=k, parent=seed.id, meta={"parent_kind": seed.kind})
             accepted[k].append(new)
 
-    for rows in [*seeds.values(), *cluster_rows]:
-        rows.close()
-    check_failures(ctx.cfg, r, "generation", "generator calls",
+    check_failures(ctx.cfg, r, phase, "generator calls",
                    sum(1 for x in rejected if x["reason"] == "call_failed"), sum(sent.values()))
-    met = all(len(accepted[k]) >= wanted[k] for k in KINDS)
-    if met:
-        stopped = "targets_met"
-    elif any(wanted[k] and not seeds[k] for k in KINDS):
-        stopped = "no_seeds"
-    else:
-        stopped = "category_cap" if capped else "max_attempts"
-    write_jsonl(rp.generated, [*(i.to_json() for k in KINDS for i in accepted[k]), *(i.to_json() for i in fresh)])
-    write_jsonl(rp.rejected, rejected)
-    metrics = {
-        "wanted": wanted,
-        "seeds": {k: len(seeds[k]) for k in KINDS},
-        "accepted": {k: len(accepted[k]) for k in KINDS},
-        "requests": dict(sent),
-        "rejected": dict(Counter(x["reason"] for x in rejected)),
-        "stopped": stopped,
-        "fresh": len(fresh),
-    }
-    if by_cluster is not None:  # the progress selector's shares, as drawn
-        metrics["cluster_requests"] = {k: dict(sorted(getattr(samplers[k], "drawn", {}).items())) for k in KINDS}
-    write_json(rp.phase_metrics("generation"), metrics)
-    ctx.run.mark_done(r, "generation")
-    return metrics
+    drawn = {k: dict(sorted(s.drawn.items())) for k, s in samplers.items() if isinstance(s, QuotaSampler)}
+    return Grown(accepted, rejected, sent, capped, drawn or None)
 
 
 def generation_targets(n_hard: int, n_easy: int, n_fresh: int) -> dict[str, int]:
@@ -362,17 +395,17 @@ def fresh_rows(ctx: RunContext, r: int) -> list[Instruction]:
     """`pools.fresh_share` of the round's new instructions, drawn from the train seed file's unused rows (never a
     held-out or evaluation question: the same checks as generated ones, but not the near-duplicate one, which the
     seed pool itself never went through), as kind `fresh` of round r."""
-    from .filters import CandidateFilter, load_eval_questions
+    from .control import control_pools
     from .pools import unused_seeds
 
     gc, share = ctx.cfg.generation, ctx.cfg.pools.fresh_share
     n = round(share * (gc.n_hard + gc.n_easy))
     if not n:
         return []
-    held_out = [q.instruction for q in ctx.heldout()] if ctx.cfg.eval.questions == "oracle" else []
-    probe = [i.id for i in read_pool(ctx.run.probe)] if ctx.run.probe.is_file() else []
-    filt = CandidateFilter(gc, (), load_eval_questions(gc.decontaminate), held_out)
-    rows = [i for i in unused_seeds(ctx, r, 2 * n, salt="fresh", exclude=probe)
+    # unused_seeds keeps out every pool and evaluation question; the probe set (selector progress) must stay
+    # untrained, and the control student's pools are its own
+    filt = candidate_filter(ctx, ())
+    rows = [i for i in unused_seeds(ctx, 2 * n, r, salt="fresh", exclude=[ctx.run.probe, *control_pools(ctx)])
             if filt.check(i.instruction).reason in (None, "near_duplicate", "too_short", "too_long", "meta_word")]
     if len(rows) < n:
         log.warning("round %d: pools.fresh_share wants %d fresh seed instructions, the seed file has %d unused "

@@ -22,6 +22,7 @@ from .answers import buy_teacher_answers, teacher_identity
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
 from .failures import check_failures
+from .layout import RoundPaths
 from .pools import prepare_round
 from .records import count_rows, iter_pool, read_json_or_empty, write_json
 
@@ -49,8 +50,19 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
     if ctx.run.is_done(r, "imitation"):
         return read_json_or_empty(rp.phase_metrics("imitation"))
     prepare_round(ctx, r)
+    metrics = imitate(ctx, r, rp, previous_student(ctx, r), phase="imitation")
+    write_json(rp.phase_metrics("imitation"), metrics)
+    ctx.run.mark_done(r, "imitation")
+    return metrics
+
+
+def imitate(ctx: RunContext, r: int, rp: RoundPaths, init_from: str, *, phase: str, track: str = "") -> dict[str, Any]:
+    """Buy the teacher's answers to `rp.train_pool` (ledger phase `phase`) and train `init_from` on them into
+    `rp.student` with round r's recipe and seed; the figures. Shared by the loop's imitation and the control student
+    (lion.control: `rp` its ControlPaths, phase "control-imitation", track "control")."""
     n_pool = count_rows(rp.train_pool)
-    buy_teacher_answers(ctx, iter_pool(rp.train_pool), "imitation", total=n_pool, desc=f"round {r} teacher answers")
+    buy_teacher_answers(ctx, iter_pool(rp.train_pool), phase, total=n_pool,
+                        desc=f"round {r} {track + ' ' if track else ''}teacher answers")
     who = teacher_identity(ctx.cfg)
     drop = ctx.cfg.imitation.truncated == "drop"
     kd = ctx.cfg.student.objective == "topk_kd"
@@ -67,23 +79,23 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
             if kd and (blob := ctx.answers.logprobs(row)) is not None:  # the teacher's top-k (objective topk_kd)
                 ex["teacher_logprobs"] = base64.b64encode(blob).decode("ascii")
             examples.append(ex)
+    what = f"{track} Train Pool" if track else "Train Pool"
     if not examples:
         why = (f"{n_truncated} answers were cut at llm.teacher.max_tokens and imitation.truncated is drop; "
                "raise llm.teacher.max_tokens" if n_truncated else "see the gateway errors above")
         raise LionError(
-            f"round {r}: none of the {n_pool} Train Pool instructions has a usable teacher answer ({n_failed} "
+            f"round {r}: none of the {n_pool} {what} instructions has a usable teacher answer ({n_failed} "
             f"failed); {why}"
         )
-    check_failures(ctx.cfg, r, "imitation", "teacher answers to the Train Pool", n_failed, n_pool,
-                   "; nothing was trained on the partial Train Pool")
+    check_failures(ctx.cfg, r, phase, f"teacher answers to the {what}", n_failed, n_pool,
+                   f"; nothing was trained on the partial {what}")
     from .student.train import train_student
 
-    init_from = previous_student(ctx, r)
     result = train_student(
         ctx.cfg.student, examples, init_from, rp.student, seed=ctx.cfg.seed + r, progress=ctx.progress,
-        logging_dir=ctx.run.trainer_logs(r) if "tensorboard" in ctx.cfg.student.report_targets() else None,
+        logging_dir=ctx.run.trainer_logs(r, track) if "tensorboard" in ctx.cfg.student.report_targets() else None,
     )
-    metrics = {
+    return {
         "n_train_pool": n_pool,
         "n_train": len(examples),
         "n_failed_answers": n_failed,
@@ -93,9 +105,6 @@ def imitation(ctx: RunContext, r: int) -> dict[str, Any]:
         "student": str(result.path),
         "train": result.metrics,
     }
-    write_json(rp.phase_metrics("imitation"), metrics)
-    ctx.run.mark_done(r, "imitation")
-    return metrics
 
 
 def make_parser() -> argparse.ArgumentParser:

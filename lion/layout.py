@@ -16,6 +16,7 @@ from pathlib import Path
 
 PHASES = ("imitation", "discrimination", "generation")
 OPTIONAL_PHASES = ("preference",)  # run only when configured (imitation.preference), after discrimination
+CONTROL_STEPS = ("selection", "imitation")  # the control student's steps with a .done marker (lion.control)
 
 _ROUND = re.compile(r"^round_(\d+)$")
 
@@ -79,6 +80,23 @@ class EvalPaths:
     def meta(self) -> Path:
         return self.dir / "eval_meta.json"
 
+    # standard benchmarks (eval.benchmarks, lion.benchmarks)
+    @property
+    def benchmarks_dir(self) -> Path:
+        return self.dir / "benchmarks"
+
+    def benchmark(self, task: str) -> Path:
+        """One task's lm-eval results and settings, written when the task has finished (its resume point)."""
+        return self.benchmarks_dir / f"{task}.json"
+
+    def benchmark_error(self, task: str) -> Path:
+        """The one-line error of a task that failed (removed when it runs again and finishes)."""
+        return self.benchmarks_dir / f"{task}.error.json"
+
+    @property
+    def benchmarks(self) -> Path:
+        """Every configured task's headline metric and their mean (rewritten after each task)."""
+        return self.dir / "benchmarks.json"
 
 
 @dataclass(frozen=True)
@@ -218,6 +236,32 @@ class RoundPaths:
         """The phase's completion marker, written last."""
         return self.dir / f"{phase}.done"
 
+    # the control student (eval.control, lion.control)
+    @property
+    def control(self) -> ControlPaths:
+        return ControlPaths(self.root, self.no)
+
+
+@dataclass(frozen=True)
+class ControlPaths(RoundPaths):
+    """The control student's files of one round (round_XX/control/; lion.control), under the names the round's own
+    files have (train_pool, cache_pool, student, student.ckpt, imitation.json, eval/, eval.json, `<phase>.done`),
+    plus the control's new instructions and the paired comparison with the loop's student."""
+
+    @property
+    def dir(self) -> Path:
+        return self.root / f"round_{self.no:02d}" / "control"
+
+    @property
+    def new(self) -> Path:
+        """The control's new instructions of this round (drawn from unused seeds, or grown by the generator)."""
+        return self.dir / "new.jsonl"
+
+    @property
+    def comparison(self) -> Path:
+        """The loop's relative score vs the control's on the same questions, the difference and its bootstrap CI."""
+        return self.dir / "comparison.json"
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -301,9 +345,9 @@ class RunLayout:
         """TensorBoard event files: the loop's per-round figures here, each training's loss in a sub-folder."""
         return self.root / "tensorboard"
 
-    def trainer_logs(self, r: int) -> Path:
-        """Round r's Trainer loss curves (TensorBoard)."""
-        return self.tensorboard / f"train_round_{r:02d}"
+    def trainer_logs(self, r: int, track: str = "") -> Path:
+        """Round r's Trainer loss curves (TensorBoard); `track` "control": the control student's."""
+        return self.tensorboard / (f"train_round_{r:02d}" + (f"_{track}" if track else ""))
 
     @property
     def wandb(self) -> Path:

@@ -4,7 +4,8 @@
     python -m lion.run --config C --dry-run                       # the same, from the run command
     python -m lion.plan --config configs/smoke.yaml --compare runs/smoke   # plan vs a run's measured ledger
 
-Per round and phase (imitation, per-round evaluation, discrimination, generation; the final imitation) and role:
+Per round and phase (imitation, per-round evaluation, discrimination, generation; the final imitation; the control
+student's control-generation, control-imitation and control-eval, eval.control) and role:
 the calls, tokens in and out, USD online and in batch mode (`llm.prices`, `batch_discount`), hours at the role's
 RPM / TPM / max_in_flight and which of them binds, and how many batches go out one after another in batch mode.
 It warns when the plan exceeds `llm.budget_usd` or a round would take longer than a day online, and estimates the
@@ -87,6 +88,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     memory: dict[str, Any] | None = None
     calibrated: dict[str, Any] | None = None  # --calibrate RUN: the run and the factors applied
+    control: dict[str, Any] | None = None  # eval.control: what the control student adds (calls, USD, hours)
 
     def total(self, steps: Sequence[Step] | None = None) -> dict[str, float]:
         steps = self.steps if steps is None else steps
@@ -106,6 +108,7 @@ class Plan:
                 "steps": [asdict(s) for s in self.steps], "total": self.total(),
                 "by_round": {r: self.total(st) for r, st in self.by_round().items()},
                 "assumptions": self.assumptions, "warnings": self.warnings, "calibrated": self.calibrated,
+                "control": self.control,
                 "memory": {k: v for k, v in (self.memory or {}).items() if k != "text"} or None}
 
 
@@ -345,6 +348,11 @@ class _Planner:
         eval_q = self._eval_questions(plan.assumptions)
         judge_tpl = self.tpl.template(cfg.eval.judge_template) if eval_q else None
 
+        control_free_answers = self._control_supply(train, cache, last_round=cfg.rounds + (
+            1 if cfg.final_imitation and cfg.rounds > 0 else 0))
+        j_base = 0.0
+        if judge_tpl is not None:
+            j_base = counter.prompt(tuple((m["role"], m["content"]) for m in referee_messages(judge_tpl, "", "", "")))
         answered = 0.0  # Train Pool instructions the teacher answered so far
         cache_n = n_cache
         last = cfg.rounds + (1 if cfg.final_imitation and cfg.rounds > 0 else 0)
@@ -357,11 +365,19 @@ class _Planner:
                 n_q = len(q_prompt)
                 if r == 1 and not cfg.eval.reference_answers:
                     self._step(r, "eval", "teacher", n_q, _mean(q_prompt), lengths.teacher_out)
-                j_base = counter.prompt(tuple((m["role"], m["content"]) for m in
-                                              referee_messages(judge_tpl, "", "", "")))
                 self._step(r, "eval", "judge", orders * n_q * retry,
                            j_base + q_tokens + lengths.teacher_out + student_out, lengths.judge_out,
                            batches=math.ceil(retry))
+            if cfg.eval.control != "none" and r >= 2:  # the control student (lion.control) from round 2
+                if cfg.eval.control == "self_instruct":
+                    self._step(r, "control-generation", "generator", hard + easy, gen_prompt, lengths.generator_out,
+                               batches=max(w_h, w_e))
+                if not control_free_answers:
+                    self._step(r, "control-imitation", "teacher", n_new, teacher_prompt, lengths.teacher_out)
+                if eval_q and judge_tpl is not None:
+                    self._step(r, "control-eval", "judge", orders * len(eval_q[0]) * retry,
+                               j_base + eval_q[1] + lengths.teacher_out + student_out, lengths.judge_out,
+                               batches=math.ceil(retry))
             if r > cfg.rounds:
                 break
             if r == 1:
@@ -386,6 +402,14 @@ class _Planner:
                 f"llm.teacher.top_logprobs {k}: ~{per:.0f} bytes per teacher answer token, kept twice (call cache and "
                 f"answer store): ~{2 * per * tokens / 1e9:,.2f} GB for the {tokens:,.0f} answer tokens planned "
                 "(bytes per token measured by bench/topk_kd.py)")
+        control = [st for st in plan.steps if st.phase.startswith("control-")]
+        if control:
+            t = plan.total(control)
+            plan.control = {"rule": cfg.eval.control, **t}
+            plan.assumptions.append(
+                f"the control student (eval.control: {cfg.eval.control}) from round 2, as many new instructions as "
+                f"the loop's: it adds {t['calls']:,.0f} calls, ${t['usd_configured']:,.4f} in the configured modes "
+                f"(${t['usd_online']:,.4f} online, ${t['usd_batch']:,.4f} in batch mode), {t['hours']:,.2f} h")
         self._warn()
         if gpu_gb is None:
             return plan
@@ -398,6 +422,30 @@ class _Planner:
         except (ConfigError, ImportError) as e:
             plan.assumptions.append(f"no GPU memory estimate: {e}")
         return plan
+
+    def _control_supply(self, train: list[Instruction], cache: list[Instruction], last_round: int) -> bool:
+        """eval.control: plain: warn when the seed files hold fewer unused instructions than the rounds may draw
+        (the run refuses to start then); True when the drawn rows' own answers are the teacher's (no call)."""
+        cfg = self.cfg
+        if cfg.eval.control != "plain":
+            return False
+        pc = cfg.pools
+        used = {i.id for i in cache} | {i.id for i in train}
+        every, _ = load_instructions(pc.train_seed)
+        if pc.cache_seed and pc.cache_seed != pc.train_seed:
+            every += load_instructions(pc.cache_seed)[0]
+        unused = len({i.id for i in every} - used)
+        need = (cfg.generation.n_hard + cfg.generation.n_easy) * max(0, last_round - 1)
+        if unused < need:
+            self.plan.warnings.append(
+                f"eval.control: plain needs up to {need:,} seed instructions no pool has used and the seed files hold "
+                f"{unused:,} beyond the pools: the run would refuse to start (a larger seed file, a smaller "
+                "pools.limit, fewer rounds, or eval.control: self_instruct)")
+        free = pc.seed_answers == "teacher" and bool(_seed_outputs(pc.train_seed))
+        self.plan.assumptions.append(
+            f"the plain control draws from {unused:,} unused seed instructions"
+            + ("; their own answers are the teacher's (pools.seed_answers: teacher): no teacher call" if free else ""))
+        return free
 
     def _calibrate(self, run_dir: Path) -> None:
         """Scale each step by what the plan missed on a measured run (a pilot, or this run's finished rounds).
@@ -542,23 +590,29 @@ def _n(x: float) -> str:
 
 
 def format_plan(plan: Plan) -> str:
-    head = f"{'round':>5} {'phase':<15} {'role':<9} {'mode':<6} {'calls':>9} {'tokens in':>13} {'tokens out':>12} " \
+    w = max([15, *(len(s.phase) for s in plan.steps)])  # the phase column (control-imitation is 17 wide)
+    head = f"{'round':>5} {'phase':<{w}} {'role':<9} {'mode':<6} {'calls':>9} {'tokens in':>13} {'tokens out':>12} " \
            f"{'USD online':>11} {'USD batch':>10} {'hours':>7} {'binds':<9} {'batches':>7}"
     lines = [f"plan for {plan.config or 'the config'}: {plan.rounds} rounds"
              + (" + the final imitation" if plan.final_imitation else ""), head, "-" * len(head)]
     for r, steps in plan.by_round().items():
         for s in steps:
-            lines.append(f"{s.round:>5} {s.phase:<15} {s.role:<9} {s.mode:<6} {_n(s.calls):>9} {_n(s.tokens_in):>13} "
+            lines.append(f"{s.round:>5} {s.phase:<{w}} {s.role:<9} {s.mode:<6} {_n(s.calls):>9} {_n(s.tokens_in):>13} "
                          f"{_n(s.tokens_out):>12} {s.usd_online:>11.4f} {s.usd_batch:>10.4f} {s.hours:>7.2f} "
                          f"{s.binds:<9} {s.batches:>7}")
         t = plan.total(steps)
-        lines.append(f"{r:>5} {'(round total)':<15} {'':<9} {'':<6} {_n(t['calls']):>9} {_n(t['tokens_in']):>13} "
+        lines.append(f"{r:>5} {'(round total)':<{w}} {'':<9} {'':<6} {_n(t['calls']):>9} {_n(t['tokens_in']):>13} "
                      f"{_n(t['tokens_out']):>12} {t['usd_online']:>11.4f} {t['usd_batch']:>10.4f} {t['hours']:>7.2f}")
     t = plan.total()
     lines += ["-" * len(head),
-              f"{'all':>5} {'':<15} {'':<9} {'':<6} {_n(t['calls']):>9} {_n(t['tokens_in']):>13} "
+              f"{'all':>5} {'':<{w}} {'':<9} {'':<6} {_n(t['calls']):>9} {_n(t['tokens_in']):>13} "
               f"{_n(t['tokens_out']):>12} {t['usd_online']:>11.4f} {t['usd_batch']:>10.4f} {t['hours']:>7.2f}",
               f"USD in the configured modes: {t['usd_configured']:.4f}"]
+    if plan.control:
+        c = plan.control
+        lines.append(f"of which the control student (eval.control: {c['rule']}): {_n(c['calls'])} calls, USD "
+                     f"{c['usd_configured']:.4f} in the configured modes ({c['usd_online']:.4f} online, "
+                     f"{c['usd_batch']:.4f} batch)")
     lines += ["assumptions:"] + [f"  - {a}" for a in plan.assumptions]
     if plan.memory:
         lines.append(plan.memory["text"])

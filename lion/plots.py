@@ -72,20 +72,33 @@ def line_chart(
     ylim: tuple[float, float] | None = None,
     ymin: float | None = None,
     emphasise: Sequence[str] = (),
+    intervals: Mapping[str, Sequence[tuple[float, float] | None]] | None = None,
+    hline: float | None = None,
 ) -> bytes | None:
     """One line per series over `x` (None values leave gaps); markers so a single round still shows.
-    Series named in `emphasise` are drawn thick, black and dashed (e.g. "overall")."""
+    Series named in `emphasise` are drawn thick, black and dashed (e.g. "overall"); `intervals` gives a series
+    (low, high) error bars per point (a confidence interval); `hline` draws a thin horizontal reference line."""
     if not x or not _has_values(series):
         return None
     plt = _plt()
     many = len(series) > 5
     fig, ax = plt.subplots(figsize=(7.6 if many else 6.4, 3.4))
+    scale = 100.0 if percent else 1.0
+    if hline is not None:
+        ax.axhline(hline * scale, color="#777", linewidth=0.8)
     for i, (name, vals) in enumerate(series.items()):
-        ys = [float("nan") if v is None else float(v) * (100.0 if percent else 1.0) for v in vals]
+        ys = [float("nan") if v is None else float(v) * scale for v in vals]
         if name in emphasise:
             ax.plot(list(x), ys, marker="s", label=name, color="black", linewidth=2.4, linestyle="--")
         else:
             ax.plot(list(x), ys, marker="o", label=name, color=_color(i, len(series)))
+        spans = (intervals or {}).get(name)
+        if spans:
+            pts = [(xi, y, s) for xi, y, s in zip(x, ys, spans) if s is not None and y == y]
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], fmt="none", capsize=4, linewidth=1.2,
+                            ecolor="black" if name in emphasise else _color(i, len(series)),
+                            yerr=[[p[1] - p[2][0] * scale for p in pts], [p[2][1] * scale - p[1] for p in pts]])
     ax.set_xticks(list(x))
     if ylim:
         ax.set_ylim(*ylim)

@@ -10,6 +10,9 @@ Round 1's pools come from the seed files (`pools.train_seed`, `pools.cache_seed`
 Seed rows longer than `pools.max_instruction_tokens` tokens of the student's tokenizer (default:
 student.max_length) are left out and counted (`pools.too_long: skip`), or stop the run naming file:line
 (`error`); RUN/seed_report.json holds what was read, merged and rejected.
+Seed rows that no pool has used (beyond `pools.limit`, or in a seed file larger than the pools) are drawn, at random
+and deterministically by (run seed, round), by `unused_seeds` (the plain control student's new instructions,
+lion.control); `count_unused_seeds` says how many there are before anything is spent.
 Each round's pools are written into its folder before any phase of it runs, so every phase (and a
 resumed run) reads exactly the pools the round started with. Pools are streamed from file to file (only the
 ids seen are kept, `lion.records.IdSet`), so a million-instruction pool never sits in memory.
@@ -22,9 +25,11 @@ asked for those instructions (the train seed's answer wins when both seed files 
 
 from __future__ import annotations
 
+import array
 import logging
+import random
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,7 @@ from .records import (
     LoadReport,
     RowCheck,
     count_rows,
+    instruction_id,
     iter_instructions,
     iter_pool,
     union_pools,
@@ -147,37 +153,6 @@ def seed_cache_pool(ctx: RunContext) -> Iterator[Instruction]:
     return seeds(pc.train_seed)
 
 
-def unused_seeds(ctx: RunContext, r: int, n: int, *, salt: str, exclude: Iterable[str] = ()) -> list[Instruction]:
-    """`n` instructions of the train seed file (all of it, past `pools.limit`) that no pool of round r holds (round
-    r's Cache Pool holds every Train Pool so far) and that are not in `exclude` (ids), drawn by a hash of (run seed,
-    `salt`, round, id): the same draw on a resume, a different one per round and per use. Streamed: the file is read
-    once and only the `n` best-ranked rows are kept. Fewer than `n` when the file has no more unused rows."""
-    import hashlib
-    import heapq
-
-    pc = ctx.cfg.pools
-    taken = IdSet(i.id for i in iter_pool(ctx.run.round(r).cache_pool))
-    for id in exclude:
-        taken.add(id)
-    best: list[tuple[int, int, Instruction]] = []  # a max-heap by rank (negated), n long
-    for k, inst in enumerate(iter_instructions(pc.train_seed, None, check=token_check(ctx), on_reject="skip")):
-        if inst.id in taken:
-            continue
-        rank = int.from_bytes(hashlib.sha256(f"{ctx.cfg.seed}/{salt}/{r}/{inst.id}".encode()).digest()[:8], "big")
-        if len(best) < n:
-            heapq.heappush(best, (-rank, k, inst))
-        elif n and -best[0][0] > rank:
-            heapq.heapreplace(best, (-rank, k, inst))
-    return [inst for _, _, inst in sorted(best, key=lambda t: -t[0])]
-
-
-def count_unused_seeds(ctx: RunContext, r: int) -> int:
-    """How many train seed rows no pool of round r holds (what `unused_seeds` can still draw from)."""
-    taken = IdSet(i.id for i in iter_pool(ctx.run.round(r).cache_pool))
-    return sum(1 for inst in iter_instructions(ctx.cfg.pools.train_seed, None, check=token_check(ctx),
-                                               on_reject="skip") if inst.id not in taken)
-
-
 def prepare_round(ctx: RunContext, r: int) -> None:
     """Write round r's Train Pool and Cache Pool if they are not there yet (streamed: no pool is held in memory)."""
     rp = ctx.run.round(r)
@@ -200,3 +175,67 @@ def prepare_round(ctx: RunContext, r: int) -> None:
         write_pool(rp.train_pool, iter_pool(prev.generated))
     else:
         write_pool(rp.train_pool, union_pools(iter_pool(prev.train_pool), iter_pool(prev.generated)))
+
+
+def _all_seed_rows(ctx: RunContext, on_answer: Callable[[str, str], None] | None = None) -> Iterator[Instruction]:
+    """Every usable row of the seed files (pools.limit aside): the train seeds, then the cache seeds it lacks."""
+    pc = ctx.cfg.pools
+    check = token_check(ctx)
+    parts = [iter_instructions(pc.train_seed, None, check=check, on_reject="skip", on_answer=on_answer)]
+    if pc.cache_seed and pc.cache_seed != pc.train_seed:
+        parts.append(iter_instructions(pc.cache_seed, None, check=check, on_reject="skip", on_answer=on_answer))
+    return union_pools(*parts)
+
+
+def used_ids(ctx: RunContext, exclude: Iterable[Path] = ()) -> IdSet:
+    """The ids no fresh seed may have: every Train and Cache Pool of the run so far (round 1's as the seed files give
+    it when it is not written yet), the files in `exclude` (pools of other tracks), and the evaluation's questions
+    (held-out questions must stay out of every pool)."""
+    ids = IdSet()
+    first = ctx.run.round(1)
+    pools = [p for rp in ctx.run.rounds() for p in (rp.train_pool, rp.cache_pool) if p.exists()]
+    if not first.cache_pool.exists():
+        for inst in seed_cache_pool(ctx):
+            ids.add(inst.id)
+    for path in [*pools, *(Path(p) for p in exclude if Path(p).exists())]:
+        for inst in iter_pool(path):
+            ids.add(inst.id)
+    for q in ctx.heldout():
+        ids.add(instruction_id(q.instruction))
+    spec = ctx.cfg.eval.questions
+    if spec and spec != "oracle" and Path(spec).is_file():
+        from .evaluate import load_questions
+
+        for q in load_questions(spec):
+            ids.add(q.id)
+    return ids
+
+
+def count_unused_seeds(ctx: RunContext, exclude: Iterable[Path] = ()) -> int:
+    """How many seed-file instructions no pool has used (see `used_ids`)."""
+    used = used_ids(ctx, exclude)
+    return sum(1 for inst in _all_seed_rows(ctx) if inst.id not in used)
+
+
+def unused_seeds(ctx: RunContext, n: int, r: int, *, exclude: Iterable[Path] = (), salt: str = "unused",
+                 on_answer: Callable[[str, str], None] | None = None) -> list[Instruction]:
+    """`n` instructions of the seed files that no pool has used (`used_ids`: no Train or Cache Pool of the run so
+    far, no file in `exclude`, no evaluation question), drawn at random, deterministically by (run seed, `salt`, r):
+    the same inputs draw the same rows, in seed-file order. Fewer than n when fewer are left (the caller says what
+    that means). Two streamed passes over the seed files: only the ids and the positions of the unused rows are
+    held. `on_answer(id, answer)` receives the answers the drawn rows carry (pools.seed_answers)."""
+    used = used_ids(ctx, exclude)
+    positions = array.array("q", (k for k, inst in enumerate(_all_seed_rows(ctx)) if inst.id not in used))
+    rng = random.Random(f"{ctx.cfg.seed}/{salt}/{r}")
+    chosen = set(rng.sample(range(len(positions)), min(n, len(positions))))
+    wanted = {positions[i] for i in chosen}
+    pending: list[tuple[str, str]] = []
+    out: list[Instruction] = []
+    for k, inst in enumerate(_all_seed_rows(ctx, on_answer=lambda id, a: pending.append((id, a)))):
+        answer = pending.pop() if pending and pending[-1][0] == inst.id else None
+        pending.clear()
+        if k in wanted:
+            out.append(inst)
+            if answer is not None and on_answer is not None:
+                on_answer(inst.id, answer[1])
+    return out

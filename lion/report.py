@@ -25,7 +25,7 @@ from . import plots
 from .errors import DataError, LionError
 from .layout import OPTIONAL_PHASES, PHASES, RoundPaths, RunLayout
 from .records import atomic_write_text, read_jsonl
-from .roundtable import collect_round, shadow_text, table_rows
+from .roundtable import ci_text, collect_round, shadow_text, table_rows
 from .snapshots import format_roles, per_role, read_snapshots
 
 # --------------------------------------------------------------------------------------------- reading
@@ -347,6 +347,58 @@ def _offline_world(run: RunData) -> bool:
     return any(_get(r.oracle, "accuracy") for r in run.rounds)
 
 
+# ---------------------------------------------------------------- control student and benchmarks
+
+
+def _control(r: RoundData) -> dict[str, Any]:
+    return r.figures.get("control") or {}
+
+
+def _has_control(run: RunData) -> bool:
+    return any(_control(r) for r in run.rounds)
+
+
+def _cmp(r: RoundData) -> dict[str, Any]:
+    return _control(r).get("comparison") or {}
+
+
+def _control_relative(run: RunData) -> bytes | None:
+    rule = sorted({str((_control(r).get("selection") or {}).get("rule")) for r in run.rounds if _control(r)})
+    # the loop's own score where no control was compared (round 1, rounds before it joined): its evaluation's
+    series = {"loop's student": [_cmp(r).get("loop", _eval_rel(r.eval)) for r in run.rounds],
+              f"control ({' / '.join(rule)})": [_cmp(r).get("control") for r in run.rounds]}
+    return plots.line_chart("Relative score on the same questions: loop vs control", _xs(run), series,
+                            ylabel="relative score")
+
+
+def _control_difference(run: RunData) -> bytes | None:
+    label = "loop - control (95% bootstrap CI over questions)"
+    diffs = [_cmp(r).get("difference") for r in run.rounds]
+    cis = [(c["ci_low"], c["ci_high"]) if c.get("ci_low") is not None else None for c in map(_cmp, run.rounds)]
+    return plots.line_chart("Paired difference of the relative score", _xs(run), {label: diffs},
+                            ylabel="points", intervals={label: cis}, hline=0.0, emphasise=(label,))
+
+
+def _bench(r: RoundData, control: bool = False) -> dict[str, Any]:
+    return ((_control(r).get("benchmarks") if control else r.figures.get("benchmarks")) or {})
+
+
+def _has_benchmarks(run: RunData) -> bool:
+    return any(_bench(r) or _bench(r, True) for r in run.rounds)
+
+
+def _benchmarks(run: RunData) -> bytes | None:
+    tasks = sorted({t for r in run.rounds for c in (False, True) for t in (_bench(r, c).get("tasks") or {})})
+    series: dict[str, list[float | None]] = {}
+    for t in tasks:
+        for c, who in ((False, "loop"), (True, "control")):
+            vals = [((_bench(r, c).get("tasks") or {}).get(t) or {}).get("value") for r in run.rounds]
+            if any(v is not None for v in vals):
+                series[f"{t} ({who})"] = vals
+    return plots.line_chart("Benchmarks (lm-eval): headline metric per task", _xs(run), series, ylabel="score",
+                            percent=True)
+
+
 @dataclass(frozen=True)
 class FigureSpec:
     section: str
@@ -371,6 +423,9 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("Evaluation", "Relative score trend", _relative_trend),
     FigureSpec("Evaluation", "Relative score per category", _relative_by_category),
     FigureSpec("Evaluation", "Exact accuracy per task family (offline world)", _family_accuracy, _offline_world),
+    FigureSpec("Control student", "Loop vs control: relative score per round", _control_relative, _has_control),
+    FigureSpec("Control student", "Loop - control with its 95% CI", _control_difference, _has_control),
+    FigureSpec("Benchmarks", "Benchmarks per round", _benchmarks, _has_benchmarks),
 )
 
 
@@ -504,6 +559,9 @@ def text_summary(run: RunData) -> str:
     if run.snapshots:
         lines.append("served snapshots (the model each provider said answered, paid calls):")
         lines += format_roles(per_role(run.snapshots))
+    for row in control_rows(run):
+        lines.append(f"control ({row['rule']}) round {row['round']}: loop {row['loop %']}% vs control "
+                     f"{row['control %']}%: {row['loop - control']} {row['95% CI']} over {row['questions']} questions")
     return "\n".join(lines)
 
 
@@ -599,6 +657,48 @@ def _eval_tables_html(run: RunData) -> str:
     return "\n".join(parts)
 
 
+def control_rows(run: RunData) -> list[dict[str, str]]:
+    """Per round with a control student: its rule, new instructions, both relative scores, the difference, its CI."""
+    rows = []
+    for r in run.rounds:
+        ctl = _control(r)
+        if not ctl:
+            continue
+        sel, c = ctl.get("selection") or {}, ctl.get("comparison") or {}
+        rows.append({"round": str(r.no), "rule": str(sel.get("rule", "-")),
+                     "new (loop's)": f"{sel.get('new', '-')} ({sel.get('wanted', '-')})",
+                     "branched from": str(sel.get("branched_from", "-")), "loop %": _f(c.get("loop")),
+                     "control %": _f(c.get("control")), "loop - control": _f(c.get("difference"), "+.2f"),
+                     "95% CI": ci_text(c), "questions": str(c.get("n", "-")),
+                     "control bench %": _f(_pct_or_none((ctl.get("benchmarks") or {}).get("mean")))})
+    return rows
+
+
+def _pct_or_none(x: Any) -> float | None:
+    return None if x is None else 100 * float(x)
+
+
+def _control_table_html(run: RunData) -> str:
+    return _html_table(control_rows(run))
+
+
+def _benchmarks_table_html(run: RunData) -> str:
+    rows = []
+    for r in run.rounds:
+        for who, b in (("loop", _bench(r)), ("control", _bench(r, True))):
+            if not b:
+                continue
+            row = {"round": str(r.no), "student": who}
+            for t, h in (b.get("tasks") or {}).items():
+                row[t] = "-" if not h else f"{100 * h['value']:.2f} ({h['metric'].split(',')[0]})"
+            for t in b.get("failed") or {}:
+                row[t] = "FAILED"
+            row["mean %"] = _f(_pct_or_none(b.get("mean")))
+            rows.append(row)
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+    return _html_table([{c: row.get(c, "-") for c in cols} for row in rows])
+
+
 def render_html(run: RunData, figures: list[tuple[str, str, bytes | None]], lineages: list[Lineage]) -> str:
     cfg = run.config or {}
     facts = {
@@ -626,6 +726,10 @@ def render_html(run: RunData, figures: list[tuple[str, str, bytes | None]], line
             out.append(f"<h2>{_esc(sec)}</h2>")
             if sec == "Evaluation":
                 out.append(_eval_tables_html(run))
+            elif sec == "Control student":
+                out.append(_control_table_html(run))
+            elif sec == "Benchmarks":
+                out.append(_benchmarks_table_html(run))
             section = sec
         if png is None:
             out.append(f"<p class=muted>{_esc(title)}: no data yet</p>")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .evalscore import QuestionScores, format_summary, relative, summarize
+from .evalscore import QuestionScores, format_summary, relative, summarize, zero_scores
 from .records import iter_jsonl
 from .referee import ORDERS, Order
 from .verdicts import Verdict, get_format
@@ -219,6 +219,7 @@ def score_summary(replayed: Sequence[Replayed], recorded: bool = False) -> dict[
             "pairs_excluded": failed,
             "swap_flip_rate": None,
             "first_position_advantage": sum(adv) / len(adv) if adv else None,
+            "zero_scores": zero_scores(s for _, s in scores if s is not None),
         },
     }
 
@@ -259,6 +260,7 @@ def replay_report(
         "with_score": len(with_score),
         "agree": agree,
         "agreement": agree / len(with_score) if with_score else None,
+        "zero_scores": parsed_summary["judge"]["zero_scores"],
         "orders": sorted({x.review.order for x in replayed}, key=ORDERS.index),
         "reference": names[0],
         "candidate": names[1],
@@ -274,6 +276,10 @@ def replay_report(
     if with_score:
         lines.append(f"recorded scores: {agree} of {len(with_score)} reviews agree with the parsed verdict "
                      f"({agree / len(with_score):.1%})")
+        for x in [x for x in with_score if x.verdict.ok and x.verdict.as_tuple() != x.review.recorded][:10]:
+            a, b = x.verdict.as_tuple()  # type: ignore[misc]
+            lines.append(f"  disagrees: line {x.review.line} (question {x.review.qid}): the text gives ({a:g}, {b:g}), "
+                         f"the row recorded {list(x.review.recorded)} (the text is trusted)")  # type: ignore[arg-type]
     lines.append(format_summary(parsed_summary, title=f"{result['candidate']} (candidate) vs {result['reference']} "
                                                       "(reference), replayed"))
     if recorded_summary:

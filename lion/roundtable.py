@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .layout import RoundPaths
+from .layout import ControlPaths, RoundPaths
 from .records import read_json_or_empty
 
 FIGURES = ("imitation", "discrimination", "preference", "generation")
@@ -29,9 +29,27 @@ def collect_round(rp: RoundPaths) -> dict[str, Any]:
     evaluation = read_json_or_empty(rp.eval_summary)
     if evaluation:
         m["eval"] = evaluation
+    bench = read_json_or_empty(rp.eval.benchmarks)
+    if bench:
+        m["benchmarks"] = bench
+    control = collect_control(rp.control)
+    if control:
+        m["control"] = control
     if "discrimination" in m and "oracle" in m["discrimination"]:
         m["oracle"] = m["discrimination"].pop("oracle")
     return m
+
+
+def collect_control(cp: ControlPaths) -> dict[str, Any]:
+    """The control student's figures of a round (lion.control), from its files: its new instructions (selection),
+    training, evaluation, the comparison with the loop's student, and its benchmarks."""
+    out: dict[str, Any] = {}
+    for key, path in (("selection", cp.phase_metrics("selection")), ("imitation", cp.phase_metrics("imitation")),
+                      ("eval", cp.eval_summary), ("comparison", cp.comparison), ("benchmarks", cp.eval.benchmarks)):
+        part = read_json_or_empty(path)
+        if part:
+            out[key] = part
+    return out
 
 
 def _fmt(x: Any, spec: str = ".2f") -> str:
@@ -40,6 +58,47 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
 
 def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * x:.0f}"
+
+
+def _pct1(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _cmp(m: dict[str, Any]) -> dict[str, Any]:
+    return m.get("control", {}).get("comparison", {})
+
+
+def ci_text(c: dict[str, Any]) -> str:
+    """A comparison's confidence interval as "[-1.2, +3.4]" ("-" when there is none)."""
+    if c.get("ci_low") is None or c.get("ci_high") is None:
+        return "-"
+    return f"[{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
+
+
+def control_text(m: dict[str, Any]) -> str | None:
+    """The control student's figures of a round in a few words: loop vs control, the difference and its CI."""
+    ctl = m.get("control") or {}
+    if not ctl:
+        return None
+    sel, c = ctl.get("selection") or {}, ctl.get("comparison") or {}
+    text = f"[control {sel.get('rule', '?')}: new {sel.get('new', '-')}"
+    if c.get("difference") is not None:
+        text += (f", loop {_fmt(c.get('loop'), '.1f')} vs control {_fmt(c.get('control'), '.1f')}: "
+                 f"{c['difference']:+.1f} {ci_text(c)} (n={c.get('n')})")
+    bench = (ctl.get("benchmarks") or {}).get("mean")
+    if bench is not None:
+        text += f", bench {_pct1(bench)}%"
+    return text + "]"
+
+
+def bench_text(b: dict[str, Any]) -> str | None:
+    """The benchmarks of a round's student in a few words: the mean headline metric, the failed tasks."""
+    if not b:
+        return None
+    text = f"bench {_pct1(b.get('mean'))}%" if b.get("mean") is not None else "bench -"
+    if b.get("failed"):
+        text += f" ({len(b['failed'])} failed: {', '.join(b['failed'])})"
+    return text
 
 
 def _disc(m: dict[str, Any], key: str) -> Any:
@@ -72,6 +131,13 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("pool acc%", lambda m: _pct(m.get("oracle", {}).get("overall"))),
     ("held-out acc%", lambda m: _pct(m.get("eval", {}).get("oracle", {}).get("overall"))),
     ("eval rel%", lambda m: _fmt(m.get("eval", {}).get("overall", {}).get("relative", {}).get("mean"), ".1f")),
+    # the control student (eval.control) on the same questions: its relative score, loop - control and the 95% CI
+    ("ctrl rel%", lambda m: _fmt(_cmp(m).get("control"), ".1f")),
+    ("loop-ctrl", lambda m: _fmt(_cmp(m).get("difference"), "+.1f")),
+    ("95% CI", lambda m: ci_text(_cmp(m))),
+    # standard benchmarks (eval.benchmarks): the mean of the tasks' headline metrics, the loop's and the control's
+    ("bench%", lambda m: _pct1(m.get("benchmarks", {}).get("mean"))),
+    ("ctrl bench%", lambda m: _pct1(m.get("control", {}).get("benchmarks", {}).get("mean"))),
     ("USD", lambda m: f"{_total(m).get('usd', 0):.4f}"),
     ("tokens", lambda m: str(sum(_total(m).get(k, 0) for k in ("tokens_in", "tokens_out")))),
 ]
@@ -117,6 +183,10 @@ def round_line(m: dict[str, Any]) -> str:
     held_out = m.get("eval", {}).get("oracle", {}).get("overall")
     if held_out is not None:
         parts += [f"held-out acc {_pct(held_out)}%"]
+    rel = m.get("eval", {}).get("overall", {}).get("relative", {}).get("mean")
+    if rel is not None:
+        parts += [f"eval rel {_fmt(rel, '.1f')}%"]
+    parts += [t for t in (bench_text(m.get("benchmarks") or {}), control_text(m)) if t]
     total = _total(m)
     if total:
         parts += [f"spent ${total.get('usd', 0):.4f}"]

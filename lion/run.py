@@ -6,11 +6,15 @@
     for round r = 1 .. N:
         Train Pool(r), Cache Pool(r)   <- seeds (r = 1), or round r-1's new instructions   (lion.pools)
         imitation(r):      the teacher answers the Train Pool; the student is fine-tuned   (lion.imitation)
+        evaluation(r):     the student on held-out questions (eval.every_round), and the
+                           standard benchmarks (eval.benchmarks)                 (lion.evaluate, lion.benchmarks)
+        control(r):        a control student with as many new instructions, chosen without
+                           the referee, trained, evaluated and compared (eval.control)    (lion.control)
         discrimination(r): teacher vs student on the Cache Pool, judged by the referee     (lion.discrimination)
                            -> hard and easy instructions
         preference(r):     optional: teacher answer over the student's, DPO or SPIN       (lion.preference)
         generation(r):     new instructions from hard and easy seeds, filtered             (lion.generation)
-    final imitation on the last Train Pool (= imitation of round N+1)
+    final imitation on the last Train Pool (= imitation of round N+1), its evaluation and control
 
 Status goes to the `lion.*` loggers (stderr and RUN/lion.log; `--log-level`, lion.logs); the per-round lines and
 the summary table go to stdout. The per-round figures also go to the trackers of `student.report_to`
@@ -27,8 +31,10 @@ import logging
 import sys
 from typing import Any
 
+from .benchmarks import benchmark_round, check_benchmarks
 from .config import LionConfig, add_config_args, add_run_dir_arg, load_config, run_dir_override
 from .context import RunContext
+from .control import check_control, control_student
 from .discrimination import discrimination
 from .errors import BudgetExceeded, LionError
 from .generation import generation
@@ -37,7 +43,7 @@ from .layout import RunLayout
 from .plan import add_plan_args, print_plan
 from .pools import prepare_round
 from .preference import preference
-from .records import write_json
+from .records import read_json_or_empty, write_json
 from .roundtable import collect_round, family_table, round_line, summary_table
 from .trackers import Trackers, open_trackers
 
@@ -51,10 +57,12 @@ def lion_loop(cfg: LionConfig, *, progress: bool = True, echo: bool = True) -> l
     with RunContext(cfg, progress=progress) as ctx, open_trackers(cfg, ctx.run) as trackers:
         log.info("run %s: %d round(s)%s", cfg.run_dir, rounds, " + final imitation" if cfg.final_imitation else "")
         try:
+            check_before_spending(ctx)
             for r in range(1, rounds + 1):
                 prepare_round(ctx, r)
                 for name, phase in (("imitation", imitation), ("evaluation", evaluate_student),
-                                    ("discrimination", discrimination), ("preference", preference),
+                                    ("control", control_student), ("discrimination", discrimination),
+                                    ("preference", preference),
                                     ("generation", generation)):
                     log.info("round %d: %s", r, name)
                     phase(ctx, r)
@@ -67,6 +75,7 @@ def lion_loop(cfg: LionConfig, *, progress: bool = True, echo: bool = True) -> l
                 prepare_round(ctx, rounds + 1)
                 imitation(ctx, rounds + 1)
                 evaluate_student(ctx, rounds + 1)
+                control_student(ctx, rounds + 1)
                 summaries.append(round_metrics(ctx, rounds + 1, trackers))  # the final student's row
                 if echo:
                     print(round_line(summaries[-1]), flush=True)
@@ -87,18 +96,29 @@ def lion_loop(cfg: LionConfig, *, progress: bool = True, echo: bool = True) -> l
 
 
 def evaluate_student(ctx: RunContext, r: int) -> None:
-    """Evaluate round r's student on the held-out questions when eval.every_round is set."""
+    """Evaluate round r's student: on the held-out questions (eval.every_round), on the benchmarks (eval.benchmarks)."""
     if ctx.cfg.eval.every_round:
         from .evaluate import evaluate_round
 
         evaluate_round(ctx, r)
+    benchmark_round(ctx.cfg, ctx.run.round(r), f"round {r}")
+
+
+def check_before_spending(ctx: RunContext) -> None:
+    """What a run can know is wrong before it pays for anything: the control student's rule and seed supply
+    (eval.control), the benchmark task names (eval.benchmarks)."""
+    check_control(ctx)
+    check_benchmarks(ctx.cfg)
 
 
 def round_metrics(ctx: RunContext, r: int, trackers: Trackers | None = None) -> dict[str, Any]:
     """Collect round r's figures (and the spend so far) into round_XX/metrics.json, and send them to the trackers
-    (once per round: a resumed run does not send a finished round again)."""
-    m = collect_round(ctx.run.round(r))
-    m["usage"] = ctx.gateway.usage_summary()
+    (once per round: a resumed run does not send a finished round again). The spend is the ledger's when the round
+    first finished: a resumed run gathers a finished round's figures again but keeps that snapshot (the per-round
+    spend, and lion.plan --calibrate, take one round's share as the difference of two snapshots)."""
+    rp = ctx.run.round(r)
+    m = collect_round(rp)
+    m["usage"] = read_json_or_empty(rp.metrics).get("usage") or ctx.gateway.usage_summary()
     write_json(ctx.run.round(r).metrics, m)
     if trackers is not None:
         trackers.log_round(m)

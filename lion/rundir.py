@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import LionConfig
-from .errors import LionError
-from .layout import OPTIONAL_PHASES, PHASES, RunLayout
+from .errors import ConfigError, LionError
+from .layout import CONTROL_STEPS, OPTIONAL_PHASES, PHASES, RunLayout
 from .records import write_json
 
 # keys whose change would make finished work inconsistent with new work
@@ -120,6 +120,25 @@ class RunDir(RunLayout):
         state["rounds_completed"] = n
         write_json(self.state, state)
 
+    def control_track(self, rule: str) -> int:
+        """The round from which the control student (eval.control: `rule`) runs: recorded in state.json the first
+        time it is asked, as round 2 for a run that has it from the start, else the first round not completed yet
+        (a control added to a run in progress joins at its next round). A rule other than the recorded one is a
+        ConfigError: two controls would be mixed in one track."""
+        state = self.read_state() or {"version": 1}
+        track = state.get("control")
+        if track is None:
+            track = {"rule": rule, "from_round": max(2, int(state.get("rounds_completed", 0)) + 1)}
+            state["control"] = track
+            write_json(self.state, state)
+        elif track.get("rule") != rule:
+            raise ConfigError(
+                f"eval.control: this run's control track is {track.get('rule')!r} from round {track.get('from_round')} "
+                f"({self.state}); changing it to {rule!r} would mix two controls. Set it back, use none to stop the "
+                "control, or a new run_dir"
+            )
+        return int(track["from_round"])
+
     def describe(self) -> str:
         state = self.read_state()
         lines = [f"{self.root}: {'no state.json (not a lion run?)' if state is None else ''}".rstrip()]
@@ -127,7 +146,9 @@ class RunDir(RunLayout):
             lines.append(f"  rounds completed: {state.get('rounds_completed', 0)}")
         for rp in self.rounds():
             done = [p for p in (*PHASES, *OPTIONAL_PHASES) if rp.done(p).exists()]
-            lines.append(f"  {rp.dir.name}: {', '.join(done) or 'nothing'} done")
+            control = [p for p in CONTROL_STEPS if rp.control.done(p).exists()]
+            lines.append(f"  {rp.dir.name}: {', '.join(done) or 'nothing'} done"
+                         + (f"; control: {', '.join(control)} done" if control else ""))
         return "\n".join(lines)
 
 

@@ -4,8 +4,10 @@
     python -m lion.status RUN --json   # the same as one JSON object
 
 Reads only (safe while the run is going): the phase markers, the round files written so far (a resumable file's
-rows are counted against the pool it answers), the live usage ledger in RUN/calls.sqlite (opened read-only; every
-paid call is committed there as it completes) with the snapshots the providers said served each role, the budget from the run's config, and the last line of
+rows are counted against the pool it answers), the control student's steps and the benchmarks of each round, the
+live usage ledger in RUN/calls.sqlite (opened read-only; every paid call is committed there as it completes; the
+control's phases, control-*, also apart) with the snapshots the providers said served each role, the budget from
+the run's config, and the last line of
 RUN/lion.log with its age, which tells a run that is working from one that stopped.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 import yaml
 
 from .errors import LionError
-from .layout import OPTIONAL_PHASES, PHASES, RoundPaths, RunLayout
+from .layout import CONTROL_STEPS, OPTIONAL_PHASES, PHASES, RoundPaths, RunLayout
 from .records import read_json_or_empty, read_jsonl_tolerant
 
 
@@ -45,11 +47,57 @@ def live_spend(layout: RunLayout) -> dict[str, Any] | None:
             finally:
                 db.close()
             keys = ("calls", "cached", "failed", "tokens_in", "tokens_out", "usd")
-            return {k: (v or 0) for k, v in zip(keys, row)}
+            out = {k: (v or 0) for k, v in zip(keys, row)}
+            db = sqlite3.connect(f"file:{layout.calls}?mode=ro", uri=True, timeout=5)
+            try:
+                row = db.execute("select sum(calls), sum(cached), sum(failed), sum(tokens_in), sum(tokens_out), "
+                                 "sum(usd) from usage where phase like ?", (CONTROL_PHASE + "%",)).fetchone()
+            finally:
+                db.close()
+            out["control"] = {k: (v or 0) for k, v in zip(keys, row)}
+            return out
         except sqlite3.Error:
             pass
-    total = read_json_or_empty(layout.usage).get("total")
-    return dict(total) if total else None
+    usage = read_json_or_empty(layout.usage)
+    total = usage.get("total")
+    if not total:
+        return None
+    out = dict(total)
+    rows = [r for r in usage.get("by", []) if str(r.get("phase", "")).startswith(CONTROL_PHASE)]
+    out["control"] = {k: sum(r.get(k, 0) for r in rows) for k in ("calls", "cached", "failed", "tokens_in",
+                                                                    "tokens_out", "usd")}
+    return out
+
+
+CONTROL_PHASE = "control-"  # the ledger phases of the control student (lion.control): control-imitation, ...
+
+
+def control_status(rp: RoundPaths) -> dict[str, Any] | None:
+    """The control student's steps of round rp.no (lion.control): done, and what is in flight; None: no control."""
+    cp = rp.control
+    if not cp.dir.exists():
+        return None
+    done = [step for step in CONTROL_STEPS if cp.done(step).exists()]
+    if cp.eval_summary.exists():
+        done.append("eval")
+    if cp.comparison.exists():
+        done.append("comparison")
+    notes = []
+    if "selection" in done and "imitation" not in done:
+        train = _ids(cp.train_pool)
+        notes.append(f"control imitation: teacher answers {_teacher_done(layout_of(rp), train)}/{len(train)}")
+        if cp.student_ckpt.exists() or cp.student.with_name(cp.student.name + ".tmp").exists():
+            notes.append("control imitation: student training started (interrupted if no process runs)")
+    elif "imitation" in done and "eval" not in done and cp.eval.dir.exists():
+        n_q = _count_lines(cp.eval.questions)
+        notes.append(f"control evaluation: candidate answers {_count_lines(cp.eval.candidate_answers)}/{n_q or '?'}")
+    bench = read_json_or_empty(cp.eval.benchmarks)
+    return {"done": done, "in_flight": notes, "new": read_json_or_empty(cp.phase_metrics("selection")).get("new"),
+            "benchmarks_failed": sorted(bench.get("failed", {}))}
+
+
+def layout_of(rp: RoundPaths) -> RunLayout:
+    return RunLayout(rp.root)
 
 
 def _teacher_done(layout: RunLayout, ids: set[str]) -> int:
@@ -82,6 +130,11 @@ def round_status(layout: RunLayout, rp: RoundPaths, *, final: bool = False) -> d
                          "referee verdicts written when the phase ends")
     elif "discrimination" in out["done"] and "generation" not in out["done"]:
         notes.append("generation: new instructions written when the phase ends")
+    bench = read_json_or_empty(rp.eval.benchmarks)
+    if bench:
+        out["benchmarks"] = {"finished": bench.get("n_finished", 0), "tasks": bench.get("n_tasks", 0),
+                             "failed": sorted(bench.get("failed", {}))}
+    out["control"] = control_status(rp)
     return out
 
 
@@ -145,6 +198,22 @@ def finished(s: dict[str, Any]) -> bool:
     return any(rs["final_imitation"] and "imitation" in rs["done"] for rs in s["round_status"])
 
 
+def _track_lines(rs: dict[str, Any]) -> list[str]:
+    """A round's benchmarks and control student, as status lines."""
+    lines = []
+    b = rs.get("benchmarks")
+    if b:
+        lines.append(f"      benchmarks: {b['finished']}/{b['tasks']} tasks done"
+                     + (f", failed: {', '.join(b['failed'])}" if b["failed"] else ""))
+    c = rs.get("control")
+    if c:
+        steps = [f"{p} done" if p in c["done"] else f"{p} -" for p in ("selection", "imitation", "eval", "comparison")]
+        lines.append(f"      control: {', '.join(steps)}" + (f"   ({c['new']} new instructions)" if c["new"] else "")
+                     + (f"; benchmarks failed: {', '.join(c['benchmarks_failed'])}" if c["benchmarks_failed"] else ""))
+        lines += [f"      in flight: {note}" for note in c["in_flight"]]
+    return lines
+
+
 def _ago(seconds: float) -> str:
     from .logs import fmt_duration
 
@@ -162,6 +231,7 @@ def format_status(s: dict[str, Any]) -> str:
             lines.append(f"  round {rs['round']:>2}: final imitation {'done' if 'imitation' in rs['done'] else '-'}"
                          f"   (train pool {rs['train_pool']})")
             lines += [f"      in flight: {note}" for note in rs["in_flight"]]
+            lines += _track_lines(rs)
             continue
         phases = [f"{p} done" if p in rs["done"] else f"{p} -" for p in PHASES]
         phases += [f"{p} done" for p in OPTIONAL_PHASES if p in rs["done"]]
@@ -169,6 +239,7 @@ def format_status(s: dict[str, Any]) -> str:
                      + f"   (train pool {rs['train_pool']}, cache pool {rs['cache_pool']})")
         for note in rs["in_flight"]:
             lines.append(f"      in flight: {note}")
+        lines += _track_lines(rs)
     if not s["round_status"]:
         lines.append("  no round started yet")
     sp = s["spend"]
@@ -177,6 +248,10 @@ def format_status(s: dict[str, Any]) -> str:
             if s.get("budget_usd") else ""
         lines.append(f"  spend: ${sp['usd']:.4f}{budget}; {sp['calls']} paid calls, {sp['cached']} replayed from "
                      f"cache, {sp['failed']} failed; {sp['tokens_in']} tokens in, {sp['tokens_out']} out")
+        ctl = sp.get("control") or {}
+        if ctl.get("calls") or ctl.get("cached"):
+            lines.append(f"    of which the control student (phases control-*): ${ctl['usd']:.4f}; {ctl['calls']} paid "
+                         f"calls, {ctl['cached']} replayed; {ctl['tokens_in']} tokens in, {ctl['tokens_out']} out")
     else:
         lines.append("  spend: no LLM call yet")
     if s.get("snapshots"):

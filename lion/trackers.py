@@ -8,7 +8,9 @@
 the round number as the step (`round_scalars`): the hard ratio, mean teacher/student scores and gap, swap-flip
 rate, parse failures, hard/easy/excluded counts, accepted and rejected new instructions (and rejections by
 reason), the evaluation's relative score and the offline world's accuracies, the training loss and throughput,
-and the cumulative spend (USD, tokens, calls). The Trainer's own loss goes to the same places (TensorBoard:
+the benchmarks (`bench/<task>`, `bench/mean`), the control student (`control/loop`, `control/control`,
+`control/difference` with `control/ci_low` / `ci_high`, its benchmarks), and the cumulative spend (USD, tokens,
+calls). The Trainer's own loss goes to the same places (TensorBoard:
 `RUN/tensorboard/train_round_XX/`; wandb: a run of its own per training, project `WANDB_PROJECT`).
 
 - TensorBoard: event files in `RUN/tensorboard/` (`tensorboard --logdir RUN/tensorboard`).
@@ -71,6 +73,21 @@ def round_scalars(m: dict[str, Any]) -> dict[str, float]:
         out["eval/n_scored"] = overall.get("n_scored")
         out["eval/held_out_accuracy"] = ev.get("oracle", {}).get("overall")
     out["oracle/pool_accuracy"] = m.get("oracle", {}).get("overall")
+    bench = m.get("benchmarks", {})
+    out["bench/mean"] = bench.get("mean")
+    for task, h in (bench.get("tasks") or {}).items():
+        out[f"bench/{task}"] = (h or {}).get("value")
+    ctl = m.get("control", {})
+    if ctl:
+        c = ctl.get("comparison", {})
+        for k in ("loop", "control", "difference", "ci_low", "ci_high", "n"):
+            out[f"control/{k}"] = c.get(k)
+        out["control/n_new"] = ctl.get("selection", {}).get("new")
+        out["control/n_train"] = ctl.get("imitation", {}).get("n_train")
+        out["control/train_loss"] = ctl.get("imitation", {}).get("train", {}).get("train_loss")
+        out["control/bench_mean"] = ctl.get("benchmarks", {}).get("mean")
+        for task, h in (ctl.get("benchmarks", {}).get("tasks") or {}).items():
+            out[f"control/bench/{task}"] = (h or {}).get("value")
     total = m.get("usage", {}).get("total", {})
     for k in ("usd", "tokens_in", "tokens_out", "calls", "cached", "failed"):
         out[f"spend/{k}"] = total.get(k)

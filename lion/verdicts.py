@@ -36,19 +36,27 @@ shown first, "Assistant 2" the second. A verdict is any of
 - the two scores alone on the FIRST line (`9 8.5`, `9, 8`, `8/10 6/10`; also directly under a `Scores:`
   heading), as the general and coding prompts ask;
 - a tuple line (`(10, 6)`, `[10, 6]`, `[[10, 6]]`, `Scores: (10, 6)`, `Python tuple: (10, 6)`), as the math
-  prompt asks, anywhere in the reply;
+  prompt asks, anywhere in the reply; also a keyed tuple closing a sentence, with what math replies add after it
+  (`The output tuple is (10, 1). Assistant 1 did better.`, `the scores are (1, 5) for Assistant 1 and Assistant 2,
+  respectively.`: the remark after it holds no other parenthesis);
 - a keyed pair anywhere (`Scores: 9 8`, `Final scores: 9/10, 8/10`);
 - labelled scores, on one line (`Assistant 1: 8, Assistant 2: 6`) or on lines of their own anywhere
   (`Assistant 1: 10 (correct)` ... `Assistant 2: 6 - a slip in step 2`, `Score for Assistant 2: 6/10`).
 
+Scores run from 0 to 10: the prompts ask for 1 to 10, but FastChat's GPT-4 judge gives 0 to an empty answer (`0 9`
+on the first line), and excluding that pair would drop it from both sums and *raise* the empty answer's side's
+relative score; a 0 is therefore a score (lion.evalscore counts them as `zero_scores`).
 Every score the reply states for an assistant must be the same number: a reply whose first line says `9 8` and
 whose last line says `(7, 8)`, or two different `Assistant 1:` scores, is a conflict and fails. Also rejected: a
-score outside 1..10, a denominator other than 10, a score for only one assistant, the same assistant twice on one
+score outside 0..10, a denominator other than 10, a score for only one assistant, the same assistant twice on one
 line, and a line that starts with a score keyword and has a number but cannot be read. Quoted text never counts
 (fences that hold anything but a verdict, blockquotes, echoed answer blocks, and lines copied from an answer: a
 reply whose only verdict is copied from an answer fails). A bare pair of numbers further down (`3 5` inside a
 worked solution) is not a verdict; a tuple of numbers alone on its own line is, so a coordinate such as `(2, -2)`
 alone on a line makes the reply fail rather than guess.
+
+`Verdict.form` says how the verdict was written (fastchat: `first_line`, `tuple`, `tuple_sentence`, `keyed`, `labelled`; lion:
+`scores`), for the replay's and the benchmark's counts (bench/fastchat_reviews.py).
 """
 
 from __future__ import annotations
@@ -94,6 +102,7 @@ class Verdict:
     b: float | None
     error: str | None = None
     line: int | None = None  # 1-based line of the verdict in the text
+    form: str | None = None  # how it was written (fastchat: first_line, tuple, tuple_sentence, keyed, labelled; lion: scores)
 
     @property
     def ok(self) -> bool:
@@ -282,11 +291,13 @@ def parse_lion(text: str | None, answers: Iterable[str] = ()) -> Verdict:
     answer_lines = {_normalise(ln) for ans in answers for ln in (ans or "").splitlines() if ln.strip()}
     if _normalise(final.raw) in answer_lines:
         return _fail(f"the verdict line {final.raw.strip()!r} is copied from an answer", final.line + 1)
-    return Verdict(values["a"], values["b"], None, final.line + 1)
+    return Verdict(values["a"], values["b"], None, final.line + 1, "scores")
 
 
 
 # ------------------------------------------------------------------------------------------------ format fastchat
+
+FASTCHAT_MIN = 0.0  # FastChat's GPT-4 judge gives 0 to a missing answer: a score, not a failure (see the module doc)
 
 _FC_KEY = r"(?:(?:final|overall)\s+)?(?:scores?|ratings?)"
 _FC_LAB = (  # "Assistant 1", "Assistant 1's score", "Score for Assistant 1"
@@ -301,6 +312,14 @@ _FC_KEYED = re.compile(rf"^{_FC_KEY}\s*(?:[:=\-–—]|\bare\b|\bis\b)?\s*{_NUM}
 _FC_TUPLE = re.compile(
     r"^(?:[a-z0-9', ]{0,60}?\b(?:scores?|tuple|ratings?|verdict|output)\b[a-z0-9', ]{0,40}?\s*(?:[:=]|\bis\b|\bare\b)?\s*)?"
     rf"[(\[]{{1,2}}\s*{_NUM}{_OF}\s*,\s*{_NUM}{_OF}\s*[)\]]{{1,2}}\s*[.!]?$"
+)
+# a keyed tuple closing a sentence, with what the math prompt's replies add after it: "the scores are (1, 5) for
+# Assistant 1 and Assistant 2, respectively. Assistant 2 performed better." (a remark holds no other parenthesis)
+_FC_TUPLE_SENTENCE = re.compile(
+    r"^[a-z0-9', ]{0,60}?\b(?:scores?|tuple|ratings?)\b[a-z0-9', ]{0,40}?\s*(?:[:=]|\bis\b|\bare\b)\s*"
+    rf"[(\[]{{1,2}}\s*{_NUM}{_OF}\s*,\s*{_NUM}{_OF}\s*[)\]]{{1,2}}"
+    r"(?:\s+for\s+assistants?\s*1\s+and\s+(?:assistant\s*)?2)?(?:\s*,?\s*respectively)?"
+    r"\s*(?:[.!;]\s+[^\d\s()][^()]*|[.!])?$"
 )
 _FC_BOTH = re.compile(
     rf"^(?:{_FC_KEY}\s*[:=\-–—]?\s*)?{_FC_LAB}{_FC_SEP}{_NUM}{_OF}{_FC_PAREN}\s*(?:[,;&|/]|\band\b)?\s*"
@@ -325,6 +344,7 @@ class _Cand:
     raw: str
     scores: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # "1"/"2" -> (number, denominator)
     problem: str | None = None
+    form: str | None = None  # first_line, tuple, tuple_sentence, keyed, labelled
 
 
 def _fc_normalise(line: str) -> str:
@@ -340,14 +360,15 @@ def _fc_classify(i: int, raw: str, first: bool) -> _Cand | None:
         l1, n1, d1, l2, n2, d2 = m.groups()
         if l1 == l2:
             return _Cand(i, raw, problem=f"score for Assistant {l1} given twice in {raw.strip()!r}")
-        return _Cand(i, raw, {l1: (n1, d1), l2: (n2, d2)})
-    for pattern in (_FC_TUPLE, _FC_KEYED, *((_FC_BARE,) if first else ())):
+        return _Cand(i, raw, {l1: (n1, d1), l2: (n2, d2)}, form="labelled")
+    for pattern, form in ((_FC_TUPLE, "tuple"), (_FC_TUPLE_SENTENCE, "tuple_sentence"), (_FC_KEYED, "keyed"),
+                          *(((_FC_BARE, "first_line"),) if first else ())):
         if m := pattern.match(s):
             n1, d1, n2, d2 = m.groups()
-            return _Cand(i, raw, {"1": (n1, d1), "2": (n2, d2)})
+            return _Cand(i, raw, {"1": (n1, d1), "2": (n2, d2)}, form=form)
     if m := _FC_HALF.match(s):
         label, n, d = m.groups()
-        return _Cand(i, raw, {label: (n, d)})
+        return _Cand(i, raw, {label: (n, d)}, form="labelled")
     if _FC_KEYWORD.match(s) and re.search(r"\d", s):
         return _Cand(i, raw, problem=f"unreadable score line {raw.strip()!r}")
     return None
@@ -361,8 +382,8 @@ def _fc_score(label: str, num: str, den: str | None) -> float | str:
     if den is not None and int(den) != 10:
         return f"score for Assistant {label} is out of {den}, not 10"
     value = float(num)
-    if not 1.0 <= value <= 10.0:
-        return f"score for Assistant {label} is {num}, outside 1..10"
+    if not FASTCHAT_MIN <= value <= 10.0:
+        return f"score for Assistant {label} is {num}, outside {FASTCHAT_MIN:g}..10"
     return value
 
 
@@ -415,8 +436,8 @@ def parse_fastchat(text: str | None, answers: Iterable[str] = ()) -> Verdict:
                     c.line + 1,
                 )
     complete = [c for c in cands if len(c.scores) == 2]
-    at = complete[-1].line if complete else max(c.line for c in cands)
-    return Verdict(stated["1"][0][0], stated["2"][0][0], None, at + 1)
+    last = complete[-1] if complete else max(cands, key=lambda c: c.line)
+    return Verdict(stated["1"][0][0], stated["2"][0][0], None, last.line + 1, last.form)
 
 
 # ------------------------------------------------------------------------------------------------ registry

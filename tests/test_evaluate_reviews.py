@@ -150,3 +150,30 @@ def test_a_file_with_no_readable_review_exits_non_zero(tmp_path: Path, capsys: p
     assert main(["--reviews", str(f)]) == 1
     result = _last_json(capsys.readouterr().out)
     assert result["parsed"] == 0 and result["relative"]["ref_first"] is None  # no number from nothing
+
+
+def test_what_the_judge_really_writes_a_zero_a_closing_tuple_and_a_misrecorded_score(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Three shapes FastChat's GPT-4 judge wrote in its 2023 tables (texts written here, not copied): a `0` for an
+    empty answer (a score, counted: excluding the pair would raise the empty side's relative score), a math review
+    whose only scores close a sentence after the tuple, and a review whose recorded score disagrees with its text
+    (the text is trusted)."""
+    rows = [
+        {"question_id": 1, "score": [8.0, 0.0],
+         "text": "8 0\nAssistant 1 wrote a clear and complete letter. Assistant 2 left the answer empty, so it gets 0."},
+        {"question_id": 2, "score": [10, 3],
+         "text": "I solve it first: 12 * 7 = 84.\n\nAssistant 1 shows each step and reaches 84. Assistant 2 reaches 74."
+                 "\n\nThe output tuple is (10, 3). Assistant 1 did better on this problem."},
+        {"question_id": 3, "score": [9, 2],
+         "text": "I solve it first: 2 ** 5 = 32.\n\nScores:\nAssistant 1: 9\nAssistant 2: 6\n\nAssistant 1 is exact."},
+    ]
+    f = _write(tmp_path / "r.jsonl", rows)
+    result, text = replay_report(f)
+    assert (result["rows"], result["parsed"], result["failed"]) == (3, 3, 0)
+    assert result["zero_scores"] == 1
+    assert (result["with_score"], result["agree"]) == (3, 2)
+    assert "question 3): the text gives (9, 6), the row recorded [9.0, 2.0] (the text is trusted)" in text
+    # Assistant 1 is the reference: the candidate's sum counts the 0 and the text's 6, not the recorded 2
+    assert result["relative"]["ref_first"] == pytest.approx(100 * (0 + 3 + 6) / (8 + 10 + 9))
+    assert result["recorded_relative"]["ref_first"] == pytest.approx(100 * (0 + 3 + 2) / (8 + 10 + 9))
+    assert "1 zero scores" in text

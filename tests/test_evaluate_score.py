@@ -100,3 +100,50 @@ def test_rows_from_table_round_trip() -> None:
     rows = rows_from_table(table)
     assert rows[0].scores == {"ref_first": (7.0, 8.0), "cand_first": (8.0, 8.0)}
     assert not rows[1].ok and rows[1].scores["cand_first"] == (2.0, 9.0)
+
+
+def _pair(n: int, shift: float = 0.0, seed: int = 0) -> tuple[list[QuestionScores], list[QuestionScores]]:
+    import random
+
+    rng = random.Random(seed)
+    a, b = [], []
+    for i in range(n):
+        ref = (rng.randint(6, 9), rng.randint(6, 9))
+        cb = (rng.randint(3, 8), rng.randint(3, 8))
+        ca = tuple(min(10.0, c + shift) for c in cb)
+        # the judge scores the reference afresh in each evaluation: b's reference scores differ by a little noise
+        a.append(QuestionScores(f"q{i}", "", {"ref_first": (ca[0], ref[0]), "cand_first": (ca[1], ref[1])}))
+        b.append(QuestionScores(f"q{i}", "", {"ref_first": (cb[0], ref[0]), "cand_first": (cb[1], ref[1] - (i % 2))}))
+    return a, b
+
+
+def test_paired_difference_point_estimate_is_the_two_relative_scores_on_the_common_questions() -> None:
+    from lion.evalscore import paired_difference
+
+    a, b = _pair(30, shift=1.0)
+    b[0] = QuestionScores("q0", "", {"ref_first": None, "cand_first": (5, 5)})  # failed for the control: unpaired
+    a.append(QuestionScores("extra", "", {"ref_first": (9, 9), "cand_first": (9, 9)}))  # scored for the loop only
+    d = paired_difference(a, b, n_boot=500)
+    common = [q for q in a if q.id not in ("q0", "extra")]
+    assert (d["n"], d["n_only_a"], d["n_only_b"]) == (29, 2, 0)
+    assert d["relative_a"] == pytest.approx(summarize(common)["overall"]["relative"]["mean"])
+    assert d["relative_b"] == pytest.approx(summarize(b[1:])["overall"]["relative"]["mean"])
+    assert d["difference"] == pytest.approx(d["relative_a"] - d["relative_b"])
+    assert d["ci_low"] < d["difference"] < d["ci_high"]
+    assert d["ci_low"] > 0  # one point better on every question: the interval leaves out 0
+    assert paired_difference(a, b, n_boot=500) == d  # seeded: the same inputs, the same interval
+
+
+def test_paired_difference_of_identical_candidates_is_zero_and_narrows_with_more_questions() -> None:
+    from lion.evalscore import paired_difference
+
+    a, _ = _pair(40)
+    same = paired_difference(a, a, n_boot=300)
+    assert same["difference"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0
+    small = paired_difference(*_pair(20, shift=0.3, seed=1), n_boot=1000)
+    large = paired_difference(*_pair(320, shift=0.3, seed=1), n_boot=1000)
+    assert large["ci_high"] - large["ci_low"] < 0.6 * (small["ci_high"] - small["ci_low"])
+    one = paired_difference(*_pair(1, shift=1.0), n_boot=50)  # one question: every resample is that question
+    assert one["ci_low"] == pytest.approx(one["difference"]) == pytest.approx(one["ci_high"])
+    empty = paired_difference([], a)
+    assert empty["n"] == 0 and empty["difference"] is None and empty["n_only_b"] == 40

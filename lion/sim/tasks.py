@@ -602,6 +602,25 @@ def load_world(path: str | Path | None) -> TaskWorld:
     return world_from_dict(data, where, source=str(p))
 
 
+def bench_mc(n_per_family: int, seed: int, exclude: Collection[str] = (), n_choices: int = 3) -> list[dict[str, object]]:
+    """A multiple-choice benchmark of the world for lm-eval (a task over a local JSON file, lion.benchmarks): held-out
+    instances (none in `exclude`), each with its answer and n_choices - 1 other answers of its family, shuffled; rows
+    {"question", "choices", "answer": index of the right choice, "family"}."""
+    rows = heldout_set(n_per_family, seed, exclude)
+    rng = random.Random(f"bench-mc:{seed}")
+    by_family: dict[str, list[str]] = {}
+    for r in rows:
+        by_family.setdefault(str(r["meta"]["family"]), []).append(str(r["answer"]))  # type: ignore[index]
+    out: list[dict[str, object]] = []
+    for r in rows:
+        fam, truth = str(r["meta"]["family"]), str(r["answer"])  # type: ignore[index]
+        others = sorted({a for a in by_family[fam] if a != truth})
+        choices = [truth, *rng.sample(others, min(n_choices - 1, len(others)))]
+        rng.shuffle(choices)
+        out.append({"question": r["instruction"], "choices": choices, "answer": choices.index(truth), "family": fam})
+    return out
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 
@@ -611,6 +630,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=0, help="print N sampled instances")
     p.add_argument("--seed-pool", type=int, default=0, help="write a seed pool of N instructions to --out")
     p.add_argument("--heldout", type=int, default=0, help="write N held-out instances per family to --out")
+    p.add_argument("--bench-mc", type=int, default=0,
+                   help="write a multiple-choice benchmark of N instances per family to --out (an lm-eval task's data)")
+    p.add_argument("--exclude", type=Path, default=None, help="with --bench-mc: leave out the instructions of this file")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--world", default=None, help="a world file (configs/worlds/*.yaml); default: the built-in world")
@@ -623,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = make_parser().parse_args(argv)
     w = load_world(args.world)
-    if args.families or not (args.sample or args.seed_pool or args.heldout):
+    if args.families or not (args.sample or args.seed_pool or args.heldout or args.bench_mc):
         print(f"world {w.name}" + (f" ({w.source})" if w.source else " (built in)"))
         print("\n".join(w.describe()))
     if args.sample:
@@ -631,6 +653,14 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.sample):
             t = w.sample_task(rng)
             print(f"[{t.family} d{t.difficulty}] {t.instruction}  ->  {t.answer}")
+    if args.bench_mc:
+        if args.out is None:
+            raise ConfigError("--out: required with --bench-mc")
+        skip = [json.loads(x)["instruction"] for x in args.exclude.read_text().splitlines() if x.strip()] \
+            if args.exclude else []
+        rows = bench_mc(args.bench_mc, args.seed, skip)
+        atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+        print(f"wrote {len(rows)} rows to {args.out}")
     for n, fn in ((args.seed_pool, w.seed_pool), (args.heldout, w.heldout_set)):
         if n:
             if args.out is None:
