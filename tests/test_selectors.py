@@ -240,8 +240,13 @@ def test_fresh_share_draws_part_of_each_round_from_unused_seed_rows(tmp_path: Pa
     gen2 = {g["id"] for g in read_jsonl(rd / "round_02" / "generated.jsonl") if g["kind"] == "fresh"}
     assert not gen1 & gen2
     assert json.loads((rd / "round_01" / "generation.json").read_text())["fresh"] == 5
-    # the same draw again, from scratch
+    # the same draw again for a generation of round 1 resumed before anything later existed
+    import shutil
+
     from lion.context import RunContext
+
+    for later in ("round_02", "round_03"):
+        shutil.rmtree(rd / later)
     from lion.generation import fresh_rows
 
     cfg = load_config(ROOT / "configs" / "smoke.yaml", [*TINY, f"run_dir={rd}", f"pools.train_seed={seeds}",
@@ -249,6 +254,6 @@ def test_fresh_share_draws_part_of_each_round_from_unused_seed_rows(tmp_path: Pa
                                                         "final_imitation=true", "discrimination.selector=student_loss"])
     with RunContext(cfg, progress=False) as ctx:
         assert {i.id for i in fresh_rows(ctx, 1)} == gen1
-        # 70 rows, 40 + 5 + 5 taken: 20 unused, fewer than the 34 wanted -> the generator makes up the rest
+        # 70 rows, 40 in round 1's pools: 30 unused, fewer than the 34 wanted -> the generator makes up the rest
         cfg.pools.fresh_share, cfg.generation.n_hard = 1.0, 30
-        assert len(fresh_rows(ctx, 3)) == 20
+        assert len(fresh_rows(ctx, 1)) == 30
