@@ -143,7 +143,7 @@ def test_vllm_answers_come_per_chunk_from_one_engine_and_from_data_parallel_engi
     prompts = [format_prompt(f"q{i}") for i in range(7)]
     seen: list[tuple[int, int]] = []  # (prompt index, generate calls recorded when its answer arrived)
     out = generate(tiny_char_base, prompts, InferConfig(backend="vllm", chunk_size=3), progress=False,
-                   on_answer=lambda i, t: seen.append((i, len(fake_vllm_env()))))
+                   on_answer=lambda i, a: seen.append((i, len(fake_vllm_env()))))
     gens = [c["n"] for c in fake_vllm_env() if c["event"] == "generate"]
     assert gens == [3, 3, 1]
     # the answers of chunk k were handed over before chunk k+1 was generated (calls: LLM, then one per chunk)
@@ -153,7 +153,7 @@ def test_vllm_answers_come_per_chunk_from_one_engine_and_from_data_parallel_engi
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     got: dict[int, str] = {}
     out2 = generate(tiny_char_base, prompts, InferConfig(backend="vllm", data_parallel=2, chunk_size=2),
-                    progress=False, on_answer=got.__setitem__)
+                    progress=False, on_answer=lambda i, a: got.__setitem__(i, a.text))
     assert out2 == out and got == dict(enumerate(out))
     dp = [c["n"] for c in fake_vllm_env() if c["event"] == "generate"][3:]
     assert sorted(dp) == [1, 2, 2, 2]  # 4 + 3 prompts dealt to two engines, 2 per call

@@ -19,6 +19,7 @@ import pytest
 from lion.config import InferConfig
 from lion.errors import ConfigError
 from lion.student.data import encode_prompt, format_prompt
+from lion.student.infer import resolve_dtype
 from lion.student.vllm_backend import engine_kwargs, gpu_groups, sampling_kwargs, shard
 
 FAKE_DIR = Path(__file__).resolve().parent / "fake_vllm"
@@ -53,14 +54,27 @@ def _expected(tok, prompts):
 
 
 def test_sampling_and_engine_parameter_mapping(tmp_path) -> None:
+    neutral = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
     greedy = sampling_kwargs(InferConfig(max_new_tokens=77, temperature=0.0, top_p=0.5, seed=3))
-    assert greedy == {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 77, "seed": 3, "skip_special_tokens": True}
+    assert greedy == {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 77, "seed": 3, "skip_special_tokens": True,
+                      **neutral}  # generation_config: ignore -> nothing but what student.infer states
     sampled = sampling_kwargs(InferConfig(temperature=0.7, top_p=0.9))
     assert (sampled["temperature"], sampled["top_p"], sampled["max_tokens"]) == (0.7, 0.9, 512)
-    cfg = InferConfig(tensor_parallel=4, gpu_memory_utilization=0.8, dtype="bfloat16", max_model_len=2048)
+    # inherit: the engine's defaults (the checkpoint's generation_config.json) under student.infer's own keys
+    inherited = sampling_kwargs(InferConfig(generation_config="inherit", temperature=0.0),
+                                {"repetition_penalty": 1.05, "top_k": 20, "temperature": 0.7})
+    assert inherited["repetition_penalty"] == 1.05 and inherited["top_k"] == 20 and inherited["temperature"] == 0.0
+    cfg = InferConfig(tensor_parallel=4, gpu_memory_utilization=0.8, dtype="bfloat16", max_model_len=2048,
+                      engine_args={"enforce_eager": True})
     kw = engine_kwargs("/m", cfg, tokenizer="/t", adapter=None)
     assert kw == {"model": "/m", "tokenizer": "/t", "tensor_parallel_size": 4, "gpu_memory_utilization": 0.8,
-                  "dtype": "bfloat16", "seed": 0, "max_model_len": 2048}
+                  "dtype": "bfloat16", "seed": 0, "max_model_len": 2048, "generation_config": "vllm",
+                  "enforce_eager": True}
+    # dtype auto resolves once, to what the transformers backend uses too (float32 on this CPU machine), never
+    # vLLM's own auto (a float32 checkpoint in bfloat16 on CPU)
+    assert engine_kwargs("/m", InferConfig(), tokenizer=None, adapter=None)["dtype"] == resolve_dtype(InferConfig())
+    assert engine_kwargs("/m", InferConfig(generation_config="inherit"), tokenizer=None,
+                         adapter=None)["generation_config"] == "auto"
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 32, "base_model_name_or_path": "/m"}))
     kw = engine_kwargs("/m", InferConfig(), tokenizer=None, adapter=tmp_path)
     assert kw["enable_lora"] is True and kw["max_lora_rank"] == 32 and kw["max_loras"] == 1 and kw["tokenizer"] == "/m"
