@@ -98,6 +98,12 @@ def _has_tokenizer(path: Path) -> bool:
     return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
 
+def _same_tokenizer(a: str | Path, b: str | Path) -> bool:
+    """Two folders hold the same tokenizer (tokenizer.json byte for byte)."""
+    fa, fb = Path(a) / "tokenizer.json", Path(b) / "tokenizer.json"
+    return fa.is_file() and fb.is_file() and fa.read_bytes() == fb.read_bytes()
+
+
 def load_tokenizer(model_path: str | Path, base: str):
     from transformers import AutoTokenizer
 
@@ -216,6 +222,8 @@ class StudentSession:
             from .vllm_backend import generate_vllm
 
             tok_dir = self._tok_dir if _has_tokenizer(Path(self._tok_dir)) else self.base
+            if _same_tokenizer(tok_dir, self.base):  # an adapter's copy of its base's tokenizer: vLLM takes the
+                tok_dir = self.base  # base's (a LoRA tokenizer of its own is deprecated there, and parsed as a model)
             generate_vllm(self.base, ids, self.cfg, adapter=self.adapter, tokenizer=tok_dir, progress=self.progress,
                           on_answer=got, max_length=self.max_length)
             return result
