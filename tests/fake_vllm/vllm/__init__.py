@@ -61,10 +61,6 @@ class LLM:
         return SamplingParams(**json.loads(os.environ.get("FAKE_VLLM_DEFAULTS", "{}")))
 
     def generate(self, prompts, sampling_params=None, use_tqdm=True, lora_request=None):
-        if os.environ.get("FAKE_VLLM_DELAY_S"):  # a slow engine, for tests that kill mid-inference
-            import time
-
-            time.sleep(float(os.environ["FAKE_VLLM_DELAY_S"]))
         ids = [p["prompt_token_ids"] for p in prompts]
         lora = None if lora_request is None else vars(lora_request)
         _record("generate", n=len(ids), sampling=getattr(sampling_params, "kwargs", None), lora=lora,
