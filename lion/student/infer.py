@@ -323,6 +323,14 @@ def student_generation_config(model: Any, cfg: InferConfig, stop: list[int], pad
     return GenerationConfig(**own)
 
 
+def answer_text(tokenizer: Any, tokens: Sequence[int], *, truncated: bool) -> str:
+    """An answer's text from its tokens (special tokens left out). An answer cut at max_new_tokens may end inside a
+    character that spans several byte tokens (an emoji): that part is left out, as vLLM's detokeniser leaves it,
+    rather than shown as U+FFFD, so both backends give the same text for the same tokens."""
+    text = tokenizer.decode(list(tokens), skip_special_tokens=True)
+    return text.rstrip("\ufffd") if truncated else text
+
+
 def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConfig, *, progress: bool = True,
                 min_new_tokens: int = 0, on_answer: OnAnswer | None = None) -> list[str]:
     """Batched generation from token ids (sorted by length, left-padded). `min_new_tokens` is for benchmarks."""
@@ -356,7 +364,7 @@ def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConf
                     cut = next((k for k, t in enumerate(toks) if t in eos_ids), None)
                     if cut is not None:
                         toks = toks[:cut]
-                    text = out[i] = tokenizer.decode(toks, skip_special_tokens=True)
+                    text = out[i] = answer_text(tokenizer, toks, truncated=cut is None)
                     if on_answer is not None:
                         on_answer(i, Completion(text, truncated=cut is None, tokens=tuple(toks)))
                 beat.update(len(batch))
