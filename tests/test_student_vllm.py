@@ -77,6 +77,11 @@ def test_sampling_and_engine_parameter_mapping(tmp_path) -> None:
     assert engine_kwargs("/m", InferConfig(), tokenizer=None, adapter=None)["dtype"] == resolve_dtype(InferConfig())
     assert engine_kwargs("/m", InferConfig(generation_config="inherit"), tokenizer=None,
                          adapter=None)["generation_config"] == "auto"
+    from lion.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=r"student.infer.engine_args.dtype: set by lion from student.infer.dtype"):
+        config_from_dict({"student": {"model": "m", "infer": {"engine_args": {"dtype": "half"}}},
+                          "pools": {"train_seed": "x"}})
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 32, "base_model_name_or_path": "/m"}))
     kw = engine_kwargs("/m", InferConfig(), tokenizer=None, adapter=tmp_path)
     assert kw["enable_lora"] is True and kw["max_lora_rank"] == 32 and kw["max_loras"] == 1 and kw["tokenizer"] == "/m"

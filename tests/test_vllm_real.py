@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 QUESTIONS = [q for q, _ in VLLM_FACTS] + ["Write a haiku about rain.", "Why do cats purr?",
                                           "List three uses of a brick.", "Explain photosynthesis briefly."]
 CHUNK = 4
-INFER = {"backend": "vllm", "max_new_tokens": 24, "chunk_size": CHUNK, "max_model_len": MAX_MODEL_LEN,
+INFER = {"backend": "vllm", "max_new_tokens": 16, "chunk_size": CHUNK, "max_model_len": MAX_MODEL_LEN,
          "engine_args": {"enforce_eager": True}}
 
 DRIVER = """

@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 QUESTIONS = [q for q, _ in VLLM_FACTS] + ["Write a haiku about rain.", "Why do cats purr?",
                                           "List three uses of a brick.", "Explain photosynthesis briefly."]
 ITEMS = [Instruction(q) for q in QUESTIONS]
-MAX_NEW = 24
+MAX_NEW = 16
 ROLE = {"max_in_flight": 4, "max_attempts": 2, "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 120}
 
 
