@@ -222,7 +222,8 @@ def shadow_metrics(rp: RoundPaths, name: str) -> dict[str, Any]:
     verdicts = (bool(row.get("ok")) for _, row in iter_jsonl(judgements)) if judgements.exists() else ()
     rows = [row for _, row in iter_jsonl(split)] if split.exists() else []
     own = {row["id"]: row["label"] for _, row in iter_jsonl(rp.split)}
-    return {**_metrics(rows, verdicts), **agreement({row["id"]: row["label"] for row in rows}, own)}
+    return {**_metrics(rows, verdicts, read_truncated(rp.student_answers)),
+            **agreement({row["id"]: row["label"] for row in rows}, own)}
 
 
 def agreement(mine: dict[str, str], split: dict[str, str]) -> dict[str, Any]:
