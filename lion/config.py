@@ -485,7 +485,7 @@ class DiscriminationConfig:
                 "is, as the paper does (a student that has not finished within the budget has not answered: the "
                 "teacher rightly wins, and such instructions are what the student must learn); exclude = left out "
                 "of the split, counted with the other exclusions (when max_new_tokens is too short for the task, so "
-                "the cut says nothing about the student)")
+                "the cut says nothing about the student); a run refuses to resume with it changed, like tau")
     shadow_selectors: list[Literal["referee", "student_loss", "embedding"]] = opt_factory(
         list, "selectors that also split the Cache Pool, for the record only (round_XX/shadow_<name>_split.jsonl): "
               "discrimination.json and the report show each one's hard share, its agreement with the run's own "

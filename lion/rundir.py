@@ -43,6 +43,7 @@ RESUME_CRITICAL = (
     "discrimination.hard_fraction",
     "discrimination.only_unseen",
     "discrimination.referee_prompts",
+    "discrimination.truncated_student",
     "generation.n_hard",
     "generation.n_easy",
     "generation.rouge_threshold",
