@@ -119,15 +119,18 @@ class FastGenerator:
 class FastStudent:
     """The student's stand-in (lion.answers.StudentBackend): the right answer for two thirds of the items."""
 
+    settings = {"backend": "bench/scale.py FastStudent"}
+
     def __init__(self, *args: Any) -> None:
         pass
 
     def generate(self, items: Any, on_answer: Any, on_skip: Any = None) -> None:
         from lion.sim.tasks import parse_task
+        from lion.student.infer import Completion
 
         for k, it in enumerate(items):
             task = parse_task(it.instruction)
-            on_answer(k, task.answer if task is not None and _h(it.id) % 3 else "I do not know.")
+            on_answer(k, Completion(task.answer if task is not None and _h(it.id) % 3 else "I do not know."))
 
     def close(self) -> None:
         pass

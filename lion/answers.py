@@ -7,7 +7,9 @@
   evaluation uses an answer without even asking the gateway; the gateway's call cache would replay it anyway
   (same messages, same key). `buy_teacher_answers` streams a whole pool through the gateway's window.
 - The student's answers are generated in batches and appended to a resumable file as each batch finishes;
-  a restart generates only the missing ones. The student answers in this process (`LocalStudent`: transformers
+  a restart generates only the missing ones. Each row says whether the answer was cut at
+  `student.infer.max_new_tokens` (`"truncated": true`: no stop token within them; vLLM's or the server's
+  finish_reason "length"), which discrimination counts and may exclude (`discrimination.truncated_student`). The student answers in this process (`LocalStudent`: transformers
   or vLLM) or through an inference server and the gateway (`student.infer.backend: server`, lion.student.serve).
 An empty or failed teacher answer is never stored: it is None, and every caller counts and leaves it out.
 """
@@ -29,6 +31,7 @@ from .teachers.base import LEGACY_TOP_P, ChatRequest
 
 if TYPE_CHECKING:
     from .context import RunContext
+    from .student.infer import Completion
 
 
 class Prompted(Protocol):
@@ -354,10 +357,13 @@ def teacher_answers(ctx: RunContext, items: Sequence[Prompted], phase: str) -> d
 
 
 class StudentBackend(Protocol):
-    """How a student answers: `generate(items, on_answer, on_skip)` calls `on_answer(k, text)` for each item k it
-    answers and `on_skip(k, why)` for each it cannot (its prompt does not fit the student's context)."""
+    """How a student answers: `generate(items, on_answer, on_skip)` calls `on_answer(k, completion)` for each item k
+    it answers (lion.student.infer.Completion: text, cut at max_new_tokens or not) and `on_skip(k, why)` for each it
+    cannot (its prompt does not fit the student's context)."""
 
-    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, str], None],
+    settings: dict[str, Any]  # what decided the answers (lion.student.infer.inference_settings), for the record
+
+    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, Completion], None],
                  on_skip: Callable[[int, str], None]) -> None: ...
 
     def close(self) -> None: ...
@@ -371,9 +377,10 @@ class LocalStudent:
 
         self.sc = ctx.cfg.student
         self.session = StudentSession(model, self.sc.infer, progress=ctx.progress, max_length=self.sc.max_length)
+        self.settings = self.session.settings
         self.tokenizer = self.session.tokenizer if self.sc.prompt_format == "chat_template" else None
 
-    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, str], None],
+    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, Completion], None],
                  on_skip: Callable[[int, str], None]) -> None:
         from .student.data import format_prompt
 
@@ -396,8 +403,17 @@ def open_student(ctx: RunContext, model: str | Path, phase: str) -> StudentBacke
     return LocalStudent(ctx, model)
 
 
+def read_truncated(path: Path) -> set[str]:
+    """Ids whose student answer in `path` (a student answers file) was cut at max_new_tokens."""
+    if not Path(path).exists():
+        return set()
+    return {str(row["id"]) for _, row in iter_jsonl_tolerant(Path(path)) if isinstance(row, dict) and row.get("truncated")}
+
+
 class StudentAnswerer:
-    """The answers of the student at `model`, appended to `path` ({"id", "answer"} rows) as they are produced.
+    """The answers of the student at `model`, appended to `path` ({"id", "answer", "truncated"} rows) as they are
+    produced; `truncated`: cut at student.infer.max_new_tokens. After each `answer`, `truncated_ids` holds the ids of
+    the items just answered whose answer was cut.
 
     An item whose prompt does not fit the student's context is recorded as {"id", "answer": null, "skipped": why}
     and answered None. Rows already in `path` from byte `resume_from` on are the answers of an interrupted run:
@@ -410,12 +426,17 @@ class StudentAnswerer:
         self.ctx, self.model, self.path, self.phase = ctx, model, Path(path), phase
         self.backend: StudentBackend | None = None
         self.pending: dict[str, str | None] = {}
+        self.cut: set[str] = set()  # pending ids whose answer was cut at max_new_tokens
+        self.truncated_ids: set[str] = set()
+        self.settings: dict[str, Any] | None = None  # the backend's, once it has answered here
         repair_torn_tail(self.path)
         if self.path.exists():
             for offset, row in iter_jsonl_tolerant(self.path, start=resume_from):
                 if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("answer"), (str, type(None))):
                     raise DataError(f"{self.path} (byte {offset}): a student answer row needs an id and an answer")
                 self.pending[str(row["id"])] = row["answer"]
+                if row.get("truncated"):
+                    self.cut.add(str(row["id"]))
         self.generated = 0
 
     def answer(self, items: Sequence[Prompted]) -> dict[str, str | None]:
@@ -425,15 +446,18 @@ class StudentAnswerer:
         if todo:
             if self.backend is None:
                 self.backend = open_student(self.ctx, self.model, self.phase)
+                self.settings = self.backend.settings
             skipped: list[str] = []
             with self.path.open("a", encoding="utf-8") as f:
                 def write(row: dict[str, Any]) -> None:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                     f.flush()
                     self.pending[row["id"]] = row["answer"]
+                    if row.get("truncated"):
+                        self.cut.add(row["id"])
 
-                def keep(k: int, answer: str) -> None:
-                    write({"id": todo[k].id, "answer": answer})
+                def keep(k: int, answer: Completion) -> None:
+                    write({"id": todo[k].id, "answer": answer.text, "truncated": answer.truncated})
 
                 def skip(k: int, why: str) -> None:
                     write({"id": todo[k].id, "answer": None, "skipped": why})
@@ -448,6 +472,8 @@ class StudentAnswerer:
         if missing:
             raise LionError(f"the student at {self.model} gave no answer for {len(missing)} items "
                             f"(first: {missing[0]}); see the messages above")
+        self.truncated_ids = {it.id for it in items if it.id in self.cut}
+        self.cut -= self.truncated_ids
         return {it.id: self.pending.pop(it.id) for it in items}
 
     def end_offset(self) -> int:
@@ -468,8 +494,8 @@ class StudentAnswerer:
 
 def student_answers(ctx: RunContext, model: str | Path, items: Sequence[Prompted], path: Path, *,
                     phase: str = "student") -> dict[str, str | None]:
-    """The answers of the student at `model` to every item, resumable: `path` holds {"id", "answer"} rows,
-    appended as they are produced; only the items not in it yet are generated. An item whose prompt does not
+    """The answers of the student at `model` to every item, resumable: `path` holds {"id", "answer", "truncated"}
+    rows, appended as they are produced; only the items not in it yet are generated. An item whose prompt does not
     fit the student's context is recorded as {"id", "answer": null, "skipped": why} and answered None."""
     with StudentAnswerer(ctx, model, path, phase=phase) as sa:
         return sa.answer(items)

@@ -259,6 +259,14 @@ class LoraConfig:
         _check_fields(self, key)
 
 
+# vllm.LLM keyword arguments lion sets itself (lion.student.vllm_backend.engine_kwargs), with the key they come from
+VLLM_OWN_ARGS = {"model": "(the checkpoint)", "tokenizer": "(the checkpoint)", "tensor_parallel_size": "tensor_parallel",
+                 "gpu_memory_utilization": "gpu_memory_utilization", "dtype": "dtype", "seed": "seed",
+                 "max_model_len": "max_model_len", "generation_config": "generation_config",
+                 "enable_lora": "(the checkpoint: an adapter)", "max_lora_rank": "(the adapter's rank)",
+                 "max_loras": "(the checkpoint: an adapter)"}
+
+
 @dataclass
 class InferConfig:
     """How the student answers: the Cache Pool in discrimination, and the questions of `python -m lion.evaluate`."""
@@ -274,7 +282,18 @@ class InferConfig:
     data_parallel: int = opt(1, "vLLM: engines, one per GPU group", gt=0)
     gpu_memory_utilization: float = opt(0.9, "vLLM: fraction of each GPU's memory the engine may take",
                                         range=(0.05, 1.0))
-    dtype: str = opt("auto", '"auto" = bfloat16 on CUDA, float32 on CPU; or float16 / bfloat16 / float32')
+    dtype: str = opt("auto", "the dtype the student answers in, the same for every backend (vLLM is passed it: on "
+                             "CPU it would otherwise run a float32 checkpoint in bfloat16): float16 / bfloat16 / "
+                             "float32, or auto = bfloat16 on CUDA, float32 on CPU (resolved once; discrimination.json "
+                             "and the evaluation record what it resolved to)")
+    generation_config: Literal["ignore", "inherit"] = opt(
+        "ignore", "the checkpoint's generation_config.json sampling settings (repetition_penalty, top_k, min_p, ...): "
+                  "ignore = the student decodes with what student.infer states and nothing else (transformers gets "
+                  "a generation config built from these keys; vLLM's engine runs with generation_config='vllm' "
+                  "and explicit SamplingParams; the server backend sends vLLM's neutral values); inherit = those "
+                  "settings apply under the keys student.infer states (transformers: the checkpoint's config; vLLM: "
+                  "generation_config='auto' defaults; a server: its own defaults). Stop tokens (eos_token_id) are "
+                  "read from the checkpoint either way")
     seed: int = opt(0, "sampling seed (temperature > 0)")
     cpu_threads: int = opt(0, "transformers backend on CPU: torch threads; 0 = auto (1 for models under 20M "
                               "parameters)", ge=0)
@@ -282,6 +301,11 @@ class InferConfig:
                                 "prompt) + max_new_tokens, capped at the model's own", ge=0)
     chunk_size: int = opt(1024, "vLLM: prompts per generate() call; each chunk's answers are saved before the next "
                                 "starts, so a crash loses at most one chunk", gt=0)
+    engine_args: dict[str, Any] = opt_factory(dict, "vLLM backend: more vllm.LLM keyword arguments, passed as they "
+                                                   "are, e.g. {enforce_eager: true} (no CUDA graphs or torch.compile: "
+                                                   "a start in seconds instead of minutes, slower steps); a key lion "
+                                                   "sets from student.infer (dtype, seed, max_model_len, ...) is "
+                                                   "refused")
     server_lora: bool = opt(False, "backend server: load each round's LoRA adapter into the server at "
                                    "llm.student.base_url (vLLM serve --enable-lora, "
                                    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) through /v1/load_lora_adapter, ask "
@@ -298,6 +322,10 @@ class InferConfig:
         if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
             raise ConfigError(f"{key}.dtype: must be auto, float16, bfloat16 or float32, got {self.dtype!r}")
         _check_fields(self, key)
+        for name in self.engine_args:
+            if name in VLLM_OWN_ARGS:
+                raise ConfigError(f"{key}.engine_args.{name}: set by lion from {key}.{VLLM_OWN_ARGS[name]}; set that "
+                                  "key instead")
         if self.backend == "server" and not (self.server_lora or self.server_command):
             raise ConfigError(f"{key}.backend: 'server' needs {key}.server_lora (a running vLLM with --enable-lora "
                               f"at llm.student.base_url) or {key}.server_command (a server started per round)")
@@ -536,6 +564,13 @@ class DiscriminationConfig:
     chunk_size: int = opt(4096, "Cache Pool instructions the student answers and the referee judges at a time; "
                                 "each chunk's rows are appended as it finishes (memory holds one chunk; an "
                                 "interrupted phase resumes at the last whole chunk)", gt=0)
+    truncated_student: Literal["keep", "exclude"] = opt(
+        "keep", "a student answer cut at student.infer.max_new_tokens (no stop token within them; counted per round "
+                "either way: discrimination.json student_truncated, the round line, the report): keep = judged as it "
+                "is, as the paper does (a student that has not finished within the budget has not answered: the "
+                "teacher rightly wins, and such instructions are what the student must learn); exclude = left out "
+                "of the split, counted with the other exclusions (when max_new_tokens is too short for the task, so "
+                "the cut says nothing about the student); a run refuses to resume with it changed, like tau")
     shadow_selectors: list[Literal["referee", "student_loss", "embedding"]] = opt_factory(
         list, "selectors that also split the Cache Pool, for the record only (round_XX/shadow_<name>_split.jsonl): "
               "discrimination.json and the report show each one's hard share, its agreement with the run's own "

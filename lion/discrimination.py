@@ -15,6 +15,9 @@ context, lion.student.infer), is excluded and counted: it is never given a numbe
 referee calls above llm.max_failure_rate, and pairs left without a readable verdict above llm.max_unparsed_rate
 (over the pairs judged so far, checked after each chunk), stop the phase without its .done marker (exit status 4).
 With `discrimination.only_unseen`, only Cache Pool items the student was never trained on are judged.
+A student answer cut at `student.infer.max_new_tokens` is counted (`student_truncated`, and how many of them were
+labelled hard) and judged as it is, or excluded with `discrimination.truncated_student: exclude`.
+discrimination.json records how the student answered (`student_infer`: backend, dtype, sampling).
 
 Each chunk's judgements and split rows are appended as it finishes and `discrimination.progress.json` records
 where the files end, so memory holds one chunk whatever the pool's size, and an interrupted phase resumes at
@@ -38,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
-from .answers import StudentAnswerer, buy_teacher_answers, teacher_identity
+from .answers import StudentAnswerer, buy_teacher_answers, read_truncated, teacher_identity
 from .context import RunContext, make_phase_parser, run_phase
 from .errors import LionError
 from .failures import check_failures, check_unparsed
@@ -57,9 +60,11 @@ from .records import (
 )
 from .referee import PairJudgement
 from .selectors import SplitRow, excluded, make_selector
+from .student.infer import inference_settings
 from .world import family_accuracy
 
 CHUNKED_SELECTORS = ("referee", "none")  # label each item on its own; the others need the whole pool
+TRUNCATED_REASON = "student answer cut at student.infer.max_new_tokens (discrimination.truncated_student: exclude)"
 
 
 def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
@@ -92,14 +97,16 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
         for chunk in _chunks(pool, chunk_size):
             t_ans = {i.id: (row["answer"] if (row := ctx.answers.get(i.id, who)) else None) for i in chunk}
             s_ans = answerer.answer(chunk)
-            candidates = [i for i in chunk if i.id not in trained]
+            cut = answerer.truncated_ids if dc.truncated_student == "exclude" else set()
+            candidates = [i for i in chunk if i.id not in trained and i.id not in cut]
             sel = selector.select(ctx, r, candidates, t_ans, s_ans)
             verdicts = [v for j in sel.judged for v in j.verdicts]
             failed = sum(1 for v in verdicts if v.call_failed)
             check_failures(ctx.cfg, r, "discrimination", "referee calls", failed, len(verdicts))  # this chunk
             unparsed = sum(1 for j in sel.judged if j.unparsed)
             by_id = {row.id: row for row in sel.rows}
-            split = [by_id.get(i.id) or excluded(i, "in a Train Pool (discrimination.only_unseen)") for i in chunk]
+            split = [by_id.get(i.id) or excluded(i, TRUNCATED_REASON if i.id in cut else
+                                                 "in a Train Pool (discrimination.only_unseen)") for i in chunk]
             if sel.judged:
                 append_jsonl_rows(rp.judgements, (v.to_row(j.id, "teacher", "student") for j in sel.judged
                                                   for v in j.verdicts))
@@ -119,7 +126,8 @@ def discrimination(ctx: RunContext, r: int) -> dict[str, Any]:
     except LionError:
         rp.discrimination_progress.unlink(missing_ok=True)  # a re-run judges every chunk again (cache replays)
         raise
-    metrics = {"selector": selector.name, **metrics_from_files(rp)}
+    metrics = {"selector": selector.name, **metrics_from_files(rp), "truncated_student": dc.truncated_student,
+               "student_infer": answerer.settings or inference_settings(ctx.cfg.student.infer)}
     if shadows:
         metrics["shadows"] = {name: shadow_metrics(rp, name) for name in shadows}
     if ctx.world is not None:
@@ -235,7 +243,8 @@ def shadow_metrics(rp: RoundPaths, name: str) -> dict[str, Any]:
     verdicts = (bool(row.get("ok")) for _, row in iter_jsonl(judgements)) if judgements.exists() else ()
     rows = [row for _, row in iter_jsonl(split)] if split.exists() else []
     own = {row["id"]: row["label"] for _, row in iter_jsonl(rp.split)}
-    return {**_metrics(rows, verdicts), **agreement({row["id"]: row["label"] for row in rows}, own)}
+    return {**_metrics(rows, verdicts, read_truncated(rp.student_answers)),
+            **agreement({row["id"]: row["label"] for row in rows}, own)}
 
 
 def agreement(mine: dict[str, str], split: dict[str, str]) -> dict[str, Any]:
@@ -260,20 +269,30 @@ def discrimination_metrics(split: Sequence[SplitRow], judged: Sequence[PairJudge
 
 
 def metrics_from_files(rp: RoundPaths) -> dict[str, Any]:
-    """The phase's figures from split.jsonl and judgements.jsonl, streamed (one row in memory at a time)."""
+    """The phase's figures from split.jsonl, judgements.jsonl and student_answers.jsonl (which answers were cut at
+    max_new_tokens), streamed (one row in memory at a time; the ids of the cut answers as a set)."""
     verdicts = (bool(row.get("ok")) for _, row in iter_jsonl(rp.judgements)) if rp.judgements.exists() else ()
-    return _metrics((row for _, row in iter_jsonl(rp.split)), verdicts)
+    return _metrics((row for _, row in iter_jsonl(rp.split)), verdicts, read_truncated(rp.student_answers))
 
 
-def _metrics(split_rows: Iterable[dict[str, Any]], verdict_ok: Iterable[bool]) -> dict[str, Any]:
+def _metrics(split_rows: Iterable[dict[str, Any]], verdict_ok: Iterable[bool],
+             truncated: set[str] | None = None) -> dict[str, Any]:
     n = 0
     labels = {"hard": 0, "easy": 0, "stuck": 0, "unjudged": 0, "excluded": 0}
+    reasons: dict[str, int] = {}
+    cut = {"n": 0, "hard": 0}
+    truncated = truncated or set()
     sums = {k: [0.0, 0] for k in ("teacher_score", "student_score", "gap", "loss", "similarity")}
     flips = flip_n = 0
     for row in split_rows:
         n += 1
         label = row["label"]
         labels[label] = labels.get(label, 0) + 1
+        if row["id"] in truncated:
+            cut["n"] += 1
+            cut["hard"] += label == "hard"
+        if label == "excluded":
+            reasons[str(row.get("reason"))] = reasons.get(str(row.get("reason")), 0) + 1
         if label not in ("hard", "easy", "stuck"):
             continue
         for k, acc in sums.items():
@@ -296,6 +315,9 @@ def _metrics(split_rows: Iterable[dict[str, Any]], verdict_ok: Iterable[bool]) -
         "stuck": labels["stuck"],
         "unjudged": labels["unjudged"],
         "excluded": labels["excluded"],
+        "excluded_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "student_truncated": cut["n"],  # student answers cut at student.infer.max_new_tokens
+        "student_truncated_hard": cut["hard"],  # of those, labelled hard (kept: discrimination.truncated_student)
         "hard_ratio": labels["hard"] / kept if kept else None,
         "teacher_mean": mean("teacher_score"),
         "student_mean": mean("student_score"),
@@ -319,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         make_parser().parse_args(argv),
         lambda m: (
             f"{m['hard']} hard, {m['easy']} easy, {m['excluded']} excluded "
-            f"(hard ratio {'-' if m['hard_ratio'] is None else format(m['hard_ratio'], '.2f')})"
+            f"(hard ratio {'-' if m['hard_ratio'] is None else format(m['hard_ratio'], '.2f')}); "
+            f"{m.get('student_truncated', 0)} student answers cut at max_new_tokens "
+            f"({m.get('truncated_student', 'keep').replace('keep', 'kept').replace('exclude', 'excluded')})"
         ),
     )
 

@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .answers import student_answers, teacher_answers
+from .answers import read_truncated, student_answers, teacher_answers
 from .config import add_config_args, load_config
 from .context import RunContext
 from .errors import ConfigError, DataError, LionError
@@ -71,6 +71,7 @@ from .records import (
     write_jsonl,
 )
 from .referee import Pair, PairJudgement, judge_pairs
+from .student.infer import inference_settings
 from .verdicts import FORMATS
 from .world import HeldOutQuestion, World, family_accuracy
 
@@ -397,6 +398,9 @@ def write(
     }
     summary["overall"]["n_no_reference"] = sum(1 for q in qs if refs[q.id] is None)
     summary["overall"]["n_candidate_skipped"] = sum(1 for q in qs if cand[q.id] is None)
+    cut = read_truncated(plan.out.candidate_answers)  # cut at student.infer.max_new_tokens: judged as they are
+    summary["overall"]["n_candidate_truncated"] = sum(1 for q in qs if q.id in cut)
+    summary["student_infer"] = inference_settings(ctx.cfg.student.infer)  # how the candidate answered
     summary["seen_in_training"] = seen_in_training(ctx.run, qs)
     summary["pool_overlap"] = overlap = pool_overlap(ctx.run, qs)
     if plan.spec == ORACLE and overlap:

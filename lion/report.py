@@ -221,6 +221,22 @@ def _selectors_hard(run: RunData) -> bytes | None:
                             ylim=(-3, 103))
 
 
+def _student_cut(run: RunData) -> bytes | None:
+    """Student answers cut at student.infer.max_new_tokens per round, how many of them were labelled hard, and how
+    many were excluded (discrimination.truncated_student: exclude)."""
+    if not any(r.disc.get("student_truncated") for r in run.rounds):
+        return None
+    excluded = [(r.disc.get("student_truncated") or 0) if r.disc.get("truncated_student") == "exclude" else 0
+                for r in run.rounds]
+    series = {
+        "cut at max_new_tokens": [r.disc.get("student_truncated") or 0 for r in run.rounds],
+        "of them labelled hard": [r.disc.get("student_truncated_hard") or 0 for r in run.rounds],
+        "of them excluded (truncated_student: exclude)": excluded,
+    }
+    return plots.bar_chart("Student answers cut at student.infer.max_new_tokens", _labels(run), series,
+                           ylabel="answers")
+
+
 def _referee_health(run: RunData) -> bytes | None:
     series = {
         "swap-flip rate": [r.disc.get("swap_flip_rate") for r in run.rounds],
@@ -413,6 +429,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("Discrimination", "Gap histogram", _gap_histogram),
     FigureSpec("Discrimination", "Hard share under each selector (shadow selectors)", _selectors_hard,
                lambda run: bool(_shadows(run))),
+    FigureSpec("Discrimination", "Student answers cut at max_new_tokens", _student_cut),
     FigureSpec("Referee health", "Swap-flip and parse-failure rates", _referee_health),
     FigureSpec("Preference stage", "Reward margin and loss of the preference stage", _preference,
                lambda run: any(r.pref.get("train") for r in run.rounds)),

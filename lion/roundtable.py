@@ -109,6 +109,22 @@ def _accepted(m: dict[str, Any], kind: str) -> str:
     return str(m.get("generation", {}).get("accepted", {}).get(kind, "-"))
 
 
+def _cut(m: dict[str, Any]) -> str:
+    """Student answers cut at max_new_tokens: the count, `x` when they were excluded from the split."""
+    n = _disc(m, "student_truncated")
+    if n is None:
+        return "-"
+    return f"{n}x" if n and _disc(m, "truncated_student") == "exclude" else str(n)
+
+
+def cut_text(d: dict[str, Any]) -> str:
+    """The round line's words on student answers cut at max_new_tokens."""
+    n = d.get("student_truncated") or 0
+    if d.get("truncated_student") == "exclude":
+        return f"student cut {n} (excluded)"
+    return f"student cut {n} (kept, {d.get('student_truncated_hard', 0)} hard)"
+
+
 def _total(m: dict[str, Any]) -> dict[str, Any]:
     return m.get("usage", {}).get("total", {})
 
@@ -124,6 +140,9 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("flip%", lambda m: _pct(_disc(m, "swap_flip_rate"))),
     ("parse fail", lambda m: str(_disc(m, "parse_failures") if _disc(m, "parse_failures") is not None else "-")),
     ("pref pairs", lambda m: str(m["preference"].get("pairs", "-")) if "preference" in m else "-"),
+    ("excluded", lambda m: str(_disc(m, "excluded") if _disc(m, "excluded") is not None else "-")),
+    # student answers cut at student.infer.max_new_tokens (judged, or excluded: discrimination.truncated_student)
+    ("S cut", lambda m: _cut(m)),
     ("new hard", lambda m: _accepted(m, "hard")),
     ("new easy", lambda m: _accepted(m, "easy")),
     ("rejected", lambda m: str(sum(m["generation"]["rejected"].values())) if "generation" in m else "-"),
@@ -170,7 +189,10 @@ def round_line(m: dict[str, Any]) -> str:
             f"scores T {_fmt(d['teacher_mean'])} / S {_fmt(d['student_mean'])}",
             f"flip {_fmt(d['swap_flip_rate'])}",
             f"parse-fail {'-' if d.get('parse_failures') is None else d['parse_failures']}",
+            f"excluded {d.get('excluded', 0)}",
         ]
+        if "student_truncated" in d:
+            parts += [cut_text(d)]
     for name, sh in (d.get("shadows") or {}).items():
         parts += [shadow_text(name, sh)]
     if m.get("preference"):

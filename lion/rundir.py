@@ -46,6 +46,7 @@ RESUME_CRITICAL = (
     "discrimination.probe_size",
     "discrimination.progress_floor",
     "discrimination.referee_prompts",
+    "discrimination.truncated_student",
     "generation.n_hard",
     "generation.n_easy",
     "generation.rouge_threshold",

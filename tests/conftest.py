@@ -189,3 +189,36 @@ def smollm2_pruned(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("smollm2_pruned") / "model"
     prune_layers(smollm2_dir, out, 2)
     return out
+
+
+# ----------------------------------------------------------------------------- the real vLLM (tests marked vllm)
+
+VLLM_FACTS = [("What colour is the sky?", "Blue."), ("What is the capital of France?", "Paris."),
+              ("What is the opposite of hot?", "Cold."), ("What is two plus two?", "Four."),
+              ("Greet me.", "Hello there, friend!"), ("Spell cat.", "C-A-T."), ("Name a fruit.", "An apple."),
+              ("How many legs does a spider have?", "Eight.")]
+
+
+@pytest.fixture(scope="session")
+def vllm_students(smollm2_pruned: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two students of the pruned SmolLM2, trained two steps by lion (tests/vllm_real.py runs them through vLLM):
+    `full` (full fine-tuning) and `lora` (an adapter of rank 12, which vLLM serves as max_lora_rank 16, kept as an
+    adapter: lora.between_rounds continue), and `base`, the model both start from. Skips (fails under CI=true)
+    without the vLLM environment."""
+    from vllm_real import vllm_python
+
+    from lion.config import StudentConfig
+    from lion.student.train import train_student
+
+    vllm_python()
+    rows = [{"instruction": q, "input": "", "output": a} for q, a in VLLM_FACTS] * 2
+    root = tmp_path_factory.mktemp("vllm_students")
+    out = {}
+    for mode, lr in (("full", 1e-4), ("lora", 1e-2)):
+        cfg = StudentConfig(model=str(smollm2_pruned), mode=mode, prompt_format="chat_template", lr=lr, max_steps=2,
+                            per_device_batch_size=8, grad_accum=1, warmup_ratio=0.0, max_length=96, logging_steps=1)
+        if mode == "lora":
+            cfg.lora.r, cfg.lora.alpha, cfg.lora.between_rounds = 12, 24, "continue"
+        out[mode] = train_student(cfg, rows, smollm2_pruned, root / mode / "student", progress=False).path
+    out["base"] = smollm2_pruned
+    return out

@@ -297,3 +297,19 @@ def test_the_real_model_serves_its_top_k_logprobs_that_its_student_aligns(smollm
     st = aligner.stats
     assert st.mismatched == 0 and st.with_targets == len(convs)
     assert st.unmapped / st.alternatives < 0.01  # vLLM-style names lose only the tokens that are part of a character
+
+
+def test_an_answer_cut_inside_a_multibyte_character_ends_before_it(smollm2_dir: Path) -> None:
+    """SmolLM2 spells an emoji in three byte tokens; an answer cut at max_new_tokens after two of them ends before
+    the emoji, as vLLM's detokeniser gives it (tokens from bench/backend_parity.py's run), not with U+FFFD."""
+    from transformers import AutoTokenizer
+
+    from lion.student.infer import answer_text
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    star = tok.encode("\N{GLOWING STAR}", add_special_tokens=False)
+    part = star[:-1]
+    assert star == [10813, 230, 249]
+    assert tok.decode(star) == "\N{GLOWING STAR}" and tok.decode(star + part).endswith("\ufffd")
+    assert answer_text(tok, star + star + part, truncated=True) == "\N{GLOWING STAR}" * 2
+    assert answer_text(tok, star, truncated=False) == "\N{GLOWING STAR}"

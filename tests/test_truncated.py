@@ -106,3 +106,44 @@ def read_jsonl_json(path: Path) -> dict[str, Any]:
     import json
 
     return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("policy", ["keep", "exclude"])
+def test_student_answers_cut_at_max_new_tokens_are_counted_and_kept_or_excluded(tmp_path, server, monkeypatch,
+                                                                               policy) -> None:
+    """The round's student (a tiny model trained 4 steps) rarely stops within student.infer.max_new_tokens 12: every
+    answer it did not end is recorded as cut, counted in discrimination.json, the round line and the report's
+    table, and judged (keep) or excluded with its reason (exclude)."""
+    from lion.context import RunContext
+    from lion.discrimination import TRUNCATED_REASON, discrimination
+    from lion.imitation import imitation
+    from lion.roundtable import collect_round, round_line, table_rows
+
+    monkeypatch.setenv("LION_TEST_KEY", "k")
+    cfg = _cfg(tmp_path, server)
+    cfg.discrimination.truncated_student = policy
+    with RunContext(cfg, progress=False) as ctx:
+        imitation(ctx, 1)
+        m = discrimination(ctx, 1)
+        rp = ctx.run.round(1)
+    answers = read_jsonl(rp.student_answers)
+    cut = {r["id"] for r in answers if r["truncated"]}
+    assert cut and all(isinstance(r["truncated"], bool) for r in answers)
+    assert m["student_truncated"] == len(cut) and m["truncated_student"] == policy
+    split = {r["id"]: r for r in read_jsonl(rp.split)}
+    judged = {j["id"] for j in read_jsonl(rp.judgements)} if rp.judgements.exists() else set()
+    excluded_cut = {i for i, r in split.items() if r["reason"] == TRUNCATED_REASON}
+    if policy == "exclude":
+        assert excluded_cut == cut and m["excluded_by_reason"][TRUNCATED_REASON] == len(cut)
+        assert not cut & judged  # the referee was not asked about them
+        assert m["excluded"] >= len(cut)
+    else:
+        assert not excluded_cut and cut <= judged  # judged as they are
+        assert m["student_truncated_hard"] == sum(1 for i in cut if split[i]["label"] == "hard")
+    assert m["student_infer"] == {"backend": "transformers", "dtype": "float32", "generation_config": "ignore",
+                                  "temperature": 0.0, "top_p": None, "max_new_tokens": 12, "seed": 0}
+    figures = collect_round(rp)
+    line = round_line(figures)
+    assert (f"student cut {len(cut)} (excluded)" if policy == "exclude" else f"student cut {len(cut)} (kept,") in line
+    head, rows = table_rows([figures])
+    assert rows[0][head.index("S cut")] == (f"{len(cut)}x" if policy == "exclude" else str(len(cut)))

@@ -8,7 +8,8 @@ asks for: `/v1/completions` generates from the prompt with the checkpoint named 
 adapter loaded through `/v1/load_lora_adapter` (attached to its base with PEFT) or the `model` option — and
 chat requests apply the tokenizer's chat template to the messages. Prompts are tokenised by lion's own rule
 (`lion.student.data.encode_prompt`, as both local backends do) and generation runs with the transformers backend
-(`lion.student.infer.StudentSession`), so greedy answers equal `backend: transformers` answers. One request at a
+(`lion.student.infer.StudentSession`), so greedy answers equal `backend: transformers` answers; an answer cut at
+`max_tokens` is answered with finish_reason "length" and its exact token count. One request at a
 time (the server's responder thread); meant for tests and CPU demonstrations, not for throughput.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 from ..config import InferConfig
 from ..errors import LionError
+from .server import Completion
 
 
 class StudentModelResponder:
@@ -51,21 +53,25 @@ class StudentModelResponder:
             self._sessions[path] = StudentSession(path, self.cfg, progress=False)
         return self._sessions[path]
 
-    def _generate(self, body: dict[str, Any], prompt_of: Any) -> str:
+    def _generate(self, body: dict[str, Any], prompt_of: Any) -> Completion:
         session = self._session(body.get("model"))
         temperature = float(body.get("temperature") or 0.0)
         session.cfg = dataclasses.replace(
             self.cfg, max_new_tokens=int(body.get("max_tokens") or 16), temperature=temperature,
             top_p=float(body.get("top_p") or 1.0) if temperature else 1.0, seed=int(body.get("seed") or 0))
         self.generated += 1
-        return session.generate([prompt_of(session)])[0]
+        got: list[Any] = []
+        session.generate([prompt_of(session)], on_answer=lambda _i, answer: got.append(answer))
+        (answer,) = got
+        return Completion(answer.text, finish="length" if answer.truncated else "stop",
+                          completion_tokens=len(answer.tokens) if answer.tokens is not None else None)
 
-    def complete(self, body: dict[str, Any]) -> str:
+    def complete(self, body: dict[str, Any]) -> Completion:
         """/v1/completions: the prompt as written."""
         prompt = body["messages"][-1]["content"]
         return self._generate(body, lambda _session: prompt)
 
-    def respond(self, body: dict[str, Any]) -> str:
+    def respond(self, body: dict[str, Any]) -> Completion:
         """/v1/chat/completions: the messages under the tokenizer's chat template (+ generation prompt)."""
         messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
 

@@ -881,6 +881,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from ..errors import cli_main
+    # the importable module's main, so that a responder's replies (lion.sim.server.Completion, imported by the hf and
+    # student-model responders) are instances of the classes the server checks, not of this __main__ copy's
+    from lion.errors import cli_main
+    from lion.sim.server import main as module_main
 
-    cli_main(main)
+    cli_main(module_main)

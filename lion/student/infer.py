@@ -9,6 +9,11 @@ formatted with `lion.student.data.format_prompt`; one completion per prompt, in 
 - ``backend: auto`` picks vLLM when ``import vllm`` works and CUDA is present, else transformers.
 - Both backends tokenise a prompt the same way as training does (`data.encode_prompt`: BOS + prompt), stop at EOS,
   strip the prompt from the output and honour ``max_new_tokens``; ``temperature: 0`` is greedy.
+- Both decode in one dtype (`resolve_dtype`: ``student.infer.dtype``, auto = bfloat16 on CUDA, float32 on CPU) with
+  the sampling ``student.infer`` states and nothing hidden: the checkpoint's generation_config.json sampling settings
+  (repetition_penalty, top_k, ...) apply only with ``generation_config: inherit`` (`student_generation_config`).
+- Each answer comes as a `Completion`: its text, and whether it was cut at ``max_new_tokens`` (no stop token within
+  them), which `lion.answers` records and discrimination counts.
 - transformers: prompts sorted by length (longest first), batches of ``batch_size``, left padding; its greedy
   output equals one-prompt-at-a-time greedy output. A LoRA adapter is attached with PEFT, not merged.
 - vLLM: see `lion.student.vllm_backend` (offline ``LLM``, ``LoRARequest``, tensor and data parallelism).
@@ -26,6 +31,7 @@ import importlib.util
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +43,39 @@ from .data import encode_prompt
 log = logging.getLogger("lion.student")
 
 
-def pick_backend(cfg: InferConfig) -> str:
+@dataclass(frozen=True)
+class Completion:
+    """One answer of the student: its text (prompt stripped, ended at the first stop token, special tokens removed);
+    `truncated`: it was cut at max_new_tokens, no stop token within them (transformers), finish_reason "length"
+    (vLLM, a server); `tokens`: its token ids without the stop token, when the backend gives them."""
+
+    text: str
+    truncated: bool = False
+    tokens: tuple[int, ...] | None = None
+
+
+OnAnswer = Callable[[int, Completion], None]
+
+
+def resolve_dtype(cfg: InferConfig) -> str:
+    """The dtype every backend answers in: student.infer.dtype, with auto = bfloat16 on CUDA, float32 on CPU."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def inference_settings(cfg: InferConfig, backend: str | None = None) -> dict[str, Any]:
+    """What decided the student's answers, for the record (discrimination.json, the evaluation): the backend, the
+    dtype it resolved to (None: a server's own), whether the checkpoint's sampling settings applied, the sampling."""
+    backend = backend or pick_backend(cfg, quiet=True)
+    return {"backend": backend, "dtype": None if backend == "server" else resolve_dtype(cfg),
+            "generation_config": cfg.generation_config, "temperature": cfg.temperature,
+            "top_p": cfg.top_p if cfg.temperature else None, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+
+
+def pick_backend(cfg: InferConfig, *, quiet: bool = False) -> str:
     """The backend to use; with `auto`, vLLM when it imports and CUDA is present (the choice and why is logged)."""
     if cfg.backend != "auto":
         return cfg.backend
@@ -51,12 +89,19 @@ def pick_backend(cfg: InferConfig) -> str:
         why = "vllm is not installed" + ("" if has_cuda else " and no CUDA GPU is visible")
     else:
         why = "no CUDA GPU is visible"
-    log.info("student.infer.backend auto: %s (%s)", backend, why)
+    if not quiet:
+        log.info("student.infer.backend auto: %s (%s)", backend, why)
     return backend
 
 
 def _has_tokenizer(path: Path) -> bool:
     return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+def _same_tokenizer(a: str | Path, b: str | Path) -> bool:
+    """Two folders hold the same tokenizer (tokenizer.json byte for byte)."""
+    fa, fb = Path(a) / "tokenizer.json", Path(b) / "tokenizer.json"
+    return fa.is_file() and fb.is_file() and fa.read_bytes() == fb.read_bytes()
 
 
 def load_tokenizer(model_path: str | Path, base: str):
@@ -107,13 +152,13 @@ def generate(
     *,
     adapter: str | Path | None = None,
     progress: bool = True,
-    on_answer: Callable[[int, str], None] | None = None,
+    on_answer: OnAnswer | None = None,
     on_skip: Callable[[int, str], None] | None = None,
     max_length: int | None = None,
 ) -> list[str | None]:
     """Completions of `prompts` (prompt stripped, stopped at EOS) by the model at `model_path` (+ `adapter`).
 
-    `on_answer(i, text)` is called for each prompt as soon as its answer exists (per batch with transformers,
+    `on_answer(i, completion)` is called for each prompt as soon as its answer exists (per batch with transformers,
     per `chunk_size` prompts with vLLM), so a caller can save answers as they come and resume after a crash.
     A prompt that cannot be answered within the student's context (`too_long`) is not generated and never
     truncated: its result is None and `on_skip(i, reason)` records why. `max_length` (student.max_length) sizes
@@ -147,8 +192,12 @@ class StudentSession:
         self._limit = context_length(self.base, cfg)
         self._model: Any = None
         self._threads: Any = None
+        self.settings = inference_settings(cfg, self.backend)
+        log.info("student answers: backend %s, dtype %s (student.infer.dtype %s), checkpoint sampling settings %s "
+                 "(student.infer.generation_config)", self.backend, self.settings["dtype"], cfg.dtype,
+                 "inherited" if cfg.generation_config == "inherit" else "ignored")
 
-    def generate(self, prompts: list[str], *, on_answer: Callable[[int, str], None] | None = None,
+    def generate(self, prompts: list[str], *, on_answer: OnAnswer | None = None,
                  on_skip: Callable[[int, str], None] | None = None) -> list[str | None]:
         """See `generate`: a prompt that does not fit the student's context is skipped (None, `on_skip`)."""
         result: list[str | None] = [None] * len(prompts)
@@ -164,15 +213,17 @@ class StudentSession:
             return result
         ids = [all_ids[i] for i in keep]
 
-        def got(j: int, text: str) -> None:
-            result[keep[j]] = text
+        def got(j: int, answer: Completion) -> None:
+            result[keep[j]] = answer.text
             if on_answer is not None:
-                on_answer(keep[j], text)
+                on_answer(keep[j], answer)
 
         if self.backend == "vllm":
             from .vllm_backend import generate_vllm
 
             tok_dir = self._tok_dir if _has_tokenizer(Path(self._tok_dir)) else self.base
+            if _same_tokenizer(tok_dir, self.base):  # an adapter's copy of its base's tokenizer: vLLM takes the
+                tok_dir = self.base  # base's (a LoRA tokenizer of its own is deprecated there, and parsed as a model)
             generate_vllm(self.base, ids, self.cfg, adapter=self.adapter, tokenizer=tok_dir, progress=self.progress,
                           on_answer=got, max_length=self.max_length)
             return result
@@ -198,20 +249,12 @@ class StudentSession:
         self.close()
 
 
-def _dtype(cfg: InferConfig):
-    import torch
-
-    if cfg.dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return getattr(torch, cfg.dtype)
-
-
 def load_model(base: str, cfg: InferConfig, *, adapter: str | Path | None = None):
     import torch
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=_dtype(cfg))
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, resolve_dtype(cfg)))
     except OSError as e:
         raise ConfigError(f"student.model: cannot load a model from {base!r}: {e}") from None
     if adapter is not None:
@@ -251,8 +294,45 @@ def left_pad(seqs: Sequence[list[int]], pad: int) -> tuple[Any, Any]:
     return input_ids, mask
 
 
+def student_generation_config(model: Any, cfg: InferConfig, stop: list[int], pad: int, *,
+                              min_new_tokens: int = 0) -> Any:
+    """The transformers GenerationConfig the student decodes with: built only from student.infer (and the stop
+    tokens), or, with generation_config: inherit, the checkpoint's own with student.infer's keys over it.
+
+    Passed to generate() *and* set as the model's generation_config for the call (`generate_hf`), since generate()
+    fills every field a passed config leaves unset from the model's config: a checkpoint's repetition_penalty 1.5
+    would otherwise apply to a greedy answer. Sampling gets top_k 0 (none) where transformers' own default is 50,
+    like vLLM's and the APIs' defaults."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    greedy = cfg.temperature == 0.0
+    own: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": not greedy, "eos_token_id": list(stop),
+                           "pad_token_id": pad}
+    if min_new_tokens:
+        own["min_new_tokens"] = min_new_tokens
+    if cfg.generation_config == "inherit":
+        gc = copy.deepcopy(model.generation_config)
+        sampling = {"temperature": None, "top_p": None, "top_k": None} if greedy else {
+            "temperature": cfg.temperature, "top_p": cfg.top_p}
+        gc.update(**own, **sampling)
+        return gc
+    if not greedy:
+        own.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+    return GenerationConfig(**own)
+
+
+def answer_text(tokenizer: Any, tokens: Sequence[int], *, truncated: bool) -> str:
+    """An answer's text from its tokens (special tokens left out). An answer cut at max_new_tokens may end inside a
+    character that spans several byte tokens (an emoji): that part is left out, as vLLM's detokeniser leaves it,
+    rather than shown as U+FFFD, so both backends give the same text for the same tokens."""
+    text = tokenizer.decode(list(tokens), skip_special_tokens=True)
+    return text.rstrip("\ufffd") if truncated else text
+
+
 def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConfig, *, progress: bool = True,
-                min_new_tokens: int = 0, on_answer: Callable[[int, str], None] | None = None) -> list[str]:
+                min_new_tokens: int = 0, on_answer: OnAnswer | None = None) -> list[str]:
     """Batched generation from token ids (sorted by length, left-padded). `min_new_tokens` is for benchmarks."""
     import torch
     from tqdm.auto import tqdm
@@ -263,34 +343,33 @@ def generate_hf(model: Any, tokenizer: Any, ids: list[list[int]], cfg: InferConf
     order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
     out: list[str | None] = [None] * len(ids)
     device = next(model.parameters()).device
-    greedy = cfg.temperature == 0.0
-    gen_kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": not greedy,
-                                  "eos_token_id": eos_ids, "pad_token_id": pad}
-    if min_new_tokens:
-        gen_kwargs["min_new_tokens"] = min_new_tokens
-    if not greedy:
-        gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+    gc = student_generation_config(model, cfg, eos_ids, pad, min_new_tokens=min_new_tokens)
+    if cfg.temperature != 0.0:
         torch.manual_seed(cfg.seed)
-    else:
-        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     from ..logs import heartbeat
 
-    with torch.inference_mode(), heartbeat("student answers", len(ids), progress=progress, unit=" answers") as beat:
-        for batch in tqdm(batches, desc="student answers", unit="batch", disable=not progress):
-            input_ids, mask = left_pad([ids[i] for i in batch], pad)
-            width = input_ids.shape[1]
-            gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
-            new = gen[:, width:].tolist()
-            for b, i in enumerate(batch):
-                toks = new[b]
-                cut = next((k for k, t in enumerate(toks) if t in eos_ids), None)
-                if cut is not None:
-                    toks = toks[:cut]
-                text = out[i] = tokenizer.decode(toks, skip_special_tokens=True)
-                if on_answer is not None:
-                    on_answer(i, text)
-            beat.update(len(batch))
+    checkpoint_gc = model.generation_config
+    model.generation_config = gc  # what generate() falls back on for what gc leaves unset (PEFT passes it on)
+    try:
+        with torch.inference_mode(), heartbeat("student answers", len(ids), progress=progress, unit=" answers") as beat:
+            for batch in tqdm(batches, desc="student answers", unit="batch", disable=not progress):
+                input_ids, mask = left_pad([ids[i] for i in batch], pad)
+                width = input_ids.shape[1]
+                gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                     generation_config=gc)
+                new = gen[:, width:].tolist()
+                for b, i in enumerate(batch):
+                    toks = new[b]
+                    cut = next((k for k, t in enumerate(toks) if t in eos_ids), None)
+                    if cut is not None:
+                        toks = toks[:cut]
+                    text = out[i] = answer_text(tokenizer, toks, truncated=cut is None)
+                    if on_answer is not None:
+                        on_answer(i, Completion(text, truncated=cut is None, tokens=tuple(toks)))
+                beat.update(len(batch))
+    finally:
+        model.generation_config = checkpoint_gc
     return [o if o is not None else "" for o in out]
 
 

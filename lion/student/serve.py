@@ -7,6 +7,12 @@ The requests are the student's own prompts (`lion.student.data.format_prompt`) s
 (`llm.student.provider: openai_completions`; with `prompt_format: chat_template`, the instruction as one user
 message to `/v1/chat/completions`, provider `openai`), with the sampling of `student.infer`, through the gateway:
 call cache (a resumed phase asks nothing twice), rate limits and retries (`llm.student.*`), progress bar, ledger.
+With `student.infer.generation_config: ignore` (the default) each request also carries vLLM's neutral values of
+the settings a checkpoint's generation_config.json may set (repetition_penalty 1, top_k 0, min_p 0, no
+presence/frequency penalty), which a vLLM server started with its default `--generation-config auto` would
+otherwise take from the checkpoint; `inherit` sends none of them. An answer with finish_reason "length" is
+recorded as cut at max_new_tokens. The server's dtype is its own (`--dtype`): start it with the dtype
+`student.infer.dtype` resolves to when its answers are to be compared with a local backend's.
 The model name asked for is `lion-<round>-<8 hex of the checkpoint>`, so a retrained student is never answered
 from an older one's cache. Two ways to have the round's student served:
 
@@ -42,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, LionError
 from ..teachers.base import ChatRequest, redact
 from .checkpoint import META, checkpoint_info
+from .infer import Completion, inference_settings
+from .vllm_backend import NEUTRAL_SAMPLING
 
 if TYPE_CHECKING:
     from ..answers import Prompted
@@ -103,7 +111,12 @@ class ServedStudent:
             url = self.url = rc.base_url.rstrip("/")
             self._load_adapter(url)
         self.url = url
-        self._saved = ctx.gateway.use_role(ROLE, dataclasses.replace(rc, base_url=url, model=self.name))
+        extra = dict(rc.extra_body)
+        if self.infer.generation_config == "ignore":  # the server's defaults (a checkpoint's repetition_penalty...)
+            extra = {**NEUTRAL_SAMPLING, **extra}  # give way to what student.infer states: vLLM's neutral values
+        self.settings = inference_settings(self.infer, "server")
+        self._saved = ctx.gateway.use_role(ROLE, dataclasses.replace(rc, base_url=url, model=self.name,
+                                                                     extra_body=extra))
 
     # ------------------------------------------------------------------ HTTP helpers
     def _http(self, method: str, url: str, body: dict[str, Any] | None = None,
@@ -194,13 +207,13 @@ class ServedStudent:
                            top_p=1.0 if greedy else ic.top_p, max_tokens=ic.max_new_tokens,
                            sample=0 if greedy else ic.seed)
 
-    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, str], None],
+    def generate(self, items: Sequence[Prompted], on_answer: Callable[[int, Completion], None],
                  on_skip: Callable[[int, str], None]) -> None:
         failed: list[str] = []
         for i, res in self.ctx.gateway.chat_iter(ROLE, self.phase, (self._request(it) for it in items),
                                                  desc=f"student answers ({self.name})", total=len(items)):
             if res.ok and res.text is not None:
-                on_answer(i, res.text)
+                on_answer(i, Completion(res.text, truncated=res.finish_reason == "length"))
             elif res.reason == "http_400" and "context length" in (res.error or "").lower():
                 on_skip(i, "too_long (the server refused the prompt: longer than its context)")
             else:

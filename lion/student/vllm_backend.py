@@ -12,6 +12,14 @@ student was trained on). vLLM strips the prompt and stops at EOS itself.
 - Prompts go to an engine ``chunk_size`` at a time; each chunk's answers are handed to the caller (``on_answer``)
   as soon as the chunk is done (a data-parallel engine appends them to a result file the parent reads as it
   grows), so a caller that saves them loses at most a chunk per engine in a crash.
+- One dtype for both backends: ``dtype`` is `infer.resolve_dtype` (auto = float32 on CPU, where vLLM's own auto
+  would run a float32 checkpoint in bfloat16). Sampling: ``generation_config: ignore`` runs the engine with
+  ``generation_config="vllm"`` and explicit neutral SamplingParams (repetition_penalty 1, no top_k / min_p), so only
+  what student.infer states applies; ``inherit`` runs it with ``generation_config="auto"`` and starts from the
+  engine's defaults (`LLM.get_default_sampling_params`: the checkpoint's generation_config.json), student.infer's
+  keys over them. The checkpoint's extra stop tokens (generation_config eos_token_id) apply either way, as in
+  transformers. ``finish_reason == "length"`` marks an answer cut at max_new_tokens.
+- ``engine_args`` reach ``vllm.LLM`` as they are (e.g. ``enforce_eager: true``: no torch.compile or CUDA graphs).
 - A LoRA adapter is served without merging: ``enable_lora=True``, ``max_lora_rank`` = the adapter's rank
   (``adapter_config.json``) rounded up to a rank vLLM accepts (``VLLM_LORA_RANKS``: r = 12 is served as 16), and a
   ``LoRARequest("student", 1, path)`` on every request.
@@ -34,25 +42,33 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config import InferConfig
 from ..errors import ConfigError, LionError
+from .infer import Completion, OnAnswer, resolve_dtype
 
 logger = logging.getLogger("lion.student")
-
-OnAnswer = Callable[[int, str], None]
 
 # the LoRA ranks vLLM's engine accepts for max_lora_rank
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-def sampling_kwargs(cfg: InferConfig) -> dict[str, Any]:
-    """Our InferConfig -> vllm.SamplingParams keyword arguments."""
+# vLLM's neutral values of the sampling settings a checkpoint's generation_config.json may set (student.infer states
+# none of them): sent explicitly under generation_config: ignore, so no default of the engine or server applies
+NEUTRAL_SAMPLING = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                    "frequency_penalty": 0.0}
+
+
+def sampling_kwargs(cfg: InferConfig, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Our InferConfig -> vllm.SamplingParams keyword arguments. `defaults`: the engine's default sampling
+    parameters (the checkpoint's generation_config.json), used with generation_config: inherit under our keys."""
     greedy = cfg.temperature == 0.0
+    base = dict(defaults or {}) if cfg.generation_config == "inherit" else dict(NEUTRAL_SAMPLING)
     return {
+        **base,
         "n": 1,
         "temperature": 0.0 if greedy else cfg.temperature,
         "top_p": 1.0 if greedy else cfg.top_p,
@@ -60,6 +76,14 @@ def sampling_kwargs(cfg: InferConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "skip_special_tokens": True,
     }
+
+
+def completion_of(output: Any) -> Completion:
+    """One vLLM CompletionOutput as our Completion (the stop token, which vLLM keeps in token_ids, left out)."""
+    tokens = list(output.token_ids or [])
+    if output.finish_reason == "stop" and tokens and not isinstance(getattr(output, "stop_reason", None), str):
+        tokens = tokens[:-1]
+    return Completion(output.text, truncated=output.finish_reason == "length", tokens=tuple(tokens))
 
 
 def lora_rank(adapter: str | Path) -> int:
@@ -108,8 +132,10 @@ def engine_kwargs(model: str, cfg: InferConfig, *, tokenizer: str | None, adapte
         "tokenizer": tokenizer or model,
         "tensor_parallel_size": cfg.tensor_parallel,
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
-        "dtype": cfg.dtype,
+        "dtype": resolve_dtype(cfg),
         "seed": cfg.seed,
+        "generation_config": "auto" if cfg.generation_config == "inherit" else "vllm",
+        **cfg.engine_args,
     }
     if cfg.max_model_len or max_model_len:
         kw["max_model_len"] = cfg.max_model_len or max_model_len
@@ -122,11 +148,17 @@ def run_engine(model: str, ids: list[list[int]], cfg: InferConfig, *, tokenizer:
                adapter: str | Path | None, progress: bool, max_model_len: int | None = None,
                on_answer: OnAnswer | None = None) -> list[str]:
     """One vLLM engine in this process answers every prompt (token ids) in order, `cfg.chunk_size` prompts per
-    `generate` call; `on_answer(i, text)` is called for each answer of a chunk as soon as the chunk is done."""
+    `generate` call; `on_answer(i, completion)` is called for each answer of a chunk as soon as the chunk is done."""
     import vllm
 
     llm = vllm.LLM(**engine_kwargs(model, cfg, tokenizer=tokenizer, adapter=adapter, max_model_len=max_model_len))
-    params = vllm.SamplingParams(**sampling_kwargs(cfg))
+    defaults = None
+    if cfg.generation_config == "inherit":  # the checkpoint's generation_config.json, as vLLM reads it
+        engine_defaults = llm.get_default_sampling_params()
+        defaults = {k: getattr(engine_defaults, k) for k in NEUTRAL_SAMPLING}
+        logger.info("vLLM: the checkpoint's sampling defaults apply (student.infer.generation_config inherit): %s",
+                    defaults)
+    params = vllm.SamplingParams(**sampling_kwargs(cfg, defaults))
     lora = None
     if adapter is not None:
         from vllm.lora.request import LoRARequest
@@ -137,9 +169,10 @@ def run_engine(model: str, ids: list[list[int]], cfg: InferConfig, *, tokenizer:
         chunk = ids[start : start + cfg.chunk_size]
         outs = llm.generate([{"prompt_token_ids": p} for p in chunk], params, use_tqdm=progress, lora_request=lora)
         for k, o in enumerate(outs):
-            texts.append(o.outputs[0].text)
+            answer = completion_of(o.outputs[0])
+            texts.append(answer.text)
             if on_answer is not None:
-                on_answer(start + k, texts[-1])
+                on_answer(start + k, answer)
     return texts
 
 
@@ -198,7 +231,7 @@ def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter
                   on_answer: OnAnswer | None = None) -> list[str]:
     """Answers for token-id prompts with vLLM: one engine here, or `data_parallel` worker processes (also one worker
     when this process already holds CUDA memory). `max_length`: the student's training length (max_model_len).
-    `on_answer(i, text)` as each chunk finishes, in whichever engine."""
+    `on_answer(i, completion)` as each chunk finishes, in whichever engine."""
     longest = max((len(p) for p in ids), default=0)
     max_model_len = default_max_model_len(model, cfg, max_length=max_length, longest_prompt=longest)
     if cfg.data_parallel == 1 and not cuda_in_use():
@@ -242,7 +275,9 @@ def generate_vllm(model: str, ids: list[list[int]], cfg: InferConfig, *, adapter
                 i = part[row["i"]]
                 out[i] = row["text"]
                 if on_answer is not None:
-                    on_answer(i, row["text"])
+                    tokens = row.get("tokens")
+                    on_answer(i, Completion(row["text"], truncated=bool(row.get("truncated")),
+                                            tokens=None if tokens is None else tuple(tokens)))
 
         running = list(procs)
         while running:  # answers are handed on while the engines work, so a crash here loses at most a chunk
@@ -280,8 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = InferConfig(**spec["cfg"])
     with open(spec["result"], "a", encoding="utf-8") as out:
 
-        def emit(i: int, text: str) -> None:  # one line per answer, flushed per chunk's last answer at the latest
-            out.write(json.dumps({"i": i, "text": text}, ensure_ascii=False) + "\n")
+        def emit(i: int, answer: Completion) -> None:  # one line per answer, flushed as it comes
+            row = {"i": i, "text": answer.text, "truncated": answer.truncated,
+                   "tokens": None if answer.tokens is None else list(answer.tokens)}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
 
         texts = run_engine(spec["model"], spec["ids"], cfg, tokenizer=spec["tokenizer"], adapter=spec["adapter"],

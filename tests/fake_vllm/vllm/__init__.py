@@ -19,15 +19,26 @@ def _record(event: str, **data: Any) -> None:
         f.write(json.dumps(row, default=str) + "\n")
 
 
+# vLLM's SamplingParams defaults of the fields lion reads back from get_default_sampling_params()
+_DEFAULTS = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+
+
 class SamplingParams:
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _DEFAULTS:
+            return self.__dict__["kwargs"].get(name, _DEFAULTS[name])
+        raise AttributeError(name)
 
 
 @dataclass
 class CompletionOutput:
     text: str
     token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "stop"
+    stop_reason: int | str | None = None
 
 
 @dataclass
@@ -46,11 +57,10 @@ class LLM:
         self.kwargs = kwargs
         _record("LLM", kwargs=kwargs)
 
-    def generate(self, prompts, sampling_params=None, use_tqdm=True, lora_request=None):
-        if os.environ.get("FAKE_VLLM_DELAY_S"):  # a slow engine, for tests that kill mid-inference
-            import time
+    def get_default_sampling_params(self) -> SamplingParams:  # a checkpoint's generation_config.json, as vLLM reads it
+        return SamplingParams(**json.loads(os.environ.get("FAKE_VLLM_DEFAULTS", "{}")))
 
-            time.sleep(float(os.environ["FAKE_VLLM_DELAY_S"]))
+    def generate(self, prompts, sampling_params=None, use_tqdm=True, lora_request=None):
         ids = [p["prompt_token_ids"] for p in prompts]
         lora = None if lora_request is None else vars(lora_request)
         _record("generate", n=len(ids), sampling=getattr(sampling_params, "kwargs", None), lora=lora,
