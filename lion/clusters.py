@@ -87,8 +87,8 @@ class EmbeddingClusters:
         """Fit and save the centroids unless the run already has them."""
         if self._load() is not None:
             return
+        from .embed import embed
         from .records import write_json
-        from .selectors import embed
 
         c = kmeans(embed(instructions), self.k, seed=self.seed)
         write_json(self.path, {"k": int(c.shape[0]), "seed": self.seed, "fitted_on": len(instructions),
@@ -97,7 +97,7 @@ class EmbeddingClusters:
         self._centroids = c
 
     def assign(self, instructions: Sequence[str]) -> list[str]:
-        from .selectors import embed
+        from .embed import embed
 
         c = self._load()
         if c is None:

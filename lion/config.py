@@ -487,7 +487,7 @@ class StudentConfig:
         if self.mode == "qlora" and self.fsdp:
             raise ConfigError(f"{key}.mode: qlora is not supported together with {key}.fsdp")
         if self.training_args:
-            from .student.train import check_training_args  # imports transformers: only when the key is used
+            from .student.trainargs import check_training_args  # imports transformers: only when the key is used
 
             check_training_args(self.training_args, f"{key}.training_args")
         if self.launcher == "torchrun_multinode" and not self.rdzv_endpoint:
@@ -1189,6 +1189,13 @@ def config_reference() -> str:
     return "\n".join(out)
 
 
+def configured_models(cfg: Any) -> dict[str, str]:
+    """{"llm.teacher.model": name, ...} for the roles a run uses (sim runs: none, the local server answers)."""
+    if getattr(cfg.sim, "enabled", False):
+        return {}
+    return {f"llm.{role}.model": cfg.llm.role(role).model for role in ROLES}
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lion.config", description="Validate a config and print it resolved.")
     p.add_argument("--config", "-c", help="YAML config file")
@@ -1206,7 +1213,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--config: required (or --reference)")
     cfg = load_config(args.config, args.overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-    from .snapshots import configured_models, retirement_warnings
+    from .retirements import retirement_warnings
 
     for w in retirement_warnings(configured_models(cfg)):  # a model past or near its announced shutdown
         print(f"warning: {w}", file=sys.stderr)

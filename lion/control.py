@@ -39,7 +39,6 @@ import logging
 import random
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from .context import RunContext, make_phase_parser, run_phase
@@ -109,7 +108,7 @@ def check_control(ctx: RunContext) -> None:
     need = per_round * len(left)
     if not need:
         return
-    have = count_unused_seeds(ctx, control_pools(ctx))
+    have = count_unused_seeds(ctx, ctx.run.control_pools())
     if have < need:
         seeds = cfg.pools.train_seed + (f" and {cfg.pools.cache_seed}" if cfg.pools.cache_seed else "")
         raise ConfigError(
@@ -121,11 +120,6 @@ def check_control(ctx: RunContext) -> None:
                "is in round 1's pools)")
             + "; use a larger seed file, a smaller pools.limit, fewer rounds, or eval.control: self_instruct"
         )
-
-
-def control_pools(ctx: RunContext) -> list[Path]:
-    """The control's Train and Cache Pools written so far (no fresh seed may come from them)."""
-    return [p for rp in ctx.run.rounds() for p in (rp.control.train_pool, rp.control.cache_pool) if p.exists()]
 
 
 def branch(ctx: RunContext, r: int) -> tuple[RoundPaths, str]:
@@ -183,7 +177,7 @@ def draw_unused(ctx: RunContext, r: int, n: int) -> list[Instruction]:
         if who is not None and not ctx.answers.has(id, who):
             ctx.answers.put(id, who, answer, None, source="seed")
 
-    drawn = unused_seeds(ctx, n, r, exclude=control_pools(ctx), salt=TRACK, on_answer=keep)
+    drawn = unused_seeds(ctx, n, r, exclude=ctx.run.control_pools(), salt=TRACK, on_answer=keep)
     ctx.answers.commit()
     if len(drawn) < n:
         raise LionError(f"eval.control: round {r} needs {n} seed instructions no pool has used (as many as the loop's "

@@ -59,12 +59,11 @@ from .evalscore import ORDERS, QuestionScores, format_summary, summarize
 from .failures import check_failures, check_unparsed
 from .judge_prompts import JudgePrompts, TemplateJudge, load_judge_prompts
 from .layout import EvalPaths, RoundPaths, RunLayout
-from .prompts import Template, teacher_request
+from .prompts import Template
+from .questions import ORACLE, EvalQuestion, load_questions  # noqa: F401 - also this module's interface
 from .records import (
     atomic_write_text,
-    instruction_id,
     iter_jsonl,
-    load_instructions,
     read_json_or_empty,
     read_jsonl,
     write_json,
@@ -73,58 +72,14 @@ from .records import (
 from .referee import Pair, PairJudgement, judge_pairs
 from .student.infer import inference_settings
 from .verdicts import FORMATS
-from .world import HeldOutQuestion, World, family_accuracy
+from .world import World, family_accuracy
 
-ORACLE = "oracle"
 PHASE = "eval"
 JUDGE_CALL_FAILED = "judge call failed"  # why a question is excluded (table.jsonl "excluded")
 JUDGE_UNPARSED = "judge verdict unparseable"
 
 
-@dataclass
-class EvalQuestion:
-    id: str
-    instruction: str
-    input: str = ""
-    category: str = ""
-    question_id: str | None = None  # FastChat question_id (joins with FastChat answer files)
-    truth: str | None = None  # offline world: the exact answer
-
-    @property
-    def text(self) -> str:
-        return teacher_request(self.instruction, self.input)
-
-
 # --------------------------------------------------------------------------------------------- inputs
-
-
-def load_questions(
-    spec: str, *, heldout: Sequence[HeldOutQuestion] = (), limit: int | None = None
-) -> list[EvalQuestion]:
-    """FastChat question.jsonl (first turn), our JSONL, or "oracle": the offline world's held-out questions
-    (`RunContext.heldout()`)."""
-    if spec == ORACLE:
-        if not heldout:
-            raise ConfigError('eval.questions: "oracle" needs the offline world (sim.enabled: true)')
-        qs = [
-            EvalQuestion(id=instruction_id(h.instruction), instruction=h.instruction, category=h.family, truth=h.answer)
-            for h in heldout
-        ]
-    else:
-        insts, _ = load_instructions(spec)
-        qs = []
-        for i in insts:
-            qid = i.meta.get("question_id")
-            qs.append(
-                EvalQuestion(
-                    id=i.id,
-                    instruction=i.instruction,
-                    input=i.input,
-                    category=str(i.meta.get("category") or i.meta.get("family") or ""),
-                    question_id=None if qid is None else str(qid),
-                )
-            )
-    return qs[:limit] if limit else qs
 
 
 def load_answers(path: str | Path, questions: Sequence[EvalQuestion]) -> dict[str, str]:

@@ -373,7 +373,12 @@ def grow(ctx: RunContext, r: int, seeds: dict[str, Sequence[Instruction]], wante
             filt.accept(text)
             if (c := category(ctx, seed)) is not None:
                 grown[k][c] += 1
-            new = Instruction(instruction=text, round=r, kind=k, parent=seed.id, meta={"parent_kind": seed.kind})
+            meta = {"parent_kind": seed.kind}
+            if res.served_model:  # the snapshot that wrote it (lion.snapshots)
+                meta["model"] = res.served_model
+            if res.fingerprint:
+                meta["fingerprint"] = res.fingerprint
+            new = Instruction(instruction=text, round=r, kind=k, parent=seed.id, meta=meta)
             accepted[k].append(new)
 
     check_failures(ctx.cfg, r, phase, "generator calls",
@@ -395,7 +400,6 @@ def fresh_rows(ctx: RunContext, r: int) -> list[Instruction]:
     """`pools.fresh_share` of the round's new instructions, drawn from the train seed file's unused rows (never a
     held-out or evaluation question: the same checks as generated ones, but not the near-duplicate one, which the
     seed pool itself never went through), as kind `fresh` of round r."""
-    from .control import control_pools
     from .pools import unused_seeds
 
     gc, share = ctx.cfg.generation, ctx.cfg.pools.fresh_share
@@ -405,7 +409,7 @@ def fresh_rows(ctx: RunContext, r: int) -> list[Instruction]:
     # unused_seeds keeps out every pool and evaluation question; the probe set (selector progress) must stay
     # untrained, and the control student's pools are its own
     filt = candidate_filter(ctx, ())
-    rows = [i for i in unused_seeds(ctx, 2 * n, r, salt="fresh", exclude=[ctx.run.probe, *control_pools(ctx)])
+    rows = [i for i in unused_seeds(ctx, 2 * n, r, salt="fresh", exclude=[ctx.run.probe, *ctx.run.control_pools()])
             if filt.check(i.instruction).reason in (None, "near_duplicate", "too_short", "too_long", "meta_word")]
     if len(rows) < n:
         log.warning("round %d: pools.fresh_share wants %d fresh seed instructions, the seed file has %d unused "

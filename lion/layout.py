@@ -394,6 +394,11 @@ class RunLayout:
     def round(self, r: int) -> RoundPaths:
         return RoundPaths(self.root, r)
 
+    def control_pools(self) -> list[Path]:
+        """The control student's Train and Cache Pools written so far, every round (lion.control): seed rows no
+        other draw may take (lion.pools.unused_seeds)."""
+        return [p for rp in self.rounds() for p in (rp.control.train_pool, rp.control.cache_pool) if p.exists()]
+
     def rounds(self) -> list[RoundPaths]:
         """The round folders that exist, in round order."""
         if not self.root.is_dir():

@@ -508,7 +508,7 @@ class _Planner:
             return None
         from .answers import teacher_messages
         from .context import offline_world
-        from .evaluate import load_questions
+        from .questions import load_questions
 
         spec, world = ec.questions or "oracle", offline_world(self.cfg)
         heldout = world.heldout(ec.oracle_per_family, ec.oracle_seed) if spec == "oracle" and world else ()
@@ -532,7 +532,8 @@ class _Planner:
                 slow = max(steps, key=lambda s: s.hours)
                 plan.warnings.append(f"round {r} takes {hours:,.1f} h online (> a day); the slowest part is "
                                      f"{slow.role} in {slow.phase}, bound by llm.{slow.role}.{slow.binds}")
-        from .snapshots import configured_models, retirement_warnings
+        from .config import configured_models
+        from .retirements import retirement_warnings
 
         plan.warnings += retirement_warnings(configured_models(self.cfg))
         for s in plan.steps:

@@ -204,7 +204,7 @@ def used_ids(ctx: RunContext, exclude: Iterable[Path] = ()) -> IdSet:
         ids.add(instruction_id(q.instruction))
     spec = ctx.cfg.eval.questions
     if spec and spec != "oracle" and Path(spec).is_file():
-        from .evaluate import load_questions
+        from .questions import load_questions
 
         for q in load_questions(spec):
             ids.add(q.id)

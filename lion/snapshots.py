@@ -8,24 +8,18 @@
   paid call (RUN/calls.sqlite, table `snapshots`; each answer, verdict and generated instruction keeps its own),
   and when a role's configured model is served by a second snapshot during the run it prints `change_line` and
   follows `llm.<role>.on_model_change` (warn | stop).
-- `lion/model_retirements.yaml` lists models with the shutdown date their provider announced, the replacement it
-  recommends and the page it was read from; `retirement_warnings` (used by `lion plan` and `lion config`) warns for
-  a configured model past that date or within `NEAR_DAYS` of it. Add a row when a provider announces one.
+- `--check CFG`: the configured models against lion/model_retirements.yaml (lion.retirements, also used by
+  `lion plan` and `lion config`).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sqlite3
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-
-NEAR_DAYS = 90
-RETIREMENTS = Path(__file__).with_name("model_retirements.yaml")
-
 
 # --------------------------------------------------------------------------------------------- served snapshots
 
@@ -96,60 +90,6 @@ def format_roles(summary: dict[str, dict[str, dict[str, Any]]], indent: str = " 
     return lines
 
 
-# --------------------------------------------------------------------------------------------- retirements
-
-
-def load_retirements(path: Path = RETIREMENTS) -> list[dict[str, Any]]:
-    import yaml
-
-    from .errors import DataError
-
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    rows = data.get("models") if isinstance(data, dict) else None
-    if not isinstance(rows, list):
-        raise DataError(f"{path}: expected a top-level 'models' list")
-    for i, r in enumerate(rows):
-        if not (isinstance(r, dict) and isinstance(r.get("models"), list) and r.get("shutdown") and r.get("source")):
-            raise DataError(f"{path}: models[{i}] needs models (a list), shutdown (a date) and source")
-        r["shutdown"] = dt.date.fromisoformat(str(r["shutdown"]))
-    return rows
-
-
-def _base(model: str) -> str:
-    return model.rsplit("/", 1)[-1]  # a router prefix (openai/gpt-4o) names the same model
-
-
-def retirement_warnings(models: dict[str, str], today: dt.date | None = None, near_days: int = NEAR_DAYS,
-                        table: list[dict[str, Any]] | None = None) -> list[str]:
-    """One warning per configured model ({config key: model name}) past its announced shutdown or within
-    `near_days` of it."""
-    today = today or dt.date.today()
-    rows = load_retirements() if table is None else table
-    out = []
-    for key, model in models.items():
-        for r in rows:
-            if _base(model) not in r["models"]:
-                continue
-            days = (r["shutdown"] - today).days
-            repl = f"; the provider recommends {r['replacement']}" if r.get("replacement") else ""
-            if days < 0:
-                out.append(f"{key}: {model} was shut down on {r['shutdown']} ({r['provider']}, {r['source']}){repl}")
-            elif days <= near_days:
-                out.append(f"{key}: {model} shuts down on {r['shutdown']}, in {days} days ({r['provider']}, "
-                           f"{r['source']}){repl}: a run that outlives it fails from that day")
-            break
-    return out
-
-
-def configured_models(cfg: Any) -> dict[str, str]:
-    """{"llm.teacher.model": name, ...} for the roles a run uses (sim runs: none, the local server answers)."""
-    from .config import ROLES
-
-    if getattr(cfg.sim, "enabled", False):
-        return {}
-    return {f"llm.{role}.model": cfg.llm.role(role).model for role in ROLES}
-
-
 # --------------------------------------------------------------------------------------------- CLI
 
 
@@ -166,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = make_parser().parse_args(argv)
     if args.check:
-        from .config import load_config
+        from .config import configured_models, load_config
+        from .retirements import retirement_warnings
 
         for w in retirement_warnings(configured_models(load_config(args.check))) or ["no configured model is near "
                                                                                       "an announced retirement"]:

@@ -150,7 +150,10 @@ def test_evaluation_with_real_reference_answers(
     assert all(a["reference"] == real[int(a["question_id"])] for a in answers)  # the real gpt-3.5 text
     # the summary is exactly what the judge's rule gives on the saved answers
     want = summarize(expected_rows(out, bad))
-    assert s["overall"] == {**want["overall"], "n_no_reference": 0, "n_candidate_skipped": 0}
+    cut = s["overall"]["n_candidate_truncated"]  # the tiny student's answers cut at max_new_tokens, counted
+    assert cut == sum(1 for r in read_jsonl(out / "candidate_answers.jsonl") if r.get("truncated"))
+    assert s["overall"] == {**want["overall"], "n_no_reference": 0, "n_candidate_skipped": 0,
+                            "n_candidate_truncated": cut}
     assert s["by_category"] == want["by_category"]
     assert s["overall"]["n_excluded"] == 1 and s["judge"]["parse_failures"] == 2
     assert s["overall"]["relative"]["mean"] is not None and s["overall"]["relative"]["mean"] < 60

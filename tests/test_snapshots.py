@@ -44,7 +44,7 @@ def test_status_report_and_card_list_the_snapshots_per_role(finished_run: Path, 
 
 
 def test_retirement_warnings_past_near_and_far() -> None:
-    from lion.snapshots import load_retirements, retirement_warnings
+    from lion.retirements import load_retirements, retirement_warnings
 
     table = load_retirements()
     assert all(r["source"] and r["models"] for r in table)  # every date names where it was read

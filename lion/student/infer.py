@@ -31,39 +31,16 @@ import importlib.util
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import InferConfig
 from ..errors import ConfigError, DataError
 from .checkpoint import checkpoint_info
+from .completion import Completion, OnAnswer, resolve_dtype  # noqa: F401 - also this module's interface
 from .data import encode_prompt
 
 log = logging.getLogger("lion.student")
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One answer of the student: its text (prompt stripped, ended at the first stop token, special tokens removed);
-    `truncated`: it was cut at max_new_tokens, no stop token within them (transformers), finish_reason "length"
-    (vLLM, a server); `tokens`: its token ids without the stop token, when the backend gives them."""
-
-    text: str
-    truncated: bool = False
-    tokens: tuple[int, ...] | None = None
-
-
-OnAnswer = Callable[[int, Completion], None]
-
-
-def resolve_dtype(cfg: InferConfig) -> str:
-    """The dtype every backend answers in: student.infer.dtype, with auto = bfloat16 on CUDA, float32 on CPU."""
-    if cfg.dtype != "auto":
-        return cfg.dtype
-    import torch
-
-    return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
 def inference_settings(cfg: InferConfig, backend: str | None = None) -> dict[str, Any]:

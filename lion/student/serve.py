@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, LionError
 from ..teachers.base import ChatRequest, redact
 from .checkpoint import META, checkpoint_info
-from .infer import Completion, inference_settings
+from .completion import Completion
+from .infer import inference_settings
 from .vllm_backend import NEUTRAL_SAMPLING
 
 if TYPE_CHECKING:

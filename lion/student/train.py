@@ -62,6 +62,7 @@ from .resume import (
     tallied_trainer,
     training_fingerprint,
 )
+from .trainargs import OWN_ARGS, check_training_args  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger("lion.student")
 
@@ -143,35 +144,6 @@ def _all_sum(values: list[float]) -> list[float]:
         t = t.cuda()
     dist.all_reduce(t)
     return t.cpu().tolist()
-
-
-# TrainingArguments keys that lion sets from its own student keys: set those instead
-OWN_ARGS = {
-    "output_dir": "run_dir (each round's student folder)", "per_device_train_batch_size": "student.per_device_batch_size",
-    "gradient_accumulation_steps": "student.grad_accum", "learning_rate": "student.lr",
-    "num_train_epochs": "student.epochs", "max_steps": "student.max_steps", "lr_scheduler_type": "student.lr_scheduler",
-    "weight_decay": "student.weight_decay", "bf16": "student.bf16", "torch_compile": "student.torch_compile",
-    "fsdp": "student.fsdp", "fsdp_config": "student.fsdp_config", "deepspeed": "student.deepspeed",
-    "report_to": "student.report_to", "logging_steps": "student.logging_steps", "seed": "student.seed",
-    "data_seed": "student.seed", "warmup_ratio": "student.warmup_ratio", "warmup_steps": "student.warmup_ratio",
-    "gradient_checkpointing": "student.gradient_checkpointing",
-    "activation_checkpointing": "student.gradient_checkpointing", "save_strategy": "(lion saves each round itself)",
-    "use_cpu": "(lion uses the GPU when there is one)", "disable_tqdm": "--no-progress",
-}
-
-
-def check_training_args(args: dict[str, Any], key: str = "student.training_args") -> None:
-    """Every key of `student.training_args` must be a TrainingArguments field that lion does not set itself."""
-    from transformers import TrainingArguments
-
-    fields = TrainingArguments.__dataclass_fields__
-    for name in args:
-        if name in OWN_ARGS:
-            raise ConfigError(f"{key}.{name}: lion sets this itself; use {OWN_ARGS[name]}")
-        if name not in fields or not fields[name].init:
-            close = sorted(f for f in fields if f.startswith(name[:4]))[:6]
-            hint = f" (similar: {', '.join(close)})" if close else ""
-            raise ConfigError(f"{key}.{name}: not a transformers.TrainingArguments field{hint}")
 
 
 def _attn_kwargs(cfg: StudentConfig) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from typing import Any
 
 from ..config import InferConfig
 from ..errors import ConfigError, LionError
-from .infer import Completion, OnAnswer, resolve_dtype
+from .completion import Completion, OnAnswer, resolve_dtype
 
 logger = logging.getLogger("lion.student")
 
