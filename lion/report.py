@@ -590,7 +590,7 @@ h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right}figure{display:inline-block;margin:6px 10px 6px 0}
 figcaption{font-size:12px;color:#555}pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}
-.muted{color:#888;font-size:12px}.hard{color:#b00}.easy{color:#070}.q{max-width:520px;white-space:pre-wrap}
+.wide{overflow-x:auto;max-width:100%}.muted{color:#888;font-size:12px}.hard{color:#b00}.easy{color:#070}.q{max-width:520px;white-space:pre-wrap}
 """
 
 
@@ -609,7 +609,7 @@ def _html_table(rows: list[dict[str, str]]) -> str:
     cols = list(rows[0])
     head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td class=num>{_esc(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<div class=wide><table><tr>{head}</tr>{body}</table></div>"  # a wide table scrolls, not the page
 
 
 def _lineages_html(lins: list[Lineage]) -> str:
