@@ -257,10 +257,11 @@ def test_a_snapshot_change_mid_run_is_one_line_then_warn_or_stop(sim_server, sim
         second = gw.chat_many("teacher", "imitation", [[{"role": "user", "content": f"r{i}"}] for i in range(2)])
     assert {r.served_model for r in second} == {"gpt-x-2026-06-01"} and all(r.ok for r in second)
     err = capsys.readouterr().err
-    assert err.count("another snapshot") == 1  # once, at the change
     assert ("llm.teacher: gpt-x was served by another snapshot during the run: gpt-x-2026-01-01 (3 calls), "
             "gpt-x-2026-06-01 (1 calls)") in err
-    assert "another snapshot" in (run / "gateway.log").read_text()
+    # once, at the change (counted in the gateway's own log: stderr may also carry it through a lion.* log handler
+    # that an earlier test of the session installed)
+    assert (run / "gateway.log").read_text().count("another snapshot") == 1
     summary = per_role(read_snapshots(run / "calls.sqlite"))["teacher"]["gpt-x"]
     assert summary["snapshots"] == {"gpt-x-2026-01-01": 3, "gpt-x-2026-06-01": 2}
     assert summary["fingerprints"] == {"fp_a": 3, "fp_b": 2}
