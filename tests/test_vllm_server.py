@@ -150,3 +150,40 @@ def test_teacher_referee_and_generator_roles_through_the_gateway(served, tmp_pat
         replay = {(u["role"], u["phase"]): u for u in ctx.gateway.usage_summary()["by"]}
     assert [r.text for r in again] == [r.text for r in generated] and all(r.cached for r in again)
     assert replay[("generator", "generation")]["cached"] == 4
+
+
+def test_the_teacher_role_keeps_vllms_top_logprobs_and_they_align_to_the_same_tokenizer(served, tmp_path) -> None:
+    """llm.teacher.top_logprobs against the real server: every answer token's top-k comes back (the stop token
+    included), is replayed from the call cache as it came, names vLLM in the fingerprint, and a student with the
+    served model's tokenizer either reproduces the teacher's tokens (top-k targets, objective topk_kd) or counts the
+    answer as mismatched (the 2-layer test model writes token runs its tokenizer would not produce from the text,
+    e.g. ' strugg' + 'ChannelType'): never a silent misalignment. tests/test_real_model.py aligns the full model."""
+    from transformers import AutoTokenizer
+
+    from lion.student.data import tokenize_example
+    from lion.student.kd import TokenAligner
+    from lion.teachers.base import ChatRequest
+    from lion.teachers.gateway import Gateway
+    from lion.teachers.logprobs import TokenLogprobs
+
+    server = served["server"]
+    cfg = _cfg(tmp_path / "run", server.url, served["model"], llm={"teacher": {"max_tokens": 24, "top_logprobs": 5}})
+    requests = [ChatRequest(messages=[{"role": "user", "content": q}]) for q in QUESTIONS[:3]]
+    with Gateway(cfg.llm, tmp_path / "run", progress=False) as gw:
+        results = gw.chat_many("teacher", "imitation", requests)
+        again = gw.chat_many("teacher", "imitation", requests)
+    assert all(r.ok and r.logprobs for r in results) and all(r.cached for r in again)
+    assert [r.logprobs for r in again] == [r.logprobs for r in results]
+    assert all((r.fingerprint or "").startswith("vllm") for r in results)  # vLLM names its version there
+    tok = AutoTokenizer.from_pretrained(served["model"])
+    aligner = TokenAligner(tok)
+    for r in results:
+        lp = TokenLogprobs.decode(r.logprobs)
+        assert lp.k == 5 and len(lp) == r.completion_tokens  # vLLM reports every token, the stop token included
+        assert all(alts[0][1] >= alts[-1][1] for alts in lp.top)
+        row, _ = tokenize_example(tok, "Q: x\nA: ", r.text.strip(), 512)
+        start = sum(1 for x in row.labels if x == -100)
+        targets = aligner.align(row.input_ids[start:], start, r.logprobs)
+        if targets is not None:  # the teacher's top-k at each answer token the student predicts
+            assert targets.ids.shape[0] <= len(row.input_ids) - start and targets.ids.shape[1] == 5
+    assert aligner.stats.with_targets + aligner.stats.mismatched == len(requests)
