@@ -4,7 +4,7 @@ refused where a provider has none; the snapshot that really answered, recorded a
     python -m pytest -q tests/test_logprobs.py
 
 The offline teacher is lion's own server with the `hf` responder on a tiny LLaMA given a chat template (fast); the
-real SmolLM2 path is in tests/test_real_model.py, a real vLLM server in tests/test_vllm_logprobs.py.
+real SmolLM2 path is in tests/test_real_model.py, a real vLLM server in tests/test_vllm_server.py.
 """
 
 from __future__ import annotations
