@@ -69,7 +69,9 @@ def test_online_results_replay_in_batch_mode(tmp_path, sim_server, sim_llm):
 
 def test_failed_and_expired_items_go_in_the_next_batch(tmp_path, sim_server, sim_llm):
     server = sim_server(EchoResponder(), batch_delay_s=0.05, batch_fail_rate=0.2, batch_expire_rate=0.15, seed=3)
-    with Gateway(_llm(sim_llm, server, batch_attempts=6, **BATCH), tmp_path, progress=False) as gw:
+    # 35% of the items fail or expire in each batch: with 12 batches allowed, one of 40 items failing every one of
+    # them has a chance of 40 x 0.35^12 (about 1 in 80,000); with 6 it was 7% (the test failed now and then)
+    with Gateway(_llm(sim_llm, server, batch_attempts=12, **BATCH), tmp_path, progress=False) as gw:
         res = gw.chat_many("teacher", "imitation", [_msgs(i) for i in range(40)])
         sizes = [b["n"] for b in gw.store.batches()]
     assert [r.text for r in res] == [f"item {i}" for i in range(40)]

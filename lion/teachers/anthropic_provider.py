@@ -32,8 +32,8 @@ import anthropic
 
 from ..config import RoleConfig
 from .base import ChatRequest, ChatResponse, PermanentError, ResolvedParams, TransientError, no_text_error, redact
-from .batch import BatchLine, BatchLost, BatchOutcome, BatchProgress
-from .openai_compat import classify_status, local_or_key, parse_retry_after, served
+from .batchapi import BatchLine, BatchLost, BatchOutcome, BatchProgress
+from .httperrors import classify_status, local_or_key, parse_retry_after, served
 from .tokens import estimate_prompt_tokens, estimate_text_tokens
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"

@@ -32,64 +32,54 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..config import RoleConfig
-from .base import ChatProvider, ChatRequest, ChatResponse, PermanentError, ResolvedParams, TransientError
+from .base import ChatProvider, ChatResponse, PermanentError, TransientError
 from .base import failure_reason as _reason
+from .batchapi import BatchAPI, BatchLine, BatchLost, BatchOutcome, BatchProgress  # noqa: F401 - also this module's
+from .calls import BatchState, CallItem, CallResult, permanent_message
+from .store import CallStore
 
-if TYPE_CHECKING:
-    from .gateway import CallResult, Gateway, _BatchState, _Item
+
+class BatchHost(Protocol):
+    """What the batch path asks of the gateway that runs it (lion.teachers.gateway.Gateway): its call store, budget,
+    recording of outcomes, fatal stops, messages, and its online path for the fallback."""
+
+    store: CallStore
+
+    def batch_factor(self, model: str) -> float: ...
+
+    def reserve(self, usd: float, tokens: int) -> bool: ...
+
+    def release(self, usd: float, tokens: int) -> None: ...
+
+    async def run_online(self, role: str, phase: str, rc: RoleConfig, provider: ChatProvider, items: list[CallItem],
+                         pending: dict[str, list[int]], keys: list[str], results: list[CallResult | None],
+                         bar: Any, state: BatchState) -> None: ...
+
+    def record_success(self, role: str, phase: str, provider: ChatProvider, key: str, model: str,
+                       key_fields: dict[str, Any], messages: list[dict[str, str]], resp: ChatResponse, attempts: int,
+                       mode: str, state: BatchState) -> CallResult: ...
+
+    def record_failure(self, role: str, phase: str, provider: ChatProvider, it: CallItem, error: str,
+                       status: int | None, attempts: int, reason: str, state: BatchState,
+                       mode: str = "online", billed: ChatResponse | None = None) -> CallResult: ...
+
+    def charge(self, role: str, resp: ChatResponse, model: str, mode: str, state: BatchState) -> float: ...
+
+    def fill(self, results: list[CallResult | None], idxs: list[int], res: CallResult) -> None: ...
+
+    def is_fatal(self, e: PermanentError) -> bool: ...
+
+    def set_fatal(self, state: BatchState, role: str, rc: RoleConfig, provider: ChatProvider,
+                  e: PermanentError) -> None: ...
+
+    def say(self, line: str) -> None: ...
+
+    def note(self, line: str) -> None: ...
 
 log = logging.getLogger("lion.teachers")
-
-
-@dataclass(frozen=True)
-class BatchLine:
-    """One call of a batch; `custom_id` is its call-cache key."""
-
-    custom_id: str
-    request: ChatRequest
-    params: ResolvedParams
-
-
-@dataclass
-class BatchProgress:
-    ended: bool
-    status: str  # the provider's own word (in_progress, finalizing, completed, ended, expired ...)
-    done: int  # items finished so far
-    total: int
-
-
-@dataclass
-class BatchOutcome:
-    custom_id: str
-    response: ChatResponse | None = None
-    error: Exception | None = None  # TransientError: goes in the next batch; PermanentError: fails the item
-
-
-class BatchLost(Exception):
-    """The provider does not know this batch (any more): its items go out again."""
-
-
-class BatchAPI(Protocol):
-    max_items: int
-    max_bytes: int
-
-    def line_size(self, line: BatchLine) -> int: ...
-
-    async def submit(self, lines: Sequence[BatchLine], tag: str) -> str: ...
-
-    async def progress(self, batch_id: str) -> BatchProgress: ...
-
-    async def results(self, batch_id: str) -> list[BatchOutcome]: ...
-
-    async def find(self, tag: str, since: float, n: int, known: frozenset[str]) -> str | None:
-        """The id of the batch an intent stands for (a kill left it unnamed): created with metadata tag `tag`, or
-        where the provider keeps no metadata, the batch of `n` requests created nearest after `since` that is not
-        one of the `known` ids. None when there is none (then the intent's calls go out again)."""
-        ...
 
 
 def chunks(lines: Sequence[BatchLine], max_items: int, max_bytes: int, size: Any) -> list[list[BatchLine]]:
@@ -110,9 +100,9 @@ def chunks(lines: Sequence[BatchLine], max_items: int, max_bytes: int, size: Any
 
 
 class BatchRunner:
-    def __init__(self, gw: Gateway, role: str, phase: str, rc: RoleConfig, provider: ChatProvider, api: BatchAPI,
-                 items: list[_Item], pending: dict[str, list[int]], results: list[CallResult | None], bar: Any,
-                 state: _BatchState) -> None:
+    def __init__(self, gw: BatchHost, role: str, phase: str, rc: RoleConfig, provider: ChatProvider, api: BatchAPI,
+                 items: list[CallItem], pending: dict[str, list[int]], results: list[CallResult | None], bar: Any,
+                 state: BatchState) -> None:
         self.gw, self.role, self.phase, self.rc, self.provider, self.api = gw, role, phase, rc, provider, api
         self.items, self.pending, self.results, self.bar, self.state = items, pending, results, bar, state
         self.todo: set[str] = set(pending)  # calls of this chat_many still without an outcome
@@ -211,7 +201,7 @@ class BatchRunner:
     def _reserve(self, key: str) -> bool:
         it = self.items[self.pending[key][0]]
         usd, tokens = it.worst_usd * self.factor, it.need_tokens
-        if not self.gw._budget.reserve(usd, tokens):
+        if not self.gw.reserve(usd, tokens):
             return False
         self.reserved[key] = (usd, tokens)
         return True
@@ -219,7 +209,7 @@ class BatchRunner:
     def _release(self, key: str) -> None:
         got = self.reserved.pop(key, None)
         if got is not None:
-            self.gw._budget.release(*got)
+            self.gw.release(*got)
 
     # ------------------------------------------------------------------ submit
     async def _submit(self, keys: list[str]) -> None:
@@ -397,7 +387,6 @@ class BatchRunner:
     def _refused(self, bid: str, key: str, err: PermanentError) -> None:
         """An item that failed for good; a reply billed without an answer (no text, a refusal) is charged even when
         no call of this run asks for it (an earlier run's batch): paid for, so in the ledger all the same."""
-        from .gateway import permanent_message
 
         self._release(key)
         if key not in self.todo:

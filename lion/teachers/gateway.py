@@ -50,7 +50,6 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +73,7 @@ from .base import (
     redact,
     resolve_token_param,
 )
+from .calls import BatchState, CallItem, CallResult, permanent_message
 from .plugins import load_provider
 from .pricing import price_usd
 from .ratelimit import RoleLimiter
@@ -89,48 +89,11 @@ HOPELESS = (401, 403, 404)  # auth / unknown model: every call of the batch woul
 FATAL_KINDS = ("auth", "quota", "model", "param")  # PermanentError kinds that stop the run at once
 
 
-@dataclass
-class CallResult:
-    ok: bool
-    text: str | None  # the answer; None when the call failed (an error is never returned as text)
-    error: str | None  # why it failed (redacted), None when ok
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    cached: bool  # replayed from the cache (no HTTP call, no cost)
-    attempts: int  # HTTP attempts made in this batch (0 when cached; batches the item went in, in batch mode)
-    reason: str | None = None  # short failure reason (timeout, http_503, batch_expired, ...), None when ok
-    logprobs: bytes | None = None  # the answer's top-K logprobs (llm.<role>.top_logprobs), encoded: TokenLogprobs
-    served_model: str | None = None  # the snapshot the provider says answered (None: it did not say)
-    fingerprint: str | None = None  # its system_fingerprint, when given
-
-
 def _call_key(ident: str, fields: dict[str, Any], messages: Any) -> str:
     """The call-cache key: hash(provider identity, the fields that change the answer, messages)."""
     blob = json.dumps({"provider": ident, **fields, "messages": [list(m) for m in messages]},
                       sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-@dataclass
-class _Item:
-    request: ChatRequest
-    params: ResolvedParams
-    key: str
-    need_tokens: int  # estimated prompt + max_tokens (TPM reservation, token budget)
-    worst_usd: float  # at the online price
-    ident: str = ""  # the provider identity in the key (or the role's cache_namespace)
-
-
-@dataclass
-class _BatchState:
-    stop: str | None = None  # "budget" | "fatal"
-    fatal: LionError | None = None
-    done: int = 0
-    failed: int = 0
-    tokens: int = 0
-    usd: float = 0.0
-    stats: dict[str, int] = field(default_factory=lambda: collections.Counter())
 
 
 class _Budget:
@@ -179,11 +142,6 @@ class _Wait:
         if isinstance(exc, TransientError) and exc.retry_after is not None:
             return min(max(exc.retry_after, backoff), max(self.max, exc.retry_after))
         return backoff
-
-
-def permanent_message(e: PermanentError) -> str:
-    """A failed item's error text for a permanent error (a billed reply without text says so itself)."""
-    return str(e) if e.kind == NO_TEXT else f"permanent error: {e}"
 
 
 def param_hint(role: str, rc: RoleConfig, param: str | None) -> str:
@@ -282,6 +240,13 @@ class Gateway:
     def usd(self, model: str, resp: ChatResponse, mode: str = "online") -> float:
         return price_usd(self.llm.prices.get(model), resp, mode, model)
 
+    def reserve(self, usd: float, tokens: int) -> bool:
+        """Hold a call's (or a batch's) worst case against the budget; False when it could exceed the cap."""
+        return self._budget.reserve(usd, tokens)
+
+    def release(self, usd: float, tokens: int) -> None:
+        self._budget.release(usd, tokens)
+
     def batch_factor(self, model: str) -> float:
         p = self.llm.prices.get(model)
         return p.batch_discount if p is not None else 0.5
@@ -307,7 +272,7 @@ class Gateway:
             top_logprobs=rc.top_logprobs,
         )
 
-    def _item(self, rc: RoleConfig, provider: ChatProvider, req: ChatRequest | Any, index: int) -> _Item:
+    def _item(self, rc: RoleConfig, provider: ChatProvider, req: ChatRequest | Any, index: int) -> CallItem:
         try:
             request = req if isinstance(req, ChatRequest) else ChatRequest(messages=req)
         except ValueError as e:
@@ -317,10 +282,10 @@ class Gateway:
         ident = f"{rc.provider}:ns={rc.cache_namespace}" if rc.cache_namespace else provider.identity
         prompt = self.counter.prompt(request.messages)
         pin, pout = self._price(params.model)
-        return _Item(request, params, _call_key(ident, params.key_fields(), request.messages),
+        return CallItem(request, params, _call_key(ident, params.key_fields(), request.messages),
                      prompt + params.max_tokens, (prompt * pin + params.max_tokens * pout) / 1e6, ident)
 
-    def _cached(self, it: _Item) -> CachedCall | None:
+    def _cached(self, it: CallItem) -> CachedCall | None:
         """The item's call from the cache; on a miss, under the key a run directory from before 2026-12 gave it
         (ResolvedParams.legacy_key_fields), so such a run replays its calls instead of buying them again."""
         hit = self.store.get(it.key)
@@ -392,7 +357,7 @@ class Gateway:
         if pending and rc.on_model_change == "stop":
             self._refuse_mixed_snapshots(role, rc)
 
-        state = _BatchState()
+        state = BatchState()
         bar = tqdm(total=len(items), initial=len(items) - sum(len(v) for v in pending.values()),
                    desc=f"{role}/{phase}" + (f" {desc}" if desc else ""), unit="call",
                    disable=not self.progress, dynamic_ncols=True)
@@ -433,9 +398,9 @@ class Gateway:
         return make()
 
     # ------------------------------------------------------------------ the online path
-    async def run_online(self, role: str, phase: str, rc: RoleConfig, provider: ChatProvider, items: list[_Item],
+    async def run_online(self, role: str, phase: str, rc: RoleConfig, provider: ChatProvider, items: list[CallItem],
                          pending: dict[str, list[int]], keys: list[str], results: list[CallResult | None],
-                         bar: Any, state: _BatchState) -> None:
+                         bar: Any, state: BatchState) -> None:
         """Send the calls of `keys` one HTTP request each (max_in_flight workers), filling `results`."""
         queue = collections.deque(keys)
         order = asyncio.Lock()
@@ -470,7 +435,7 @@ class Gateway:
             results[i] = res if n == 0 else CallResult(**{**res.__dict__, "cached": res.ok, "attempts": 0})
 
     async def _one(self, role: str, phase: str, rc: RoleConfig, provider: ChatProvider, limiter: RoleLimiter,
-                   order: asyncio.Lock, wait: _Wait, it: _Item, state: _BatchState) -> CallResult | None:
+                   order: asyncio.Lock, wait: _Wait, it: CallItem, state: BatchState) -> CallResult | None:
         attempts = 0
         resp: ChatResponse | None = None
         first_failure: float | None = None
@@ -534,7 +499,7 @@ class Gateway:
     def is_fatal(e: PermanentError) -> bool:
         return e.status in HOPELESS or e.kind in FATAL_KINDS
 
-    def set_fatal(self, state: _BatchState, role: str, rc: RoleConfig, provider: ChatProvider,
+    def set_fatal(self, state: BatchState, role: str, rc: RoleConfig, provider: ChatProvider,
                   e: PermanentError) -> None:
         if state.stop != "fatal":
             state.stop = "fatal"
@@ -542,7 +507,7 @@ class Gateway:
 
     def record_success(self, role: str, phase: str, provider: ChatProvider, key: str, model: str,
                        key_fields: dict[str, Any], messages: list[dict[str, str]], resp: ChatResponse, attempts: int,
-                       mode: str, state: _BatchState) -> CallResult:
+                       mode: str, state: BatchState) -> CallResult:
         """A paid reply: into the cache (unless it lacks the logprobs it was asked for: then the ledger only, and
         the run stops naming llm.<role>.top_logprobs), the ledger, the budget and the role's served snapshots."""
         usd = self.usd(model, resp, mode)
@@ -588,7 +553,7 @@ class Gateway:
 
             raise ProviderError(change_line(role, rc.model, rows, "stop"))
 
-    def _watch_snapshot(self, role: str, model: str, served: str | None, state: _BatchState) -> None:
+    def _watch_snapshot(self, role: str, model: str, served: str | None, state: BatchState) -> None:
         """A served snapshot the role's configured model has not answered with before in this run directory, after
         another one did: one line with the calls per snapshot, then llm.<role>.on_model_change (warn | stop)."""
         if not served:
@@ -612,8 +577,8 @@ class Gateway:
             return
         self.say(line)
 
-    def record_failure(self, role: str, phase: str, provider: ChatProvider, it: _Item, error: str,
-                       status: int | None, attempts: int, reason: str, state: _BatchState,
+    def record_failure(self, role: str, phase: str, provider: ChatProvider, it: CallItem, error: str,
+                       status: int | None, attempts: int, reason: str, state: BatchState,
                        mode: str = "online", billed: ChatResponse | None = None) -> CallResult:
         """A call that ended without an answer. `billed`: the usage of a reply the service charged for anyway (no
         text, a refusal): it goes to the ledger and the budget with the failure, in one transaction."""
@@ -627,7 +592,7 @@ class Gateway:
         pt, ct = (billed.prompt_tokens, billed.completion_tokens) if billed is not None else (0, 0)
         return CallResult(False, None, error, None, pt, ct, cached=False, attempts=attempts, reason=reason)
 
-    def charge(self, role: str, resp: ChatResponse, model: str, mode: str, state: _BatchState) -> float:
+    def charge(self, role: str, resp: ChatResponse, model: str, mode: str, state: BatchState) -> float:
         """Count a billed reply that is no answer against the budget and the batch's spend; its USD (the caller
         writes it to the ledger)."""
         usd = self.usd(model, resp, mode)
@@ -666,7 +631,7 @@ class Gateway:
         tqdm.write(line, file=sys.stderr)
         self.note(line)
 
-    def _report_failures(self, role: str, phase: str, rc: RoleConfig, items: list[_Item],
+    def _report_failures(self, role: str, phase: str, rc: RoleConfig, items: list[CallItem],
                          results: list[CallResult | None]) -> None:
         failed = [r for r in results if r is not None and not r.ok]
         self.last_failures[(role, phase)] = collections.Counter(r.reason or "unknown" for r in failed)

@@ -13,17 +13,33 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import openai
 from openai.types.chat import ChatCompletion
 
-from .base import PermanentError, TransientError
-from .batch import BatchLine, BatchLost, BatchOutcome, BatchProgress
-from .openai_compat import classify_status
+from .base import ChatResponse, PermanentError, TransientError
+from .batchapi import BatchLine, BatchLost, BatchOutcome, BatchProgress
+from .httperrors import classify_status
 
-if TYPE_CHECKING:
-    from .openai_compat import OpenAICompatProvider
+
+class WireProvider(Protocol):
+    """What the Batch API takes from the provider that sends the same calls online (lion.teachers.openai_compat's
+    `OpenAICompatProvider`): its client, request bodies, reply parsing and error mapping."""
+
+    batch_endpoint: str
+
+    def client(self) -> Any: ...
+
+    def request_body(self, request: Any, params: Any) -> dict[str, Any]: ...
+
+    def parse(self, resp: Any, request: Any) -> ChatResponse: ...
+
+    def error_from_body(self, status: int, body: Any) -> Exception: ...
+
+    def clean(self, text: str) -> str: ...
+
+    def _status_error(self, e: Any) -> Exception: ...
 
 ENDED = ("completed", "failed", "expired", "cancelled")
 
@@ -32,7 +48,7 @@ class OpenAIBatchAPI:
     max_items = 50_000
     max_bytes = 190 * 1024 * 1024
 
-    def __init__(self, provider: OpenAICompatProvider) -> None:
+    def __init__(self, provider: WireProvider) -> None:
         self.p = provider
 
     def _line(self, line: BatchLine) -> bytes:
