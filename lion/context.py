@@ -38,7 +38,7 @@ from .rundir import RunDir
 from .world import HeldOutQuestion, World
 
 if TYPE_CHECKING:
-    from .answers import AnswerStore
+    from .answerstore import AnswerStore
 
 log = logging.getLogger("lion.run")
 
@@ -149,7 +149,7 @@ class RunContext:
     @cached_property
     def answers(self) -> AnswerStore:
         """The teacher-answer store (lion.answers)."""
-        from .answers import AnswerStore
+        from .answerstore import AnswerStore
 
         llm = self.cfg.llm
         return AnswerStore(self.run.teacher_answers, self.run.answer_index(llm.cache_path),

@@ -31,9 +31,8 @@ import random
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .context import RunContext
 from .errors import ConfigError, LionError
 from .records import (
     IdSet,
@@ -48,6 +47,9 @@ from .records import (
     write_json,
     write_pool,
 )
+
+if TYPE_CHECKING:
+    from .phasectx import PhaseContext as RunContext
 
 log = logging.getLogger("lion.pools")
 
@@ -96,7 +98,7 @@ def write_seed_pools(ctx: RunContext, train_path: Path, cache_path: Path) -> Non
     who = None
     added = 0
     if pc.seed_answers == "teacher":
-        from .answers import teacher_identity
+        from .answerstore import teacher_identity
 
         who = teacher_identity(ctx.cfg)
 

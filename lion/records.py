@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import DataError
 
@@ -43,6 +43,14 @@ def instruction_id(instruction: str, input: str = "") -> str:
     """Stable content hash: 16 hex chars of sha256 over the whitespace-normalised text."""
     norm = " ".join(instruction.split()) + "\x1f" + " ".join(input.split())
     return hashlib.sha256(norm.encode("utf-8")).hexdigest()[:16]
+
+
+class Prompted(Protocol):
+    """Anything with an id and an instruction (+ input): pool Instructions, evaluation questions."""
+
+    id: str
+    instruction: str
+    input: str
 
 
 @dataclass

@@ -53,8 +53,8 @@ from .infer import inference_settings
 from .vllm_backend import NEUTRAL_SAMPLING
 
 if TYPE_CHECKING:
-    from ..answers import Prompted
-    from ..context import RunContext
+    from ..phasectx import PhaseContext as RunContext
+    from ..records import Prompted
 
 ROLE = "student"
 
