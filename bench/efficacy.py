@@ -89,7 +89,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=("all", "arms", "report"), default="all")
     p.add_argument("--world", action="append", type=Path, help="a world file (repeatable); default: the three "
                                                                "shipped worlds (configs/worlds)")
-    p.add_argument("--seeds", type=int, default=10, help="seeds 0 .. N-1")
+    p.add_argument("--seeds", type=int, default=10, help="seeds 0 .. N-1 (the jobs run, and the seeds the report reads)")
     p.add_argument("--workers", type=int, default=2, help="jobs run in parallel (one CPU thread each)")
     p.add_argument("--arms", nargs="+", default=list(STUDY_ARMS), choices=list(ARMS))
     p.add_argument("--steps", type=int, default=150, help="training steps per round of every arm")
@@ -403,12 +403,16 @@ def bootstrap_diff(a: list[float], b: list[float], n: int = 10_000, seed: int = 
     return {"mean": statistics.mean(d), "lo": means[int(0.025 * n)], "hi": means[int(0.975 * n) - 1], "n": len(d)}
 
 
-def load_results(work: Path) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[int, dict[str, Any]]]:
-    """(arm -> seed -> result, seed -> trunk result) of one world's work folder."""
+def load_results(work: Path, seeds: list[int] | None = None
+                 ) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[int, dict[str, Any]]]:
+    """(arm -> seed -> result, seed -> trunk result) of one world's work folder; only `seeds` where given."""
     arms: dict[str, dict[int, dict[str, Any]]] = {}
     trunks: dict[int, dict[str, Any]] = {}
     for f in sorted((work / "results").glob("*.json")):
         row = json.loads(f.read_text())
+        seed = row["seed"] if f.name.startswith("arm_") else int(f.stem.rsplit("_s", 1)[1])
+        if seeds is not None and seed not in seeds:
+            continue
         if f.name.startswith("arm_"):
             arms.setdefault(row["arm"], {})[row["seed"]] = row
         elif f.name.startswith("trunk_"):
@@ -416,8 +420,8 @@ def load_results(work: Path) -> tuple[dict[str, dict[int, dict[str, Any]]], dict
     return arms, trunks
 
 
-def world_summary(work: Path) -> dict[str, Any]:
-    by_arm, trunks = load_results(work)
+def world_summary(work: Path, seeds: list[int] | None = None) -> dict[str, Any]:
+    by_arm, trunks = load_results(work, seeds)
     final = str(ROUNDS + 1)
     out: dict[str, Any] = {"arms": {}, "diff_vs_lion": {}, "diff_vs_plain": {}, "usd_view": {}}
     for arm, rows in sorted(by_arm.items()):
@@ -466,7 +470,7 @@ def _pct(x: float | None) -> str:
 
 
 def _ci(d: dict[str, float] | None) -> str:
-    return "-" if not d else f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+    return "-" if not d else f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] (n={d['n']})"
 
 
 def tables_md(worlds: dict[str, dict[str, Any]], timing: dict[str, Any]) -> str:
@@ -533,8 +537,11 @@ def plots(worlds: dict[str, dict[str, Any]], out_dir: Path) -> None:
     plt.close(fig)
 
 
-def report(work_root: Path, names: list[str], out_dir: Path, workers: int) -> dict[str, Any]:
-    worlds = {n: world_summary(work_root / n) for n in names if (work_root / n / "results").exists()}
+def report(work_root: Path, names: list[str], out_dir: Path, workers: int,
+           seeds: list[int] | None = None) -> dict[str, Any]:
+    """Tables, plots and summary.json of the results found (of `seeds` only where given: a partial study's
+    report on the seeds every arm has, so that its means compare like with like)."""
+    worlds = {n: world_summary(work_root / n, seeds) for n in names if (work_root / n / "results").exists()}
     cpu = sum(a["cpu_s"] for w in worlds.values() for a in w["arms"].values()) + sum(
         w["trunk"]["cpu_s"] for w in worlds.values())
     wall = sum(a["wall_s"] for w in worlds.values() for a in w["arms"].values()) + sum(
@@ -580,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
                  for a in order for s in seeds for n, f in worlds.items()]
         failures += run_pool(specs, args.workers)
     out = Path(args.out) if not args.smoke else root / "report"
-    summary = report(root, list(worlds), out, args.workers)
+    summary = report(root, list(worlds), out, args.workers, seeds)
     if (out / "tables.md").exists():
         print((out / "tables.md").read_text())
     if failures:

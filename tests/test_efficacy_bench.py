@@ -43,3 +43,19 @@ def test_the_study_bench_runs_every_kind_of_arm_and_resumes(tmp_path: Path) -> N
     assert set(rule) == {"a"} and rule["a"]["beats_plain_in"] == ["x", "y"] and not rule["a"]["adopt"]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # every job done: nothing runs again
     assert again.returncode == 0 and "[1/" not in again.stdout
+
+
+def test_a_partial_studys_report_reads_only_the_seeds_asked_for(tmp_path: Path) -> None:
+    """A study stopped part way has 10 seeds of its first arms and fewer of the later ones: `--seeds N` at the report
+    stage reads seeds 0 .. N-1 only, so every arm's mean is over the same seeds."""
+    from efficacy import load_results
+
+    res = tmp_path / "results"
+    res.mkdir()
+    for s in range(4):
+        (res / f"trunk_s{s}.json").write_text("{}")
+        (res / f"arm_plain_s{s}.json").write_text(json.dumps({"arm": "plain", "seed": s}))
+    (res / "arm_lion_s0.json").write_text(json.dumps({"arm": "lion", "seed": 0}))
+    arms, trunks = load_results(tmp_path, [0, 1])
+    assert sorted(arms["plain"]) == [0, 1] and sorted(arms["lion"]) == [0] and sorted(trunks) == [0, 1]
+    assert sorted(load_results(tmp_path)[0]["plain"]) == [0, 1, 2, 3]
