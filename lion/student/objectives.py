@@ -262,7 +262,8 @@ class Preference:
                     loss = loss + sft_weight * (-logps[:n] / counts[:n].clamp(min=1)).mean()
                 if model.training:
                     step = figures.setdefault("steps", [])
-                    step.append([float(losses.mean()), float(margin.mean()), float((margin > 0).float().mean())])
+                    d, m = losses.detach(), margin.detach()  # figures for the record, outside the graph
+                    step.append([float(d.mean()), float(m.mean()), float((m > 0).float().mean())])
                 return (loss, out) if return_outputs else loss
 
         return PreferenceTrainer
