@@ -265,3 +265,29 @@ def test_torchrun_training_killed_with_its_parent_resumes_bitwise_equal(tmp_path
     saved = next(x for x in ref.stdout.splitlines() if x.startswith("checkpoints "))
     assert int(saved.split()[1]) >= 2, saved  # the clock-based schedule did save, in step on both processes
     assert_bitwise_equal(tmp_path / "ref", tmp_path / "s")
+
+
+def test_the_heartbeat_of_a_resumed_training_counts_from_the_resumed_step(tmp_path, tiny_char_base,
+                                                                           monkeypatch) -> None:
+    """A training resumed at step 14 of 30 beats "14/30 … 30/30", not "0/30 … 16/30" (its ETA rests on it)."""
+    import lion.logs as L
+
+    beats: list[object] = []
+    real = L.heartbeat
+
+    def recording(*a, **kw):
+        hb = real(*a, **kw)
+        beats.append(hb)
+        return hb
+
+    cfg = _cfg(tiny_char_base, mode="full")
+    ex = student_fact_examples(10)
+    crash_at(monkeypatch, 17)
+    with pytest.raises(Crash):
+        train_student(cfg, ex, tiny_char_base, tmp_path / "s", progress=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(L, "heartbeat", recording)
+    res = train_student(cfg, ex, tiny_char_base, tmp_path / "s", progress=False)
+    assert res.metrics["resumed_at"] == [14]
+    (hb,) = [b for b in beats if getattr(b, "desc", "") == "student training"]
+    assert (hb._start_done, hb.done, hb.total) == (14, 30, 30)  # type: ignore[attr-defined]

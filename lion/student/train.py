@@ -358,13 +358,14 @@ def _heartbeat_callback(progress: bool):
             self.hb: Any = None
 
         def on_train_begin(self, args, state, control, **kw):
+            # after a resume the trainer's state already holds the steps done before the crash: count from there
             if state.is_world_process_zero:
                 self.hb = heartbeat("student training", state.max_steps or None, progress=progress,
-                                    unit=" steps").start()
+                                    done=state.global_step, unit=" steps").start()
 
         def on_step_end(self, args, state, control, **kw):
             if self.hb is not None:
-                self.hb.update(1)
+                self.hb.update(state.global_step - self.hb.done)
 
         def on_train_end(self, args, state, control, **kw):
             if self.hb is not None:
