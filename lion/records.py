@@ -700,3 +700,20 @@ if __name__ == "__main__":
     from .errors import cli_main
 
     cli_main(main, sys.argv[1:])
+
+
+def query_read_only(db_path: Path, *queries: tuple[str, tuple[Any, ...]]) -> list[list[tuple[Any, ...]]] | None:
+    """The rows of each (sql, params) against an SQLite file opened read-only, one connection for all (safe while
+    a run writes it); None when the file is absent or cannot be read."""
+    import sqlite3
+
+    if not Path(db_path).exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            return [db.execute(sql, params).fetchall() for sql, params in queries]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None

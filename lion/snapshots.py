@@ -15,11 +15,12 @@
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .records import query_read_only
 
 # --------------------------------------------------------------------------------------------- served snapshots
 
@@ -50,17 +51,11 @@ def change_line(role: str, model: str, rows: Sequence[dict[str, Any]], policy: s
 
 def read_snapshots(calls_db: Path) -> list[dict[str, Any]]:
     """The snapshots table of a run's call cache, opened read-only (safe while the run goes on); [] if none."""
-    if not Path(calls_db).exists():
+    found = query_read_only(calls_db, ("SELECT role, model, served, fingerprint, calls, first, last FROM snapshots "
+                                       "ORDER BY first", ()))
+    if found is None:
         return []
-    try:
-        db = sqlite3.connect(f"file:{calls_db}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = db.execute("SELECT role, model, served, fingerprint, calls, first, last FROM snapshots "
-                              "ORDER BY first").fetchall()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return []
+    rows = found[0]
     keys = ("role", "model", "served", "fingerprint", "calls", "first", "last")
     return [dict(zip(keys, r, strict=True)) for r in rows]
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 
 from .errors import LionError
 from .layout import CONTROL_STEPS, OPTIONAL_PHASES, PHASES, RoundPaths, RunLayout
-from .records import read_json_or_empty, read_jsonl_tolerant
+from .records import query_read_only, read_json_or_empty, read_jsonl_tolerant
 
 
 def _count_lines(path: Path) -> int:
@@ -38,34 +37,21 @@ def _ids(path: Path) -> set[str]:
 
 def live_spend(layout: RunLayout) -> dict[str, Any] | None:
     """Totals of the usage ledger in calls.sqlite (read-only), or usage.json when the database is absent."""
-    if layout.calls.exists():
-        try:
-            db = sqlite3.connect(f"file:{layout.calls}?mode=ro", uri=True, timeout=5)
-            try:
-                row = db.execute("select sum(calls), sum(cached), sum(failed), sum(tokens_in), sum(tokens_out), "
-                                 "sum(usd) from usage").fetchone()
-            finally:
-                db.close()
-            keys = ("calls", "cached", "failed", "tokens_in", "tokens_out", "usd")
-            out = {k: (v or 0) for k, v in zip(keys, row)}
-            db = sqlite3.connect(f"file:{layout.calls}?mode=ro", uri=True, timeout=5)
-            try:
-                row = db.execute("select sum(calls), sum(cached), sum(failed), sum(tokens_in), sum(tokens_out), "
-                                 "sum(usd) from usage where phase like ?", (CONTROL_PHASE + "%",)).fetchone()
-            finally:
-                db.close()
-            out["control"] = {k: (v or 0) for k, v in zip(keys, row)}
-            return out
-        except sqlite3.Error:
-            pass
+    keys = ("calls", "cached", "failed", "tokens_in", "tokens_out", "usd")
+    sums = "select sum(calls), sum(cached), sum(failed), sum(tokens_in), sum(tokens_out), sum(usd) from usage"
+    found = query_read_only(layout.calls, (sums, ()), (sums + " where phase like ?", (CONTROL_PHASE + "%",)))
+    if found is not None:
+        (all_row,), (control_row,) = found
+        out: dict[str, Any] = {k: (v or 0) for k, v in zip(keys, all_row)}
+        out["control"] = {k: (v or 0) for k, v in zip(keys, control_row)}
+        return out
     usage = read_json_or_empty(layout.usage)
     total = usage.get("total")
     if not total:
         return None
     out = dict(total)
     rows = [r for r in usage.get("by", []) if str(r.get("phase", "")).startswith(CONTROL_PHASE)]
-    out["control"] = {k: sum(r.get(k, 0) for r in rows) for k in ("calls", "cached", "failed", "tokens_in",
-                                                                    "tokens_out", "usd")}
+    out["control"] = {k: sum(r.get(k, 0) for r in rows) for k in keys}
     return out
 
 
