@@ -24,14 +24,19 @@ from .config import LionConfig
 from .errors import TooManyFailures
 
 
+def _over(bad: int, total: int, limit: float) -> float | None:
+    """bad / total where it exceeds `limit`, else None (nothing bad, or within the limit)."""
+    if total <= 0 or bad <= 0 or bad / total <= limit:
+        return None
+    return bad / total
+
+
 def check_failures(cfg: LionConfig, r: int | None, phase: str, what: str, failed: int, total: int,
                    consequence: str = "", *, where: str | None = None, marker: str | None = None) -> None:
     """Raise TooManyFailures when failed / total exceeds llm.max_failure_rate. `where` / `marker` name the step
     and what it stops without (default: "round r phase" and phase.done)."""
-    if total <= 0 or failed <= 0:
-        return
-    rate, limit = failed / total, cfg.llm.max_failure_rate
-    if rate <= limit:
+    limit = cfg.llm.max_failure_rate
+    if (rate := _over(failed, total, limit)) is None:
         return
     raise TooManyFailures(
         f"{where or f'round {r} {phase}'}: {failed} of {total} {what} failed ({rate:.1%}, more than "
@@ -46,10 +51,8 @@ def check_unparsed(cfg: LionConfig, r: int | None, phase: str, what: str, unpars
                    replies: str, remedy: str, where: str | None = None, marker: str | None = None) -> None:
     """Raise TooManyFailures when the share of pairs left without a readable verdict exceeds llm.max_unparsed_rate.
     `replies`: where the raw replies are; `remedy`: what changes the outcome (a re-run replays the same replies)."""
-    if total <= 0 or unparsed <= 0:
-        return
-    rate, limit = unparsed / total, cfg.llm.max_unparsed_rate
-    if rate <= limit:
+    limit = cfg.llm.max_unparsed_rate
+    if (rate := _over(unparsed, total, limit)) is None:
         return
     raise TooManyFailures(
         f"{where or f'round {r} {phase}'}: {unparsed} of {total} {what} got no readable verdict after every try "
